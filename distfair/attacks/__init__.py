@@ -1,0 +1,26 @@
+"""Adversarial attacks: the contract in ``_base.py``, one attack per module, a registry.
+
+Adding an attack = one module with an ``Attack`` subclass + one line in ``ATTACKS``; the
+contract tests (tests/test_attack_contract.py) pick it up automatically.
+"""
+import inspect
+
+from distfair.attacks._base import Attack
+from distfair.attacks.fgsm import FGSM
+from distfair.attacks.pgd import PGD
+
+__all__ = ["ATTACKS", "FGSM", "PGD", "Attack", "build_attack"]
+
+ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD}
+
+
+def build_attack(name: str, *, bounds: tuple[float, float], **params) -> Attack:
+    """The registered attack ``name`` built with the data's ``bounds`` and its own params."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}")
+    cls = ATTACKS[name]
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(f"attack {name!r} has no parameter(s) {unknown}; accepted: {sorted(accepted)}")
+    return cls(bounds=bounds, **params)

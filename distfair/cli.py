@@ -1,0 +1,226 @@
+"""The ``distfair`` command line."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, TextIO
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+distfair: fairness-aware adversarial robustness, repeated over seeds.
+
+Each defense is trained by Ray Train (DDP across workers and nodes), once per seed,
+evaluated clean and under attack, and recorded in MLflow: a parent run per configuration
+with mean/std/min/max across seeds, and a child run per seed with curves, metrics,
+confusion matrices, plots and the final checkpoint.
+
+Without --address a local Ray instance is started; without --tracking-uri (or
+MLFLOW_TRACKING_URI) results go to sqlite:///mlflow.db in the working directory.
+"""
+
+RUN_EPILOG = """\
+examples:
+  distfair run tune_spaces/quickstart.yaml
+  distfair run tune_spaces/quickstart.yaml --num-seeds 5 --set defense.lambda_sym=2.0
+  distfair run cfg.yaml --address auto --tracking-uri http://mlflow:5000 --experiment cifar
+  distfair run cfg.yaml --json | jq .metrics.worst_class_acc
+
+exit codes: 0 all seeds finished, 1 a seed failed (the others are still recorded),
+2 bad arguments or configuration (nothing was started).
+"""
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", metavar="NAME", help="MLflow experiment name (default: the config file's stem)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster to join ('auto' or host:port); default: start a local Ray instance")
+    p.add_argument("--num-cpus", type=_positive_float, metavar="N",
+                   help="logical CPUs of the local Ray instance (default: all cores); ignored with --address")
+    p.add_argument("--storage-path", metavar="PATH",
+                   help="Ray Train storage for checkpoints (default: ./distfair_runs; shared storage on multi-node clusters)")
+    p.add_argument("--json", action="store_true",
+                   help="print exactly one JSON object on stdout; human-readable output goes to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distfair", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    run = sub.add_parser(
+        "run", help="train one configuration over several seeds and record it in MLflow",
+        description="Train ONE configuration over several seeds (concurrently when the cluster has room), "
+                    "evaluate each model clean and under the eval attacks, and record a parent MLflow run "
+                    "with one child run per seed. Ends with a mean ± std table.",
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("config", metavar="FILE", help="configuration YAML (see tune_spaces/quickstart.yaml)")
+    seeds = run.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=_seed_list, metavar="0,1,2", help="the seeds to run (overrides `seeds:`)")
+    seeds.add_argument("--num-seeds", type=_positive_int, metavar="N", help="run seeds 0..N-1 (overrides `seeds:`)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override a config value, parsed as YAML (repeatable), e.g. --set train.lr=0.01")
+    add_cluster_args(run)
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def _version() -> str:
+    from distfair import __version__
+
+    return __version__
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool) -> Iterator[TextIO]:
+    """While enabled, everything written to fd 1 (ours, Ray's log forwarding, C libraries) goes
+    to stderr; yields a stream on the real stdout for the one JSON object."""
+    if not enabled:
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    real = os.fdopen(os.dup(saved), "w")
+    try:
+        yield real
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        real.flush()
+        real.close()
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.4f}"
+
+
+HEADLINE = ("clean_acc", "robust_acc", "clean_worst_class_acc", "worst_class_acc", "acc_gap", "nsd",
+            "worst10_acc", "max_asym_gap", "sym_loss", "tgt_max", "tgt_min", "tgt_std")
+
+
+def format_table(metrics: dict[str, dict], extra_attacks: list[str]) -> str:
+    names = [n for n in HEADLINE if n in metrics]
+    for attack in extra_attacks:
+        names += [n for n in (f"{attack}/robust_acc", f"{attack}/worst_class_acc") if n in metrics]
+    names += [n for n in ("train_time_s",) if n in metrics]
+    width = max(len(n) for n in names) if names else 10
+    lines = [f"{'metric':<{width}}  {'mean ± std':>17}  {'min':>7}  {'max':>7}  n"]
+    for name in names:
+        s = metrics[name]
+        lines.append(f"{name:<{width}}  {_fmt(s['mean']):>8} ± {_fmt(s['std']):<6}  {_fmt(s['min']):>7}  "
+                     f"{_fmt(s['max']):>7}  {s['n']}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from distfair.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.seeds is not None:
+        cfg["seeds"] = args.seeds
+    elif args.num_seeds is not None:
+        cfg["seeds"] = list(range(args.num_seeds))
+
+    from distfair import tracking
+    from distfair.distributed import InsufficientResources, ray_session
+    from distfair.run import default_storage_path, run_configuration_with_tracking
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    experiment = args.experiment or Path(args.config).stem
+    with stdout_to_stderr(args.json) as out:
+        human = sys.stderr if args.json else sys.stdout
+
+        def log(msg: str) -> None:
+            print(f"[distfair] {msg}", file=human, flush=True)
+
+        log(f"{cfg['defense']['name']} on {cfg['dataset']['name']} with {cfg['model']['name']}, "
+            f"seeds {cfg['seeds']}, {cfg['train']['epochs']} epoch(s)")
+        try:
+            with ray_session(args.address, num_cpus=args.num_cpus) as resources:
+                log(f"Ray: {'joined ' + args.address if args.address else 'local instance'} with "
+                    f"{ {k: v for k, v in resources.items() if k in ('CPU', 'GPU')} }")
+                report = run_configuration_with_tracking(
+                    cfg, config_path=args.config, experiment=experiment, tracking_uri=uri,
+                    storage_path=args.storage_path or default_storage_path(), log=log)
+        except InsufficientResources as err:
+            print(f"error: {args.config}: scaling: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("interrupted: the runs were marked KILLED in MLflow", file=sys.stderr)
+            return 130
+        extra = [a["name"] for a in cfg["eval"]["attacks"][1:]]
+        print(f"\n{len(report.seeds)}/{len(cfg['seeds'])} seeds finished. Mean ± std across seeds:\n"
+              + format_table(report.metrics, extra), file=human)
+        for seed, why in sorted(report.errors.items()):
+            print(f"seed {seed} FAILED: {why}", file=human)
+        print(f"\nMLflow: experiment {report.experiment!r}, parent run {report.parent_run_id}\n"
+              f"Look at it: {tracking.ui_command(uri)}", file=human, flush=True)
+        if args.json:
+            out.write(json.dumps(_json_safe(report.to_json())) + "\n")
+    return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def _json_safe(obj):
+    """NaN/inf are not JSON: they become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""The configuration format shared by ``distfair run`` and ``distfair sweep``.
+
+A YAML file with these top-level blocks (see tune_spaces/quickstart.yaml for a commented one):
+
+``defense``, ``dataset``, ``model``, ``attack``
+    ``{name: <registry name>, <option>: <value>, ...}`` (a bare string means ``{name: ...}``).
+    The options of each registry entry are the keyword-only arguments of its constructor;
+    their annotations give the accepted types. ``attack`` is the training attack (null for
+    defenses that need none).
+``train``
+    epochs, batch size, optimiser, learning rate and schedule (``TRAIN_FIELDS``).
+``eval``
+    ``attacks``: a list of ``{name: <label>, attack: <registry name>, <option>: ...}``. The first
+    is the primary attack. Missing ``eps`` is inherited from the training attack; PGD's step
+    defaults to eps/4. Default: one PGD-20 at the training ε.
+``scaling``
+    Ray Train resources of one seed run (``SCALING_FIELDS``).
+``seeds``
+    a list of integers, or an integer n meaning 0..n-1.
+``space``
+    the search space used by ``distfair sweep``; ``distfair run`` ignores it.
+
+Loading resolves every default, so the resolved dict records everything a run used. Every
+problem is reported as ``<file>: <dotted key>: <reason>``; :class:`ConfigError` carries all of
+them at once.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import yaml
+
+from distfair.attacks import ATTACKS
+from distfair.data import DATASETS
+from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES
+from distfair.models import MODEL_DATA_ARGS, MODELS
+
+TOP_LEVEL = ("description", "defense", "dataset", "model", "attack", "train", "eval", "scaling",
+             "seeds", "space")
+
+# field: (type, default, check or None). A check returns an error text or None.
+_positive = lambda v: None if v > 0 else f"must be > 0, got {v}"           # noqa: E731
+_non_negative = lambda v: None if v >= 0 else f"must be >= 0, got {v}"     # noqa: E731
+_at_least_one = lambda v: None if v >= 1 else f"must be >= 1, got {v}"     # noqa: E731
+
+
+def _one_of(*choices):
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+
+TRAIN_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
+    "epochs": (int, 10, _at_least_one),
+    "batch_size": (int, 64, _at_least_one),
+    "eval_batch_size": (int, 256, _at_least_one),
+    "optimizer": (str, "sgd", _one_of("sgd", "adam", "adamw")),
+    "lr": (float, 0.05, _positive),
+    "momentum": (float, 0.9, lambda v: None if 0 <= v < 1 else f"must be in [0, 1), got {v}"),
+    "weight_decay": (float, 5e-4, _non_negative),
+    "nesterov": (bool, False, None),
+    "schedule": (str, "none", _one_of("none", "step", "multistep", "cosine")),
+    "step_size": (int, 7, _at_least_one),
+    "gamma": (float, 0.1, _positive),
+    "milestones": (list, [], lambda v: None if all(isinstance(m, int) and m >= 1 for m in v)
+                   else f"must be a list of positive integers, got {v!r}"),
+}
+
+SCALING_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
+    "num_workers": (int, 1, _at_least_one),
+    "use_gpu": (bool, False, None),
+    "resources_per_worker": (dict, {"CPU": 1.0}, lambda v: None if all(
+        isinstance(k, str) and isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
+        for k, x in v.items()) else f"must map resource names to non-negative numbers, got {v!r}"),
+    "placement_strategy": (str, "PACK", _one_of("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")),
+    "max_concurrent_seeds": (int, None, _at_least_one),
+    "max_failures": (int, 0, _non_negative),
+}
+
+EVAL_FIELDS = ("attacks",)
+DEFAULT_EVAL_ATTACK = {"name": "pgd20", "attack": "pgd", "steps": 20}
+
+
+class ConfigError(ValueError):
+    """One or more problems in a configuration, each ``(key, reason)``."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {key}: {reason}" for key, reason in problems))
+
+
+class _Problems:
+    def __init__(self):
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, key: str, reason: str) -> None:
+        self.items.append((key, reason))
+
+
+# ----------------------------------------------------------------------------------- types
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp):
+    """Return (ok, value) after checking ``value`` against annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            ok, out = _coerce(value, arm)
+            if ok:
+                return True, out
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if tp is Any:
+        return True, value
+    if origin is not None:
+        tp = origin
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return True, float(value)
+        return False, value
+    if tp in (list, tuple):
+        return isinstance(value, (list, tuple)), list(value) if isinstance(value, (list, tuple)) else value
+    if isinstance(tp, type):
+        return isinstance(value, tp), value
+    return True, value
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return _type_name(origin or tp)
+
+
+def _signature_fields(obj, skip: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+    """Keyword options of a registry entry: name -> (annotation, default or inspect._empty)."""
+    fn = obj.__init__ if isinstance(obj, type) else obj
+    hints = typing.get_type_hints(fn)
+    fields = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if name in skip or name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        fields[name] = (hints.get(name, Any), param.default)
+    return fields
+
+
+# ---------------------------------------------------------------------------------- blocks
+def _fixed_block(raw, fields, prefix: str, problems: _Problems) -> dict:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.add(prefix, f"must be a mapping, got {type(raw).__name__}")
+        return {k: copy.deepcopy(d) for k, (_, d, _) in fields.items()}
+    out = {}
+    for key in raw:
+        if key not in fields:
+            problems.add(f"{prefix}.{key}", f"unknown key; known: {', '.join(fields)}")
+    for key, (tp, default, check) in fields.items():
+        if key not in raw:
+            out[key] = copy.deepcopy(default)
+            continue
+        value = raw[key]
+        if value is None and default is None:
+            out[key] = None
+            continue
+        ok, value = _coerce(value, tp)
+        if not ok:
+            problems.add(f"{prefix}.{key}", f"must be {_describe(tp)}, got {raw[key]!r}")
+            continue
+        reason = check(value) if check else None
+        if reason:
+            problems.add(f"{prefix}.{key}", reason)
+        out[key] = value
+    return out
+
+
+def _registry_block(raw, registry: dict, prefix: str, problems: _Problems, skip=(),
+                    name_key: str = "name", extra: tuple[str, ...] = ()) -> dict | None:
+    """Validate ``{name_key: <registry name>, **options}`` against the entry's signature."""
+    if isinstance(raw, str):
+        raw = {name_key: raw}
+    if not isinstance(raw, dict):
+        problems.add(prefix, f"must be a mapping with a {name_key!r} key (or a bare name), got {raw!r}")
+        return None
+    name = raw.get(name_key)
+    if name is None:
+        problems.add(f"{prefix}.{name_key}", f"required; one of {', '.join(sorted(registry))}")
+        return None
+    if name not in registry:
+        problems.add(f"{prefix}.{name_key}", f"unknown {prefix.split('.')[0].split('[')[0]} {name!r}; "
+                                              f"known: {', '.join(sorted(registry))}")
+        return None
+    fields = _signature_fields(registry[name], skip)
+    out = {k: raw[k] for k in (name_key, *extra) if k in raw}
+    for key, value in raw.items():
+        if key in (name_key, *extra):
+            continue
+        if key not in fields:
+            problems.add(f"{prefix}.{key}", f"unknown option of {name!r}; known: {', '.join(fields) or 'none'}")
+            continue
+        tp, default = fields[key]
+        if value is None and default is None:
+            out[key] = None
+            continue
+        ok, coerced = _coerce(value, tp)
+        if not ok:
+            problems.add(f"{prefix}.{key}", f"must be {_describe(tp)}, got {value!r}")
+            continue
+        out[key] = coerced
+    for key, (tp, default) in fields.items():
+        if key in out:
+            continue
+        if default is inspect.Parameter.empty:
+            problems.add(f"{prefix}.{key}", f"required by {name!r}")
+        else:
+            out[key] = copy.deepcopy(default)
+    return out
+
+
+def _try_build(problems: _Problems, prefix: str, build: Callable[[], Any]):
+    """Run a constructor to catch impossible values; its ValueError names the option."""
+    try:
+        return build()
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        problems.add(prefix, str(err))
+        return None
+
+
+def _options(block: dict, *drop: str) -> dict:
+    return {k: v for k, v in block.items() if k not in drop}
+
+
+# ------------------------------------------------------------------------------- top level
+def _seeds(raw, problems: _Problems) -> list[int]:
+    if raw is None:
+        return [0, 1, 2]
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if raw < 1:
+            problems.add("seeds", f"an integer count must be >= 1, got {raw}")
+            return []
+        return list(range(raw))
+    if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
+        problems.add("seeds", f"must be a non-empty list of integers or a count, got {raw!r}")
+        return []
+    if len(set(raw)) != len(raw):
+        problems.add("seeds", f"must not repeat a seed, got {raw}")
+    if any(s < 0 for s in raw):
+        problems.add("seeds", f"must be non-negative, got {raw}")
+    return list(raw)
+
+
+def validate(raw: Any, source: str) -> dict:
+    """Validate a parsed YAML document; return the fully resolved config or raise ConfigError."""
+    problems = _Problems()
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("(top level)", f"must be a mapping, got {type(raw).__name__}")])
+    for key in raw:
+        if key not in TOP_LEVEL:
+            problems.add(str(key), f"unknown top-level key; known: {', '.join(TOP_LEVEL)}")
+    for key in ("defense", "dataset", "model"):
+        if key not in raw:
+            problems.add(key, "required")
+    cfg: dict[str, Any] = {"description": raw.get("description", "")}
+
+    cfg["dataset"] = _registry_block(raw.get("dataset"), DATASETS, "dataset", problems) if "dataset" in raw else None
+    cfg["model"] = _registry_block(raw.get("model"), MODELS, "model", problems, skip=MODEL_DATA_ARGS) \
+        if "model" in raw else None
+    cfg["defense"] = _registry_block(raw.get("defense"), DEFENSES, "defense", problems,
+                                     skip=DEFENSE_RUNTIME_ARGS) if "defense" in raw else None
+    raw_attack = raw.get("attack")
+    cfg["attack"] = None if raw_attack is None else _registry_block(raw_attack, ATTACKS, "attack", problems,
+                                                                    skip=("bounds",))
+    cfg["train"] = _fixed_block(raw.get("train"), TRAIN_FIELDS, "train", problems)
+    cfg["scaling"] = _fixed_block(raw.get("scaling"), SCALING_FIELDS, "scaling", problems)
+    cfg["seeds"] = _seeds(raw.get("seeds"), problems)
+    space = raw.get("space", {})
+    if not isinstance(space, dict):
+        problems.add("space", f"must be a mapping, got {type(space).__name__}")
+    cfg["space"] = space or {}
+    cfg["eval"] = _eval_block(raw.get("eval"), cfg["attack"], problems)
+    if cfg["scaling"].get("use_gpu") is False and cfg["scaling"].get("resources_per_worker", {}).get("GPU"):
+        problems.add("scaling.resources_per_worker.GPU", "set scaling.use_gpu: true to request GPUs")
+
+    # Build the cheap objects once to catch impossible values (each constructor's ValueError
+    # names the option). The dataset is built too: a missing data root fails here, before
+    # any Ray or MLflow work starts.
+    if not problems.items:
+        _check_buildable(cfg, problems)
+    if problems.items:
+        raise ConfigError(source, problems.items)
+    return cfg
+
+
+def _eval_block(raw, train_attack: dict | None, problems: _Problems) -> dict:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.add("eval", f"must be a mapping, got {type(raw).__name__}")
+        return {"attacks": []}
+    for key in raw:
+        if key not in EVAL_FIELDS:
+            problems.add(f"eval.{key}", f"unknown key; known: {', '.join(EVAL_FIELDS)}")
+    entries = raw.get("attacks", [dict(DEFAULT_EVAL_ATTACK)])
+    if not isinstance(entries, list):
+        problems.add("eval.attacks", f"must be a list, got {type(entries).__name__}")
+        return {"attacks": []}
+    attacks, seen = [], set()
+    for i, entry in enumerate(entries):
+        prefix = f"eval.attacks[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry.get("name"):
+            problems.add(f"{prefix}.name", "every evaluation attack needs a name (a non-empty string)")
+            continue
+        if entry["name"] in seen:
+            problems.add(f"{prefix}.name", f"duplicate evaluation attack name {entry['name']!r}")
+        if "/" in entry["name"] or entry["name"].startswith("clean"):
+            problems.add(f"{prefix}.name", f"must not contain '/' or start with 'clean', got {entry['name']!r}")
+        seen.add(entry["name"])
+        entry = dict(entry)
+        if "eps" not in entry:
+            if train_attack is None or "eps" not in train_attack:
+                problems.add(f"{prefix}.eps", "required when there is no training attack to inherit it from")
+                continue
+            entry["eps"] = train_attack["eps"]
+        block = _registry_block(entry, ATTACKS, prefix, problems, skip=("bounds",), name_key="attack",
+                                extra=("name",))
+        if block is not None:
+            attacks.append(block)
+    return {"attacks": attacks}
+
+
+def _check_buildable(cfg: dict, problems: _Problems) -> None:
+    from distfair.attacks import build_attack
+    from distfair.data import build_dataset
+    from distfair.defenses import build_defense
+    from distfair.models import build_model
+
+    attack = None
+    if cfg["attack"] is not None:
+        attack = _try_build(problems, "attack", lambda: build_attack(
+            cfg["attack"]["name"], bounds=(0.0, 1.0), **_options(cfg["attack"], "name")))
+    for i, entry in enumerate(cfg["eval"]["attacks"]):
+        _try_build(problems, f"eval.attacks[{i}]", lambda e=entry: build_attack(
+            e["attack"], bounds=(0.0, 1.0), **_options(e, "name", "attack")))
+    if cfg["attack"] is not None and attack is None:
+        return
+    data = _try_build(problems, "dataset", lambda: build_dataset(cfg["dataset"]["name"],
+                                                                 **_options(cfg["dataset"], "name")))
+    if data is None:
+        return
+    _try_build(problems, "defense", lambda: build_defense(
+        cfg["defense"]["name"], attack=attack, num_classes=data.num_classes, **_options(cfg["defense"], "name")))
+    _try_build(problems, "model", lambda: build_model(
+        cfg["model"]["name"], num_classes=data.num_classes, in_shape=data.in_shape, **_options(cfg["model"], "name")))
+
+
+# --------------------------------------------------------------------------- load / output
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` with the value parsed as YAML (``train.lr=0.01``, ``seeds=[0,1]``)."""
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected key.path=value")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set {text!r}: empty key")
+    return key, yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[tuple[str, Any]]) -> dict:
+    raw = copy.deepcopy(raw)
+    for key, value in overrides:
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node.get(part), str):   # `attack: pgd` shorthand -> mapping
+                node[part] = {"name": node[part]}
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("--set", [(key, f"{part!r} is not a mapping")])
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read, override and validate a config file. Raises ConfigError (all problems at once)."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(source, [("(file)", f"cannot read: {err.strerror or err}")]) from err
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(source, [("(file)", f"invalid YAML: {err}")]) from err
+    if raw is None:
+        raise ConfigError(source, [("(file)", "empty file")])
+    if overrides:
+        try:
+            parsed = [parse_override(o) for o in overrides]
+        except ValueError as err:
+            raise ConfigError(source, [("--set", str(err))]) from err
+        if not isinstance(raw, dict):
+            raise ConfigError(source, [("(top level)", "must be a mapping")])
+        raw = apply_overrides(raw, parsed)
+        source = f"{source} (with --set {' '.join(overrides)})"
+    return validate(raw, source)
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> ``{"train.lr": 0.05, "eval.attacks.0.steps": 20, ...}`` (``space`` left out)."""
+    out: dict[str, Any] = {}
+    items = cfg.items() if isinstance(cfg, dict) else enumerate(cfg)
+    for key, value in items:
+        if not prefix and key == "space":
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

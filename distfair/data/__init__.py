@@ -1,0 +1,30 @@
+"""Datasets: each is a function returning a :class:`DataBundle`; adding one is one file plus
+one line in ``DATASETS``. Options are keyword-only arguments, which the config validator
+reads from the signature.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from distfair.data._base import DataBundle, stratified_split
+from distfair.data.cifar import cifar10, cifar100
+from distfair.data.digits import digits
+from distfair.data.mnist1d import mnist1d
+from distfair.data.synthetic import synthetic
+
+DATASETS: dict[str, Callable[..., DataBundle]] = {
+    "digits": digits,
+    "mnist1d": mnist1d,
+    "cifar10": cifar10,
+    "cifar100": cifar100,
+    "synthetic": synthetic,
+}
+
+
+def build_dataset(name: str, **params) -> DataBundle:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name](**params)
+
+
+__all__ = ["DATASETS", "DataBundle", "build_dataset", "stratified_split"]

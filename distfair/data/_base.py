@@ -1,0 +1,53 @@
+"""The data contract: a ``DataBundle`` of train / validation / test sets plus what models and
+attacks need to know about them (class count, input shape, valid input range).
+
+Validation is always carved from the training data (methods.md "Conventions": model
+selection never looks at the test set). Splits are decided by an explicit ``split_seed``,
+independent of the run seed, so every seed of a configuration sees the same split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    in_shape: tuple
+    #: (low, high): the valid input range, used by attacks for clamping
+    bounds: tuple[float, float]
+    class_names: list[str] = field(default_factory=list)
+
+
+def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> None:
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value < 1):
+        raise ValueError(f"{name} must be in {'[0' if allow_zero else '(0'}, 1), got {value}")
+
+
+def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Split indices into ``len(fractions) + 1`` parts, stratified by label.
+
+    ``fractions`` are the sizes of the leading parts as fractions of the whole; the last part
+    takes the rest. Within each class the indices are permuted with ``seed`` and cut at the
+    rounded cumulative fractions, so every part keeps the class proportions and the split is
+    a pure function of (labels, fractions, seed).
+    """
+    labels = np.asarray(labels)
+    if sum(fractions) >= 1:
+        raise ValueError(f"split fractions must sum to < 1, got {list(fractions)}")
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        cuts = np.round(np.cumsum(fractions) * len(idx)).astype(int)
+        for part, chunk in zip(parts, np.split(idx, cuts)):
+            part.append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]

@@ -1,0 +1,27 @@
+"""Defenses: one file each behind the :class:`Defense` contract; adding one is one file plus
+one line in ``DEFENSES`` (the contract tests in tests/test_defense_contract.py pick it up).
+"""
+from __future__ import annotations
+
+from distfair.defenses._base import Defense
+from distfair.defenses.pgd_at import PGDAT
+from distfair.defenses.standard import Standard
+from distfair.defenses.syfar import SyFAR
+
+DEFENSES: dict[str, type[Defense]] = {
+    "standard": Standard,
+    "pgd_at": PGDAT,
+    "syfar": SyFAR,
+}
+
+#: constructor arguments the engine supplies (not user options)
+DEFENSE_RUNTIME_ARGS = ("attack", "num_classes")
+
+
+def build_defense(name: str, *, attack, num_classes: int, **params) -> Defense:
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}; known: {', '.join(sorted(DEFENSES))}")
+    return DEFENSES[name](attack=attack, num_classes=num_classes, **params)
+
+
+__all__ = ["DEFENSES", "DEFENSE_RUNTIME_ARGS", "Defense", "build_defense"]

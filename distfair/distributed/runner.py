@@ -1,0 +1,91 @@
+"""Run the seeds of one configuration on Ray Train and hand back their results.
+
+Each worker group is one ``TorchTrainer.fit()`` (DDP over ``scaling.num_workers`` workers),
+driven from its own thread of this process. This function is also what a Ray Tune trial
+calls for its configuration (a Tune function trainable may drive Train itself; ray.md).
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from distfair.distributed.layout import plan_seed_groups, worker_resources
+from distfair.distributed.session import alive_node_resources
+from distfair.distributed.worker import train_loop_per_worker
+
+
+@dataclass
+class ConfigurationOutcome:
+    results: dict[int, dict] = field(default_factory=dict)     # seed -> SeedResult dict
+    errors: dict[int, str] = field(default_factory=dict)       # seed -> why it has no result
+    groups: list[list[int]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, tracking_uri: str,
+               child_run_ids: dict[int, str]) -> list[dict]:
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    scaling = cfg["scaling"]
+    per_worker = worker_resources(scaling)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg, "seeds": seeds, "run_name": name, "tracking_uri": tracking_uri,
+            "child_run_ids": {str(s): child_run_ids[s] for s in seeds}, "use_gpu": scaling["use_gpu"],
+            "threads_per_worker": max(1, math.floor(per_worker.get("CPU", 1.0))),
+        },
+        scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
+                                     resources_per_worker=per_worker,
+                                     placement_strategy=scaling["placement_strategy"]),
+        run_config=RunConfig(name=name, storage_path=storage_path,
+                             failure_config=FailureConfig(max_failures=scaling["max_failures"]),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             logging_config=LoggingConfig(log_level="WARNING")),
+    )
+    result = trainer.fit()
+    return list(result.return_value or [])
+
+
+def run_configuration(cfg: dict, *, seeds: list[int], tracking_uri: str, child_run_ids: dict[int, str],
+                      run_name: str, storage_path: str | Path,
+                      log: Callable[[str], None] = print) -> ConfigurationOutcome:
+    """Train and evaluate every seed of ``cfg``; MLflow child runs must already exist.
+
+    ``run_name`` must be deterministic for the configuration (never a timestamp): Ray Train
+    resumes a group from ``(storage_path, name)``. A group that fails does not stop the
+    others; its seeds without a result are listed in ``errors``.
+    """
+    import ray
+
+    outcome = ConfigurationOutcome()
+    outcome.groups = plan_seed_groups(seeds, cfg["scaling"], dict(ray.cluster_resources()), alive_node_resources())
+    log(f"{len(seeds)} seed(s) in {len(outcome.groups)} concurrent worker group(s) of "
+        f"{cfg['scaling']['num_workers']} worker(s): " + " | ".join(",".join(map(str, g)) for g in outcome.groups))
+    with futures.ThreadPoolExecutor(max_workers=len(outcome.groups), thread_name_prefix="distfair-group") as pool:
+        running = {
+            pool.submit(_fit_group, cfg, group, name=f"{run_name}-g{i}", storage_path=str(storage_path),
+                        tracking_uri=tracking_uri, child_run_ids=child_run_ids): group
+            for i, group in enumerate(outcome.groups)
+        }
+        for future in futures.as_completed(running):
+            group = running[future]
+            try:
+                for record in future.result():
+                    outcome.results[record["seed"]] = record
+            except Exception as err:  # noqa: BLE001 - reported per seed, other groups go on
+                reason = f"{type(err).__name__}: {err}"
+                log(f"worker group with seeds {group} failed: {reason}")
+                for seed in group:
+                    outcome.errors.setdefault(seed, reason)
+            for seed in group:
+                if seed not in outcome.results:
+                    outcome.errors.setdefault(seed, "no result returned")
+    return outcome

@@ -1,0 +1,108 @@
+"""The function every Ray Train worker runs: its group's seeds, one after the other.
+
+Rank 0 writes each seed's MLflow child run (epoch curves, final metrics, artifacts) and
+reports a checkpoint every epoch; every rank calls ``ray.train.report`` the same number of
+times (Ray Train synchronises on it). The return value of rank 0 (a list of per-seed result
+dicts) arrives in the driver as ``Result.return_value``.
+
+Fault tolerance: each reported checkpoint holds the engine's epoch checkpoint plus
+``progress.json`` (the seed in progress and the results of the seeds already done). When
+Ray Train restarts the worker group (``scaling.max_failures``), the loop skips the finished
+seeds and resumes the current one from its last epoch.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from distfair.engine import run_seed
+from distfair.engine.train import CHECKPOINT_NAME
+
+PROGRESS = "progress.json"
+
+
+def _restore(workdir: Path) -> tuple[list[dict], int | None]:
+    """Results already done and the seed in progress, from Ray Train's latest checkpoint."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return [], None
+    with checkpoint.as_directory() as ckpt_dir:
+        progress = json.loads((Path(ckpt_dir) / PROGRESS).read_text())
+        seed = progress["seed"]
+        if progress.get("seed_done"):
+            return progress["done"], None
+        target = workdir / f"seed_{seed}"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(ckpt_dir) / CHECKPOINT_NAME, target / CHECKPOINT_NAME)
+    return progress["done"], seed
+
+
+def _report(metrics: dict, files: dict[str, Path | str] | None) -> None:
+    """``ray.train.report`` on every rank; rank 0 attaches a checkpoint directory."""
+    import ray.train
+
+    if files is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="distfair-ckpt-") as tmp:
+        for name, content in files.items():
+            if isinstance(content, Path):
+                shutil.copy(content, Path(tmp) / name)
+            else:
+                (Path(tmp) / name).write_text(content)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_loop_per_worker(config: dict) -> list[dict] | None:
+    import ray.train
+    import ray.train.torch
+
+    from distfair.tracking import SeedRunLogger
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+    torch.set_num_threads(config["threads_per_worker"])
+    cfg, child_runs = config["cfg"], config["child_run_ids"]
+    workdir = Path(tempfile.gettempdir()) / "distfair" / config["run_name"] / f"rank{rank}"
+    done, resume_seed = _restore(workdir)
+    done_seeds = {r["seed"] for r in done}
+    if rank == 0 and done:
+        print(f"[distfair] resuming group: seeds {sorted(done_seeds)} already done", flush=True)
+
+    for seed in config["seeds"]:
+        if seed in done_seeds:
+            continue
+        seed_dir = workdir / f"seed_{seed}"
+        if seed != resume_seed and seed_dir.exists():
+            shutil.rmtree(seed_dir)          # stale files of an earlier attempt, never reused
+        logger = SeedRunLogger(config["tracking_uri"], child_runs[str(seed)]) if rank == 0 else None
+
+        def on_epoch(epoch: int, row: dict, checkpoint: Path | None, seed=seed, logger=logger) -> None:
+            metrics = {"seed": seed, **row}
+            if rank != 0:
+                _report(metrics, None)
+                return
+            logger.log_epoch(epoch, row)
+            _report(metrics, {CHECKPOINT_NAME: checkpoint,
+                              PROGRESS: json.dumps({"seed": seed, "epoch": epoch, "done": done})})
+
+        result = run_seed(cfg, seed, workdir=seed_dir, device=device, rank=rank, world=world, on_epoch=on_epoch,
+                          log=(lambda msg: print(f"[distfair] {msg}", flush=True)) if rank == 0 else None)
+        if rank == 0:
+            record = result.to_dict()
+            logger.log_result(record, title=f"{cfg['defense']['name']}, seed {seed}")
+            record["final_model_path"] = None      # local to this worker; the copy is in MLflow
+            done.append(record)
+            _report({"seed": seed, "seed_done": 1},
+                    {PROGRESS: json.dumps({"seed": seed, "seed_done": True, "done": done})})
+        else:
+            _report({"seed": seed, "seed_done": 1}, None)
+        shutil.rmtree(seed_dir, ignore_errors=True)
+    return done if rank == 0 else None

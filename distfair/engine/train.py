@@ -1,0 +1,241 @@
+"""Train and evaluate one (configuration, seed): plain PyTorch, DDP-aware, no Ray, no MLflow.
+
+:func:`run_seed` is what every Ray Train worker runs for each of its seeds. Distribution is
+passed in (rank, world size, device; the process group already initialised by the caller),
+and everything a caller wants to record arrives through the ``on_epoch`` callback and the
+returned :class:`SeedResult`.
+
+Determinism: ``seed`` seeds model initialisation (identical on every rank; DDP broadcasts rank
+0's parameters anyway), the data order (``DistributedSampler(seed=...)`` + ``set_epoch``) and
+the attacks' random starts (a generator per (seed, epoch, rank)). The same seed gives the
+same metrics on CPU, and a run resumed from its epoch checkpoint continues exactly as an
+uninterrupted one would.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from distfair.attacks import build_attack
+from distfair.data import DataBundle, build_dataset
+from distfair.defenses import build_defense
+from distfair.engine.evaluate import confusion_counts
+from distfair.engine.seeding import generator, rng_state, seed_everything, set_rng_state
+from distfair.metrics import fairness_metrics
+from distfair.models import build_model, unwrap_model
+
+CHECKPOINT_NAME = "last.pt"
+EpochCallback = Callable[[int, dict, "Path | None"], None]
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    metrics: dict[str, float | None]
+    confusion: dict[str, list[list[int]]]                 # "clean" and each eval attack name
+    per_class_acc: dict[str, list[float | None]]
+    history: list[dict[str, float]]
+    class_names: list[str]
+    final_model_path: str | None       # the last epoch checkpoint (model, optimiser, RNG, ...)
+    param_fingerprints: list[str] = field(default_factory=list)   # one per DDP rank
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _options(block: dict | None, *drop: str) -> dict:
+    return {k: v for k, v in (block or {}).items() if k not in drop}
+
+
+def build_optimizer(params, train: dict) -> torch.optim.Optimizer:
+    if train["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"],
+                               weight_decay=train["weight_decay"], nesterov=train["nesterov"])
+    cls = torch.optim.Adam if train["optimizer"] == "adam" else torch.optim.AdamW
+    return cls(params, lr=train["lr"], weight_decay=train["weight_decay"])
+
+
+def build_scheduler(optimizer, train: dict):
+    """Stepped once per epoch. ``none`` keeps the learning rate constant."""
+    kind = train["schedule"]
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train["step_size"], gamma=train["gamma"])
+    if kind == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=train["milestones"], gamma=train["gamma"])
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train["epochs"])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def metric_record(clean: dict, attacked: list[tuple[str, dict]]) -> dict[str, float | None]:
+    """Flat metric names: ``clean_<m>``; the primary attack bare (``robust_acc`` is its ``acc``)
+    and every attack as ``<name>/<m>``. ``per_class_acc`` lists go to artifacts instead."""
+    def renamed(metrics: dict) -> dict:
+        return {("robust_acc" if k == "acc" else k): v for k, v in metrics.items() if k != "per_class_acc"}
+
+    out = {f"clean_{k}": v for k, v in clean.items() if k != "per_class_acc"}
+    for i, (name, metrics) in enumerate(attacked):
+        if i == 0:
+            out.update(renamed(metrics))
+        out.update({f"{name}/{k}": v for k, v in renamed(metrics).items()})
+    return out
+
+
+def parameter_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of all parameters and buffers: equal on every DDP rank iff they are in sync."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(unwrap_model(model).state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _gather_strings(value: str, world: int) -> list[str]:
+    if world == 1:
+        return [value]
+    out: list = [None] * world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _train_loader(data: DataBundle, batch_size: int, seed: int, rank: int, world: int):
+    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    # Drop a ragged last batch (BatchNorm cannot train on a single sample) unless it is all there is.
+    drop_last = len(sampler) > batch_size
+    return sampler, DataLoader(data.train, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+
+
+def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device | str = "cpu",
+             rank: int = 0, world: int = 1, on_epoch: EpochCallback | None = None,
+             log: Callable[[str], None] | None = None) -> SeedResult | None:
+    """Train ``cfg`` with ``seed``, checkpointing each epoch under ``workdir``; then evaluate
+    on the test set clean and under each ``eval.attacks`` entry.
+
+    If ``workdir/last.pt`` exists the run resumes from it. Returns the result on rank 0 and
+    None on the other ranks. ``on_epoch(epoch, row, checkpoint_path)`` is called on every rank
+    after each epoch (``checkpoint_path`` only on rank 0).
+    """
+    device = torch.device(device)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda msg: None)
+    train_cfg = cfg["train"]
+
+    seed_everything(seed)
+    data = build_dataset(cfg["dataset"]["name"], **_options(cfg["dataset"], "name"))
+    model = build_model(cfg["model"]["name"], num_classes=data.num_classes, in_shape=data.in_shape,
+                        **_options(cfg["model"], "name")).to(device)
+    attack = None
+    if cfg.get("attack"):
+        attack = build_attack(cfg["attack"]["name"], bounds=data.bounds, **_options(cfg["attack"], "name"))
+    defense = build_defense(cfg["defense"]["name"], attack=attack, num_classes=data.num_classes,
+                            **_options(cfg["defense"], "name"))
+    optimizer = build_optimizer(model.parameters(), train_cfg)
+    scheduler = build_scheduler(optimizer, train_cfg)
+    history: list[dict] = []
+    start_epoch = 0
+
+    ckpt_path = workdir / CHECKPOINT_NAME
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("seed") != seed:
+            raise RuntimeError(f"checkpoint {ckpt_path} belongs to seed {state.get('seed')}, not {seed}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        log(f"seed {seed}: resumed after epoch {start_epoch}")
+
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler, loader = _train_loader(data, train_cfg["batch_size"], seed, rank, world)
+    eval_bs = train_cfg["eval_batch_size"]
+
+    for epoch in range(start_epoch, train_cfg["epochs"]):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        attack_gen = generator(seed, "train-attack", epoch, rank, device=device)
+        train_model.train()
+        sums: dict[str, float] = {}
+        batches = 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss, parts = defense.loss(train_model, x, y, generator=attack_gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"seed {seed} epoch {epoch}: non-finite training loss {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            batches += 1
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        row = {f"train_{k}": v / max(batches, 1) for k, v in sums.items()}
+        row["lr"] = lr
+        val_clean = confusion_counts(model, data.val, data.num_classes, device=device, batch_size=eval_bs,
+                                     rank=rank, world=world)
+        row["val_clean_acc"] = float(val_clean.trace()) / float(val_clean.sum())
+        if attack is not None:
+            val_adv = confusion_counts(model, data.val, data.num_classes, device=device, batch_size=eval_bs,
+                                       attack=attack, generator=generator(seed, "val-attack", epoch, rank,
+                                                                          device=device), rank=rank, world=world)
+            row["val_robust_acc"] = float(val_adv.trace()) / float(val_adv.sum())
+        row["epoch_time_s"] = time.perf_counter() - t0
+        history.append({"epoch": epoch, **row})
+        saved = None
+        if rank == 0:
+            state = {"seed": seed, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "history": history}
+            tmp = workdir / (CHECKPOINT_NAME + ".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, ckpt_path)       # atomic: a crash never leaves a half-written checkpoint
+            saved = ckpt_path
+        log(f"seed {seed}: epoch {epoch + 1}/{train_cfg['epochs']} loss {row.get('train_loss', math.nan):.4f} "
+            f"val acc {row['val_clean_acc']:.3f}"
+            + (f" robust {row['val_robust_acc']:.3f}" if "val_robust_acc" in row else "")
+            + f" ({row['epoch_time_s']:.1f}s)")
+        if on_epoch is not None:
+            on_epoch(epoch, history[-1], saved)
+
+    # ---- final evaluation on the test set
+    t0 = time.perf_counter()
+    clean_counts = confusion_counts(model, data.test, data.num_classes, device=device, batch_size=eval_bs,
+                                    rank=rank, world=world)
+    confusion = {"clean": clean_counts}
+    for i, entry in enumerate(cfg["eval"]["attacks"]):
+        eval_attack = build_attack(entry["attack"], bounds=data.bounds, **_options(entry, "name", "attack"))
+        confusion[entry["name"]] = confusion_counts(
+            model, data.test, data.num_classes, device=device, batch_size=eval_bs, attack=eval_attack,
+            generator=generator(seed, "eval-attack", i, rank, device=device), rank=rank, world=world)
+    eval_time = time.perf_counter() - t0
+    fingerprints = _gather_strings(parameter_fingerprint(model), world)
+    if rank != 0:
+        return None
+
+    with warnings.catch_warnings(record=True) as caught:   # absent test classes: surface once, in the log
+        warnings.simplefilter("always")
+        computed = {name: fairness_metrics(c) for name, c in confusion.items()}
+    for w in caught:
+        log(f"seed {seed}: warning: {w.message}")
+    metrics = metric_record(computed["clean"], [(e["name"], computed[e["name"]]) for e in cfg["eval"]["attacks"]])
+    metrics["train_time_s"] = float(sum(h["epoch_time_s"] for h in history))
+    metrics["eval_time_s"] = eval_time
+    return SeedResult(
+        seed=seed, metrics=metrics, confusion={k: v.tolist() for k, v in confusion.items()},
+        per_class_acc={k: v["per_class_acc"] for k, v in computed.items()}, history=history,
+        class_names=list(data.class_names), final_model_path=str(ckpt_path), param_fingerprints=fingerprints)

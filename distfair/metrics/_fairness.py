@@ -1,0 +1,113 @@
+"""Accuracy, source-, symmetry- and target-class fairness metrics of a confusion matrix.
+
+Definitions follow Sy-FAR §5 ("Evaluation Metrics") and methods.md "Metrics"; the
+symmetry loss is Sy-FAR §4.2 Eq. 1-2 evaluated on the row-normalised hard matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+__all__ = ["fairness_metrics"]
+
+
+def _as_count_matrix(counts) -> np.ndarray:
+    if hasattr(counts, "detach"):  # torch tensor: no torch import needed for this
+        counts = counts.detach().cpu().numpy()
+    try:
+        matrix = np.asarray(counts, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"counts: must be a numeric K x K matrix ({err})") from err
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"counts: must be a square 2-D matrix, got shape {matrix.shape}")
+    if matrix.shape[0] < 2:
+        raise ValueError(f"counts: needs at least 2 classes, got K={matrix.shape[0]}")
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("counts: entries must be finite, found NaN or inf")
+    if np.any(matrix < 0):
+        raise ValueError(f"counts: entries must be >= 0, found minimum {matrix.min()}")
+    if matrix.sum() == 0:
+        raise ValueError("counts: total count is 0, no samples to evaluate")
+    return matrix
+
+
+def fairness_metrics(counts) -> dict:
+    """All fairness metrics of one evaluation from its K x K confusion matrix.
+
+    ``counts[i, j]`` counts samples of true class ``i`` predicted as ``j`` (non-negative,
+    finite, need not be integers; numpy array, nested list or torch tensor).
+
+    A class is *present* when its row sum is > 0. Absent classes get ``None`` in
+    ``per_class_acc``, are left out of every per-class statistic and pair statistic, and a
+    ``UserWarning`` names them (methods.md conventions: never a NaN, never a division by 0).
+    ``R`` is the row-normalised matrix (absent rows stay zero). Returned keys, all plain
+    Python floats or ``None``:
+
+    - ``acc``: trace(counts) / total count (over all samples).
+    - ``per_class_acc``: list of length K, ``diag(R)`` (``None`` for absent classes).
+    - ``worst_class_acc``, ``acc_gap``: min, and max - min, of present per-class accs.
+    - ``nsd``: population std (ddof=0) / mean of present per-class accs; ``None`` if mean 0.
+    - ``worst10_acc``: mean of the lowest ceil(P/10) per-class accs, P = #present classes.
+    - ``max_asym_gap``: max over present i<j of ``|R_ij - R_ji|``; 0.0 if P < 2.
+    - ``sym_loss``: Sy-FAR Eq. 2 on ``R`` over present pairs,
+      ``sum |a-b| / (a+b+eps) * (a+b)`` with ``a=R_ij``, ``b=R_ji``, ``eps = 1/K``.
+    - ``tgt_max``, ``tgt_min``, ``tgt_std`` (ddof=0) of the target confusion shares
+      ``T_j = sum_{i!=j} R_ij / sum_i sum_{k!=i} R_ik`` over all columns j (Sy-FAR §5);
+      ``None`` when there are no misclassifications (shares undefined, no warning).
+
+    Raises:
+        ValueError: not square 2-D, K < 2, negative or non-finite entries, total count 0.
+    """
+    matrix = _as_count_matrix(counts)
+    k = matrix.shape[0]
+    row_sums = matrix.sum(axis=1)
+    present = row_sums > 0
+    absent = np.flatnonzero(~present)
+    if absent.size:
+        warnings.warn(
+            f"classes {absent.tolist()} have no samples; they are left out of the "
+            "per-class fairness metrics",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    rates = np.zeros_like(matrix)
+    rates[present] = matrix[present] / row_sums[present, None]
+
+    diag = np.diag(rates)
+    accs = np.sort(diag[present])
+    mean_acc = float(accs.mean())
+    n_worst = math.ceil(accs.size / 10)
+
+    # Pairs i<j with both classes present; absent rows are zero but their columns are not.
+    pair_mask = np.triu(np.ones((k, k), dtype=bool), 1) & present[:, None] & present[None, :]
+    a = rates[pair_mask]
+    b = rates.T[pair_mask]
+    eps = 1.0 / k
+    asym = np.abs(a - b)
+
+    off_diag = rates - np.diag(diag)
+    misclassified = off_diag.sum()
+    if misclassified > 0:
+        shares = off_diag.sum(axis=0) / misclassified
+        tgt_max, tgt_min = float(shares.max()), float(shares.min())
+        tgt_std = float(shares.std())
+    else:
+        tgt_max = tgt_min = tgt_std = None
+
+    return {
+        "acc": float(np.trace(matrix) / matrix.sum()),
+        "worst_class_acc": float(accs[0]),
+        "acc_gap": float(accs[-1] - accs[0]),
+        "nsd": float(accs.std() / mean_acc) if mean_acc > 0 else None,
+        "worst10_acc": float(accs[:n_worst].mean()),
+        "max_asym_gap": float(asym.max()) if asym.size else 0.0,
+        "sym_loss": float(np.sum(asym / (a + b + eps) * (a + b))),
+        "tgt_max": tgt_max,
+        "tgt_min": tgt_min,
+        "tgt_std": tgt_std,
+        "per_class_acc": [float(diag[i]) if present[i] else None for i in range(k)],
+    }

@@ -1,0 +1,85 @@
+"""``distfair run``: one configuration over several seeds, recorded as an MLflow parent run
+with one child run per seed. The layer between the command line and Ray/MLflow, reused by
+the sweep.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from distfair import tracking
+from distfair.config import flatten
+from distfair.metrics import aggregate_seed_metrics
+
+
+@dataclass
+class RunReport:
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    seeds: list[int]
+    metrics: dict[str, dict]          # name -> summarize() over the finished seeds
+    errors: dict[int, str]
+
+    def to_json(self) -> dict:
+        keep = ("mean", "std", "min", "max", "values")
+        return {"experiment": self.experiment, "parent_run_id": self.parent_run_id, "seeds": self.seeds,
+                "metrics": {k: {s: v[s] for s in keep} for k, v in self.metrics.items()}}
+
+
+def config_hash(cfg: dict) -> str:
+    """Stable hash of the resolved configuration (seeds and search space excluded)."""
+    body = {k: v for k, v in cfg.items() if k not in ("seeds", "space", "description")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: str, tracking_uri: str,
+                                    storage_path: str | Path, log: Callable[[str], None],
+                                    extra_tags: dict[str, str] | None = None,
+                                    parent_run_name: str | None = None) -> RunReport:
+    """Create the MLflow records, train every seed on the connected Ray cluster, aggregate.
+
+    Ray must already be initialised (see ``distfair.distributed.ray_session``). Whatever
+    happens, the parent and every child end in a terminal state: FINISHED, or FAILED for a
+    seed that produced no result (and then the parent too), or KILLED on Ctrl-C.
+    """
+    from distfair.distributed import run_configuration
+
+    seeds = list(cfg["seeds"])
+    experiment_id = tracking.prepare_experiment(tracking_uri, experiment)
+    digest = config_hash(cfg)
+    flat = flatten(cfg)
+    flat["seeds"] = seeds
+    parent = tracking.start_parent_run(
+        tracking_uri, experiment_id, flat, run_name=parent_run_name or f"{Path(config_path).stem}-{digest[:8]}",
+        tags={"distfair.config_file": str(config_path), "distfair.config_hash": digest,
+              "distfair.defense": cfg["defense"]["name"], "distfair.dataset": cfg["dataset"]["name"],
+              **(extra_tags or {})})
+    children = {s: tracking.get_or_create_seed_run(tracking_uri, experiment_id, parent, s) for s in seeds}
+    log(f"MLflow: experiment {experiment!r}, parent run {parent} ({tracking_uri})")
+    try:
+        outcome = run_configuration(cfg, seeds=seeds, tracking_uri=tracking_uri, child_run_ids=children,
+                                    run_name=f"distfair-{parent[:16]}", storage_path=storage_path, log=log)
+    except KeyboardInterrupt:
+        tracking.mark_runs(tracking_uri, [*children.values(), parent], "KILLED")
+        raise
+    except Exception:
+        tracking.mark_runs(tracking_uri, [*children.values(), parent], "FAILED")
+        raise
+    per_seed = tracking.finished_seed_metrics(tracking_uri, experiment_id, parent)
+    errors = {s: outcome.errors.get(s, "no finished MLflow run") for s in seeds if s not in per_seed}
+    tracking.mark_runs(tracking_uri, [children[s] for s in errors], "FAILED")
+    summary = aggregate_seed_metrics([per_seed[s] for s in sorted(per_seed)])
+    tracking.log_parent_summary(tracking_uri, parent, summary, n_seeds=len(per_seed),
+                                status="FAILED" if errors else "FINISHED")
+    return RunReport(experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
+                     tracking_uri=tracking_uri, seeds=sorted(per_seed), metrics=summary, errors=errors)
+
+
+def default_storage_path() -> str:
+    return str(Path(os.getcwd(), "distfair_runs").resolve())

@@ -1,0 +1,195 @@
+"""Everything MLflow: the only module of distfair that imports it.
+
+Record layout of one configuration (``distfair run``):
+
+* a **parent run** with every resolved config value as a param (``train.lr`` style), and for
+  every metric its children report ``<name>_mean``, ``<name>_std`` (ddof=1), ``<name>_min``,
+  ``<name>_max``, ``<name>_ci95_low``/``_high`` plus ``n_seeds``;
+* one **child run per seed** (tag ``mlflow.parentRunId``), param ``seed``, per-epoch training
+  curves with ``step=epoch``, the final metrics, and artifacts: confusion matrices (JSON),
+  per-class accuracies (JSON), a confusion heatmap per evaluation (PNG) and the final checkpoint.
+
+All writes are batched (``log_batch``): against a tracking server one call per value costs
+~40 ms (shared/docs/ray.md). Children are looked up by (parent, seed) before being created, so
+a retried seed never produces a duplicate run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+DEFAULT_DB = "mlflow.db"
+TAG_ROLE = "distfair.role"
+TAG_SEED = "distfair.seed"
+TAG_PARENT = "mlflow.parentRunId"
+MAX_BATCH = 100
+MAX_PARAM_LEN = 6000
+
+
+def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
+    """``uri`` or ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``, made absolute.
+
+    Ray workers run in other working directories, so a relative SQLite or file path is
+    resolved against the driver's working directory here, once.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    cwd = Path(cwd or os.getcwd())
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(cwd / uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:          # a bare path means a file store
+        return str((cwd / uri).resolve())
+    return uri
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:") or "://" not in uri:
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {uri} in a browser"
+
+
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def _batched(items: list, size: int = MAX_BATCH) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _log(client: MlflowClient, run_id: str, metrics=(), params=(), tags=()) -> None:
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    for chunk in _batched(metrics, 1000):
+        client.log_batch(run_id, metrics=chunk)
+    for chunk in _batched(params):
+        client.log_batch(run_id, params=chunk)
+    for chunk in _batched(tags):
+        client.log_batch(run_id, tags=chunk)
+
+
+def _metrics(values: dict, step: int = 0) -> list[Metric]:
+    """Finite numbers only: None (undefined, e.g. target shares without any error) is skipped."""
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+def _param_value(value) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:MAX_PARAM_LEN]
+
+
+def prepare_experiment(uri: str, name: str) -> str:
+    """Create the store and the experiment (if needed) in this process, before any worker
+    writes: several processes creating a fresh SQLite store at once fail (ray.md)."""
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage != "active":
+            raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or choose another --experiment")
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+def start_parent_run(uri: str, experiment_id: str, flat_config: dict, *, run_name: str,
+                     tags: dict[str, str] | None = None) -> str:
+    client = _client(uri)
+    all_tags = {TAG_ROLE: "configuration", **(tags or {})}
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    _log(client, run.info.run_id, params=[Param(k, _param_value(v)) for k, v in sorted(flat_config.items())])
+    return run.info.run_id
+
+
+def get_or_create_seed_run(uri: str, experiment_id: str, parent_run_id: str, seed: int, *,
+                           run_name: str | None = None) -> str:
+    """The child run of ``seed`` under ``parent_run_id``: found by tag if it exists (a retry),
+    otherwise created. Never two runs for one (parent, seed)."""
+    client = _client(uri)
+    found = client.search_runs([experiment_id], filter_string=(
+        f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_SEED}` = '{seed}'"), max_results=2)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=run_name or f"seed={seed}", tags={
+        TAG_PARENT: parent_run_id, TAG_SEED: str(seed), TAG_ROLE: "seed"})
+    _log(client, run.info.run_id, params=[Param("seed", str(seed))])
+    return run.info.run_id
+
+
+class SeedRunLogger:
+    """Writes one seed's record into its (already created) child run; used on Train rank 0."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self.client = _client(uri)
+        self.client.update_run(run_id, status="RUNNING")
+
+    def log_epoch(self, epoch: int, row: dict) -> None:
+        _log(self.client, self.run_id, metrics=_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch))
+
+    def log_result(self, result: dict, *, title: str) -> None:
+        """Final metrics and artifacts of a ``SeedResult.to_dict()``; marks the run FINISHED."""
+        from distfair.plots import confusion_heatmap
+
+        _log(self.client, self.run_id, metrics=_metrics(result["metrics"], step=len(result["history"])))
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            (tmp / "confusion_matrices.json").write_text(json.dumps(
+                {"rows": "true class", "columns": "predicted class", "class_names": result["class_names"],
+                 "matrices": result["confusion"]}, indent=1))
+            (tmp / "per_class_acc.json").write_text(json.dumps(
+                {"class_names": result["class_names"], "per_class_acc": result["per_class_acc"]}, indent=1))
+            self.client.log_artifact(self.run_id, str(tmp / "confusion_matrices.json"))
+            self.client.log_artifact(self.run_id, str(tmp / "per_class_acc.json"))
+            for name, counts in result["confusion"].items():
+                png = confusion_heatmap(counts, result["class_names"], f"{title} — {name}",
+                                        tmp / f"confusion_{name}.png")
+                self.client.log_artifact(self.run_id, str(png), "plots")
+        if result.get("final_model_path"):
+            self.client.log_artifact(self.run_id, result["final_model_path"], "checkpoint")
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+
+def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *, n_seeds: int,
+                       status: str = "FINISHED") -> None:
+    """``<name>_mean/_std/_min/_max/_ci95_low/_ci95_high`` for every child metric, ``n_seeds``,
+    a ``seed_summary.json`` artifact, then close the parent run with ``status``."""
+    client = _client(uri)
+    values = {"n_seeds": n_seeds}
+    for name, stats in summary.items():
+        for stat in ("mean", "std", "min", "max", "ci95_low", "ci95_high"):
+            values[f"{name}_{stat}"] = stats.get(stat)
+    _log(client, parent_run_id, metrics=_metrics(values))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "seed_summary.json"
+        path.write_text(json.dumps(summary, indent=1))
+        client.log_artifact(parent_run_id, str(path))
+    client.set_terminated(parent_run_id, status)
+
+
+def mark_runs(uri: str, run_ids: Iterable[str], status: str) -> None:
+    """Close runs that are still open with ``status`` (FAILED or KILLED); finished ones stay."""
+    client = _client(uri)
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            client.set_terminated(run_id, status)
+
+
+def finished_seed_metrics(uri: str, experiment_id: str, parent_run_id: str) -> dict[int, dict[str, float]]:
+    """``{seed: {metric: latest value}}`` of the parent's FINISHED child runs.
+
+    The parent's statistics are computed from what MLflow actually holds, so they always
+    agree with the children a user sees (a seed whose group failed later still counts if its
+    own run finished)."""
+    client = _client(uri)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                              max_results=10000)
+    return {int(r.data.tags[TAG_SEED]): dict(r.data.metrics) for r in runs
+            if r.info.status == "FINISHED" and TAG_SEED in r.data.tags}
