@@ -120,9 +120,11 @@ def stdout_to_stderr(enabled: bool) -> Iterator[TextIO]:
     saved = os.dup(1)
     os.dup2(2, 1)
     real = os.fdopen(os.dup(saved), "w")
+    python_stdout, sys.stdout = sys.stdout, sys.stderr
     try:
         yield real
     finally:
+        sys.stdout = python_stdout
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)

@@ -201,8 +201,8 @@ def _registry_block(raw, registry: dict, prefix: str, problems: _Problems, skip=
         problems.add(f"{prefix}.{name_key}", f"required; one of {', '.join(sorted(registry))}")
         return None
     if name not in registry:
-        problems.add(f"{prefix}.{name_key}", f"unknown {prefix.split('.')[0].split('[')[0]} {name!r}; "
-                                              f"known: {', '.join(sorted(registry))}")
+        kind = name_key if name_key != "name" else prefix.split('.')[0].split('[')[0]  # eval entries: "attack"
+        problems.add(f"{prefix}.{name_key}", f"unknown {kind} {name!r}; known: {', '.join(sorted(registry))}")
         return None
     fields = _signature_fields(registry[name], skip)
     out = {k: raw[k] for k in (name_key, *extra) if k in raw}

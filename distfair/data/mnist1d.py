@@ -5,6 +5,8 @@ methods.md "Offline data").
 """
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
@@ -28,7 +30,14 @@ def mnist1d(*, num_samples: int = 5000, generator_seed: int = 42, split_seed: in
     args = get_dataset_args()
     args.num_samples = num_samples
     args.seed = generator_seed
-    raw = make_dataset(args)
+    # make_dataset reseeds the global `random` and NumPy RNGs (mnist1d.utils.set_seed):
+    # restore them, so building the data does not override the run's seed_everything().
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        raw = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
     x = torch.tensor(np.asarray(raw["x"]), dtype=torch.float32).unsqueeze(1)  # (N, 1, 40)
     y = torch.tensor(np.asarray(raw["y"]), dtype=torch.long)
     x_test = torch.tensor(np.asarray(raw["x_test"]), dtype=torch.float32).unsqueeze(1)

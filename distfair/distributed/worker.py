@@ -59,9 +59,23 @@ def _report(metrics: dict, files: dict[str, Path | str] | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs every report at INFO under a logger named after its file (so
+    ``LoggingConfig`` does not reach it); one line per epoch of ours is enough."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> list[dict] | None:
     import ray.train
     import ray.train.torch
+
+    _quiet_ray_train_reports()
 
     from distfair.tracking import SeedRunLogger
 

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny configurations and one local Ray instance for the Ray tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {
+    "defense": {"name": "syfar", "lambda_sym": 0.5},
+    "dataset": {"name": "synthetic", "num_samples": 120, "num_classes": 3, "dim": 6},
+    "model": {"name": "mlp", "hidden": 16},
+    "train": {"epochs": 2, "batch_size": 16, "lr": 0.05},
+    "attack": {"name": "pgd", "eps": 0.1, "steps": 2},
+    "eval": {"attacks": [{"name": "pgd5", "attack": "pgd", "steps": 5}, {"name": "fgsm", "attack": "fgsm"}]},
+    "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 1}},
+    "seeds": [0, 1],
+}
+
+
+@pytest.fixture
+def tiny_cfg_dict() -> dict:
+    import copy
+
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def write(data: dict, name: str = "tiny.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data))
+        return path
+    return write
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One real local Ray instance (2 logical CPUs) shared by the Ray tests of a session."""
+    import ray
+
+    from distfair.distributed import session  # noqa: F401 - sets Ray Train env defaults
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=True)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,267 @@
+"""Properties every registered defense must have, run over every entry of ``DEFENSES``, then
+defense-specific checks against losses computed by hand.
+
+Adding a defense to the registry adds it here; its constructor must accept
+``cls(attack=..., num_classes=K)`` with every other option defaulting.
+"""
+import copy
+import inspect
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distfair.attacks import PGD
+from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES, Defense, build_defense
+from distfair.defenses.syfar import SyFAR
+
+NAMES = sorted(DEFENSES)
+NEEDS_ATTACK = [n for n in NAMES if DEFENSES[n].needs_attack]
+K = 3
+BATCH = 12
+
+
+def make_attack() -> PGD:
+    return PGD(eps=0.1, steps=2, bounds=(0.0, 1.0))
+
+
+def make_defense(name: str, **options) -> Defense:
+    cls = DEFENSES[name]
+    return cls(attack=make_attack() if cls.needs_attack else None, num_classes=K, **options)
+
+
+def tiny_cnn(k: int = K) -> nn.Module:
+    """BatchNorm makes train/eval mode observable (and must be restored by the attack)."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 6 * 6, k))
+
+
+def tiny_linear(k: int = K) -> nn.Module:
+    """No BatchNorm: outputs do not depend on the order of train/eval passes, so losses can
+    be recomputed by hand and compared exactly."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.Tanh(), nn.Linear(16, k))
+
+
+def batch(k: int = K, labels=None, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(BATCH) % k if labels is None else torch.as_tensor(labels)
+    x = torch.rand(len(y), 1, 6, 6, generator=g)
+    return x, y
+
+
+def gen(seed: int = 7) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(params=NAMES)
+def name(request):
+    return request.param
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return tiny_cnn().train()
+
+
+# ----------------------------------------------------------------------------- contract
+def test_registry_entry(name):
+    cls = DEFENSES[name]
+    assert issubclass(cls, Defense) and cls.name == name
+    assert isinstance(build_defense(name, attack=make_attack(), num_classes=K), cls)
+    # the config validator reads options from the signature: keyword-only, annotated, defaulted
+    for pname, p in inspect.signature(cls).parameters.items():
+        assert p.kind is p.KEYWORD_ONLY, pname
+        if pname not in DEFENSE_RUNTIME_ARGS:
+            assert p.annotation is not p.empty, pname
+            assert p.default is not p.empty, pname
+
+
+def test_loss_is_finite_scalar_with_detached_components(name, model):
+    x, y = batch()
+    loss, parts = make_defense(name).loss(model, x, y, generator=gen())
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and loss.requires_grad
+    assert torch.isfinite(loss)
+    assert isinstance(parts, dict) and parts
+    for key, value in parts.items():
+        assert isinstance(key, str)
+        assert isinstance(value, torch.Tensor) and value.ndim == 0, key
+        assert not value.requires_grad and value.grad_fn is None, key
+        assert torch.isfinite(value), key
+
+
+def test_backward_gives_finite_grads_to_every_parameter(name, model):
+    x, y = batch()
+    loss, _ = make_defense(name).loss(model, x, y, generator=gen())
+    # loss() itself must not touch .grad (attacks take input gradients with autograd.grad)
+    assert all(p.grad is None for p in model.parameters())
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_model_stays_in_train_mode(name, model):
+    x, y = batch()
+    make_defense(name).loss(model, x, y, generator=gen())
+    assert all(m.training for m in model.modules())
+
+
+def test_inputs_untouched(name, model):
+    x, y = batch()
+    x0, y0 = x.clone(), y.clone()
+    make_defense(name).loss(model, x, y, generator=gen())
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+    assert not x.requires_grad and x.grad is None
+
+
+def test_same_generator_seed_same_loss(name, model):
+    x, y = batch()
+    defense = make_defense(name)
+    runs = [defense.loss(copy.deepcopy(model), x, y, generator=gen(3)) for _ in range(2)]
+    (loss_a, parts_a), (loss_b, parts_b) = runs
+    assert torch.equal(loss_a, loss_b)
+    assert parts_a.keys() == parts_b.keys()
+    for key in parts_a:
+        assert torch.equal(parts_a[key], parts_b[key]), key
+
+
+@pytest.mark.parametrize("name", NEEDS_ATTACK)
+def test_needs_attack_without_attack_raises(name):
+    with pytest.raises(ValueError, match="attack"):
+        DEFENSES[name](attack=None, num_classes=K)
+
+
+def test_num_classes_below_two_raises(name):
+    with pytest.raises(ValueError, match="num_classes"):
+        DEFENSES[name](attack=make_attack(), num_classes=1)
+
+
+# ------------------------------------------------------------------------- by-hand losses
+def adversarial(model, x, y, seed: int = 7):
+    """The attack the defenses run, with the same generator seed."""
+    return make_attack()(model, x, y, generator=gen(seed))
+
+
+def test_standard_equals_plain_ce():
+    torch.manual_seed(0)
+    model = tiny_linear().train()
+    x, y = batch()
+    loss, parts = make_defense("standard").loss(model, x, y, generator=gen())
+    expected = F.cross_entropy(model(x), y)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+    torch.testing.assert_close(parts["clean_ce"], expected.detach(), rtol=0, atol=0)
+
+
+def test_pgd_at_equals_ce_of_attacked_batch():
+    torch.manual_seed(0)
+    model = tiny_linear().train()
+    x, y = batch()
+    loss, parts = make_defense("pgd_at").loss(model, x, y, generator=gen(7))
+    x_adv = adversarial(model, x, y, seed=7)
+    assert not torch.equal(x_adv, x)  # the attack did something
+    expected = F.cross_entropy(model(x_adv), y)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(parts["adv_ce"], expected.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_syfar_without_symmetry_is_weighted_ce():
+    torch.manual_seed(0)
+    model = tiny_linear().train()
+    x, y = batch()
+    lc, la = 0.3, 0.7
+    loss, _ = make_defense("syfar", lambda_clean=lc, lambda_adv=la, lambda_sym=0.0).loss(
+        model, x, y, generator=gen(7))
+    x_adv = adversarial(model, x, y, seed=7)
+    expected = lc * F.cross_entropy(model(x), y) + la * F.cross_entropy(model(x_adv), y)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+
+
+def hand_symmetry(probs: torch.Tensor, y: torch.Tensor, classes, eps: float) -> float:
+    """Sy-FAR Eq. 1-2 by loops, over the given classes only: C[i][j] = mean of probs[:, j]
+    over the samples of class i; sum over pairs i < j of |a-b| / (a+b+eps) * (a+b)."""
+    p = probs.detach().double()
+    C = {i: {j: p[y == i, j].mean().item() for j in classes} for i in classes}
+    total = 0.0
+    for n, i in enumerate(classes):
+        for j in classes[n + 1:]:
+            a, b = C[i][j], C[j][i]
+            total += abs(a - b) / (a + b + eps) * (a + b)
+    return total
+
+
+@pytest.mark.parametrize("sym_eps", [None, 0.5])
+def test_syfar_symmetry_term_by_hand(sym_eps):
+    torch.manual_seed(0)
+    k = 4
+    model = tiny_linear(k).train()
+    x, y = batch(k)
+    _, parts = SyFAR(attack=make_attack(), num_classes=k, sym_eps=sym_eps).loss(model, x, y, generator=gen(7))
+    probs = model(adversarial(model, x, y, seed=7)).softmax(dim=1)
+    expected = hand_symmetry(probs, y, list(range(k)), 1 / k if sym_eps is None else sym_eps)
+    assert expected > 1e-4  # a random model is not symmetric: the check is not vacuous
+    assert parts["sym"].item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_syfar_absent_classes_add_no_penalty():
+    torch.manual_seed(0)
+    k = 6
+    model = tiny_linear(k).train()
+    present = [0, 2, 3]
+    x, y = batch(k, labels=[present[i % 3] for i in range(BATCH)])
+    _, parts = SyFAR(attack=make_attack(), num_classes=k).loss(model, x, y, generator=gen(7))
+    probs = model(adversarial(model, x, y, seed=7)).softmax(dim=1)
+    # ε stays 1/K of the task; only pairs of classes present in the batch count
+    expected = hand_symmetry(probs, y, present, 1 / k)
+    assert expected > 1e-4
+    assert parts["sym"].item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    # what the term would be if absent classes' zero rows were paired with present ones
+    with_absent = hand_symmetry_with_zero_rows(probs, y, k, 1 / k)
+    assert with_absent > expected + 1e-4
+
+
+def hand_symmetry_with_zero_rows(probs, y, k, eps):
+    p = probs.detach().double()
+    C = [[p[y == i, j].mean().item() if (y == i).any() else 0.0 for j in range(k)] for i in range(k)]
+    return sum(abs(C[i][j] - C[j][i]) / (C[i][j] + C[j][i] + eps) * (C[i][j] + C[j][i])
+               for i in range(k) for j in range(i + 1, k))
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0), (0.1, 1.0, 10.0), (0.0, 2.0, 0.5), (1.0, 0.0, 0.0)])
+def test_syfar_weights_scale_components(weights):
+    torch.manual_seed(0)
+    model = tiny_linear().train()
+    x, y = batch()
+    lc, la, ls = weights
+    loss, parts = SyFAR(attack=make_attack(), num_classes=K, lambda_clean=lc, lambda_adv=la,
+                        lambda_sym=ls).loss(copy.deepcopy(model), x, y, generator=gen(7))
+    _, unit = SyFAR(attack=make_attack(), num_classes=K).loss(copy.deepcopy(model), x, y, generator=gen(7))
+    assert set(parts) == {"clean_ce", "adv_ce", "sym"}
+    for key in parts:  # the components themselves do not depend on the weights
+        torch.testing.assert_close(parts[key], unit[key], rtol=0, atol=0)
+    expected = lc * parts["clean_ce"] + la * parts["adv_ce"] + ls * parts["sym"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-7)
+
+
+def test_syfar_defaults_are_unit_weights_and_eps_one_over_k():
+    defense = SyFAR(attack=make_attack(), num_classes=K)
+    assert (defense.lambda_clean, defense.lambda_adv, defense.lambda_sym) == (1.0, 1.0, 1.0)
+    assert defense.sym_eps is None
+
+
+@pytest.mark.parametrize("option,value", [
+    ("lambda_clean", -0.1), ("lambda_adv", -1.0), ("lambda_sym", -1e-3),
+    ("sym_eps", 0.0), ("sym_eps", -1.0),
+])
+def test_syfar_rejects_impossible_options(option, value):
+    with pytest.raises(ValueError, match=option):
+        SyFAR(attack=make_attack(), num_classes=K, **{option: value})
+
+
+def test_syfar_zero_weights_are_allowed():
+    defense = SyFAR(attack=make_attack(), num_classes=K, lambda_clean=0.0, lambda_adv=0.0, lambda_sym=0.0)
+    loss, _ = defense.loss(tiny_linear().train(), *batch(), generator=gen())
+    assert loss.item() == 0.0 and math.isfinite(loss.item())

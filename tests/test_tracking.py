@@ -1,0 +1,63 @@
+"""The MLflow module on a real SQLite store: URI resolution, idempotent child runs, summaries."""
+from __future__ import annotations
+
+import math
+
+from mlflow.tracking import MlflowClient
+
+from distfair import tracking
+
+
+def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri(None, cwd=tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.resolve_tracking_uri("sqlite:///x/y.db", cwd=tmp_path) == f"sqlite:///{tmp_path}/x/y.db"
+    assert tracking.resolve_tracking_uri("sqlite:////abs/y.db", cwd=tmp_path) == "sqlite:////abs/y.db"
+    assert tracking.resolve_tracking_uri("http://127.0.0.1:5000", cwd=tmp_path) == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert tracking.resolve_tracking_uri(None, cwd=tmp_path) == f"sqlite:///{tmp_path}/env.db"
+
+
+def test_seed_runs_are_created_once_and_nested(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    assert tracking.prepare_experiment(uri, "e") == exp
+    parent = tracking.start_parent_run(uri, exp, {"train.lr": 0.1, "eval.attacks": [1, 2]}, run_name="p")
+    first = tracking.get_or_create_seed_run(uri, exp, parent, 7)
+    again = tracking.get_or_create_seed_run(uri, exp, parent, 7)        # a retried seed
+    other = tracking.get_or_create_seed_run(uri, exp, parent, 8)
+    assert first == again != other
+    client = MlflowClient(uri)
+    child = client.get_run(first)
+    assert child.data.tags["mlflow.parentRunId"] == parent and child.data.params["seed"] == "7"
+    assert client.get_run(parent).data.params == {"train.lr": "0.1", "eval.attacks": "[1, 2]"}
+
+
+def test_parent_summary_and_status(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    parent = tracking.start_parent_run(uri, exp, {}, run_name="p")
+    summary = {"robust_acc": {"mean": 0.5, "std": 0.1, "min": 0.4, "max": 0.6, "ci95_low": 0.3,
+                              "ci95_high": 0.7, "n": 2, "values": [0.4, 0.6]},
+               "tgt_max": {"mean": None, "std": None, "min": None, "max": None, "ci95_low": None,
+                           "ci95_high": None, "n": 0, "values": []}}
+    tracking.log_parent_summary(uri, parent, summary, n_seeds=2)
+    run = MlflowClient(uri).get_run(parent)
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert m["n_seeds"] == 2 and m["robust_acc_mean"] == 0.5 and m["robust_acc_std"] == 0.1
+    assert not any(k.startswith("tgt_max") for k in m)                 # undefined is not logged as 0
+    assert all(math.isfinite(v) for v in m.values())
+
+
+def test_mark_runs_leaves_finished_runs_alone(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    parent = tracking.start_parent_run(uri, exp, {}, run_name="p")
+    done = tracking.get_or_create_seed_run(uri, exp, parent, 0)
+    open_ = tracking.get_or_create_seed_run(uri, exp, parent, 1)
+    MlflowClient(uri).set_terminated(done, "FINISHED")
+    tracking.mark_runs(uri, [done, open_], "KILLED")
+    client = MlflowClient(uri)
+    assert client.get_run(done).info.status == "FINISHED"
+    assert client.get_run(open_).info.status == "KILLED"
