@@ -387,7 +387,9 @@ def apply_overrides(raw: dict, overrides: list[tuple[str, Any]]) -> dict:
         for part in parts[:-1]:
             if isinstance(node.get(part), str):   # `attack: pgd` shorthand -> mapping
                 node[part] = {"name": node[part]}
-            node = node.setdefault(part, {})
+            elif node.get(part) is None:           # `attack: null` (or absent) -> new mapping
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError("--set", [(key, f"{part!r} is not a mapping")])
         node[parts[-1]] = value

@@ -35,9 +35,10 @@ def write_config(tmp_path):
     return write
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local(tmp_path_factory):
-    """One real local Ray instance (2 logical CPUs) shared by the Ray tests of a session."""
+    """One real local Ray instance (2 logical CPUs) shared by the tests of a module
+    (module scope: a second local instance started by a subprocess test must not find two)."""
     import ray
 
     from distfair.distributed import session  # noqa: F401 - sets Ray Train env defaults

@@ -114,7 +114,7 @@ def test_bare_names_and_int_to_float(tmp_path):
                                               eval={"attacks": [{"name": "p", "attack": "pgd", "eps": 0.2}]},
                                               train={"lr": 1}, seeds=2)))
     assert cfg["defense"] == {"name": "standard"}
-    assert cfg["model"] == {"name": "mlp", "hidden": 32}
+    assert cfg["model"] == {"name": "mlp", "hidden": 32, "mean": 0.5, "std": 0.25}
     assert cfg["attack"] is None
     assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)
     assert cfg["seeds"] == [0, 1]
@@ -151,7 +151,7 @@ def test_overrides_apply(tmp_path):
 
 def test_override_into_bare_name(tmp_path):
     cfg = load_config(write(tmp_path, changed(model="mlp")), ["model.hidden=4"])
-    assert cfg["model"] == {"name": "mlp", "hidden": 4}
+    assert cfg["model"] == {"name": "mlp", "hidden": 4, "mean": 0.5, "std": 0.25}
 
 
 def test_overrides_are_type_checked(tmp_path):
@@ -189,7 +189,8 @@ def test_bad_override_string(tmp_path, bad):
                  id="defense-name"),
     pytest.param(with_option("dataset", name="nope"), "dataset.name", ("unknown dataset 'nope'", "known:", "digits"),
                  id="dataset-name"),
-    pytest.param(with_option("model", name="nope"), "model.name", ("unknown model 'nope'", "known:", "mlp"), id="model-name"),
+    pytest.param(with_option("model", name="nope"), "model.name", ("unknown model 'nope'", "known:", "mlp"),
+                 id="model-name"),
     pytest.param(with_option("attack", name="nope"), "attack.name", ("unknown attack 'nope'", "known:", "pgd"),
                  id="attack-name"),
     pytest.param(changed(eval={"attacks": [{"name": "x", "attack": "nope"}]}), "eval.attacks[0].attack",
@@ -273,3 +274,8 @@ def test_missing_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert_problem(info.value, "(file)", "cannot read")
+
+
+def test_override_into_null_block(tmp_path):
+    cfg = load_config(write(tmp_path, changed(defense="standard", attack=None)), ["attack.name=pgd", "attack.eps=0.2"])
+    assert cfg["attack"]["name"] == "pgd" and cfg["attack"]["eps"] == 0.2

@@ -17,7 +17,7 @@ SMALL = {"preact_resnet18": {"width": 8}}
 SHAPES = {"digits_cnn": (1, 8, 8), "cnn1d": (1, 40), "preact_resnet18": (3, 32, 32), "mlp": (8,)}
 CANDIDATE_SHAPES = [(1, 8, 8), (1, 40), (3, 32, 32), (8,), (1, 28, 28), (3, 64, 64), (1, 16000)]
 #: models documented as taking flat features without a normalisation layer
-NO_NORMALIZE = {"mlp"}
+NO_NORMALIZE: set[str] = set()   # every model normalises inside
 #: inputs each model must reject
 BAD_SHAPES = {
     "digits_cnn": [(1, 28, 28), (3, 8, 8), (64,)],
