@@ -159,6 +159,16 @@ def _signature_fields(obj, skip: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
 
 
 # ---------------------------------------------------------------------------------- blocks
+def _typed_value(value, tp, default, key: str, problems: _Problems) -> tuple[bool, Any]:
+    """Check one value against its annotation; null is allowed where the default is null."""
+    if value is None and default is None:
+        return True, None
+    ok, coerced = _coerce(value, tp)
+    if not ok:
+        problems.add(key, f"must be {_describe(tp)}, got {value!r}")
+    return ok, coerced
+
+
 def _fixed_block(raw, fields, prefix: str, problems: _Problems) -> dict:
     if raw is None:
         raw = {}
@@ -173,15 +183,10 @@ def _fixed_block(raw, fields, prefix: str, problems: _Problems) -> dict:
         if key not in raw:
             out[key] = copy.deepcopy(default)
             continue
-        value = raw[key]
-        if value is None and default is None:
-            out[key] = None
-            continue
-        ok, value = _coerce(value, tp)
+        ok, value = _typed_value(raw[key], tp, default, f"{prefix}.{key}", problems)
         if not ok:
-            problems.add(f"{prefix}.{key}", f"must be {_describe(tp)}, got {raw[key]!r}")
             continue
-        reason = check(value) if check else None
+        reason = check(value) if check and value is not None else None
         if reason:
             problems.add(f"{prefix}.{key}", reason)
         out[key] = value
@@ -213,14 +218,9 @@ def _registry_block(raw, registry: dict, prefix: str, problems: _Problems, skip=
             problems.add(f"{prefix}.{key}", f"unknown option of {name!r}; known: {', '.join(fields) or 'none'}")
             continue
         tp, default = fields[key]
-        if value is None and default is None:
-            out[key] = None
-            continue
-        ok, coerced = _coerce(value, tp)
-        if not ok:
-            problems.add(f"{prefix}.{key}", f"must be {_describe(tp)}, got {value!r}")
-            continue
-        out[key] = coerced
+        ok, coerced = _typed_value(value, tp, default, f"{prefix}.{key}", problems)
+        if ok:
+            out[key] = coerced
     for key, (tp, default) in fields.items():
         if key in out:
             continue

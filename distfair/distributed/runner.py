@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -69,12 +70,13 @@ def run_configuration(cfg: dict, *, seeds: list[int], tracking_uri: str, child_r
     outcome.groups = plan_seed_groups(seeds, cfg["scaling"], dict(ray.cluster_resources()), alive_node_resources())
     log(f"{len(seeds)} seed(s) in {len(outcome.groups)} concurrent worker group(s) of "
         f"{cfg['scaling']['num_workers']} worker(s): " + " | ".join(",".join(map(str, g)) for g in outcome.groups))
-    with futures.ThreadPoolExecutor(max_workers=len(outcome.groups), thread_name_prefix="distfair-group") as pool:
-        running = {
-            pool.submit(_fit_group, cfg, group, name=f"{run_name}-g{i}", storage_path=str(storage_path),
-                        tracking_uri=tracking_uri, child_run_ids=child_run_ids): group
-            for i, group in enumerate(outcome.groups)
-        }
+    pool = futures.ThreadPoolExecutor(max_workers=len(outcome.groups), thread_name_prefix="distfair-group")
+    running = {
+        pool.submit(_fit_group, cfg, group, name=f"{run_name}-g{i}", storage_path=str(storage_path),
+                    tracking_uri=tracking_uri, child_run_ids=child_run_ids): group
+        for i, group in enumerate(outcome.groups)
+    }
+    try:
         for future in futures.as_completed(running):
             group = running[future]
             try:
@@ -88,4 +90,7 @@ def run_configuration(cfg: dict, *, seeds: list[int], tracking_uri: str, child_r
             for seed in group:
                 if seed not in outcome.results:
                     outcome.errors.setdefault(seed, "no result returned")
+    finally:
+        # On Ctrl-C do not wait for the fits: shutting Ray down (the caller's session) ends them.
+        pool.shutdown(wait=not sys.exc_info()[0], cancel_futures=True)
     return outcome
