@@ -88,3 +88,48 @@ def test_shipped_quickstart_runs_end_to_end(tmp_path):
     assert m["robust_acc"]["max"] <= m["clean_acc"]["max"]
     assert (tmp_path / "mlflow.db").exists()
     assert "mlflow ui --backend-store-uri" in proc.stderr
+
+
+def _statuses(db) -> dict[str, str]:
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("itest")
+    return {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])} if exp else {}
+
+
+def test_ctrl_c_marks_every_run_killed_and_exits_promptly(tmp_path, write_config, tiny_cfg_dict):
+    import signal
+    import time
+
+    tiny_cfg_dict["train"]["epochs"] = 500                      # long enough to be interrupted
+    path = write_config(tiny_cfg_dict)
+    proc = subprocess.Popen([sys.executable, "-m", "distfair.cli", "run", str(path), "--experiment", "itest"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "mlflow.db"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:                          # wait until a seed has logged an epoch
+        time.sleep(2)
+        client = MlflowClient(f"sqlite:///{db}") if db.exists() else None
+        exp = client.get_experiment_by_name("itest") if client else None
+        if exp and any("train_loss" in r.data.metrics for r in client.search_runs([exp.experiment_id])):
+            break
+    else:
+        proc.kill()
+        pytest.fail("no epoch was logged in time")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "marked KILLED" in err
+    statuses = _statuses(db)
+    assert len(statuses) == 3 and set(statuses.values()) == {"KILLED"}, statuses
+
+
+def test_a_failing_run_is_reported_and_left_failed_not_running(tmp_path, write_config, tiny_cfg_dict):
+    tiny_cfg_dict["train"]["lr"] = 1e12                          # diverges: non-finite loss in epoch 1
+    tiny_cfg_dict["seeds"] = [0]
+    path = write_config(tiny_cfg_dict)
+    proc = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--experiment", "itest"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "seed 0 FAILED" in proc.stdout and "non-finite training loss" in proc.stdout
+    statuses = _statuses(tmp_path / "mlflow.db")
+    assert set(statuses.values()) == {"FAILED"}, statuses

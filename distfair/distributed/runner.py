@@ -6,9 +6,10 @@ calls for its configuration (a Tune function trainable may drive Train itself; r
 """
 from __future__ import annotations
 
-import concurrent.futures as futures
+import functools
 import math
-import sys
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -55,6 +56,32 @@ def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, tra
     return list(result.return_value or [])
 
 
+def _run_in_daemon_threads(jobs: list[Callable[[], list[dict]]]):
+    """Run each job in a daemon thread; yield ``(index, result, error)`` as they finish.
+
+    Daemon threads, not a thread pool: on Ctrl-C the command marks its runs KILLED and shuts
+    Ray down, and must then exit without joining threads still blocked inside ``fit()``. The
+    main thread wakes twice a second so a signal is acted on promptly.
+    """
+    done: queue.Queue = queue.Queue()
+
+    def target(index: int, job) -> None:
+        try:
+            done.put((index, job(), None))
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            done.put((index, None, err))
+
+    for i, job in enumerate(jobs):
+        threading.Thread(target=target, args=(i, job), name=f"distfair-group-{i}", daemon=True).start()
+    for _ in jobs:
+        while True:
+            try:
+                yield done.get(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
+
+
 def run_configuration(cfg: dict, *, seeds: list[int], tracking_uri: str, child_run_ids: dict[int, str],
                       run_name: str, storage_path: str | Path,
                       log: Callable[[str], None] = print) -> ConfigurationOutcome:
@@ -70,27 +97,17 @@ def run_configuration(cfg: dict, *, seeds: list[int], tracking_uri: str, child_r
     outcome.groups = plan_seed_groups(seeds, cfg["scaling"], dict(ray.cluster_resources()), alive_node_resources())
     log(f"{len(seeds)} seed(s) in {len(outcome.groups)} concurrent worker group(s) of "
         f"{cfg['scaling']['num_workers']} worker(s): " + " | ".join(",".join(map(str, g)) for g in outcome.groups))
-    pool = futures.ThreadPoolExecutor(max_workers=len(outcome.groups), thread_name_prefix="distfair-group")
-    running = {
-        pool.submit(_fit_group, cfg, group, name=f"{run_name}-g{i}", storage_path=str(storage_path),
-                    tracking_uri=tracking_uri, child_run_ids=child_run_ids): group
-        for i, group in enumerate(outcome.groups)
-    }
-    try:
-        for future in futures.as_completed(running):
-            group = running[future]
-            try:
-                for record in future.result():
-                    outcome.results[record["seed"]] = record
-            except Exception as err:  # noqa: BLE001 - reported per seed, other groups go on
-                reason = f"{type(err).__name__}: {err}"
-                log(f"worker group with seeds {group} failed: {reason}")
-                for seed in group:
-                    outcome.errors.setdefault(seed, reason)
-            for seed in group:
-                if seed not in outcome.results:
-                    outcome.errors.setdefault(seed, "no result returned")
-    finally:
-        # On Ctrl-C do not wait for the fits: shutting Ray down (the caller's session) ends them.
-        pool.shutdown(wait=not sys.exc_info()[0], cancel_futures=True)
+    jobs = [functools.partial(_fit_group, cfg, group, name=f"{run_name}-g{i}", storage_path=str(storage_path),
+                              tracking_uri=tracking_uri, child_run_ids=child_run_ids)
+            for i, group in enumerate(outcome.groups)]
+    for index, records, err in _run_in_daemon_threads(jobs):
+        group = outcome.groups[index]
+        if err is not None:
+            reason = f"{type(err).__name__}: {err}"
+            log(f"worker group with seeds {group} failed: {reason}")
+        for record in records or []:
+            outcome.results[record["seed"]] = record
+        for seed in group:
+            if seed not in outcome.results:
+                outcome.errors.setdefault(seed, reason if err is not None else "no result returned")
     return outcome
