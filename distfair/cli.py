@@ -36,6 +36,17 @@ exit codes: 0 all seeds finished, 1 a seed failed (the others are still recorded
 """
 
 
+SWEEP_EPILOG = """\
+examples:
+  distfair sweep tune_spaces/quickstart_sweep.yaml
+  distfair sweep tune_spaces/digits_syfar.yaml --num-samples 24 --num-seeds 5 --address auto
+  distfair sweep tune_spaces/digits_syfar.yaml --resume             # after a crash or Ctrl-C
+
+exit codes: 0 finished, 1 a configuration failed (the others are recorded), 2 bad arguments or
+configuration (nothing was started), 130 interrupted (resume with --resume).
+"""
+
+
 def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
@@ -97,6 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config value, parsed as YAML (repeatable), e.g. --set train.lr=0.01")
     add_cluster_args(run)
     run.set_defaults(handler=cmd_run)
+
+    sweep = sub.add_parser(
+        "sweep", help="search a configuration's `space` with Ray Tune + Optuna, every configuration over seeds",
+        description="Search the `space` block of FILE with Ray Tune + Optuna (seeded sampler). Every "
+                    "configuration is trained over all its seeds (as `distfair run` does) and judged on the "
+                    "distribution of its seeds (mean, std, mean - k*std, ...); multi-objective searches report "
+                    "the Pareto set. MLflow: a sweep run -> a configuration run per trial -> a seed run per seed.",
+        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_argument("config", metavar="FILE", help="configuration YAML with a `space` block "
+                                                      "(see tune_spaces/quickstart_sweep.yaml)")
+    sweep.add_argument("--num-samples", type=_positive_int, metavar="N",
+                       help="sampled points (overrides space.search.num_samples); each runs at every grid point")
+    sweep.add_argument("--num-seeds", type=_positive_int, metavar="N", help="seeds 0..N-1 per configuration")
+    sweep.add_argument("--max-concurrent", type=_positive_int, metavar="N",
+                       help="configurations at once (default: as many as the cluster holds with all their seeds)")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue the newest attempt of this sweep after a crash or Ctrl-C: finished "
+                            "configurations are kept, unfinished seed runs are redone")
+    add_cluster_args(sweep)
+    sweep.set_defaults(handler=cmd_sweep)
     return parser
 
 
@@ -203,6 +234,71 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.json:
             out.write(json.dumps(_json_safe(report.to_json())) + "\n")
     return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from distfair.config import ConfigError
+    from distfair.sweep import load_sweep
+
+    try:
+        cfg, spec = load_sweep(args.config, num_samples=args.num_samples, num_seeds=args.num_seeds,
+                               max_concurrent=args.max_concurrent)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from distfair import tracking
+    from distfair.distributed import InsufficientResources, ray_session
+    from distfair.distributed.sweep import TRIAL_RESOURCE
+    from distfair.run import default_storage_path
+    from distfair.sweep import run_sweep
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    experiment = args.experiment or Path(args.config).stem
+    with stdout_to_stderr(args.json) as out:
+        human = sys.stderr if args.json else sys.stdout
+
+        def log(msg: str) -> None:
+            print(f"[distfair] {msg}", file=human, flush=True)
+
+        try:
+            with ray_session(args.address, num_cpus=args.num_cpus, resources={TRIAL_RESOURCE: 1000}) as cluster:
+                report = run_sweep(cfg, spec, config_path=args.config, experiment=experiment, tracking_uri=uri,
+                                   storage_path=args.storage_path or default_storage_path(), resume=args.resume,
+                                   cluster=cluster, log=log)
+        except InsufficientResources as err:
+            print(f"error: {args.config}: scaling: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except FileNotFoundError as err:        # --resume with nothing to resume
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        if report.interrupted:
+            print(f"interrupted: open runs were marked KILLED; continue with\n  distfair sweep {args.config} "
+                  f"--resume" + (f" --experiment {args.experiment}" if args.experiment else ""), file=sys.stderr)
+            return 130
+        print("\n" + format_sweep(report), file=human)
+        print(f"\nMLflow: experiment {report.experiment!r}, sweep run {report.sweep_run_id}\n"
+              f"Look at it: {tracking.ui_command(uri)}", file=human, flush=True)
+        if args.json:
+            out.write(json.dumps(_json_safe(report.to_json()), default=str) + "\n")
+    return EXIT_FAILED if any(t.status == "FAILED" for t in report.trials) else EXIT_OK
+
+
+def format_sweep(report) -> str:
+    names = [t.name for t in report.spec.objective]
+    lines = [f"{len(report.trials)} configuration(s); objective: " + ", ".join(
+        f"{t.mode} {t.name}" + (f" (k={t.k})" if "std" in t.stat and t.stat != "std" else "")
+        for t in report.spec.objective)]
+    for t in report.trials:
+        mark = "*" if report.best and t.parent_run_id == report.best.parent_run_id else (
+            "p" if t in report.pareto else " ")
+        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        values = " ".join(f"{n}={_fmt(v)}" for n, v in zip(names, t.objective))
+        lines.append(f" {mark} {t.trial_id:<12} {t.status:<8} {params} | {values}")
+    if report.best:
+        lines.append(f"best (*): {report.best.params}" + (f"; Pareto set (p and *): {len(report.pareto)}"
+                                                         if len(names) > 1 else ""))
+    return "\n".join(lines)
 
 
 def _json_safe(obj):

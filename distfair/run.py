@@ -40,13 +40,15 @@ def config_hash(cfg: dict) -> str:
 
 def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: str, tracking_uri: str,
                                     storage_path: str | Path, log: Callable[[str], None],
-                                    extra_tags: dict[str, str] | None = None,
-                                    parent_run_name: str | None = None) -> RunReport:
-    """Create the MLflow records, train every seed on the connected Ray cluster, aggregate.
+                                    extra_tags: dict[str, str] | None = None, lookup: dict[str, str] | None = None,
+                                    parent_run_name: str | None = None, ray_run_name: str | None = None) -> RunReport:
+    """Create (or, with ``lookup`` tags, find) the MLflow records, train every seed that has
+    no FINISHED run yet on the connected Ray cluster, and aggregate.
 
     Ray must already be initialised (see ``distfair.distributed.ray_session``). Whatever
     happens, the parent and every child end in a terminal state: FINISHED, or FAILED for a
-    seed that produced no result (and then the parent too), or KILLED on Ctrl-C.
+    seed that produced no result (and then the parent too), or KILLED on Ctrl-C. A seed run
+    left unfinished by an earlier, interrupted attempt is retired and redone.
     """
     from distfair.distributed import run_configuration
 
@@ -59,26 +61,45 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
         tracking_uri, experiment_id, flat, run_name=parent_run_name or f"{Path(config_path).stem}-{digest[:8]}",
         tags={"distfair.config_file": str(config_path), "distfair.config_hash": digest,
               "distfair.defense": cfg["defense"]["name"], "distfair.dataset": cfg["dataset"]["name"],
-              **(extra_tags or {})})
-    children = {s: tracking.get_or_create_seed_run(tracking_uri, experiment_id, parent, s) for s in seeds}
-    log(f"MLflow: experiment {experiment!r}, parent run {parent} ({tracking_uri})")
-    try:
-        outcome = run_configuration(cfg, seeds=seeds, tracking_uri=tracking_uri, child_run_ids=children,
-                                    run_name=f"distfair-{parent[:16]}", storage_path=storage_path, log=log)
-    except KeyboardInterrupt:
-        tracking.mark_runs(tracking_uri, [*children.values(), parent], "KILLED")
-        raise
-    except Exception:
-        tracking.mark_runs(tracking_uri, [*children.values(), parent], "FAILED")
-        raise
+              **(extra_tags or {})}, lookup=lookup)
+    existing = tracking.seed_run_states(tracking_uri, experiment_id, parent)
+    todo = [s for s in seeds if existing.get(s, (None, None))[1] != "FINISHED"]
+    for seed in todo:
+        if seed in existing:
+            tracking.retire_run(tracking_uri, existing[seed][0])
+    children = {s: tracking.get_or_create_seed_run(tracking_uri, experiment_id, parent, s) for s in todo}
+    log(f"MLflow: experiment {experiment!r}, parent run {parent} ({tracking_uri})"
+        + (f"; seeds {sorted(set(seeds) - set(todo))} already finished" if len(todo) < len(seeds) else ""))
+    outcome_errors: dict[int, str] = {}
+    if todo:
+        cfg = {**cfg, "seeds": todo}
+        try:
+            outcome = run_configuration(cfg, seeds=todo, tracking_uri=tracking_uri, child_run_ids=children,
+                                        run_name=ray_run_name or _ray_run_name(parent, children),
+                                        storage_path=storage_path, log=log)
+        except KeyboardInterrupt:
+            tracking.mark_runs(tracking_uri, [*children.values(), parent], "KILLED")
+            raise
+        except Exception:
+            tracking.mark_runs(tracking_uri, [*children.values(), parent], "FAILED")
+            raise
+        outcome_errors = outcome.errors
     per_seed = tracking.finished_seed_metrics(tracking_uri, experiment_id, parent)
-    errors = {s: outcome.errors.get(s, "no finished MLflow run") for s in seeds if s not in per_seed}
-    tracking.mark_runs(tracking_uri, [children[s] for s in errors], "FAILED")
+    per_seed = {s: m for s, m in per_seed.items() if s in seeds}
+    errors = {s: outcome_errors.get(s, "no finished MLflow run") for s in seeds if s not in per_seed}
+    tracking.mark_runs(tracking_uri, [children[s] for s in errors if s in children], "FAILED")
     summary = aggregate_seed_metrics([per_seed[s] for s in sorted(per_seed)])
     tracking.log_parent_summary(tracking_uri, parent, summary, n_seeds=len(per_seed),
                                 status="FAILED" if errors else "FINISHED")
     return RunReport(experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
                      tracking_uri=tracking_uri, seeds=sorted(per_seed), metrics=summary, errors=errors)
+
+
+def _ray_run_name(parent: str, children: dict[int, str]) -> str:
+    """Deterministic for one attempt (never a timestamp), new when interrupted seeds are redone
+    in new child runs, so Ray Train never resumes a redone seed from an old checkpoint."""
+    attempt = hashlib.sha256(",".join(sorted(children.values())).encode()).hexdigest()[:8]
+    return f"distfair-{parent[:12]}-{attempt}"
 
 
 def default_storage_path() -> str:

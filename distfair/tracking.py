@@ -99,12 +99,44 @@ def prepare_experiment(uri: str, name: str) -> str:
 
 
 def start_parent_run(uri: str, experiment_id: str, flat_config: dict, *, run_name: str,
-                     tags: dict[str, str] | None = None) -> str:
+                     tags: dict[str, str] | None = None, lookup: dict[str, str] | None = None) -> str:
+    """A configuration's parent run. With ``lookup`` tags, an existing active run carrying them
+    is reused (a resumed sweep); otherwise a new run is created with ``tags`` and the params."""
     client = _client(uri)
-    all_tags = {TAG_ROLE: "configuration", **(tags or {})}
+    if lookup:
+        found = find_runs(uri, experiment_id, lookup)
+        if found:
+            client.update_run(found[0], status="RUNNING")
+            return found[0]
+    all_tags = {TAG_ROLE: "configuration", **(tags or {}), **(lookup or {})}
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     _log(client, run.info.run_id, params=[Param(k, _param_value(v)) for k, v in sorted(flat_config.items())])
     return run.info.run_id
+
+
+def find_runs(uri: str, experiment_id: str, tags: dict[str, str]) -> list[str]:
+    """Ids of the active runs carrying all ``tags`` (oldest first)."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = _client(uri).search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"],
+                                    max_results=1000)
+    return [r.info.run_id for r in runs]
+
+
+def seed_run_states(uri: str, experiment_id: str, parent_run_id: str) -> dict[int, tuple[str, str]]:
+    """``{seed: (run_id, status)}`` of the active child runs of a parent."""
+    runs = _client(uri).search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                                    max_results=10000)
+    return {int(r.data.tags[TAG_SEED]): (r.info.run_id, r.info.status) for r in runs if TAG_SEED in r.data.tags}
+
+
+def retire_run(uri: str, run_id: str) -> None:
+    """An unfinished run about to be redone: marked KILLED (if it was left open) and then
+    deleted, so every (configuration, seed) keeps exactly one active run."""
+    client = _client(uri)
+    if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+        client.set_terminated(run_id, "KILLED")
+    client.set_tag(run_id, "distfair.retired", "redone after an interruption")
+    client.delete_run(run_id)
 
 
 def get_or_create_seed_run(uri: str, experiment_id: str, parent_run_id: str, seed: int, *,
@@ -193,3 +225,56 @@ def finished_seed_metrics(uri: str, experiment_id: str, parent_run_id: str) -> d
                               max_results=10000)
     return {int(r.data.tags[TAG_SEED]): dict(r.data.metrics) for r in runs
             if r.info.status == "FINISHED" and TAG_SEED in r.data.tags}
+
+
+# ------------------------------------------------------------------------------- sweeps
+def epoch_curves(uri: str, experiment_id: str, parent_run_id: str, metric: str) -> dict[int, dict[int, float]]:
+    """``{seed: {epoch: value}}`` of a per-epoch metric over a parent's active child runs."""
+    client = _client(uri)
+    out = {}
+    for seed, (run_id, _) in seed_run_states(uri, experiment_id, parent_run_id).items():
+        out[seed] = {m.step: m.value for m in client.get_metric_history(run_id, metric)}
+    return out
+
+
+def start_sweep_run(uri: str, experiment_id: str, *, name: str, params: dict, lookup: dict[str, str]) -> str:
+    """The top run of a sweep (found again by ``lookup`` tags on --resume)."""
+    found = find_runs(uri, experiment_id, lookup)
+    client = _client(uri)
+    if found:
+        client.update_run(found[0], status="RUNNING")
+        return found[0]
+    run = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: "sweep", **lookup})
+    _log(client, run.info.run_id, params=[Param(k, _param_value(v)) for k, v in sorted(params.items())])
+    return run.info.run_id
+
+
+def log_sweep_outcome(uri: str, sweep_run_id: str, *, best: dict | None, metrics: dict[str, float | None],
+                      artifacts: list[Path], status: str) -> None:
+    """Best configuration (params prefixed ``best.``), sweep-level metrics, files, final status."""
+    client = _client(uri)
+    if best:
+        _log(client, sweep_run_id, params=[Param(f"best.{k}", _param_value(v)) for k, v in sorted(best.items())])
+    _log(client, sweep_run_id, metrics=_metrics(metrics))
+    for path in artifacts:
+        client.log_artifact(sweep_run_id, str(path))
+    client.set_terminated(sweep_run_id, status)
+
+
+def configuration_runs(uri: str, experiment_id: str, sweep_run_id: str) -> list:
+    """The active configuration runs (MLflow ``Run`` objects) of a sweep."""
+    return _client(uri).search_runs([experiment_id], filter_string=(
+        f"tags.`{TAG_PARENT}` = '{sweep_run_id}' and tags.`{TAG_ROLE}` = 'configuration'"), max_results=10000)
+
+
+def close_trial_runs(uri: str, experiment_id: str, sweep_run_id: str, trial_id: str, status: str,
+                     reason: str) -> None:
+    """A trial ended without closing its runs (stopped early, or its process was killed):
+    close its configuration run and open seed runs with ``status`` and say why."""
+    client = _client(uri)
+    for parent in find_runs(uri, experiment_id, {"distfair.sweep_run": sweep_run_id, "distfair.trial_id": trial_id}):
+        children = [run_id for run_id, _ in seed_run_states(uri, experiment_id, parent).values()]
+        for run_id in [*children, parent]:
+            if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+                client.set_tag(run_id, "distfair.closed_because", reason)
+                client.set_terminated(run_id, status)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from distfair import tracking
+
 
 pytestmark = pytest.mark.ray
 
@@ -102,9 +104,12 @@ def test_ctrl_c_marks_every_run_killed_and_exits_promptly(tmp_path, write_config
 
     tiny_cfg_dict["train"]["epochs"] = 500                      # long enough to be interrupted
     path = write_config(tiny_cfg_dict)
+    db = tmp_path / "mlflow.db"
+    # Create the store before two processes open it: concurrent creation of a fresh SQLite
+    # store races on its schema migration (ray.md), and this test polls it while the CLI runs.
+    tracking.prepare_experiment(f"sqlite:///{db}", "itest")
     proc = subprocess.Popen([sys.executable, "-m", "distfair.cli", "run", str(path), "--experiment", "itest"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    db = tmp_path / "mlflow.db"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:                          # wait until a seed has logged an epoch
         time.sleep(2)

@@ -15,10 +15,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
-                quiet: bool = True) -> Iterator[dict]:
+                resources: dict[str, float] | None = None, quiet: bool = True) -> Iterator[dict]:
     """Yield the cluster's resources. Without ``address`` a local instance is started (with
     ``num_cpus`` logical CPUs if given) and shut down on exit; with one, this process joins
-    that cluster as a driver and leaves it running."""
+    that cluster as a driver and leaves it running. ``resources`` are extra logical
+    resources of a local instance (ignored with ``address``)."""
     import logging
 
     import ray
@@ -33,7 +34,7 @@ def ray_session(address: str | None = None, *, num_cpus: float | None = None, nu
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, **kwargs)
     try:
         yield dict(ray.cluster_resources())
     finally:

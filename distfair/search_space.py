@@ -1,0 +1,312 @@
+"""The ``space`` block of a configuration file: what ``distfair sweep`` searches and how it
+judges a configuration from the distribution of its seeds. Plain Python (no Ray, no MLflow).
+
+```yaml
+space:
+  params:                                  # dotted keys address any config value
+    defense.lambda_sym: {type: float, low: 0.1, high: 10, log: true}
+    train.lr: {type: float, low: 0.005, high: 0.05, log: true}
+    train.batch_size: {type: int, low: 32, high: 128, step: 32}
+    train.optimizer: {type: categorical, choices: [sgd, adam]}
+    attack.eps: {grid: [0.05, 0.1]}         # grid: crossed with every sampled point
+  objective: {metric: worst_class_acc, stat: mean_minus_std, k: 1.0, mode: max}
+  # or a list of targets (multi-objective, Pareto set reported):
+  # objective: [{metric: robust_acc, stat: mean, mode: max}, {metric: worst_class_acc, stat: std, mode: min}]
+  search:
+    sampler: tpe               # tpe (default single-objective), nsga2 (default multi-objective), random, grid
+    seed: 0                    # sampler seed: same seed + same results -> same suggestions
+    num_samples: 8             # sampled points; each is trained at every grid point
+    max_concurrent: null       # configurations at once (default: what the cluster holds)
+    early_stopping: null       # {metric: val_robust_acc, mode: max, grace_period: 2, reduction_factor: 2}
+```
+
+A configuration's seeds are summarised per metric (mean, std, min, max, ...); an objective
+target is one statistic of one metric. ``mean_minus_std`` is mean − k·std (penalises
+unstable configurations for a ``max`` target; use ``mean_plus_std`` for ``min``).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+STATS = ("mean", "std", "min", "max", "median", "mean_minus_std", "mean_plus_std", "ci95_low", "ci95_high")
+SAMPLERS = ("tpe", "nsga2", "random", "grid")
+DIM_TYPES = ("float", "int", "categorical")
+#: metrics a configuration reports (per seed): test metrics and the last epoch's curves
+_METRIC_FAMILY = ("acc", "worst_class_acc", "acc_gap", "nsd", "worst10_acc", "max_asym_gap", "sym_loss",
+                  "tgt_max", "tgt_min", "tgt_std")
+_CURVES = ("train_loss", "val_clean_acc", "val_robust_acc")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    key: str
+    type: str                          # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str
+    stat: str = "mean"
+    mode: str = "max"
+    k: float = 1.0
+
+    @property
+    def name(self) -> str:
+        """The key under which the value is reported to Tune/Optuna, e.g. ``worst_class_acc.mean_minus_std``."""
+        return f"{self.metric}.{self.stat}"
+
+    def value(self, summary: dict[str, dict]) -> float | None:
+        """This target's statistic over the seeds, or None if undefined (e.g. std of one seed)."""
+        s = summary.get(self.metric)
+        if not s or not s.get("n"):
+            return None
+        if self.stat == "median":
+            values = sorted(s["values"])
+            n = len(values)
+            return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+        if self.stat in ("mean_minus_std", "mean_plus_std"):
+            if s.get("std") is None:
+                return None
+            sign = -1.0 if self.stat == "mean_minus_std" else 1.0
+            return s["mean"] + sign * self.k * s["std"]
+        return s.get(self.stat)
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    metric: str
+    mode: str = "max"
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass
+class SweepSpec:
+    dims: list[Dimension] = field(default_factory=list)
+    grid: list[Dimension] = field(default_factory=list)       # type "grid", choices = the grid values
+    objective: list[Target] = field(default_factory=list)
+    sampler: str = "tpe"
+    seed: int = 0
+    num_samples: int = 4
+    max_concurrent: int | None = None
+    early_stopping: EarlyStopping | None = None
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective) > 1
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """The cartesian product of the grid dimensions ([{}] when there are none)."""
+        if not self.grid:
+            return [{}]
+        keys = [d.key for d in self.grid]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(d.choices for d in self.grid))]
+
+    def total_trials(self) -> int:
+        samples = 1 if self.sampler == "grid" else self.num_samples
+        return samples * len(self.grid_points())
+
+    def to_dict(self) -> dict:
+        return {"params": {d.key: d.__dict__ for d in self.dims + self.grid},
+                "objective": [t.__dict__ for t in self.objective], "sampler": self.sampler, "seed": self.seed,
+                "num_samples": self.num_samples, "max_concurrent": self.max_concurrent,
+                "early_stopping": self.early_stopping.__dict__ if self.early_stopping else None}
+
+
+def known_metric(name: str, eval_names: list[str]) -> bool:
+    """Whether a configuration reports ``name`` (so an objective on it can be computed)."""
+    bare = {"robust_acc" if m == "acc" else m for m in _METRIC_FAMILY}
+    if name in bare or name in {f"clean_{m}" for m in _METRIC_FAMILY} or name in _CURVES:
+        return True
+    if name.startswith("train_") or name in ("train_time_s", "eval_time_s"):
+        return True
+    prefix, _, rest = name.partition("/")
+    return prefix in eval_names and rest in bare
+
+
+def _number(raw: dict, key: str, where: str, problems: list, *, integer: bool = False):
+    value = raw.get(key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if integer:
+        ok = ok and isinstance(value, int)
+    if not ok:
+        problems.append((f"{where}.{key}", f"must be {'an integer' if integer else 'a number'}, got {value!r}"))
+        return None
+    return value
+
+
+def _dimension(key: str, raw: Any, problems: list) -> Dimension | None:
+    where = f"space.params.{key}"
+    if not isinstance(raw, dict):
+        problems.append((where, f"must be a mapping like {{type: float, low: 0.1, high: 1}}, got {raw!r}"))
+        return None
+    if "grid" in raw:
+        extra = set(raw) - {"grid"}
+        if extra:
+            problems.append((where, f"a grid dimension takes only 'grid', got also {sorted(extra)}"))
+        if not isinstance(raw["grid"], list) or not raw["grid"]:
+            problems.append((f"{where}.grid", f"must be a non-empty list, got {raw['grid']!r}"))
+            return None
+        return Dimension(key, "grid", choices=tuple(raw["grid"]))
+    kind = raw.get("type")
+    if kind not in DIM_TYPES:
+        problems.append((f"{where}.type", f"must be one of {', '.join(DIM_TYPES)} (or use grid: [...]), got {kind!r}"))
+        return None
+    allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
+               "categorical": {"type", "choices"}}[kind]
+    for extra in sorted(set(raw) - allowed):
+        problems.append((f"{where}.{extra}", f"unknown key for a {kind} dimension; known: {', '.join(sorted(allowed))}"))
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            problems.append((f"{where}.choices", f"must be a non-empty list, got {choices!r}"))
+            return None
+        return Dimension(key, kind, choices=tuple(choices))
+    integer = kind == "int"
+    low = _number(raw, "low", where, problems, integer=integer)
+    high = _number(raw, "high", where, problems, integer=integer)
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        problems.append((f"{where}.log", f"must be true or false, got {log!r}"))
+    step = raw.get("step")
+    if step is not None:
+        step = _number(raw, "step", where, problems, integer=integer)
+        if step is not None and step <= 0:
+            problems.append((f"{where}.step", f"must be > 0, got {step}"))
+        if step is not None and log:
+            problems.append((f"{where}.step", "cannot be combined with log: true"))
+    if low is None or high is None:
+        return None
+    if low > high:
+        problems.append((f"{where}.low", f"must be <= high, got {low} > {high}"))
+    if log is True and low <= 0:
+        problems.append((f"{where}.low", f"must be > 0 with log: true, got {low}"))
+    return Dimension(key, kind, low=low, high=high, log=bool(log), step=step)
+
+
+def _target(raw: Any, where: str, eval_names: list[str], problems: list) -> Target | None:
+    if not isinstance(raw, dict):
+        problems.append((where, f"must be a mapping like {{metric: worst_class_acc, stat: mean, mode: max}}, got {raw!r}"))
+        return None
+    for extra in sorted(set(raw) - {"metric", "stat", "mode", "k"}):
+        problems.append((f"{where}.{extra}", "unknown key; known: metric, stat, mode, k"))
+    metric, stat, mode, k = raw.get("metric"), raw.get("stat", "mean"), raw.get("mode", "max"), raw.get("k", 1.0)
+    ok = True
+    if not isinstance(metric, str) or not known_metric(metric, eval_names):
+        problems.append((f"{where}.metric", f"unknown metric {metric!r}; e.g. robust_acc, worst_class_acc, acc_gap, "
+                                            f"clean_acc, val_robust_acc or <eval attack>/<metric>"))
+        ok = False
+    if stat not in STATS:
+        problems.append((f"{where}.stat", f"unknown stat {stat!r}; known: {', '.join(STATS)}"))
+        ok = False
+    if mode not in ("max", "min"):
+        problems.append((f"{where}.mode", f"must be max or min, got {mode!r}"))
+        ok = False
+    if not isinstance(k, (int, float)) or isinstance(k, bool) or k < 0:
+        problems.append((f"{where}.k", f"must be a number >= 0, got {k!r}"))
+        ok = False
+    return Target(metric, stat, mode, float(k)) if ok else None
+
+
+SEARCH_KEYS = ("sampler", "seed", "num_samples", "max_concurrent", "early_stopping")
+
+
+def parse_space(raw: Any, *, config_keys: set[str], eval_names: list[str]) -> tuple[SweepSpec, list[tuple[str, str]]]:
+    """Validate a ``space`` block. ``config_keys`` are the dotted keys the resolved config has
+    (a dimension must address one of them). Returns the spec and the problems found."""
+    problems: list[tuple[str, str]] = []
+    spec = SweepSpec()
+    if not isinstance(raw, dict) or not raw:
+        return spec, [("space", "distfair sweep needs a `space` block with `params` and `objective`")]
+    for extra in sorted(set(raw) - {"params", "objective", "search"}):
+        problems.append((f"space.{extra}", "unknown key; known: params, objective, search"))
+    params = raw.get("params")
+    if not isinstance(params, dict) or not params:
+        problems.append(("space.params", "must map dotted config keys to dimensions, e.g. train.lr: {type: float, ...}"))
+        params = {}
+    for key, dim_raw in params.items():
+        if key not in config_keys:
+            problems.append((f"space.params.{key}", "does not address a config value (dotted keys such as "
+                                                    "defense.lambda_sym, attack.eps, train.lr)"))
+            continue
+        dim = _dimension(key, dim_raw, problems)
+        if dim is not None:
+            (spec.grid if dim.type == "grid" else spec.dims).append(dim)
+    objective = raw.get("objective")
+    targets = objective if isinstance(objective, list) else [objective] if objective is not None else []
+    if not targets:
+        problems.append(("space.objective", "required: {metric, stat, mode} or a list of them"))
+    for i, t in enumerate(targets):
+        where = "space.objective" if not isinstance(objective, list) else f"space.objective[{i}]"
+        target = _target(t, where, eval_names, problems)
+        if target is not None:
+            spec.objective.append(target)
+    search = raw.get("search") or {}
+    if not isinstance(search, dict):
+        problems.append(("space.search", f"must be a mapping, got {search!r}"))
+        search = {}
+    for extra in sorted(set(search) - set(SEARCH_KEYS)):
+        problems.append((f"space.search.{extra}", f"unknown key; known: {', '.join(SEARCH_KEYS)}"))
+    sampler = search.get("sampler", "nsga2" if len(targets) > 1 else "tpe")
+    if sampler not in SAMPLERS:
+        problems.append(("space.search.sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}"))
+    elif sampler == "grid" and spec.dims:
+        problems.append(("space.search.sampler", "grid searches only grid dimensions; "
+                                                 f"{', '.join(d.key for d in spec.dims)} are sampled"))
+    elif sampler != "grid" and not spec.dims and not problems:
+        sampler = "grid"                   # nothing to sample: the grid is the whole search
+    spec.sampler = sampler
+    for key, minimum in (("seed", 0), ("num_samples", 1), ("max_concurrent", 1)):
+        if key in search and search[key] is not None:
+            value = search[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                problems.append((f"space.search.{key}", f"must be an integer >= {minimum}, got {value!r}"))
+            else:
+                setattr(spec, key, value)
+    es = search.get("early_stopping")
+    if es is not None:
+        spec.early_stopping = _early_stopping(es, eval_names, problems)
+    return spec, problems
+
+
+def _early_stopping(raw: Any, eval_names: list[str], problems: list) -> EarlyStopping | None:
+    where = "space.search.early_stopping"
+    if not isinstance(raw, dict):
+        problems.append((where, f"must be a mapping like {{metric: val_robust_acc, mode: max}}, got {raw!r}"))
+        return None
+    for extra in sorted(set(raw) - {"metric", "mode", "grace_period", "reduction_factor"}):
+        problems.append((f"{where}.{extra}", "unknown key; known: metric, mode, grace_period, reduction_factor"))
+    metric = raw.get("metric")
+    if metric not in _CURVES:
+        problems.append((f"{where}.metric", f"must be a per-epoch metric ({', '.join(_CURVES)}), got {metric!r}"))
+        return None
+    mode = raw.get("mode", "max")
+    if mode not in ("max", "min"):
+        problems.append((f"{where}.mode", f"must be max or min, got {mode!r}"))
+    grace, factor = raw.get("grace_period", 1), raw.get("reduction_factor", 2)
+    if not isinstance(grace, int) or grace < 1:
+        problems.append((f"{where}.grace_period", f"must be an integer >= 1, got {grace!r}"))
+    if not isinstance(factor, int) or factor < 2:
+        problems.append((f"{where}.reduction_factor", f"must be an integer >= 2, got {factor!r}"))
+    return EarlyStopping(metric, mode, grace, factor)
+
+
+def pareto_front(points: list[list[float]], modes: list[str]) -> list[int]:
+    """Indices of the non-dominated points. ``a`` dominates ``b`` when it is at least as good
+    in every objective (under each objective's mode) and strictly better in one."""
+    def better_or_equal(a, b):
+        return all((x >= y) if m == "max" else (x <= y) for x, y, m in zip(a, b, modes))
+
+    def strictly_better(a, b):
+        return any((x > y) if m == "max" else (x < y) for x, y, m in zip(a, b, modes))
+
+    return [i for i, p in enumerate(points)
+            if not any(better_or_equal(q, p) and strictly_better(q, p) for j, q in enumerate(points) if j != i)]

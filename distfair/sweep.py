@@ -1,0 +1,251 @@
+"""``distfair sweep``: search a configuration's ``space`` with Ray Tune + Optuna, every
+configuration repeated over seeds and judged on the distribution of its seeds.
+
+MLflow record: a **sweep run** (the sweep file, sampler, objective; at the end the best
+configuration as ``best.*`` params and metrics, the trials table, the Optuna study and its
+history plot, and for multi-objective searches the Pareto set as JSON and a plot) → one
+**configuration run** per trial (``distfair run``'s parent) → one **seed run** per seed.
+Everything reported at the end is recomputed from the seed runs MLflow holds.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from distfair import tracking
+from distfair.config import ConfigError, apply_overrides, flatten, load_config, validate
+from distfair.metrics import aggregate_seed_metrics
+from distfair.search_space import SweepSpec, Target, parse_space, pareto_front
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    params: dict
+    parent_run_id: str
+    status: str
+    metrics: dict[str, float | None]             # objective values + <metric>.<stat> summaries
+    objective: list[float | None]
+
+
+@dataclass
+class SweepReport:
+    experiment: str
+    sweep_run_id: str
+    spec: SweepSpec
+    trials: list[TrialOutcome] = field(default_factory=list)
+    best: TrialOutcome | None = None
+    pareto: list[TrialOutcome] = field(default_factory=list)
+    interrupted: bool = False
+
+    def to_json(self) -> dict:
+        def trial(t: TrialOutcome) -> dict:
+            return {"params": t.params, "parent_run_id": t.parent_run_id, "metrics": t.metrics}
+        return {"experiment": self.experiment, "sweep_run_id": self.sweep_run_id,
+                "objective": [t.__dict__ for t in self.spec.objective],
+                "best": {"params": self.best.params, "metrics": self.best.metrics} if self.best else None,
+                "pareto": [trial(t) for t in self.pareto], "trials": [trial(t) for t in self.trials]}
+
+
+def load_sweep(path: str, *, num_samples: int | None = None, num_seeds: int | None = None,
+               max_concurrent: int | None = None) -> tuple[dict, SweepSpec]:
+    """Validate the file and its ``space`` block; every dimension's extreme values and choices
+    are checked against the config validator too. Raises ConfigError with every problem."""
+    cfg = load_config(path)
+    if num_seeds is not None:
+        cfg["seeds"] = list(range(num_seeds))
+    eval_names = [a["name"] for a in cfg["eval"]["attacks"]]
+    spec, problems = parse_space(cfg["space"], config_keys=set(flatten(cfg)), eval_names=eval_names)
+    for dim in spec.dims + spec.grid:
+        values = list(dim.choices) if dim.choices else [dim.low, dim.high]
+        for value in values:
+            try:
+                validate(apply_overrides(cfg, [(dim.key, value)]), path)
+            except ConfigError as err:
+                reasons = "; ".join(f"{k}: {r}" for k, r in err.problems)
+                problems.append((f"space.params.{dim.key}", f"value {value!r} is not valid: {reasons}"))
+    if spec.early_stopping and spec.early_stopping.metric == "val_robust_acc" and cfg["attack"] is None:
+        problems.append(("space.search.early_stopping.metric", "val_robust_acc needs a training attack"))
+    if problems:
+        raise ConfigError(path, problems)
+    if num_samples is not None:
+        spec.num_samples = num_samples
+    if max_concurrent is not None:
+        spec.max_concurrent = max_concurrent
+    return cfg, spec
+
+
+def sweep_identity(cfg: dict, spec: SweepSpec, config_path: str) -> str:
+    body = json.dumps({"cfg": {k: v for k, v in cfg.items() if k != "description"}, "spec": spec.to_dict()},
+                      sort_keys=True, default=str)
+    return f"{Path(config_path).stem}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
+
+
+def collect_trials(uri: str, experiment_id: str, sweep_run_id: str, targets: list[Target]) -> list[TrialOutcome]:
+    """Every configuration of the sweep, its objective recomputed from its finished seed runs."""
+    out = []
+    for run in tracking.configuration_runs(uri, experiment_id, sweep_run_id):
+        per_seed = tracking.finished_seed_metrics(uri, experiment_id, run.info.run_id)
+        summary = aggregate_seed_metrics(list(per_seed.values()))
+        metrics: dict[str, float | None] = {t.name: t.value(summary) for t in targets}
+        for name, s in summary.items():
+            for stat in ("mean", "std", "min", "max"):
+                metrics[f"{name}.{stat}"] = s[stat]
+        metrics["n_seeds"] = len(per_seed)
+        out.append(TrialOutcome(
+            trial_id=run.data.tags.get("distfair.trial_id", ""), parent_run_id=run.info.run_id,
+            params=json.loads(run.data.tags.get("distfair.trial_params", "{}")), status=run.info.status,
+            metrics=metrics, objective=[metrics[t.name] for t in targets]))
+    return sorted(out, key=lambda t: t.trial_id)
+
+
+def choose(trials: list[TrialOutcome], targets: list[Target]) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
+    """(best, Pareto set) among the finished configurations whose objective is defined. With
+    one target the Pareto set is the best alone; with several, the best is the Pareto member
+    that is best under the first target."""
+    scored = [t for t in trials if t.status == "FINISHED" and all(v is not None for v in t.objective)]
+    if not scored:
+        return None, []
+    modes = [t.mode for t in targets]
+    front = [scored[i] for i in pareto_front([t.objective for t in scored], modes)]
+    sign = 1.0 if modes[0] == "max" else -1.0
+    best = max(front, key=lambda t: sign * t.objective[0])
+    return best, front if len(targets) > 1 else [best]
+
+
+def _artifacts(report: SweepReport, targets: list[Target], tmp: Path) -> dict[str, Path]:
+    """Trials table, Optuna study (SQLite) and its history plot, Pareto JSON and plot."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import optuna
+
+    files: dict[str, Path] = {}
+    table = tmp / "trials.csv"
+    keys = sorted({k for t in report.trials for k in t.params})
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial_id", "parent_run_id", "status", *keys, *(t.name for t in targets), "n_seeds"])
+        for t in report.trials:
+            writer.writerow([t.trial_id, t.parent_run_id, t.status, *(t.params.get(k) for k in keys),
+                             *t.objective, t.metrics.get("n_seeds")])
+    files["study"] = table
+    storage = f"sqlite:///{tmp / 'optuna_study.db'}"
+    study = optuna.create_study(storage=storage, study_name="distfair",
+                                directions=["maximize" if t.mode == "max" else "minimize" for t in targets])
+    dims = {d.key: d for d in report.spec.dims + report.spec.grid}
+    for t in report.trials:
+        ok = t.status == "FINISHED" and all(v is not None for v in t.objective)
+        dists = {k: _distribution(dims[k]) for k in t.params if k in dims}
+        study.add_trial(optuna.trial.create_trial(
+            params={k: v for k, v in t.params.items() if k in dists}, distributions=dists,
+            values=t.objective if ok else None, user_attrs={"parent_run_id": t.parent_run_id},
+            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
+    files["study_db"] = tmp / "optuna_study.db"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [i for i, t in enumerate(report.trials) if t.objective[0] is not None]
+    ax.plot(xs, [report.trials[i].objective[0] for i in xs], "o-", label=targets[0].name)
+    ax.set_xlabel("configuration (trial order)")
+    ax.set_ylabel(targets[0].name)
+    ax.set_title("Sweep history")
+    fig.tight_layout()
+    fig.savefig(tmp / "history.png", dpi=110)
+    plt.close(fig)
+    files["history_png"] = tmp / "history.png"
+    if len(targets) > 1:
+        (tmp / "pareto.json").write_text(json.dumps(report.to_json()["pareto"], indent=1, default=str))
+        files["pareto"] = tmp / "pareto.json"
+        fig, ax = plt.subplots(figsize=(5, 4))
+        pts = [t for t in report.trials if all(v is not None for v in t.objective[:2])]
+        front_ids = {t.parent_run_id for t in report.pareto}
+        ax.scatter([t.objective[0] for t in pts], [t.objective[1] for t in pts], c="lightgray", label="configurations")
+        ax.scatter([t.objective[0] for t in report.pareto], [t.objective[1] for t in report.pareto], c="C3",
+                   label="Pareto set")
+        ax.set_xlabel(f"{targets[0].name} ({targets[0].mode})")
+        ax.set_ylabel(f"{targets[1].name} ({targets[1].mode})")
+        ax.legend()
+        ax.set_title(f"{len(front_ids)} non-dominated of {len(pts)}")
+        fig.tight_layout()
+        fig.savefig(tmp / "pareto.png", dpi=110)
+        plt.close(fig)
+        files["pareto_png"] = tmp / "pareto.png"
+    return files
+
+
+def _distribution(dim):
+    import optuna
+
+    if dim.type == "float":
+        return optuna.distributions.FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+    if dim.type == "int":
+        return optuna.distributions.IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
+    return optuna.distributions.CategoricalDistribution(list(dim.choices))
+
+
+def run_sweep(cfg: dict, spec: SweepSpec, *, config_path: str, experiment: str, tracking_uri: str,
+              storage_path: str, resume: bool, cluster: dict[str, float], log: Callable[[str], None],
+              poll_s: float = 3.0) -> SweepReport:
+    """Run (or resume) the sweep on the connected Ray cluster and record it in MLflow."""
+    from distfair.distributed import concurrent_groups
+    from distfair.distributed.sweep import TRIAL_RESOURCE, groups_and_concurrency, run_tune, sweep_dir_name
+
+    experiment_id = tracking.prepare_experiment(tracking_uri, experiment)
+    Path(storage_path).mkdir(parents=True, exist_ok=True)
+    name = sweep_dir_name(sweep_identity(cfg, spec, config_path), storage_path, resume)
+    capacity = concurrent_groups(cfg["scaling"], cluster)
+    groups, concurrent = groups_and_concurrency(len(cfg["seeds"]), capacity, spec.max_concurrent)
+    if cluster.get(TRIAL_RESOURCE):
+        trial_resources = {TRIAL_RESOURCE: 1}
+    else:   # a cluster that does not declare the trial resource: each trial driver takes 1% of a CPU
+        trial_resources = {"CPU": 0.01}
+        reduced = {**cluster, "CPU": cluster.get("CPU", 0) - 0.01 * concurrent}
+        while concurrent > 1 and concurrent_groups(cfg["scaling"], reduced) < groups * concurrent:
+            concurrent -= 1
+    sweep_run = tracking.start_sweep_run(
+        tracking_uri, experiment_id, name=name, lookup={"distfair.sweep_name": name},
+        params={"sweep_file": config_path, "sampler": spec.sampler, "sampler_seed": spec.seed,
+                "num_samples": spec.num_samples, "num_seeds": len(cfg["seeds"]), "seeds": cfg["seeds"],
+                "objective": [t.__dict__ for t in spec.objective], "grid_points": len(spec.grid_points()),
+                "early_stopping": spec.early_stopping.__dict__ if spec.early_stopping else None,
+                "max_concurrent": concurrent, "groups_per_configuration": groups})
+    log(f"sweep {name}: {spec.total_trials()} configuration(s) x {len(cfg['seeds'])} seed(s), sampler "
+        f"{spec.sampler} (seed {spec.seed}), {concurrent} configuration(s) at once, {groups} worker group(s) each; "
+        f"MLflow sweep run {sweep_run}")
+    base = copy.deepcopy(cfg)
+    base["space"] = {}
+    context = {"base": base, "config_path": config_path, "experiment": experiment, "experiment_id": experiment_id,
+               "tracking_uri": tracking_uri, "storage_path": storage_path, "sweep_run_id": sweep_run,
+               "seeds": list(cfg["seeds"]), "groups_per_trial": groups, "poll_s": poll_s,
+               "objective": [t.__dict__ for t in spec.objective], "epochs": cfg["train"]["epochs"],
+               "early_stopping": spec.early_stopping.__dict__ if spec.early_stopping else None}
+    interrupted = False
+    try:
+        run_tune(spec, context, name=name, storage_path=storage_path, resume=resume, max_concurrent=concurrent,
+                 trial_resources=trial_resources, log=log)
+    except KeyboardInterrupt:
+        interrupted = True
+    report = SweepReport(experiment=experiment, sweep_run_id=sweep_run, spec=spec)
+    report.trials = collect_trials(tracking_uri, experiment_id, sweep_run, spec.objective)
+    report.interrupted = interrupted or len(report.trials) < spec.total_trials() or any(
+        t.status in ("RUNNING", "SCHEDULED") for t in report.trials)
+    if report.interrupted:
+        for t in report.trials:
+            seeds = tracking.seed_run_states(tracking_uri, experiment_id, t.parent_run_id)
+            tracking.mark_runs(tracking_uri, [r for r, _ in seeds.values()] + [t.parent_run_id], "KILLED")
+        tracking.mark_runs(tracking_uri, [sweep_run], "KILLED")
+        return report
+    report.best, report.pareto = choose(report.trials, spec.objective)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _artifacts(report, spec.objective, Path(tmp))
+        metrics = {"n_configurations": len(report.trials),
+                   "n_failed": sum(t.status != "FINISHED" for t in report.trials),
+                   **({f"best.{k}": v for k, v in report.best.metrics.items()} if report.best else {})}
+        tracking.log_sweep_outcome(tracking_uri, sweep_run, best=report.best.params if report.best else None,
+                                   metrics=metrics, artifacts=list(files.values()), status="FINISHED")
+    return report
