@@ -251,10 +251,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from distfair.distributed import InsufficientResources, ray_session
     from distfair.distributed.sweep import TRIAL_RESOURCE
     from distfair.run import default_storage_path
-    from distfair.sweep import run_sweep
+    from distfair.sweep import run_sweep, sweep_dir_name, sweep_identity
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
+    storage = args.storage_path or default_storage_path()
+    try:
+        name = sweep_dir_name(sweep_identity(cfg, spec, args.config), storage, args.resume)
+    except FileNotFoundError as err:          # --resume with nothing to resume: nothing started
+        print(f"error: {args.config}: --resume: {err}", file=sys.stderr)
+        return EXIT_USAGE
     with stdout_to_stderr(args.json) as out:
         human = sys.stderr if args.json else sys.stdout
 
@@ -263,14 +269,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         try:
             with ray_session(args.address, num_cpus=args.num_cpus, resources={TRIAL_RESOURCE: 1000}) as cluster:
-                report = run_sweep(cfg, spec, config_path=args.config, experiment=experiment, tracking_uri=uri,
-                                   storage_path=args.storage_path or default_storage_path(), resume=args.resume,
-                                   cluster=cluster, log=log)
+                report = run_sweep(cfg, spec, name=name, config_path=args.config, experiment=experiment,
+                                   tracking_uri=uri, storage_path=storage, resume=args.resume, cluster=cluster,
+                                   log=log)
         except InsufficientResources as err:
             print(f"error: {args.config}: scaling: {err}", file=sys.stderr)
-            return EXIT_USAGE
-        except FileNotFoundError as err:        # --resume with nothing to resume
-            print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE
         if report.interrupted:
             print(f"interrupted: open runs were marked KILLED; continue with\n  distfair sweep {args.config} "

@@ -27,7 +27,9 @@ them at once.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import json
 import math
 import types
 import typing
@@ -342,9 +344,17 @@ def _eval_block(raw, train_attack: dict | None, problems: _Problems) -> dict:
     return {"attacks": attacks}
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_dataset(block_json: str):
+    """Datasets built for validation, cached: a sweep validates every dimension's extremes."""
+    from distfair.data import build_dataset
+
+    block = json.loads(block_json)
+    return build_dataset(block.pop("name"), **block)
+
+
 def _check_buildable(cfg: dict, problems: _Problems) -> None:
     from distfair.attacks import build_attack
-    from distfair.data import build_dataset
     from distfair.defenses import build_defense
     from distfair.models import build_model
 
@@ -357,8 +367,8 @@ def _check_buildable(cfg: dict, problems: _Problems) -> None:
             e["attack"], bounds=(0.0, 1.0), **_options(e, "name", "attack")))
     if cfg["attack"] is not None and attack is None:
         return
-    data = _try_build(problems, "dataset", lambda: build_dataset(cfg["dataset"]["name"],
-                                                                 **_options(cfg["dataset"], "name")))
+    data = _try_build(problems, "dataset", lambda: _cached_dataset(
+        json.dumps(cfg["dataset"], sort_keys=True, default=str)))
     if data is None:
         return
     _try_build(problems, "defense", lambda: build_defense(
@@ -396,12 +406,11 @@ def apply_overrides(raw: dict, overrides: list[tuple[str, Any]]) -> dict:
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Read, override and validate a config file. Raises ConfigError (all problems at once)."""
-    path = Path(path)
+def read_document(path: str | Path) -> dict:
+    """The YAML document of a config file, unvalidated (a mapping). Raises ConfigError."""
     source = str(path)
     try:
-        text = path.read_text()
+        text = Path(path).read_text()
     except OSError as err:
         raise ConfigError(source, [("(file)", f"cannot read: {err.strerror or err}")]) from err
     try:
@@ -410,13 +419,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
         raise ConfigError(source, [("(file)", f"invalid YAML: {err}")]) from err
     if raw is None:
         raise ConfigError(source, [("(file)", "empty file")])
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("(top level)", f"must be a mapping, got {type(raw).__name__}")])
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read, override and validate a config file. Raises ConfigError (all problems at once)."""
+    source = str(path)
+    raw = read_document(path)
     if overrides:
         try:
             parsed = [parse_override(o) for o in overrides]
         except ValueError as err:
             raise ConfigError(source, [("--set", str(err))]) from err
-        if not isinstance(raw, dict):
-            raise ConfigError(source, [("(top level)", "must be a mapping")])
         raw = apply_overrides(raw, parsed)
         source = f"{source} (with --set {' '.join(overrides)})"
     return validate(raw, source)

@@ -98,6 +98,9 @@ class SweepSpec:
     num_samples: int = 4
     max_concurrent: int | None = None
     early_stopping: EarlyStopping | None = None
+    #: the config document (as written, ``space`` removed) that trial values are applied to,
+    #: so defaults that follow other values (an eval attack's ε) follow the searched value too
+    base: dict = field(default_factory=dict)
 
     @property
     def multi_objective(self) -> bool:
@@ -210,7 +213,7 @@ def _target(raw: Any, where: str, eval_names: list[str], problems: list) -> Targ
     if mode not in ("max", "min"):
         problems.append((f"{where}.mode", f"must be max or min, got {mode!r}"))
         ok = False
-    if not isinstance(k, (int, float)) or isinstance(k, bool) or k < 0:
+    if not isinstance(k, (int, float)) or isinstance(k, bool) or not math.isfinite(k) or k < 0:
         problems.append((f"{where}.k", f"must be a number >= 0, got {k!r}"))
         ok = False
     return Target(metric, stat, mode, float(k)) if ok else None
@@ -292,9 +295,9 @@ def _early_stopping(raw: Any, eval_names: list[str], problems: list) -> EarlySto
     if mode not in ("max", "min"):
         problems.append((f"{where}.mode", f"must be max or min, got {mode!r}"))
     grace, factor = raw.get("grace_period", 1), raw.get("reduction_factor", 2)
-    if not isinstance(grace, int) or grace < 1:
+    if not isinstance(grace, int) or isinstance(grace, bool) or grace < 1:
         problems.append((f"{where}.grace_period", f"must be an integer >= 1, got {grace!r}"))
-    if not isinstance(factor, int) or factor < 2:
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:
         problems.append((f"{where}.reduction_factor", f"must be an integer >= 2, got {factor!r}"))
     return EarlyStopping(metric, mode, grace, factor)
 

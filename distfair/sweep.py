@@ -13,13 +13,15 @@ import copy
 import csv
 import hashlib
 import json
+import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from distfair import tracking
-from distfair.config import ConfigError, apply_overrides, flatten, load_config, validate
+from distfair.config import ConfigError, apply_overrides, flatten, read_document, validate
 from distfair.metrics import aggregate_seed_metrics
 from distfair.search_space import SweepSpec, Target, parse_space, pareto_front
 
@@ -57,16 +59,18 @@ def load_sweep(path: str, *, num_samples: int | None = None, num_seeds: int | No
                max_concurrent: int | None = None) -> tuple[dict, SweepSpec]:
     """Validate the file and its ``space`` block; every dimension's extreme values and choices
     are checked against the config validator too. Raises ConfigError with every problem."""
-    cfg = load_config(path)
+    raw = read_document(path)
     if num_seeds is not None:
-        cfg["seeds"] = list(range(num_seeds))
+        raw["seeds"] = num_seeds
+    cfg = validate(raw, path)
     eval_names = [a["name"] for a in cfg["eval"]["attacks"]]
     spec, problems = parse_space(cfg["space"], config_keys=set(flatten(cfg)), eval_names=eval_names)
+    spec.base = {k: v for k, v in raw.items() if k != "space"}
     for dim in spec.dims + spec.grid:
         values = list(dim.choices) if dim.choices else [dim.low, dim.high]
         for value in values:
             try:
-                validate(apply_overrides(cfg, [(dim.key, value)]), path)
+                validate(apply_overrides(spec.base, [(dim.key, value)]), path)
             except ConfigError as err:
                 reasons = "; ".join(f"{k}: {r}" for k, r in err.problems)
                 problems.append((f"space.params.{dim.key}", f"value {value!r} is not valid: {reasons}"))
@@ -82,9 +86,25 @@ def load_sweep(path: str, *, num_samples: int | None = None, num_seeds: int | No
 
 
 def sweep_identity(cfg: dict, spec: SweepSpec, config_path: str) -> str:
-    body = json.dumps({"cfg": {k: v for k, v in cfg.items() if k != "description"}, "spec": spec.to_dict()},
+    """Names the sweep's Tune experiment: the configuration and what defines the search. The
+    budget (``num_samples``) and concurrency are left out, so ``--resume`` finds the sweep
+    even when they are given differently (the resumed sweep keeps its original ones)."""
+    search = {k: v for k, v in spec.to_dict().items() if k not in ("num_samples", "max_concurrent")}
+    body = json.dumps({"cfg": {k: v for k, v in cfg.items() if k != "description"}, "spec": search},
                       sort_keys=True, default=str)
     return f"{Path(config_path).stem}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
+
+
+def sweep_dir_name(base: str, storage_path: str, resume: bool) -> str:
+    """``<base>-<n>``: the newest existing attempt on --resume, otherwise a new one."""
+    pattern = re.compile(rf"^{re.escape(base)}-(\d+)$")
+    existing = sorted(int(m.group(1)) for name in (os.listdir(storage_path) if os.path.isdir(storage_path) else [])
+                      if (m := pattern.match(name)))
+    if resume:
+        if not existing:
+            raise FileNotFoundError(f"no sweep named {base}-<n> under {storage_path} to resume")
+        return f"{base}-{existing[-1]}"
+    return f"{base}-{(existing[-1] + 1) if existing else 1}"
 
 
 def collect_trials(uri: str, experiment_id: str, sweep_run_id: str, targets: list[Target]) -> list[TrialOutcome]:
@@ -102,7 +122,7 @@ def collect_trials(uri: str, experiment_id: str, sweep_run_id: str, targets: lis
             trial_id=run.data.tags.get("distfair.trial_id", ""), parent_run_id=run.info.run_id,
             params=json.loads(run.data.tags.get("distfair.trial_params", "{}")), status=run.info.status,
             metrics=metrics, objective=[metrics[t.name] for t in targets]))
-    return sorted(out, key=lambda t: t.trial_id)
+    return out
 
 
 def choose(trials: list[TrialOutcome], targets: list[Target]) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
@@ -188,16 +208,16 @@ def _distribution(dim):
     return optuna.distributions.CategoricalDistribution(list(dim.choices))
 
 
-def run_sweep(cfg: dict, spec: SweepSpec, *, config_path: str, experiment: str, tracking_uri: str,
+def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experiment: str, tracking_uri: str,
               storage_path: str, resume: bool, cluster: dict[str, float], log: Callable[[str], None],
               poll_s: float = 3.0) -> SweepReport:
-    """Run (or resume) the sweep on the connected Ray cluster and record it in MLflow."""
+    """Run (or resume) the sweep ``name`` (see :func:`sweep_dir_name`) on the connected Ray
+    cluster and record it in MLflow."""
     from distfair.distributed import concurrent_groups
-    from distfair.distributed.sweep import TRIAL_RESOURCE, groups_and_concurrency, run_tune, sweep_dir_name
+    from distfair.distributed.sweep import TRIAL_RESOURCE, groups_and_concurrency, run_tune
 
     experiment_id = tracking.prepare_experiment(tracking_uri, experiment)
     Path(storage_path).mkdir(parents=True, exist_ok=True)
-    name = sweep_dir_name(sweep_identity(cfg, spec, config_path), storage_path, resume)
     capacity = concurrent_groups(cfg["scaling"], cluster)
     groups, concurrent = groups_and_concurrency(len(cfg["seeds"]), capacity, spec.max_concurrent)
     if cluster.get(TRIAL_RESOURCE):
@@ -217,9 +237,7 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, config_path: str, experiment: str, 
     log(f"sweep {name}: {spec.total_trials()} configuration(s) x {len(cfg['seeds'])} seed(s), sampler "
         f"{spec.sampler} (seed {spec.seed}), {concurrent} configuration(s) at once, {groups} worker group(s) each; "
         f"MLflow sweep run {sweep_run}")
-    base = copy.deepcopy(cfg)
-    base["space"] = {}
-    context = {"base": base, "config_path": config_path, "experiment": experiment, "experiment_id": experiment_id,
+    context = {"base": copy.deepcopy(spec.base), "config_path": config_path, "experiment": experiment, "experiment_id": experiment_id,
                "tracking_uri": tracking_uri, "storage_path": storage_path, "sweep_run_id": sweep_run,
                "seeds": list(cfg["seeds"]), "groups_per_trial": groups, "poll_s": poll_s,
                "objective": [t.__dict__ for t in spec.objective], "epochs": cfg["train"]["epochs"],

@@ -262,9 +262,10 @@ def log_sweep_outcome(uri: str, sweep_run_id: str, *, best: dict | None, metrics
 
 
 def configuration_runs(uri: str, experiment_id: str, sweep_run_id: str) -> list:
-    """The active configuration runs (MLflow ``Run`` objects) of a sweep."""
+    """The active configuration runs (MLflow ``Run`` objects) of a sweep, in start order."""
     return _client(uri).search_runs([experiment_id], filter_string=(
-        f"tags.`{TAG_PARENT}` = '{sweep_run_id}' and tags.`{TAG_ROLE}` = 'configuration'"), max_results=10000)
+        f"tags.`{TAG_PARENT}` = '{sweep_run_id}' and tags.`{TAG_ROLE}` = 'configuration'"),
+        order_by=["attributes.start_time ASC"], max_results=10000)
 
 
 def close_trial_runs(uri: str, experiment_id: str, sweep_run_id: str, trial_id: str, status: str,

@@ -66,3 +66,47 @@ def test_table_formats_undefined_values():
 
 def test_json_safe_replaces_nan():
     assert cli._json_safe({"a": float("nan"), "b": [1.0, float("inf")]}) == {"a": None, "b": [1.0, None]}
+
+
+def test_sweep_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["sweep", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--num-samples", "--num-seeds", "--max-concurrent", "--experiment", "--tracking-uri", "--address",
+                 "--resume", "--json"):
+        assert flag in out
+
+
+@pytest.mark.parametrize("space, expected", [
+    ("{params: {train.lr: {type: float, low: 5, high: 1}}, objective: {metric: robust_acc}}",
+     "space.params.train.lr.low: must be <= high, got 5 > 1"),
+    ("{params: {train.lr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: nope}}",
+     "space.objective.metric: unknown metric 'nope'"),
+    ("{params: {train.lr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: robust_acc, stat: avg}}",
+     "space.objective.stat: unknown stat 'avg'"),
+    ("{params: {train.lrr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: robust_acc}}",
+     "space.params.train.lrr: does not address a config value"),
+    ("{params: {train.lr: {type: float, low: -1, high: 0.1}}, objective: {metric: robust_acc}}",
+     "space.params.train.lr: value -1 is not valid"),
+])
+def test_bad_sweep_file_exits_2_and_starts_nothing(tmp_path, monkeypatch, capsys, space, expected):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad_sweep.yaml"
+    path.write_text("defense: {name: syfar}\ndataset: {name: synthetic}\nmodel: {name: mlp}\n"
+                    f"attack: {{name: pgd, eps: 0.1}}\nspace: {space}\n")
+    assert cli.main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: {expected}" in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "distfair_runs").exists()
+
+
+def test_resume_without_an_earlier_sweep_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.yaml"
+    path.write_text("defense: {name: syfar}\ndataset: {name: synthetic}\nmodel: {name: mlp}\n"
+                    "attack: {name: pgd, eps: 0.1}\n"
+                    "space: {params: {train.lr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: robust_acc}}\n")
+    assert cli.main(["sweep", str(path), "--resume"]) == 2
+    assert "--resume: no sweep named s-" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()

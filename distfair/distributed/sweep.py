@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import threading
 from pathlib import Path
 from typing import Callable
@@ -34,7 +33,8 @@ TRIAL_RESOURCE = "distfair_trial"        # custom resource a local instance decl
 class CrossedSearch(Searcher):
     """Sampled points (from ``inner``, an OptunaSearch, or a single empty point for a grid-only
     search) crossed with ``grid`` points; Optuna sees one trial per sampled point whose value
-    is the mean over its grid points of the final objective values."""
+    is the mean over its grid points of the final objective values (of the grid trials that
+    finished; if none did, the point is FAIL when one errored and PRUNED otherwise)."""
 
     def __init__(self, inner: Searcher | None, grid: list[dict], names: list[str], modes: list[str],
                  max_points: int):
@@ -73,6 +73,7 @@ class CrossedSearch(Searcher):
         point = self._points[point_id]
         final = bool(result) and result.get("final") == 1 and all(result.get(n) is not None for n in self._names)
         point["values"][index] = [float(result[n]) for n in self._names] if final else None
+        point.setdefault("errors", set()).update({index} if error else set())
         point["pending"].discard(index)
         if point["pending"] or self._inner is None:
             return
@@ -80,8 +81,8 @@ class CrossedSearch(Searcher):
         if values:
             mean = {n: sum(v[i] for v in values) / len(values) for i, n in enumerate(self._names)}
             self._inner.on_trial_complete(point_id, {**mean, "final": 1})
-        else:
-            self._inner.on_trial_complete(point_id, None, error=error)
+        else:   # nothing finished: FAIL if any grid trial errored, else PRUNED (stopped early)
+            self._inner.on_trial_complete(point_id, None, error=bool(point["errors"]))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -123,7 +124,6 @@ def _trial_config(context: dict, params: dict) -> dict:
 
     cfg = validate(apply_overrides(context["base"], list(params.items())),
                    f"{context['config_path']} (trial {json.dumps(params, default=str)})")
-    cfg["seeds"] = list(context["seeds"])
     cfg["scaling"]["max_concurrent_seeds"] = context["groups_per_trial"]
     return cfg
 
@@ -236,18 +236,6 @@ class SweepCallback(Callback):
     def _close(self, trial_id: str, status: str, reason: str) -> None:
         tracking.close_trial_runs(self.context["tracking_uri"], self.context["experiment_id"],
                                   self.context["sweep_run_id"], trial_id, status, reason)
-
-
-def sweep_dir_name(base: str, storage_path: str, resume: bool) -> str:
-    """``<base>-<n>``: the newest existing attempt on --resume, otherwise a new one."""
-    pattern = re.compile(rf"^{re.escape(base)}-(\d+)$")
-    existing = sorted(int(m.group(1)) for name in (os.listdir(storage_path) if os.path.isdir(storage_path) else [])
-                      if (m := pattern.match(name)))
-    if resume:
-        if not existing:
-            raise FileNotFoundError(f"no sweep named {base}-<n> under {storage_path} to resume")
-        return f"{base}-{existing[-1]}"
-    return f"{base}-{(existing[-1] + 1) if existing else 1}"
 
 
 def run_tune(spec: SweepSpec, context: dict, *, name: str, storage_path: str, resume: bool,
