@@ -317,6 +317,10 @@ def _json_safe(obj):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "address", None):
+        # Before anything imports Ray: a driver joining a `ray start` cluster must use the
+        # token auth mode that Ray 2.60 clusters have by default (shared/docs/ray.md).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     return args.handler(args)
 
 

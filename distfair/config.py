@@ -56,6 +56,12 @@ def _one_of(*choices):
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
 
 
+def _resource_map(v) -> str | None:
+    ok = all(isinstance(k, str) and isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
+             for k, x in v.items())
+    return None if ok else f"must map resource names to non-negative numbers, got {v!r}"
+
+
 TRAIN_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
     "epochs": (int, 10, _at_least_one),
     "batch_size": (int, 64, _at_least_one),
@@ -75,9 +81,10 @@ TRAIN_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
 SCALING_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
     "num_workers": (int, 1, _at_least_one),
     "use_gpu": (bool, False, None),
-    "resources_per_worker": (dict, {"CPU": 1.0}, lambda v: None if all(
-        isinstance(k, str) and isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
-        for k, x in v.items()) else f"must map resource names to non-negative numbers, got {v!r}"),
+    "resources_per_worker": (dict, {"CPU": 1.0}, _resource_map),
+    # alternative to resources_per_worker: one seed run's total, split evenly over its workers
+    # (e.g. {CPU: 2, GPU: 0.25} with one worker packs four seed runs on one GPU)
+    "resources_per_seed": (dict, None, _resource_map),
     "placement_strategy": (str, "PACK", _one_of("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")),
     "max_concurrent_seeds": (int, None, _at_least_one),
     "max_failures": (int, 0, _non_negative),
@@ -288,6 +295,7 @@ def validate(raw: Any, source: str) -> dict:
                                                                     skip=("bounds",))
     cfg["train"] = _fixed_block(raw.get("train"), TRAIN_FIELDS, "train", problems)
     cfg["scaling"] = _fixed_block(raw.get("scaling"), SCALING_FIELDS, "scaling", problems)
+    _resources_per_seed(raw.get("scaling"), cfg["scaling"], problems)
     cfg["seeds"] = _seeds(raw.get("seeds"), problems)
     space = raw.get("space", {})
     if not isinstance(space, dict):
@@ -305,6 +313,18 @@ def validate(raw: Any, source: str) -> dict:
     if problems.items:
         raise ConfigError(source, problems.items)
     return cfg
+
+
+def _resources_per_seed(raw, scaling: dict, problems: _Problems) -> None:
+    """Resolve ``scaling.resources_per_seed`` into ``resources_per_worker`` (and record both)."""
+    per_seed = scaling.get("resources_per_seed")
+    if per_seed is None:
+        return
+    if isinstance(raw, dict) and "resources_per_worker" in raw:
+        problems.add("scaling.resources_per_seed", "give either resources_per_seed or resources_per_worker, not both")
+        return
+    workers = scaling.get("num_workers") or 1
+    scaling["resources_per_worker"] = {k: float(v) / workers for k, v in per_seed.items()}
 
 
 def _eval_block(raw, train_attack: dict | None, problems: _Problems) -> dict:

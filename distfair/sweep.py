@@ -218,15 +218,18 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
 
     experiment_id = tracking.prepare_experiment(tracking_uri, experiment)
     Path(storage_path).mkdir(parents=True, exist_ok=True)
-    capacity = concurrent_groups(cfg["scaling"], cluster)
-    groups, concurrent = groups_and_concurrency(len(cfg["seeds"]), capacity, spec.max_concurrent)
+    usable = dict(cluster)
     if cluster.get(TRIAL_RESOURCE):
         trial_resources = {TRIAL_RESOURCE: 1}
-    else:   # a cluster that does not declare the trial resource: each trial driver takes 1% of a CPU
+    else:
+        # A cluster that does not declare the trial resource: each trial driver takes 1% of a
+        # CPU, reserved up front for as many drivers as could run, so that the seed groups of
+        # every running configuration always fit (a group that cannot be placed waits forever).
         trial_resources = {"CPU": 0.01}
-        reduced = {**cluster, "CPU": cluster.get("CPU", 0) - 0.01 * concurrent}
-        while concurrent > 1 and concurrent_groups(cfg["scaling"], reduced) < groups * concurrent:
-            concurrent -= 1
+        most = spec.max_concurrent or concurrent_groups(cfg["scaling"], cluster)
+        usable["CPU"] = cluster.get("CPU", 0.0) - 0.01 * most
+    capacity = concurrent_groups(cfg["scaling"], usable)
+    groups, concurrent = groups_and_concurrency(len(cfg["seeds"]), capacity, spec.max_concurrent)
     sweep_run = tracking.start_sweep_run(
         tracking_uri, experiment_id, name=name, lookup={"distfair.sweep_name": name},
         params={"sweep_file": config_path, "sampler": spec.sampler, "sampler_seed": spec.seed,

@@ -279,3 +279,18 @@ def test_missing_file(tmp_path):
 def test_override_into_null_block(tmp_path):
     cfg = load_config(write(tmp_path, changed(defense="standard", attack=None)), ["attack.name=pgd", "attack.eps=0.2"])
     assert cfg["attack"]["name"] == "pgd" and cfg["attack"]["eps"] == 0.2
+
+
+def test_resources_per_seed_is_split_over_the_workers(tmp_path):
+    raw = changed(scaling={"num_workers": 2, "use_gpu": True, "resources_per_seed": {"CPU": 2, "GPU": 0.5}})
+    cfg = load_config(write(tmp_path, raw))
+    assert cfg["scaling"]["resources_per_worker"] == {"CPU": 1.0, "GPU": 0.25}     # 2/2 CPU, 0.5/2 GPU
+    from distfair.distributed.layout import concurrent_groups
+    assert concurrent_groups(cfg["scaling"], {"CPU": 16.0, "GPU": 1.0}) == 2         # 1 GPU / (2 x 0.25)
+
+
+def test_resources_per_seed_and_per_worker_are_exclusive(tmp_path):
+    raw = changed(scaling={"resources_per_worker": {"CPU": 1}, "resources_per_seed": {"CPU": 2}})
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, raw))
+    assert "scaling.resources_per_seed: give either resources_per_seed or resources_per_worker" in str(info.value)

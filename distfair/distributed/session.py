@@ -9,8 +9,6 @@ from typing import Iterator
 # Ray Train V2's controller polls its workers every 2 s by default; on the small jobs this tool
 # runs that is most of the fixed cost of a fit (ray.md). Users can still override it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-# Token auth is on by default in Ray 2.60; nodes and drivers of one cluster must agree (ray.md).
-os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 @contextlib.contextmanager
@@ -22,6 +20,11 @@ def ray_session(address: str | None = None, *, num_cpus: float | None = None, nu
     resources of a local instance (ignored with ``address``)."""
     import logging
 
+    if address:
+        # Clusters made with `ray start` use token auth by default in Ray 2.60, and a driver
+        # joining one must say so too (ray.md). Local instances keep Ray's own default: the
+        # mode must not differ between a driver and the instance it starts.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
