@@ -199,10 +199,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from distfair import tracking
     from distfair.distributed import InsufficientResources, ray_session
-    from distfair.run import default_storage_path, run_configuration_with_tracking
+    from distfair.run import default_storage_path, resolve_init_from, run_configuration_with_tracking
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
+    storage = args.storage_path or default_storage_path()
+    try:
+        init_paths = resolve_init_from(cfg, uri, storage)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {args.config}: {err}", file=sys.stderr)
+        return EXIT_USAGE
     with stdout_to_stderr(args.json) as out:
         human = sys.stderr if args.json else sys.stdout
 
@@ -217,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"{ {k: v for k, v in resources.items() if k in ('CPU', 'GPU')} }")
                 report = run_configuration_with_tracking(
                     cfg, config_path=args.config, experiment=experiment, tracking_uri=uri,
-                    storage_path=args.storage_path or default_storage_path(), log=log)
+                    storage_path=storage, log=log, init_paths=init_paths)
         except InsufficientResources as err:
             print(f"error: {args.config}: scaling: {err}", file=sys.stderr)
             return EXIT_USAGE

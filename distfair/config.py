@@ -76,6 +76,9 @@ TRAIN_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
     "gamma": (float, 0.1, _positive),
     "milestones": (list, [], lambda v: None if all(isinstance(m, int) and m >= 1 for m in v)
                    else f"must be a list of positive integers, got {v!r}"),
+    # start from an earlier run's final weights: a checkpoint file, an MLflow seed run id, or an
+    # MLflow configuration run id (then each seed starts from that configuration's same seed)
+    "init_from": (str, None, lambda v: None if v.strip() else "must be a path or an MLflow run id"),
 }
 
 SCALING_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {

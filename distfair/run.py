@@ -41,7 +41,8 @@ def config_hash(cfg: dict) -> str:
 def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: str, tracking_uri: str,
                                     storage_path: str | Path, log: Callable[[str], None],
                                     extra_tags: dict[str, str] | None = None, lookup: dict[str, str] | None = None,
-                                    parent_run_name: str | None = None, ray_run_name: str | None = None) -> RunReport:
+                                    parent_run_name: str | None = None, ray_run_name: str | None = None,
+                                    init_paths: dict[int, str] | None = None) -> RunReport:
     """Create (or, with ``lookup`` tags, find) the MLflow records, train every seed that has
     no FINISHED run yet on the connected Ray cluster, and aggregate.
 
@@ -53,6 +54,8 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     from distfair.distributed import run_configuration
 
     seeds = list(cfg["seeds"])
+    if init_paths is None:
+        init_paths = resolve_init_from(cfg, tracking_uri, storage_path)
     experiment_id = tracking.prepare_experiment(tracking_uri, experiment)
     digest = config_hash(cfg)
     flat = flatten(cfg)
@@ -75,6 +78,7 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
         cfg = {**cfg, "seeds": todo}
         try:
             outcome = run_configuration(cfg, seeds=todo, tracking_uri=tracking_uri, child_run_ids=children,
+                                        init_paths=init_paths,
                                         run_name=ray_run_name or _ray_run_name(parent, children),
                                         storage_path=storage_path, log=log)
         except KeyboardInterrupt:
@@ -93,6 +97,20 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
                                 status="FAILED" if errors else "FINISHED")
     return RunReport(experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
                      tracking_uri=tracking_uri, seeds=sorted(per_seed), metrics=summary, errors=errors)
+
+
+def resolve_init_from(cfg: dict, tracking_uri: str, storage_path: str | Path) -> dict[int, str]:
+    """``train.init_from`` as one local checkpoint path per seed ({} when unset). A file is
+    used as it is; an MLflow run id is downloaded under ``storage_path/init_from`` (shared
+    storage on a cluster, so every worker can read it). Raises ValueError."""
+    source = cfg["train"].get("init_from")
+    if not source:
+        return {}
+    if Path(source).expanduser().is_file():
+        path = str(Path(source).expanduser().resolve())
+        return {s: path for s in cfg["seeds"]}
+    paths = tracking.seed_checkpoints(tracking_uri, source, list(cfg["seeds"]), Path(storage_path) / "init_from")
+    return {s: str(p) for s, p in paths.items()}
 
 
 def _ray_run_name(parent: str, children: dict[int, str]) -> str:

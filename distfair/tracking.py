@@ -227,6 +227,39 @@ def finished_seed_metrics(uri: str, experiment_id: str, parent_run_id: str) -> d
             if r.info.status == "FINISHED" and TAG_SEED in r.data.tags}
 
 
+def seed_checkpoints(uri: str, run_id: str, seeds: list[int], dest: Path) -> dict[int, Path]:
+    """Local copies of the final checkpoints ``train.init_from`` names by run id.
+
+    A seed run gives its own checkpoint to every seed; a configuration run gives each seed the
+    checkpoint of its child run with the same seed. Raises ValueError saying what is missing.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise ValueError(f"train.init_from: {run_id!r} is neither a file nor a run in {uri}") from err
+
+    def fetch(source_id: str) -> Path:
+        target = dest / source_id
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(client.download_artifacts(source_id, "checkpoint/last.pt", str(target)))
+        except (MlflowException, OSError) as err:
+            raise ValueError(f"train.init_from: run {source_id} has no checkpoint/last.pt artifact") from err
+
+    if run.data.tags.get(TAG_ROLE) == "configuration":
+        children = seed_run_states(uri, run.info.experiment_id, run_id)
+        missing = [s for s in seeds if children.get(s, (None, None))[1] != "FINISHED"]
+        if missing:
+            raise ValueError(f"train.init_from: configuration run {run_id} has no finished seed run for seeds "
+                             f"{missing} (it has {sorted(s for s, (_, st) in children.items() if st == 'FINISHED')})")
+        return {s: fetch(children[s][0]) for s in seeds}
+    path = fetch(run_id)
+    return {s: path for s in seeds}
+
+
 # ------------------------------------------------------------------------------- sweeps
 def epoch_curves(uri: str, experiment_id: str, parent_run_id: str, metric: str) -> dict[int, dict[int, float]]:
     """``{seed: {epoch: value}}`` of a per-epoch metric over a parent's active child runs."""

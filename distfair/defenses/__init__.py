@@ -6,12 +6,18 @@ from __future__ import annotations
 from distfair.defenses._base import Defense
 from distfair.defenses.pgd_at import PGDAT
 from distfair.defenses.standard import Standard
+from distfair.defenses.specnorm import SpecNorm
 from distfair.defenses.syfar import SyFAR
+from distfair.defenses.faal import FAAL
+from distfair.defenses.trades import TRADES
 
 DEFENSES: dict[str, type[Defense]] = {
     "standard": Standard,
     "pgd_at": PGDAT,
     "syfar": SyFAR,
+    "specnorm": SpecNorm,
+    "faal": FAAL,
+    "trades": TRADES,
 }
 
 #: constructor arguments the engine supplies (not user options)

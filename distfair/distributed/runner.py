@@ -31,7 +31,7 @@ class ConfigurationOutcome:
 
 
 def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, tracking_uri: str,
-               child_run_ids: dict[int, str]) -> list[dict]:
+               child_run_ids: dict[int, str], init_paths: dict[int, str]) -> list[dict]:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -42,6 +42,7 @@ def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, tra
         train_loop_config={
             "cfg": cfg, "seeds": seeds, "run_name": name, "tracking_uri": tracking_uri,
             "child_run_ids": {str(s): child_run_ids[s] for s in seeds}, "use_gpu": scaling["use_gpu"],
+            "init_paths": {str(s): init_paths[s] for s in seeds if s in init_paths},
             "threads_per_worker": max(1, math.floor(per_worker.get("CPU", 1.0))),
         },
         scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
@@ -83,7 +84,7 @@ def _run_in_daemon_threads(jobs: list[Callable[[], list[dict]]]):
 
 
 def run_configuration(cfg: dict, *, seeds: list[int], tracking_uri: str, child_run_ids: dict[int, str],
-                      run_name: str, storage_path: str | Path,
+                      run_name: str, storage_path: str | Path, init_paths: dict[int, str] | None = None,
                       log: Callable[[str], None] = print) -> ConfigurationOutcome:
     """Train and evaluate every seed of ``cfg``; MLflow child runs must already exist.
 
@@ -98,7 +99,8 @@ def run_configuration(cfg: dict, *, seeds: list[int], tracking_uri: str, child_r
     log(f"{len(seeds)} seed(s) in {len(outcome.groups)} concurrent worker group(s) of "
         f"{cfg['scaling']['num_workers']} worker(s): " + " | ".join(",".join(map(str, g)) for g in outcome.groups))
     jobs = [functools.partial(_fit_group, cfg, group, name=f"{run_name}-g{i}", storage_path=str(storage_path),
-                              tracking_uri=tracking_uri, child_run_ids=child_run_ids)
+                              tracking_uri=tracking_uri, child_run_ids=child_run_ids,
+                              init_paths=init_paths or {})
             for i, group in enumerate(outcome.groups)]
     for index, records, err in _run_in_daemon_threads(jobs):
         group = outcome.groups[index]

@@ -108,6 +108,7 @@ def train_loop_per_worker(config: dict) -> list[dict] | None:
                               PROGRESS: json.dumps({"seed": seed, "epoch": epoch, "done": done})})
 
         result = run_seed(cfg, seed, workdir=seed_dir, device=device, rank=rank, world=world, on_epoch=on_epoch,
+                          init_from=config.get("init_paths", {}).get(str(seed)),
                           log=(lambda msg: print(f"[distfair] {msg}", flush=True)) if rank == 0 else None)
         if rank == 0:
             record = result.to_dict()

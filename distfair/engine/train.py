@@ -117,13 +117,40 @@ def _train_loader(data: DataBundle, batch_size: int, seed: int, rank: int, world
     return sampler, DataLoader(data.train, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
 
 
+def load_initial_weights(model: nn.Module, path: str | Path, *, model_name: str, num_classes: int) -> None:
+    """Start from the model weights of an earlier run's checkpoint (the papers' fine-tuning
+    protocol: adversarial training first, fairness fine-tuning after). The checkpoint must
+    come from the same architecture with the same class count."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_from: no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    weights = state.get("model") if isinstance(state, dict) and "model" in state else state
+    if not isinstance(weights, dict):
+        raise ValueError(f"train.init_from: {path} holds no model state dict")
+    found_name, found_k = state.get("model_name"), state.get("num_classes")
+    if found_name is not None and found_name != model_name:
+        raise ValueError(f"train.init_from: {path} is a {found_name!r} model, this run trains {model_name!r}")
+    if found_k is not None and found_k != num_classes:
+        raise ValueError(f"train.init_from: {path} has {found_k} classes, this run's data has {num_classes}")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    reshaped = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
+    if missing or unexpected or reshaped:
+        raise ValueError(f"train.init_from: {path} does not match {model_name!r}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, different shapes {reshaped[:5]}")
+    model.load_state_dict(weights)
+
+
 def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device | str = "cpu",
              rank: int = 0, world: int = 1, on_epoch: EpochCallback | None = None,
-             log: Callable[[str], None] | None = None) -> SeedResult | None:
+             log: Callable[[str], None] | None = None, init_from: str | Path | None = None) -> SeedResult | None:
     """Train ``cfg`` with ``seed``, checkpointing each epoch under ``workdir``; then evaluate
     on the test set clean and under each ``eval.attacks`` entry.
 
-    If ``workdir/last.pt`` exists the run resumes from it. Returns the result on rank 0 and
+    If ``workdir/last.pt`` exists the run resumes from it; otherwise, with ``init_from`` (a
+    checkpoint file), the model starts from those weights. Returns the result on rank 0 and
     None on the other ranks. ``on_epoch(epoch, row, checkpoint_path)`` is called on every rank
     after each epoch (``checkpoint_path`` only on rank 0).
     """
@@ -158,6 +185,9 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
         set_rng_state(state["rng"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         log(f"seed {seed}: resumed after epoch {start_epoch}")
+    elif init_from:
+        load_initial_weights(model, init_from, model_name=cfg["model"]["name"], num_classes=data.num_classes)
+        log(f"seed {seed}: initialised from {init_from}")
 
     train_model: nn.Module = model
     if world > 1:
@@ -169,6 +199,9 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
         attack_gen = generator(seed, "train-attack", epoch, rank, device=device)
+        prepared = defense.start_epoch(model, data.train, epoch=epoch, device=device, batch_size=eval_bs,
+                                       generator=generator(seed, "epoch-start", epoch, rank, device=device),
+                                       rank=rank, world=world)
         train_model.train()
         sums: dict[str, float] = {}
         batches = 0
@@ -187,6 +220,7 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
         scheduler.step()
         row = {f"train_{k}": v / max(batches, 1) for k, v in sums.items()}
         row["lr"] = lr
+        row.update({f"defense_{k}": float(v) for k, v in prepared.items()})
         val_clean = confusion_counts(model, data.val, data.num_classes, device=device, batch_size=eval_bs,
                                      rank=rank, world=world)
         row["val_clean_acc"] = float(val_clean.trace()) / float(val_clean.sum())
@@ -200,7 +234,9 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
         saved = None
         if rank == 0:
             state = {"seed": seed, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "history": history}
+                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "history": history,
+                     "model_name": cfg["model"]["name"], "num_classes": data.num_classes,
+                     "in_shape": tuple(data.in_shape)}
             tmp = workdir / (CHECKPOINT_NAME + ".tmp")
             torch.save(state, tmp)
             os.replace(tmp, ckpt_path)       # atomic: a crash never leaves a half-written checkpoint

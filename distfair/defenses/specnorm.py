@@ -1,0 +1,140 @@
+"""SpecNorm / CSR: Confusional Spectral Regularization (Jin, Wu, Liu, Huang & Mu, "Enhancing
+Robust Fairness via Confusional Spectral Regularization", ICLR 2025; official code
+github.com/Alexkael/CONFUSIONAL-SPECTRAL-REGULARIZATION). The published per-epoch algorithm,
+not Sy-FAR's per-batch "specnorm" variant (methods.md "Sy-FAR" → "Baselines").
+
+Threat model: the configured training attack (white-box, e.g. PGD-ℓ∞ ε 8/255 on images in
+[0, 1]). Inputs x (B, ...) in the data's range, labels y (B,), logits (B, K).
+
+Per epoch (:meth:`SpecNorm.start_epoch`, one attack pass over the whole training set, model in
+eval mode, sharded over DDP ranks and all-reduced; the benchmark amortises this cost):
+
+1. C = hard robust confusion counts of the training set (rows true, columns predicted);
+2. R = C row-normalised (R[i, j] = share of class i's samples predicted j; rows of classes
+   absent from the set stay zero), then its diagonal zeroed: the paper's bound (after
+   Machart & Ralaivola) and the official code count misclassifications only;
+3. top singular triple (σ1, u1, v1) of R; A = σ1·u1 v1ᵀ;
+4. W = A rescaled linearly to [0.01, 2.01] (min → 0.01, max → 2.01, as the official code),
+   stored indexed ``W[predicted, true]`` (the official ``gm[pred][target]`` orientation).
+
+Sign: σ1·u1 v1ᵀ does not change under the joint flip (u1, v1) → (−u1, −v1) that SVD leaves
+free, and for a non-negative R with a simple σ1 it is non-negative (Perron–Frobenius). Only
+when σ1 is tied is the top pair arbitrary and A may mix signs; A is then negated if its
+entries sum below zero, so the dominant direction is non-negative. A constant A (no errors
+at all, or a flat matrix) gives no class pair to prefer: W is all 1.0, the plain
+unweighted term (also the weights used before the first ``start_epoch``).
+
+Per batch (:meth:`SpecNorm.loss`), with x_adv from the configured training attack applied to
+the unwrapped model (TRADES proper maximises its KL term instead; the configured attack is an
+accepted stand-in here) and pred_i = argmax f(x_adv)_i::
+
+    trades = CE(f(x), y) + β·KL,   KL = (1/B) Σ_i Σ_k p_k(x_i) log(p_k(x_i) / p_k(x_adv_i))
+    csr_ce = (1/B) Σ_i W[pred_i, y_i]·CE(f(x_adv_i), y_i)
+    loss   = trades_weight·trades + csr_weight·csr_ce
+
+KL is the official TRADES ``KLDivLoss(log_softmax(f(x_adv)), softmax(f(x)))`` with batchmean.
+The official CSR code writes csr_ce as a KL to the target W·onehot(y), which differs from this
+weighted CE by a constant in θ (same gradients). It also mixes 0.7·CE + β·KL + 0.3·csr_ce,
+i.e. it leaves the 0.7 off the KL: ``beta: 8.5714`` (6/0.7) reproduces that exactly. Its
+trick of shrinking the true logit by 10% before counting confusions is not reproduced.
+
+Defaults: β 6, trades_weight 0.7, csr_weight 0.3 (all >= 0). Components logged: trades,
+clean_ce, kl, csr_ce. ``start_epoch`` logs spec_norm (σ1), weight_min and weight_max.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from distfair.defenses._base import Defense, check_weight
+from distfair.models import unwrap_model
+
+WEIGHT_LOW, WEIGHT_HIGH = 0.01, 2.01
+#: relative spread below which the rank-one matrix counts as constant (round-off, not signal)
+_FLAT_RTOL = 1e-9
+
+
+def _top_component(confusion: Tensor, errors_only: bool) -> tuple[Tensor, float]:
+    """(σ1·u1 v1ᵀ of the row-normalised matrix, σ1), float64, rows true, columns predicted."""
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be a square K×K matrix, got shape {tuple(confusion.shape)}")
+    counts = confusion.detach().to("cpu", torch.float64)  # CPU float64: identical on every DDP rank
+    if (counts < 0).any():
+        raise ValueError("confusion must hold non-negative counts")
+    totals = counts.sum(dim=1, keepdim=True)
+    rates = torch.where(totals > 0, counts / totals.clamp_min(1e-300), torch.zeros_like(counts))
+    if errors_only:
+        rates.fill_diagonal_(0.0)
+    U, S, Vh = torch.linalg.svd(rates)
+    sigma = S[0]
+    top = sigma * torch.outer(U[:, 0], Vh[0])
+    if top.sum() < 0:  # only possible when σ1 is tied (see the module docstring)
+        top = -top
+    return top, float(sigma)
+
+
+def _rescale(matrix: Tensor) -> Tensor:
+    low, high = matrix.min(), matrix.max()
+    spread = high - low
+    if spread <= _FLAT_RTOL * max(abs(float(high)), abs(float(low))):  # also the all-zero case
+        return torch.ones_like(matrix)
+    return WEIGHT_LOW + (WEIGHT_HIGH - WEIGHT_LOW) * (matrix - low) / spread
+
+
+def _stored_weights(top: Tensor) -> Tensor:
+    """Rescaled, as float32, transposed to the [predicted, true] lookup orientation."""
+    return _rescale(top).T.contiguous().float()
+
+
+def csr_weights(confusion: Tensor, *, errors_only: bool = True) -> Tensor:
+    """CSR per-sample weights from K×K confusion counts (rows true, columns predicted).
+
+    Row-normalise (absent rows stay zero), zero the diagonal when ``errors_only`` (the
+    published algorithm), take σ1·u1 v1ᵀ and rescale it linearly to [0.01, 2.01] (all 1.0 if
+    constant). Returns a float32 (K, K) tensor on the CPU indexed ``[predicted, true]``, i.e.
+    the transpose of the input's orientation.
+    """
+    top, _ = _top_component(confusion, errors_only)
+    return _stored_weights(top)
+
+
+class SpecNorm(Defense):
+    name = "specnorm"
+
+    def __init__(self, *, attack, num_classes: int, beta: float = 6.0, trades_weight: float = 0.7,
+                 csr_weight: float = 0.3):
+        super().__init__(attack=attack, num_classes=num_classes)
+        for key, value in (("beta", beta), ("trades_weight", trades_weight), ("csr_weight", csr_weight)):
+            check_weight(key, value)
+        self.beta, self.trades_weight, self.csr_weight = beta, trades_weight, csr_weight
+        #: (K, K) weights indexed [predicted, true]; None (all ones) until the first start_epoch
+        self.weights: Tensor | None = None
+
+    def start_epoch(self, model, train_set, *, epoch, device, batch_size, generator, rank=0, world=1):
+        from distfair.engine.evaluate import confusion_counts  # the engine imports defenses
+
+        counts = confusion_counts(model, train_set, self.num_classes, device=device, batch_size=batch_size,
+                                  attack=self.attack, generator=generator, rank=rank, world=world)
+        top, sigma = _top_component(counts, errors_only=True)
+        self.weights = _stored_weights(top).to(device)
+        return {"spec_norm": sigma, "weight_min": float(self.weights.min()),
+                "weight_max": float(self.weights.max())}
+
+    def sample_weights(self, pred: Tensor, y: Tensor) -> Tensor:
+        """W[pred_i, y_i] per sample (ones before the first ``start_epoch``)."""
+        if self.weights is None:
+            return torch.ones(y.shape, device=y.device)
+        return self.weights.to(y.device)[pred, y]
+
+    def loss(self, model, x, y, *, generator=None):
+        x_adv = self.attack(unwrap_model(model), x, y, generator=generator)
+        clean_logits, adv_logits = model(x), model(x_adv)
+        clean_ce = F.cross_entropy(clean_logits, y)
+        kl = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(clean_logits, dim=1), reduction="batchmean")
+        trades = clean_ce + self.beta * kl
+        weights = self.sample_weights(adv_logits.detach().argmax(dim=1), y)
+        csr_ce = (weights * F.cross_entropy(adv_logits, y, reduction="none")).mean()
+        total = self.trades_weight * trades + self.csr_weight * csr_ce
+        parts = {"trades": trades, "clean_ce": clean_ce, "kl": kl, "csr_ce": csr_ce}
+        return total, {key: value.detach() for key, value in parts.items()}
