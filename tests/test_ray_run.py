@@ -3,6 +3,7 @@ SQLite MLflow store, read back through MLflow's client."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -138,3 +139,23 @@ def test_a_failing_run_is_reported_and_left_failed_not_running(tmp_path, write_c
     assert "seed 0 FAILED" in proc.stdout and "non-finite training loss" in proc.stdout
     statuses = _statuses(tmp_path / "mlflow.db")
     assert set(statuses.values()) == {"FAILED"}, statuses
+
+
+def test_fine_tuning_from_a_configuration_run_uses_each_seeds_own_checkpoint(tmp_path, write_config, tiny_cfg_dict):
+    path = write_config(tiny_cfg_dict)
+    first = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--json", "--experiment", "ft"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    parent = json.loads(first.stdout)["parent_run_id"]
+    tiny_cfg_dict["defense"] = {"name": "faal"}
+    tiny_cfg_dict["train"]["init_from"] = parent
+    path = write_config(tiny_cfg_dict, "finetune.yaml")
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}                  # every worker line, not deduplicated
+    second = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--experiment", "ft"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    out = second.stdout + second.stderr
+    for seed in (0, 1):
+        assert f"seed {seed}: initialised from" in out
+    downloaded = sorted((tmp_path / "distfair_runs" / "init_from").glob("*/last.pt"))
+    assert len(downloaded) == 2                                  # one checkpoint per seed run

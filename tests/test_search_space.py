@@ -412,6 +412,9 @@ def test_load_sweep_val_robust_early_stopping_needs_a_training_attack(write_conf
     ("quickstart_sweep", 2, "tpe", 1),
     ("digits_syfar", 5, "tpe", 1),
     ("mnist1d_syfar", 2, "nsga2", 3),
+    ("digits_trades", 2, "tpe", 1),
+    ("digits_faal", 2, "tpe", 1),
+    ("digits_specnorm", 2, "tpe", 1),
 ])
 def test_shipped_sweep_files_load(name, n_dims, sampler, n_targets):
     cfg, spec = load_sweep(str(REPO / "tune_spaces" / f"{name}.yaml"))
@@ -431,6 +434,18 @@ def test_cifar10_sweep_space_validates(tmp_path):
     assert spec.objective == [Target("worst_class_acc", "mean_minus_std", "max", 1.0)]
     assert (spec.sampler, spec.seed, spec.num_samples, spec.max_concurrent) == ("tpe", 0, 8, 4)
     assert cfg["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name, defense", [("cifar10_trades", "trades"), ("cifar10_faal", "faal"),
+                                           ("cifar10_specnorm", "specnorm")])
+def test_cifar10_baseline_files_validate(tmp_path, name, defense):
+    from test_data import write_cifar10
+
+    write_cifar10(tmp_path)
+    cfg = load_config(REPO / "tune_spaces" / f"{name}.yaml", [f"dataset.root={tmp_path}"])
+    spec, problems = parse_space(cfg["space"], config_keys=set(flatten(cfg)),
+                                 eval_names=[a["name"] for a in cfg["eval"]["attacks"]])
+    assert problems == [] and cfg["defense"]["name"] == defense and cfg["scaling"]["use_gpu"] is True
 
 
 # ----------------------------------------------------------------------------------- choose
