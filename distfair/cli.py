@@ -160,6 +160,16 @@ def stdout_to_stderr(enabled: bool) -> Iterator[TextIO]:
         real.close()
 
 
+def _human_output(json_mode: bool):
+    """(stream for human-readable output, a ``[distfair]``-prefixed logger writing to it):
+    stderr when stdout is reserved for the JSON object, else stdout."""
+    human = sys.stderr if json_mode else sys.stdout
+
+    def log(msg: str) -> None:
+        print(f"[distfair] {msg}", file=human, flush=True)
+    return human, log
+
+
 def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
@@ -210,11 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {args.config}: {err}", file=sys.stderr)
         return EXIT_USAGE
     with stdout_to_stderr(args.json) as out:
-        human = sys.stderr if args.json else sys.stdout
-
-        def log(msg: str) -> None:
-            print(f"[distfair] {msg}", file=human, flush=True)
-
+        human, log = _human_output(args.json)
         log(f"{cfg['defense']['name']} on {cfg['dataset']['name']} with {cfg['model']['name']}, "
             f"seeds {cfg['seeds']}, {cfg['train']['epochs']} epoch(s)")
         try:
@@ -268,11 +274,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"error: {args.config}: --resume: {err}", file=sys.stderr)
         return EXIT_USAGE
     with stdout_to_stderr(args.json) as out:
-        human = sys.stderr if args.json else sys.stdout
-
-        def log(msg: str) -> None:
-            print(f"[distfair] {msg}", file=human, flush=True)
-
+        human, log = _human_output(args.json)
         try:
             with ray_session(args.address, num_cpus=args.num_cpus, resources={TRIAL_RESOURCE: 1000}) as cluster:
                 report = run_sweep(cfg, spec, name=name, config_path=args.config, experiment=experiment,

@@ -55,13 +55,13 @@ def make_case(defense_name: str, k: int, args, device) -> tuple[Callable[[], Non
         loss.backward()
         optimizer.step()
 
-    epoch_pass = None
-    if type(defense).start_epoch is not Defense.start_epoch:
-        train = TensorDataset(torch.rand(args.train_size, 1, 8, 8, generator=g),
-                              torch.randint(0, k, (args.train_size,), generator=g))
+    if type(defense).start_epoch is Defense.start_epoch:      # no per-epoch pass to amortise
+        return step, None, 1
+    train = TensorDataset(torch.rand(args.train_size, 1, 8, 8, generator=g),
+                          torch.randint(0, k, (args.train_size,), generator=g))
 
-        def epoch_pass() -> None:
-            defense.start_epoch(model, train, epoch=0, device=device, batch_size=256, generator=attack_gen)
+    def epoch_pass() -> None:
+        defense.start_epoch(model, train, epoch=0, device=device, batch_size=256, generator=attack_gen)
     return step, epoch_pass, max(1, args.train_size // args.batch)
 
 
@@ -93,6 +93,8 @@ def main() -> int:
     p.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000], help="K values for Sy-FAR")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args()
+    if args.reps < 2:
+        p.error("--reps must be >= 2 (the spread needs two measurements)")
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
