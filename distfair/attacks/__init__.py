@@ -6,12 +6,14 @@ contract tests (tests/test_attack_contract.py) pick it up automatically.
 import inspect
 
 from distfair.attacks._base import Attack
+from distfair.attacks.cw_linf import CWLinf
 from distfair.attacks.fgsm import FGSM
 from distfair.attacks.pgd import PGD
+from distfair.attacks.pgd_l2 import PGDL2
 
-__all__ = ["ATTACKS", "FGSM", "PGD", "Attack", "build_attack"]
+__all__ = ["ATTACKS", "CWLinf", "FGSM", "PGD", "PGDL2", "Attack", "build_attack"]
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD}
+ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "pgd_l2": PGDL2, "cw_linf": CWLinf}
 
 
 def build_attack(name: str, *, bounds: tuple[float, float], **params) -> Attack:

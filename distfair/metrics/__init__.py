@@ -1,15 +1,19 @@
-"""Confusion matrices, fairness metrics, the Sy-FAR symmetry loss and seed statistics."""
+"""Confusion matrices, fairness and subgroup metrics, Sy-FAR symmetry loss, seed statistics."""
 
 from distfair.metrics._confusion import confusion_matrix
 from distfair.metrics._fairness import fairness_metrics
 from distfair.metrics._soft import soft_confusion_matrix, symmetry_loss
 from distfair.metrics._stability import aggregate_seed_metrics, summarize
+from distfair.metrics._subgroups import group_metrics, max_bipartition_asym, subgroup_matrix
 
 __all__ = [
     "aggregate_seed_metrics",
     "confusion_matrix",
     "fairness_metrics",
+    "group_metrics",
+    "max_bipartition_asym",
     "soft_confusion_matrix",
+    "subgroup_matrix",
     "summarize",
     "symmetry_loss",
 ]
