@@ -6,27 +6,9 @@ from torch import nn
 
 from distfair.attacks import CWLinf, PGDL2
 from distfair.attacks.cw_linf import cw_margin
+from test_attacks import binary, linear_model  # noqa: F401 - shared linear-model helper and fixture
 
 EPS = 0.05
-
-
-def linear_model(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
-    model = nn.Linear(weight.shape[1], weight.shape[0]).double()
-    with torch.no_grad():
-        model.weight.copy_(weight)
-        model.bias.copy_(bias)
-    return model
-
-
-@pytest.fixture
-def binary():
-    """Logits z = [0, w·x + b]; x in the interior [0.3, 0.7] so the ε-ball stays in [0, 1]."""
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(20, generator=g, dtype=torch.float64)
-    model = linear_model(torch.stack([torch.zeros_like(w), w]), torch.tensor([0.0, 0.1], dtype=torch.float64))
-    x = 0.3 + 0.4 * torch.rand(32, 20, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 2, (32,), generator=g)
-    return model, w, x, y
 
 
 def margin_drop(model, x, x_adv, y):  # clean margin z_y − max_{j≠y} z_j minus the adversarial one

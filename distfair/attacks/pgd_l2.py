@@ -2,7 +2,7 @@
 import torch
 from torch import Tensor, nn
 
-from distfair.attacks._base import Attack, _check_int, _check_real
+from distfair.attacks.pgd import PGD
 
 
 def _per_sample_norm(t: Tensor) -> Tensor:
@@ -10,7 +10,7 @@ def _per_sample_norm(t: Tensor) -> Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
 
 
-class PGDL2(Attack):
+class PGDL2(PGD):
     """Projected Gradient Descent on the cross-entropy, ℓ2, random start.
 
     Paper: Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards Deep Learning Models Resistant
@@ -46,19 +46,6 @@ class PGDL2(Attack):
     """
 
     name = "pgd_l2"
-
-    def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none",
-                 alpha: float | None = None, steps: int = 10, random_start: bool = True):
-        super().__init__(eps=eps, bounds=bounds, target_mode=target_mode)
-        if alpha is not None:
-            alpha = _check_real("alpha", alpha)
-            if not alpha > 0:
-                raise ValueError(f"alpha must be > 0, got {alpha}")
-        self.alpha = alpha
-        self.steps = _check_int("steps", steps, minimum=1)
-        if not isinstance(random_start, bool):
-            raise ValueError(f"random_start must be a bool, got {random_start!r}")
-        self.random_start = random_start
 
     @property
     def step_size(self) -> float:

@@ -34,6 +34,21 @@ def _as_count_matrix(counts) -> np.ndarray:
     return matrix
 
 
+def row_normalise(matrix: np.ndarray, used_by: str, stacklevel: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row-normalised matrix, presence mask) of a validated count matrix. Absent classes
+    (row sum 0) keep an all-zero row, and one ``UserWarning`` names them; ``stacklevel``
+    points it at the caller of the public metric function."""
+    row_sums = matrix.sum(axis=1)
+    present = row_sums > 0
+    absent = np.flatnonzero(~present)
+    if absent.size:
+        warnings.warn(f"classes {absent.tolist()} have no samples; they are left out of the {used_by}",
+                      UserWarning, stacklevel=stacklevel)
+    rates = np.zeros_like(matrix)
+    rates[present] = matrix[present] / row_sums[present, None]
+    return rates, present
+
+
 def fairness_metrics(counts) -> dict:
     """All fairness metrics of one evaluation from its K x K confusion matrix.
 
@@ -63,19 +78,7 @@ def fairness_metrics(counts) -> dict:
     """
     matrix = _as_count_matrix(counts)
     k = matrix.shape[0]
-    row_sums = matrix.sum(axis=1)
-    present = row_sums > 0
-    absent = np.flatnonzero(~present)
-    if absent.size:
-        warnings.warn(
-            f"classes {absent.tolist()} have no samples; they are left out of the "
-            "per-class fairness metrics",
-            UserWarning,
-            stacklevel=2,
-        )
-
-    rates = np.zeros_like(matrix)
-    rates[present] = matrix[present] / row_sums[present, None]
+    rates, present = row_normalise(matrix, "per-class fairness metrics", stacklevel=3)
 
     diag = np.diag(rates)
     accs = np.sort(diag[present])

@@ -8,31 +8,18 @@ Mass predicted *into* an absent class is therefore not counted in ``C_hat`` eith
 
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import numpy as np
 
-from distfair.metrics._fairness import _as_count_matrix
+from distfair.metrics._fairness import _as_count_matrix, row_normalise
 
 __all__ = ["group_metrics", "max_bipartition_asym", "subgroup_matrix"]
 
 
 def _rates(counts, stacklevel: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Row-normalised matrix and presence mask; warns once about absent classes."""
-    matrix = _as_count_matrix(counts)
-    row_sums = matrix.sum(axis=1)
-    present = row_sums > 0
-    absent = np.flatnonzero(~present)
-    if absent.size:
-        warnings.warn(
-            f"classes {absent.tolist()} have no samples; they are left out of the "
-            "subgroup metrics",
-            UserWarning,
-            stacklevel=stacklevel,
-        )
-    rates = np.zeros_like(matrix)
-    rates[present] = matrix[present] / row_sums[present, None]
+    rates, present = row_normalise(_as_count_matrix(counts), "subgroup metrics", stacklevel=stacklevel + 1)
     return rates, present
 
 
