@@ -10,9 +10,14 @@ A YAML file with these top-level blocks (see tune_spaces/quickstart.yaml for a c
 ``train``
     epochs, batch size, optimiser, learning rate and schedule (``TRAIN_FIELDS``).
 ``eval``
-    ``attacks``: a list of ``{name: <label>, attack: <registry name>, <option>: ...}``. The first
-    is the primary attack. Missing ``eps`` is inherited from the training attack; PGD's step
-    defaults to eps/4. Default: one PGD-20 at the training ε.
+    ``attacks``: a list of ``{name: <label>, attack: <registry name>, target: ..., <option>: ...}``.
+    The first is the primary attack. A missing ``eps`` is inherited from the training attack
+    when the attack requires one (physical attacks default to no budget beyond the valid
+    range); PGD's step defaults to eps/4. ``target``: null (untargeted), a class index or
+    name, ``random`` (a random wrong class per sample) or ``every`` (each wrong class in turn,
+    worst case per sample, targeted success matrix). Default: one PGD-20 at the training ε.
+    ``subgroups``: ``{<attribute>: metadata | {<class name or index>: <group>, ...}}``, see
+    ``distfair.engine.subgroups``.
 ``scaling``
     Ray Train resources of one seed run (``SCALING_FIELDS``).
 ``seeds``
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -90,7 +96,7 @@ SCALING_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
     "max_failures": (int, 0, _non_negative),
 }
 
-EVAL_FIELDS = ("attacks",)
+EVAL_FIELDS = ("attacks", "subgroups")
 DEFAULT_EVAL_ATTACK = {"name": "pgd20", "attack": "pgd", "steps": 20}
 
 
@@ -173,14 +179,15 @@ def _eval_block(raw, train_attack: dict | None, problems: _Problems) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         problems.add("eval", f"must be a mapping, got {type(raw).__name__}")
-        return {"attacks": []}
+        return {"attacks": [], "subgroups": {}}
     for key in raw:
         if key not in EVAL_FIELDS:
             problems.add(f"eval.{key}", f"unknown key; known: {', '.join(EVAL_FIELDS)}")
+    subgroups = _subgroups_block(raw.get("subgroups"), problems)
     entries = raw.get("attacks", [dict(DEFAULT_EVAL_ATTACK)])
     if not isinstance(entries, list):
         problems.add("eval.attacks", f"must be a list, got {type(entries).__name__}")
-        return {"attacks": []}
+        return {"attacks": [], "subgroups": subgroups}
     attacks, seen = [], set()
     for i, entry in enumerate(entries):
         prefix = f"eval.attacks[{i}]"
@@ -189,20 +196,71 @@ def _eval_block(raw, train_attack: dict | None, problems: _Problems) -> dict:
             continue
         if entry["name"] in seen:
             problems.add(f"{prefix}.name", f"duplicate evaluation attack name {entry['name']!r}")
-        if "/" in entry["name"] or entry["name"].startswith("clean"):
-            problems.add(f"{prefix}.name", f"must not contain '/' or start with 'clean', got {entry['name']!r}")
+        if "/" in entry["name"] or ":" in entry["name"] or entry["name"].startswith("clean"):
+            problems.add(f"{prefix}.name", f"must not contain '/' or ':' or start with 'clean', got {entry['name']!r}")
         seen.add(entry["name"])
         entry = dict(entry)
-        if "eps" not in entry:
+        if not _entry_target(entry, prefix, problems):
+            continue
+        if "eps" not in entry and _eps_required(entry.get("attack")):
             if train_attack is None or "eps" not in train_attack:
                 problems.add(f"{prefix}.eps", "required when there is no training attack to inherit it from")
                 continue
             entry["eps"] = train_attack["eps"]
         block = _registry_block(entry, ATTACKS, prefix, problems, skip=("bounds",), name_key="attack",
-                                extra=("name",))
+                                extra=("name", "target"))
         if block is not None:
             attacks.append(block)
-    return {"attacks": attacks}
+    return {"attacks": attacks, "subgroups": subgroups}
+
+
+def _eps_required(attack_name) -> bool:
+    """Inherit the training ε only for attacks whose ε has no default (physical attacks'
+    ``eps: None`` means "no budget beyond the valid range" and must stay that way)."""
+    cls = ATTACKS.get(attack_name)
+    return cls is not None and inspect.signature(cls).parameters["eps"].default is inspect.Parameter.empty
+
+
+def _entry_target(entry: dict, prefix: str, problems: _Problems) -> bool:
+    """``target``: null, a class index, a class name, "random" or "every"."""
+    target = entry.get("target")
+    if target is None:
+        return True
+    if isinstance(target, bool) or not isinstance(target, (int, str)) or (isinstance(target, int) and target < 0):
+        problems.add(f"{prefix}.target", f"must be a class index (>= 0), a class name, 'random' or 'every', "
+                                         f"got {target!r}")
+        return False
+    if target == "random" and entry.get("target_mode", "none") != "none":
+        problems.add(f"{prefix}.target", "give either target: random or target_mode, not both")
+        return False
+    return True   # a class name is checked against the dataset in _check_buildable
+
+
+def _subgroups_block(raw, problems: _Problems) -> dict:
+    """``{attribute: "metadata" | {class name or index: group}}``."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.add("eval.subgroups", f"must be a mapping attribute -> 'metadata' or a class -> group map, "
+                                       f"got {type(raw).__name__}")
+        return {}
+    out = {}
+    for attr, source in raw.items():
+        key = f"eval.subgroups.{attr}"
+        if not isinstance(attr, str) or not attr or "/" in attr:
+            problems.add(key, "an attribute name must be a non-empty string without '/'")
+        elif source == "metadata":
+            out[attr] = source
+        elif isinstance(source, dict) and source:
+            bad = [k for k, v in source.items() if isinstance(k, bool) or not isinstance(k, (int, str))
+                   or isinstance(v, (dict, list)) or v is None]
+            if bad:
+                problems.add(f"{key}.{bad[0]}", "class keys must be names or indices and groups plain values")
+            else:
+                out[attr] = {k: str(v) for k, v in source.items()}
+        else:
+            problems.add(key, f"must be 'metadata' or a non-empty class -> group mapping, got {source!r}")
+    return out
 
 
 @functools.lru_cache(maxsize=4)
@@ -225,13 +283,24 @@ def _check_buildable(cfg: dict, problems: _Problems) -> None:
             cfg["attack"]["name"], bounds=(0.0, 1.0), **_options(cfg["attack"], "name")))
     for i, entry in enumerate(cfg["eval"]["attacks"]):
         _try_build(problems, f"eval.attacks[{i}]", lambda e=entry: build_attack(
-            e["attack"], bounds=(0.0, 1.0), **_options(e, "name", "attack")))
+            e["attack"], bounds=(0.0, 1.0), **_options(e, "name", "attack", "target")))
     if cfg["attack"] is not None and attack is None:
         return
     data = _try_build(problems, "dataset", lambda: _cached_dataset(
         json.dumps(cfg["dataset"], sort_keys=True, default=str)))
     if data is None:
         return
+    from distfair.engine.final_eval import build_eval_attack
+    from distfair.engine.subgroups import resolve_groupings
+
+    for i, entry in enumerate(cfg["eval"]["attacks"]):
+        if entry.get("target") is not None:
+            _try_build(problems, f"eval.attacks[{i}].target", lambda e=entry: build_eval_attack(e, data))
+    try:
+        resolve_groupings(cfg["eval"]["subgroups"], data)
+    except ValueError as err:               # "eval.subgroups.<attr>: <reason>"
+        key, _, reason = str(err).partition(": ")
+        problems.add(key, reason)
     _try_build(problems, "defense", lambda: build_defense(
         cfg["defense"]["name"], attack=attack, num_classes=data.num_classes, **_options(cfg["defense"], "name")))
     _try_build(problems, "model", lambda: build_model(
@@ -307,7 +376,7 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
         if not prefix and key == "space":
             continue
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):          # an empty mapping (no subgroups) adds nothing
             out.update(flatten(value, f"{name}."))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             out.update(flatten(value, f"{name}."))

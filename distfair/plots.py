@@ -1,39 +1,289 @@
-"""Figures saved as PNG (matplotlib, headless). Plain functions: no MLflow, no Ray."""
+"""Figures saved as PNG (matplotlib, headless Agg). Plain functions: no MLflow, no Ray.
+
+Sy-FAR figure styles: per-class robust accuracy bars (Fig. 1), asymmetry heatmap (Fig. 4),
+confusion heatmap (Fig. 5), per-group bars (Fig. 7). Counts follow ``fairness_metrics``:
+``counts[i, j]`` = samples of true class i predicted as j; ``R`` is row-normalised and a
+class is absent when its row sum is 0 (its row of ``R`` stays zero). The plots do not warn
+about absent classes: the metrics computed from the same matrix already do.
+"""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
+_MAX_TICKS = 40       # beyond this many classes only every ceil(K / 40)-th label is drawn
+_ANNOTATE_MAX_K = 20  # heatmap cells carry their value up to this K
+_DPI = 110
 
-def confusion_heatmap(counts, class_names: list[str], title: str, path: str | Path) -> Path:
-    """Row-normalised confusion matrix (Sy-FAR Fig. 5 style): rows true, columns predicted,
-    each cell annotated with its rate, a colour bar, class names on both axes."""
+
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    return plt
 
+
+def _tick_labels(class_names, k: int) -> tuple[list[int], list[str], int]:
+    """(positions, labels, rotation in degrees) of the class-axis ticks. Names fall back to
+    ``"0".."K-1"`` unless there are exactly K; every ``ceil(K / 40)``-th class is labelled;
+    labels are rotated 45° (up to 20 labels) or 90° once they would not fit side by side."""
+    if class_names is not None and len(class_names) == k:
+        names = [str(n) for n in class_names]
+    else:
+        names = [str(i) for i in range(k)]
+    positions = list(range(0, k, math.ceil(k / _MAX_TICKS)))
+    labels = [names[i] for i in positions]
+    width = len(labels) * max(len(s) for s in labels)
+    rotation = 0 if width <= 40 else 45 if len(labels) <= 20 else 90
+    return positions, labels, rotation
+
+
+def _set_class_ticks(ax, class_names, k: int, *, y: bool) -> None:
+    positions, labels, rotation = _tick_labels(class_names, k)
+    style = {"rotation": rotation}
+    if rotation == 45:
+        style.update(ha="right", rotation_mode="anchor")
+    ax.set_xticks(positions, labels, **style)
+    if y:
+        ax.set_yticks(positions, labels)
+
+
+def _square_size(k: int) -> float:
+    return min(14.0, max(4.0, 0.45 * k + 2))
+
+
+def _save(fig, path) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    try:
+        fig.tight_layout()
+        fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _heatmap(values: np.ndarray, class_names, title: str, path, *, cmap: str, vmin: float,
+             vmax: float, cbar_label: str, xlabel: str, ylabel: str) -> Path:
+    """K x K heatmap with class names on both axes, a colour bar, NaN cells blank and
+    the cell values written in when K <= 20."""
+    plt = _pyplot()
+    k = values.shape[0]
+    size = _square_size(k)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    colours = plt.get_cmap(cmap).with_extremes(bad="white")
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=vmin, vmax=vmax)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=cbar_label)
+    _set_class_ticks(ax, class_names, k, y=True)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if k <= _ANNOTATE_MAX_K:
+        dark = vmin + 0.5 * (vmax - vmin)
+        for i, j in zip(*np.nonzero(np.isfinite(values))):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
+                    fontsize=7 if k > 10 else 8, color="white" if values[i, j] > dark else "black")
+    return _save(fig, path)
+
+
+def _rates(counts) -> tuple[np.ndarray, np.ndarray]:
+    """Row-normalised matrix R (absent rows zero) and presence mask of a validated count
+    matrix (errors as ``fairness_metrics``); no warning about absent classes."""
+    from distfair.metrics._fairness import _as_count_matrix
+
+    matrix = _as_count_matrix(counts)
+    rows = matrix.sum(axis=1)
+    present = rows > 0
+    rates = np.divide(matrix, rows[:, None], out=np.zeros_like(matrix), where=present[:, None])
+    return rates, present
+
+
+def confusion_heatmap(counts, class_names: list[str], title: str, path: str | Path) -> Path:
+    """Row-normalised confusion matrix (Sy-FAR Fig. 5 style): rows true, columns predicted,
+    each cell annotated with its rate (K <= 20), a colour bar, class names on both axes."""
     counts = np.asarray(counts, dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
     rates = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    k = len(counts)
-    size = max(4.0, 0.45 * k + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    names = class_names if len(class_names) == k else [str(i) for i in range(k)]
-    ax.set_xticks(range(k), names, rotation=90 if k > 12 else 0)
-    ax.set_yticks(range(k), names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    return _heatmap(rates, class_names, title, path, cmap="Blues", vmin=0.0, vmax=1.0,
+                    cbar_label="fraction of true class", xlabel="predicted class",
+                    ylabel="true class")
+
+
+def asymmetry_matrix(counts) -> np.ndarray:
+    """``|R_ij - R_ji|`` on the strict upper triangle (i < j), NaN on and below the diagonal
+    and for every pair involving an absent class. Its nanmax is ``max_asym_gap`` (when at
+    least two classes are present)."""
+    rates, present = _rates(counts)
+    k = rates.shape[0]
+    keep = np.triu(np.ones((k, k), dtype=bool), 1) & present[:, None] & present[None, :]
+    return np.where(keep, np.abs(rates - rates.T), np.nan)
+
+
+def asymmetry_heatmap(counts, class_names: list[str], title: str, path: str | Path, *,
+                      vmax: float | None = None) -> Path:
+    """Upper-triangle asymmetry gaps (Sy-FAR Fig. 4 style); NaN cells blank. The colour
+    scale runs from 0 to ``vmax`` (default: the largest gap); pass the same ``vmax`` to
+    compare heatmaps side by side."""
+    values = asymmetry_matrix(counts)
+    if vmax is None:
+        finite = values[np.isfinite(values)]
+        vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    return _heatmap(values, class_names, title, path, cmap="Reds", vmin=0.0, vmax=vmax,
+                    cbar_label="|C_ij − C_ji|", xlabel="class j", ylabel="class i")
+
+
+def target_shares(counts) -> np.ndarray | None:
+    """Target confusion shares ``T_j = sum_{i!=j} R_ij / sum_i sum_{k!=i} R_ik`` for every
+    column j (Sy-FAR §5, as ``tgt_max``/``tgt_min``/``tgt_std``; absent classes can still be
+    targets); ``None`` when there are no misclassifications."""
+    rates, _ = _rates(counts)
+    off_diag = rates - np.diag(np.diag(rates))
+    total = off_diag.sum()
+    return off_diag.sum(axis=0) / total if total > 0 else None
+
+
+def _bar_width(k: int, n_series: int) -> float:
+    return min(16.0, max(6.0, 1.0 + k * (0.25 * n_series + 0.2)))
+
+
+def target_share_bars(counts, class_names: list[str], title: str, path: str | Path) -> Path:
+    """Bars of T_j per target class with a dashed line at the uniform share 1/K; without
+    misclassifications the figure says so in text instead."""
+    plt = _pyplot()
+    shares = target_shares(counts)
+    k = 2 if shares is None else len(shares)
+    fig, ax = plt.subplots(figsize=(_bar_width(k, 1), 4.5))
     ax.set_title(title)
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    if shares is None:
+        ax.text(0.5, 0.5, "no misclassifications:\ntarget shares are undefined",
+                ha="center", va="center", fontsize=12, transform=ax.transAxes)
+        ax.set_axis_off()
+        return _save(fig, path)
+    ax.bar(np.arange(k), shares, 0.7, color="C3")
+    ax.axhline(1.0 / k, color="black", linestyle="--", linewidth=1, label=f"uniform 1/K = {1 / k:.3g}")
+    ax.set_xlim(-0.6, k - 0.4)
+    ax.set_ylim(0, 1.15 * max(shares.max(), 1.0 / k))
+    _set_class_ticks(ax, class_names, k, y=False)
+    ax.set_xlabel("target (predicted) class")
+    ax.set_ylabel("share of misclassifications T_j")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _grouped_bars(ax, series: dict[str, list], k: int, *, annotate: bool) -> None:
+    """One group of bars per x position, one bar per series (colour Cs, legend label the
+    series name); a ``None`` value gets no bar and an "n/a" mark instead."""
+    n = len(series)
+    width = 0.8 / n
+    for s, (name, values) in enumerate(series.items()):
+        xs = np.arange(k) - 0.4 + width * (s + 0.5)
+        have = [i for i, v in enumerate(values) if v is not None]
+        heights = [float(values[i]) for i in have]
+        ax.bar(xs[have], heights, width, color=f"C{s}", label=name)
+        for i in sorted(set(range(k)) - set(have)):
+            ax.text(xs[i], 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=8, color="0.3")
+        if annotate:
+            for i, h in zip(have, heights):
+                ax.text(xs[i], h + 0.01, f"{h:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xlim(-0.6, k - 0.4)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def _check_series(series: dict, k: int, what: str) -> None:
+    if not series:
+        raise ValueError(f"{what}: need at least one evaluation, got none")
+    for name, values in series.items():
+        if len(values) != k:
+            raise ValueError(f"{what}[{name!r}]: need {k} values, got {len(values)}")
+
+
+def per_class_bars(per_class: dict[str, list[float | None]], class_names: list[str], title: str,
+                   path: str | Path) -> Path:
+    """Per-class accuracy bars (Sy-FAR Fig. 1 style): one group per class, one bar per
+    evaluation (``{"clean": [...], "pgd20": [...]}``), y in [0, 1]; ``None`` (absent class)
+    is drawn as "n/a". All lists have the length of the first; K = that length."""
+    plt = _pyplot()
+    k = len(next(iter(per_class.values()), []))
+    _check_series(per_class, k, "per_class")
+    fig, ax = plt.subplots(figsize=(_bar_width(k, len(per_class)), 4.5))
+    _grouped_bars(ax, per_class, k, annotate=False)
+    _set_class_ticks(ax, class_names, k, y=False)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("class")
+    ax.set_ylabel("per-class accuracy")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def group_bars(groups: dict[str, dict[str, float]], title: str, path: str | Path, *,
+               ylabel: str = "accuracy") -> Path:
+    """Per-group bars (Sy-FAR Fig. 7 style): ``groups`` maps evaluation -> {group -> value}
+    (e.g. ``group_metrics(...)["group_acc"]``); one group of bars per group name (in order of
+    first appearance), one bar per evaluation, values written above the bars; a group
+    missing from an evaluation is drawn as "n/a"."""
+    plt = _pyplot()
+    if not groups:
+        raise ValueError("groups: need at least one evaluation, got none")
+    names = list(dict.fromkeys(g for accs in groups.values() for g in accs))
+    series = {ev: [accs.get(g) for g in names] for ev, accs in groups.items()}
+    fig, ax = plt.subplots(figsize=(_bar_width(len(names), len(series)), 4.5))
+    _grouped_bars(ax, series, len(names), annotate=len(names) * len(series) <= 40)
+    _set_class_ticks(ax, names, len(names), y=False)
+    ax.set_ylim(0, 1.1)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("group")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def target_success_heatmap(matrix, class_names: list[str], title: str, path: str | Path) -> Path:
+    """K x K targeted success rates, rows true class, columns target class; the diagonal
+    (and any NaN, e.g. an untested pair) is blank."""
+    values = np.array(matrix, dtype=float)
+    if values.ndim != 2 or values.shape[0] != values.shape[1]:
+        raise ValueError(f"matrix: must be a square 2-D matrix, got shape {values.shape}")
+    np.fill_diagonal(values, np.nan)
+    return _heatmap(values, class_names, title, path, cmap="Oranges", vmin=0.0, vmax=1.0,
+                    cbar_label="targeted success rate", xlabel="target class", ylabel="true class")
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def seed_figures(result: dict, title: str, outdir: str | Path) -> list[Path]:
+    """Every figure of one seed run (a ``SeedResult.to_dict()``) written into ``outdir``:
+
+    per evaluation (``clean`` and each attack) ``confusion_<e>.png``, ``asymmetry_<e>.png``
+    and ``target_shares_<e>.png``; ``per_class_acc.png`` (all evaluations); per subgroup
+    attribute ``groups_<attr>.png`` (all evaluations); per "every target" evaluation
+    ``target_success_<e>.png``. ``title`` names the defense and seed; each figure adds its
+    evaluation.
+    """
+    outdir = Path(outdir)
+    names = result["class_names"]
+    paths = []
+    for name, counts in result["confusion"].items():
+        label = f"{title} — {name}"
+        paths.append(confusion_heatmap(counts, names, label, outdir / f"confusion_{_file_safe(name)}.png"))
+        paths.append(asymmetry_heatmap(counts, names, f"{label}: |C_ij − C_ji|",
+                                       outdir / f"asymmetry_{_file_safe(name)}.png"))
+        paths.append(target_share_bars(counts, names, f"{label}: target shares",
+                                       outdir / f"target_shares_{_file_safe(name)}.png"))
+    paths.append(per_class_bars(result["per_class_acc"], names, f"{title}: per-class accuracy",
+                                outdir / "per_class_acc.png"))
+    attributes: dict[str, dict[str, dict[str, float]]] = {}
+    for evaluation, report in (result.get("subgroups") or {}).items():
+        for attr, info in report.get("attributes", {}).items():
+            attributes.setdefault(attr, {})[evaluation] = {g: v for g, v in info["group_acc"].items()
+                                                           if v is not None}
+    for attr, groups in attributes.items():
+        paths.append(group_bars(groups, f"{title}: accuracy by {attr}", outdir / f"groups_{_file_safe(attr)}.png"))
+    for name, matrix in (result.get("target_success") or {}).items():
+        rates = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+        paths.append(target_success_heatmap(rates, names, f"{title} — {name}: every target",
+                                            outdir / f"target_success_{_file_safe(name)}.png"))
+    return paths

@@ -6,8 +6,10 @@ Record layout of one configuration (``distfair run``):
   every metric its children report ``<name>_mean``, ``<name>_std`` (ddof=1), ``<name>_min``,
   ``<name>_max``, ``<name>_ci95_low``/``_high`` plus ``n_seeds``;
 * one **child run per seed** (tag ``mlflow.parentRunId``), param ``seed``, per-epoch training
-  curves with ``step=epoch``, the final metrics, and artifacts: confusion matrices (JSON),
-  per-class accuracies (JSON), a confusion heatmap per evaluation (PNG) and the final checkpoint.
+  curves with ``step=epoch``, the final metrics (subgroup metrics included), self-check tags
+  ``distfair.check.*``, and artifacts: confusion matrices, per-class accuracies, subgroup
+  reports, targeted success rates (JSON), per-sample robust flags (.npz), the figures under
+  ``plots/`` (PNG) and the final checkpoint.
 
 All writes are batched (``log_batch``): against a tracking server one call per value costs
 ~40 ms (shared/docs/ray.md). Children are looked up by (parent, seed) before being created, so
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 DEFAULT_DB = "mlflow.db"
@@ -166,23 +168,40 @@ class SeedRunLogger:
         _log(self.client, self.run_id, metrics=_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch))
 
     def log_result(self, result: dict, *, title: str) -> None:
-        """Final metrics and artifacts of a ``SeedResult.to_dict()``; marks the run FINISHED."""
-        from distfair.plots import confusion_heatmap
+        """Final metrics, self-check tags and artifacts of a ``SeedResult.to_dict()``; marks
+        the run FINISHED. Artifacts: confusion matrices, per-class accuracies, subgroup
+        reports (incl. the worst bipartition) and targeted success matrices as JSON, the
+        per-sample robust flags (.npz), every figure of ``distfair.plots.seed_figures`` under
+        ``plots/``, and the final checkpoint."""
+        from distfair.plots import seed_figures
 
         _log(self.client, self.run_id, metrics=_metrics(result["metrics"], step=len(result["history"])))
+        found = result.get("checks") or []
+        tags = {f"distfair.check.{f['check']}": f["message"][:5000] for f in found}
+        tags["distfair.checks"] = f"{len(found)} warning(s)" if found else "passed"
+        _log(self.client, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        documents = {
+            "confusion_matrices.json": {"rows": "true class", "columns": "predicted class",
+                                        "class_names": result["class_names"], "matrices": result["confusion"]},
+            "per_class_acc.json": {"class_names": result["class_names"], "per_class_acc": result["per_class_acc"]},
+            "subgroups.json": result.get("subgroups") or {},
+            "self_checks.json": found,
+        }
+        if result.get("target_success"):
+            documents["target_success.json"] = {"rows": "true class", "columns": "target class",
+                                                "class_names": result["class_names"],
+                                                "rates": result["target_success"]}
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            (tmp / "confusion_matrices.json").write_text(json.dumps(
-                {"rows": "true class", "columns": "predicted class", "class_names": result["class_names"],
-                 "matrices": result["confusion"]}, indent=1))
-            (tmp / "per_class_acc.json").write_text(json.dumps(
-                {"class_names": result["class_names"], "per_class_acc": result["per_class_acc"]}, indent=1))
-            self.client.log_artifact(self.run_id, str(tmp / "confusion_matrices.json"))
-            self.client.log_artifact(self.run_id, str(tmp / "per_class_acc.json"))
-            for name, counts in result["confusion"].items():
-                png = confusion_heatmap(counts, result["class_names"], f"{title} — {name}",
-                                        tmp / f"confusion_{name}.png")
-                self.client.log_artifact(self.run_id, str(png), "plots")
+            for filename, document in documents.items():
+                (tmp / filename).write_text(json.dumps(document, indent=1))
+                self.client.log_artifact(self.run_id, str(tmp / filename))
+            if result.get("flags_path") and Path(result["flags_path"]).is_file():
+                self.client.log_artifact(self.run_id, result["flags_path"])
+            figures = tmp / "plots"
+            figures.mkdir()
+            seed_figures(result, title, figures)
+            self.client.log_artifacts(self.run_id, str(figures), "plots")
         if result.get("final_model_path"):
             self.client.log_artifact(self.run_id, result["final_model_path"], "checkpoint")
         self.client.set_terminated(self.run_id, "FINISHED")

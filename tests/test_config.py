@@ -234,6 +234,31 @@ def test_bad_override_string(tmp_path, bad):
     pytest.param(changed(eval={"attacks": [{"name": "p", "attack": "pgd", "steps": 0}]}), "eval.attacks[0]",
                  ("steps must be >= 1",), id="eval-attack-value"),
     pytest.param(changed(space=[1, 2]), "space", ("must be a mapping",), id="space-not-mapping"),
+    pytest.param(changed(eval={"attacks": [{"name": "p", "attack": "pgd", "target": -1}]}), "eval.attacks[0].target",
+                 ("class index", "'every'"), id="eval-target-negative"),
+    pytest.param(changed(eval={"attacks": [{"name": "p", "attack": "pgd", "target": 1.5}]}), "eval.attacks[0].target",
+                 ("class index",), id="eval-target-float"),
+    pytest.param(changed(eval={"attacks": [{"name": "p", "attack": "pgd", "target": 7}]}), "eval.attacks[0].target",
+                 ("out of range 0..2",), id="eval-target-range"),
+    pytest.param(changed(eval={"attacks": [{"name": "p", "attack": "pgd", "target": "cat"}]}),
+                 "eval.attacks[0].target", ("'cat' is not a class name",), id="eval-target-name"),
+    pytest.param(changed(eval={"attacks": [{"name": "p", "attack": "pgd", "target": "random",
+                                            "target_mode": "random"}]}),
+                 "eval.attacks[0].target", ("not both",), id="eval-target-twice"),
+    pytest.param(changed(eval={"attacks": [{"name": "a:b", "attack": "pgd"}]}), "eval.attacks[0].name",
+                 ("must not",), id="eval-colon-name"),
+    pytest.param(changed(eval={"subgroups": ["gender"]}), "eval.subgroups", ("must be a mapping",),
+                 id="subgroups-list"),
+    pytest.param(changed(eval={"subgroups": {"gender": "meta"}}), "eval.subgroups.gender",
+                 ("'metadata' or a non-empty",), id="subgroups-bad-source"),
+    pytest.param(changed(eval={"subgroups": {"gender": "metadata"}}), "eval.subgroups.gender",
+                 ("no attribute 'gender'",), id="subgroups-no-metadata"),
+    pytest.param(changed(eval={"subgroups": {"half": {0: "a", 1: "b"}}}), "eval.subgroups.half",
+                 ("classes without a group: 2",), id="subgroups-unmapped-class"),
+    pytest.param(changed(eval={"subgroups": {"half": {0: "a", 1: "b", 9: "c"}}}), "eval.subgroups.half.9",
+                 ("not a class",), id="subgroups-unknown-class"),
+    pytest.param(changed(eval={"subgroups": {"half": {0: ["a"]}}}), "eval.subgroups.half.0",
+                 ("plain values",), id="subgroups-nested-group"),
 ])
 def test_problem_is_reported(tmp_path, raw, key, fragments):
     err = errors_of(tmp_path, raw)
@@ -295,3 +320,14 @@ def test_resources_per_seed_and_per_worker_are_exclusive(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, raw))
     assert "scaling.resources_per_seed: give either resources_per_seed or resources_per_worker" in str(info.value)
+
+
+def test_eval_targets_and_subgroups_resolve(tmp_path):
+    cfg = load_config(write(tmp_path, changed(eval={
+        "attacks": [{"name": "every", "attack": "fgsm", "target": "every"},
+                    {"name": "to2", "attack": "pgd", "target": 2}, {"name": "rand", "attack": "pgd", "target": "random"}],
+        "subgroups": {"half": {0: "a", "1": "a", 2: "b"}}})))
+    assert [e.get("target") for e in cfg["eval"]["attacks"]] == ["every", 2, "random"]
+    assert all(e["eps"] == 0.1 for e in cfg["eval"]["attacks"])        # inherited from the training attack
+    assert cfg["eval"]["subgroups"] == {"half": {0: "a", "1": "a", 2: "b"}}
+    assert flatten(cfg)["eval.subgroups.half.2"] == "b"

@@ -14,7 +14,8 @@ B = 3
 #: options keeping the tests fast (preact_resnet18 at width 8)
 SMALL = {"preact_resnet18": {"width": 8}}
 #: the input each known model is built for; a new model gets the first candidate it accepts
-SHAPES = {"digits_cnn": (1, 8, 8), "cnn1d": (1, 40), "preact_resnet18": (3, 32, 32), "mlp": (8,)}
+SHAPES = {"digits_cnn": (1, 8, 8), "cnn1d": (1, 40), "preact_resnet18": (3, 32, 32), "mlp": (8,),
+          "vgg16": (3, 32, 32), "vit_b_16": (3, 32, 32)}
 CANDIDATE_SHAPES = [(1, 8, 8), (1, 40), (3, 32, 32), (8,), (1, 28, 28), (3, 64, 64), (1, 16000)]
 #: models documented as taking flat features without a normalisation layer
 NO_NORMALIZE: set[str] = set()   # every model normalises inside
@@ -23,6 +24,8 @@ BAD_SHAPES = {
     "digits_cnn": [(1, 28, 28), (3, 8, 8), (64,)],
     "cnn1d": [(40,), (2, 40), (1, 8, 8)],
     "preact_resnet18": [(1, 32, 32), (3, 32), (32, 32, 3)],
+    "vgg16": [(1, 32, 32), (3, 16, 16)],
+    "vit_b_16": [(3, 24, 24), (3, 32, 48)],
 }
 
 

@@ -24,6 +24,8 @@ def _children(client: MlflowClient, exp_id: str, parent: str):
 def test_cli_run_records_parent_and_one_child_per_seed(tmp_path, write_config, tiny_cfg_dict):
     """The real command in its own process: starts and stops its own local Ray instance."""
     tiny_cfg_dict["seeds"] = [0, 1, 2]
+    tiny_cfg_dict["eval"]["attacks"].append({"name": "every", "attack": "fgsm", "target": "every"})
+    tiny_cfg_dict["eval"]["subgroups"] = {"half": {0: "a", 1: "a", 2: "b"}}
     path = write_config(tiny_cfg_dict)
     uri = "sqlite:///mlflow.db"                       # relative: resolved against the working directory
     proc = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--json", "--tracking-uri", uri,
@@ -50,7 +52,8 @@ def test_cli_run_records_parent_and_one_child_per_seed(tmp_path, write_config, t
     # the parent's statistics are numpy over the children
     pm = parent.data.metrics
     assert pm["n_seeds"] == 3
-    for name in ("robust_acc", "clean_acc", "worst_class_acc", "sym_loss", "fgsm/robust_acc", "train_loss"):
+    for name in ("robust_acc", "clean_acc", "worst_class_acc", "sym_loss", "fgsm/robust_acc", "train_loss",
+                 "group_gap/half", "every/max_bipartition_asym", "clean_group_acc/half/b"):
         values = np.array([c.data.metrics[name] for c in children])
         assert pm[f"{name}_mean"] == pytest.approx(values.mean(), abs=1e-12)
         assert pm[f"{name}_std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
@@ -64,12 +67,25 @@ def test_cli_run_records_parent_and_one_child_per_seed(tmp_path, write_config, t
     history = client.get_metric_history(child.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == [0, 1]                 # one point per epoch
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert {"confusion_matrices.json", "per_class_acc.json", "plots", "checkpoint"} <= artifacts
+    assert {"confusion_matrices.json", "per_class_acc.json", "subgroups.json", "target_success.json",
+            "self_checks.json", "robust_flags.npz", "plots", "checkpoint"} <= artifacts
+    evaluations = ("clean", "pgd5", "fgsm", "every")
     plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
-    assert plots == {"plots/confusion_clean.png", "plots/confusion_pgd5.png", "plots/confusion_fgsm.png"}
+    assert plots == {f"plots/{kind}_{e}.png" for kind in ("confusion", "asymmetry", "target_shares")
+                     for e in evaluations} | {"plots/per_class_acc.png", "plots/groups_half.png",
+                                              "plots/target_success_every.png"}
     local = client.download_artifacts(child.info.run_id, "confusion_matrices.json", str(tmp_path))
     matrices = json.load(open(local))["matrices"]
-    assert set(matrices) == {"clean", "pgd5", "fgsm"}
+    assert set(matrices) == set(evaluations)
+    # per-sample flags agree with the logged accuracies; the self-checks left their tag
+    flags = np.load(client.download_artifacts(child.info.run_id, "robust_flags.npz", str(tmp_path)))
+    assert flags["pgd5"].mean() == pytest.approx(child.data.metrics["robust_acc"])
+    assert flags["every"].mean() == pytest.approx(child.data.metrics["every/robust_acc"])
+    assert "distfair.checks" in child.data.tags
+    subgroups = json.load(open(client.download_artifacts(child.info.run_id, "subgroups.json", str(tmp_path))))
+    assert subgroups["pgd5"]["attributes"]["half"]["classes"] == {"a": ["0", "1"], "b": ["2"]}
+    assert subgroups["pgd5"]["max_bipartition_asym"]["value"] == pytest.approx(
+        child.data.metrics["max_bipartition_asym"])
 
 
 def test_shipped_quickstart_runs_end_to_end(tmp_path):

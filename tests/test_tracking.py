@@ -61,3 +61,27 @@ def test_mark_runs_leaves_finished_runs_alone(tmp_path):
     client = MlflowClient(uri)
     assert client.get_run(done).info.status == "FINISHED"
     assert client.get_run(open_).info.status == "KILLED"
+
+
+def test_seed_result_metrics_tags_and_figures(tmp_path, tiny_cfg_dict):
+    """A real seed result logged to a SQLite store: self-check findings become tags, every
+    figure of the run lands under plots/, subgroup metrics are logged."""
+    from distfair.config import validate
+    from distfair.engine import run_seed
+
+    tiny_cfg_dict["train"]["epochs"] = 1
+    tiny_cfg_dict["eval"]["subgroups"] = {"half": {0: "a", 1: "a", 2: "b"}}
+    result = run_seed(validate(tiny_cfg_dict, "tiny.yaml"), 0, workdir=tmp_path / "w").to_dict()
+    result["checks"] = result["checks"] + [{"check": "robust_above_clean.pgd5", "message": "made up for the test"}]
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    parent = tracking.start_parent_run(uri, exp, {}, run_name="p")
+    run_id = tracking.get_or_create_seed_run(uri, exp, parent, 0)
+    tracking.SeedRunLogger(uri, run_id).log_result(result, title="syfar, seed 0")
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["distfair.check.robust_above_clean.pgd5"] == "made up for the test"
+    assert run.data.tags["distfair.checks"] == f"{len(result['checks'])} warning(s)"
+    assert run.data.metrics["group_gap/half"] == result["metrics"]["group_gap/half"]
+    plots = {a.path for a in MlflowClient(uri).list_artifacts(run_id, "plots")}
+    assert "plots/groups_half.png" in plots and "plots/asymmetry_pgd5.png" in plots and len(plots) == 3 * 3 + 2

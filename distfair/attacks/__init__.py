@@ -6,14 +6,32 @@ contract tests (tests/test_attack_contract.py) pick it up automatically.
 import inspect
 
 from distfair.attacks._base import Attack
+from distfair.attacks.autoattack import AutoAttack
 from distfair.attacks.cw_linf import CWLinf
+from distfair.attacks.ensemble import Ensemble
+from distfair.attacks.eyeglass import EyeglassAttack
+from distfair.attacks.face_mask import FaceMaskAttack
 from distfair.attacks.fgsm import FGSM
 from distfair.attacks.pgd import PGD
 from distfair.attacks.pgd_l2 import PGDL2
+from distfair.attacks.roa import ROA
+from distfair.attacks.square import Square
 
-__all__ = ["ATTACKS", "CWLinf", "FGSM", "PGD", "PGDL2", "Attack", "build_attack"]
+__all__ = ["ATTACKS", "Attack", "AutoAttack", "CWLinf", "Ensemble", "EyeglassAttack", "FGSM", "FaceMaskAttack",
+           "PGD", "PGDL2", "ROA", "Square", "build_attack"]
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "pgd_l2": PGDL2, "cw_linf": CWLinf}
+ATTACKS: dict[str, type[Attack]] = {
+    "fgsm": FGSM,
+    "pgd": PGD,
+    "pgd_l2": PGDL2,
+    "cw_linf": CWLinf,
+    "square": Square,               # black-box (score-based)
+    "autoattack": AutoAttack,       # APGD-CE, APGD-T, Square through ART
+    "ensemble": Ensemble,           # per-sample worst case over member attacks
+    "eyeglass": EyeglassAttack,     # physical: inside an eyeglass-frame mask
+    "face_mask": FaceMaskAttack,    # physical: low-frequency lower-face occlusion
+    "roa": ROA,                     # physical: rectangular occlusion
+}
 
 
 def build_attack(name: str, *, bounds: tuple[float, float], **params) -> Attack:

@@ -57,6 +57,9 @@ class Attack(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: True for attacks that only query the model's outputs (no input gradients); the
+    #: evaluation's self-check warns when one succeeds where every white-box attack failed.
+    black_box: ClassVar[bool] = False
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none"):
         self.eps = _check_real("eps", eps)

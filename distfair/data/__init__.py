@@ -9,6 +9,7 @@ from typing import Callable
 from distfair.data._base import DataBundle, stratified_split
 from distfair.data.cifar import cifar10, cifar100
 from distfair.data.digits import digits
+from distfair.data.faces import faces
 from distfair.data.mnist1d import mnist1d
 from distfair.data.synthetic import synthetic
 
@@ -18,6 +19,7 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {
     "cifar10": cifar10,
     "cifar100": cifar100,
     "synthetic": synthetic,
+    "faces": faces,
 }
 
 

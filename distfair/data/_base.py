@@ -24,6 +24,14 @@ class DataBundle:
     #: (low, high): the valid input range, used by attacks for clamping
     bounds: tuple[float, float]
     class_names: list[str] = field(default_factory=list)
+    #: optional class-level metadata: attribute name -> one value per class, in class order
+    #: (e.g. ``{"gender": ["F", "M", ...]}`` for the identities of a face set); used to
+    #: group classes into subgroups (Sy-FAR §7). Empty when the dataset has none.
+    class_attributes: dict[str, list[str]] = field(default_factory=dict)
+    #: optional per-sample metadata of the *test* set: attribute name -> one value per test
+    #: sample, in ``test`` order (``test_attributes[a][i]`` describes ``test[i]``). Empty when
+    #: the dataset has none.
+    test_attributes: dict[str, list[str]] = field(default_factory=dict)
 
 
 def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> None:

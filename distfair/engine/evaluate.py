@@ -6,6 +6,8 @@ not grow with the size of the evaluation set.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -44,3 +46,118 @@ def confusion_counts(model: torch.nn.Module, dataset: Dataset, num_classes: int,
     if world > 1:
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     return counts.cpu()
+
+
+# ------------------------------------------------------------------ per-sample evaluation
+TARGET_SPECS = ("random", "every")
+
+
+@dataclass
+class Predictions:
+    """Per-sample outcome of one evaluation over a whole dataset (every rank's shard merged).
+
+    ``labels``/``preds``: (N,) true classes and final predictions. ``stages``: for an
+    ensemble (an attack with ``run_stages``), member label -> (N,) bool, still robust after
+    that member (cumulative). ``target_success``: "every target" mode only, (K, K) counts of
+    samples of true class i that the attack aimed at class t drove to t.
+    """
+    labels: torch.Tensor
+    preds: torch.Tensor
+    stages: dict[str, torch.Tensor] = field(default_factory=dict)
+    target_success: torch.Tensor | None = None
+
+    def counts(self, num_classes: int) -> torch.Tensor:
+        return confusion_matrix(self.labels, self.preds, num_classes)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.preds == self.labels
+
+
+def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """logit of the true class minus the largest other logit (< 0: misclassified)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true - others.max(dim=1).values
+
+
+def _every_target(model, attack: Attack, x, y, num_classes: int, generator, success: torch.Tensor):
+    """Attack toward each wrong class in turn; return the worst case per sample (the
+    adversarial example with the lowest true-class margin) and count targeted successes."""
+    worst_margin = torch.full(y.shape, float("inf"), device=y.device)
+    worst_pred = y.clone()
+    for shift in range(1, num_classes):
+        target = (y + shift) % num_classes
+        x_adv = attack(model, x, y, target=target, generator=generator)
+        with torch.no_grad():
+            logits = model(x_adv)
+        pred, margin = logits.argmax(dim=1), _margin(logits, y)
+        hit = pred == target
+        success.index_put_((y[hit], target[hit]), torch.ones_like(y[hit]), accumulate=True)
+        better = margin < worst_margin
+        worst_margin = torch.where(better, margin, worst_margin)
+        worst_pred = torch.where(better, pred, worst_pred)
+    return worst_pred
+
+
+def _fixed_target(model, attack: Attack, x, y, target_class: int, generator):
+    """Targeted toward one class; samples of that class are left clean (nothing to aim at)."""
+    pred = _predict(model, x)
+    aim = y != target_class
+    if aim.any():
+        target = torch.full_like(y[aim], target_class)
+        pred[aim] = _predict(model, attack(model, x[aim], y[aim], target=target, generator=generator))
+    return pred
+
+
+def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, *, device: torch.device,
+                    batch_size: int, attack: Attack | None = None, target: int | str | None = None,
+                    generator: torch.Generator | None = None, rank: int = 0, world: int = 1) -> Predictions:
+    """Per-sample predictions over ``dataset``, clean or under ``attack``, merged over ranks.
+
+    ``target``: None (the attack's own mode), an int class index (targeted toward that
+    class; its own samples stay clean), or "every" (each wrong class in turn, the worst case
+    per sample kept, targeted success counted in ``target_success``). "random" is an
+    attack option (``target_mode``), not handled here. Batches stream: besides the model,
+    memory holds one batch and a few (N,) integer vectors.
+    """
+    if isinstance(target, str) and target != "every":
+        raise ValueError(f"target must be None, a class index or 'every', got {target!r}")
+    n = len(dataset)
+    indices = torch.arange(rank, n, world)
+    labels = torch.zeros(n, dtype=torch.long, device=device)
+    preds = torch.zeros(n, dtype=torch.long, device=device)
+    stages: dict[str, torch.Tensor] = {}
+    success = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device) if target == "every" else None
+    was_training = model.training
+    model.eval()
+    start = 0
+    try:
+        for x, y in DataLoader(shard(dataset, rank, world), batch_size=batch_size, shuffle=False):
+            x, y = x.to(device), y.to(device)
+            at = indices[start:start + len(y)].to(device)
+            start += len(y)
+            if attack is None:
+                pred = _predict(model, x)
+            elif target == "every":
+                pred = _every_target(model, attack, x, y, num_classes, generator, success)
+            elif target is not None:
+                pred = _fixed_target(model, attack, x, y, int(target), generator)
+            elif hasattr(attack, "run_stages"):
+                x_adv, batch_stages = attack.run_stages(model, x, y, generator=generator)
+                pred = _predict(model, x_adv)
+                for label, flags in batch_stages.items():
+                    stages.setdefault(label, torch.zeros(n, dtype=torch.long, device=device))[at] = \
+                        flags.to(device=device, dtype=torch.long)
+            else:
+                pred = _predict(model, attack(model, x, y, generator=generator))
+            labels[at] = y + 1           # +1: the all-reduce below sums the ranks' disjoint shards
+            preds[at] = pred + 1
+    finally:
+        model.train(was_training)
+    if world > 1:
+        for tensor in (labels, preds, *stages.values(), *([success] if success is not None else [])):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return Predictions(labels=(labels - 1).cpu(), preds=(preds - 1).cpu(),
+                       stages={k: v.cpu().bool() for k, v in stages.items()},
+                       target_success=None if success is None else success.cpu())

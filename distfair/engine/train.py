@@ -17,7 +17,6 @@ import hashlib
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,8 +31,8 @@ from distfair.attacks import build_attack
 from distfair.data import DataBundle, build_dataset
 from distfair.defenses import build_defense
 from distfair.engine.evaluate import confusion_counts
+from distfair.engine.final_eval import final_evaluation
 from distfair.engine.seeding import generator, rng_state, seed_everything, set_rng_state
-from distfair.metrics import fairness_metrics
 from distfair.models import build_model, unwrap_model
 
 CHECKPOINT_NAME = "last.pt"
@@ -50,6 +49,11 @@ class SeedResult:
     class_names: list[str]
     final_model_path: str | None       # the last epoch checkpoint (model, optimiser, RNG, ...)
     param_fingerprints: list[str] = field(default_factory=list)   # one per DDP rank
+    subgroups: dict[str, dict] = field(default_factory=dict)       # evaluation -> subgroup report
+    target_success: dict[str, list] = field(default_factory=dict)  # "every target" entries: K x K rates
+    checks: list[dict] = field(default_factory=list)               # self-check findings
+    flags_path: str | None = None                                  # per-sample robust flags (.npz)
+    evaluations: list[dict] = field(default_factory=list)          # eval.attacks: name, attack, target
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -81,7 +85,8 @@ def build_scheduler(optimizer, train: dict):
 
 def metric_record(clean: dict, attacked: list[tuple[str, dict]]) -> dict[str, float | None]:
     """Flat metric names: ``clean_<m>``; the primary attack bare (``robust_acc`` is its ``acc``)
-    and every attack as ``<name>/<m>``. ``per_class_acc`` lists go to artifacts instead."""
+    and every attack as ``<name>/<m>``. ``per_class_acc`` lists go to artifacts instead.
+    Subgroup keys nest the same way: ``clean_group_acc/gender/F``, ``pgd20/group_gap/gender``."""
     def renamed(metrics: dict) -> dict:
         return {("robust_acc" if k == "acc" else k): v for k, v in metrics.items() if k != "per_class_acc"}
 
@@ -249,29 +254,19 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
             on_epoch(epoch, history[-1], saved)
 
     # ---- final evaluation on the test set
-    t0 = time.perf_counter()
-    clean_counts = confusion_counts(model, data.test, data.num_classes, device=device, batch_size=eval_bs,
-                                    rank=rank, world=world)
-    confusion = {"clean": clean_counts}
-    for i, entry in enumerate(cfg["eval"]["attacks"]):
-        eval_attack = build_attack(entry["attack"], bounds=data.bounds, **_options(entry, "name", "attack"))
-        confusion[entry["name"]] = confusion_counts(
-            model, data.test, data.num_classes, device=device, batch_size=eval_bs, attack=eval_attack,
-            generator=generator(seed, "eval-attack", i, rank, device=device), rank=rank, world=world)
-    eval_time = time.perf_counter() - t0
+    final = final_evaluation(model, data, cfg["eval"], seed, workdir=workdir, device=device, batch_size=eval_bs,
+                             rank=rank, world=world, log=log)
     fingerprints = _gather_strings(parameter_fingerprint(model), world)
     if rank != 0:
         return None
-
-    with warnings.catch_warnings(record=True) as caught:   # absent test classes: surface once, in the log
-        warnings.simplefilter("always")
-        computed = {name: fairness_metrics(c) for name, c in confusion.items()}
-    for w in caught:
-        log(f"seed {seed}: warning: {w.message}")
-    metrics = metric_record(computed["clean"], [(e["name"], computed[e["name"]]) for e in cfg["eval"]["attacks"]])
+    metrics = metric_record(final.per_eval["clean"], [(e["name"], final.per_eval[e["name"]])
+                                                      for e in cfg["eval"]["attacks"]])
     metrics["train_time_s"] = float(sum(h["epoch_time_s"] for h in history))
-    metrics["eval_time_s"] = eval_time
+    metrics["eval_time_s"] = final.eval_time_s
     return SeedResult(
-        seed=seed, metrics=metrics, confusion={k: v.tolist() for k, v in confusion.items()},
-        per_class_acc={k: v["per_class_acc"] for k, v in computed.items()}, history=history,
-        class_names=list(data.class_names), final_model_path=str(ckpt_path), param_fingerprints=fingerprints)
+        seed=seed, metrics=metrics, confusion=final.confusion, per_class_acc=final.per_class_acc,
+        history=history, class_names=list(data.class_names), final_model_path=str(ckpt_path),
+        param_fingerprints=fingerprints, subgroups=final.subgroups, target_success=final.target_success,
+        checks=final.checks, flags_path=final.flags_path,
+        evaluations=[{"name": e["name"], "attack": e["attack"], "target": e.get("target")}
+                     for e in cfg["eval"]["attacks"]])

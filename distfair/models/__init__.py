@@ -13,12 +13,15 @@ from distfair.models.cnn1d import CNN1D
 from distfair.models.digits_cnn import DigitsCNN
 from distfair.models.mlp import MLP
 from distfair.models.preact_resnet import PreActResNet18
+from distfair.models.torchvision_nets import VGG16, ViTB16
 
 MODELS: dict[str, type[nn.Module]] = {
     "digits_cnn": DigitsCNN,
     "cnn1d": CNN1D,
     "preact_resnet18": PreActResNet18,
     "mlp": MLP,
+    "vgg16": VGG16,
+    "vit_b_16": ViTB16,
 }
 
 #: arguments supplied by the dataset, not by the user's config
