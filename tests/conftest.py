@@ -5,7 +5,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+# The unit tests run thousands of tiny forward passes, where intra-op threads only add
+# fork/join overhead (and, on a busy machine, waits for descheduled threads). Ray workers
+# and spawned processes are separate processes and keep their own settings.
+torch.set_num_threads(1)
 
 TINY = {
     "defense": {"name": "syfar", "lambda_sym": 0.5},

@@ -24,6 +24,7 @@ one around the model and runs an ART attack so that it keeps our contract:
 ART is imported lazily: ``import distfair.attacks`` does not pay for it.
 """
 import contextlib
+import logging
 import random
 from typing import Callable
 
@@ -147,6 +148,9 @@ def run_art(model: nn.Module, x: Tensor, labels: Tensor, make_attack: Callable, 
 
 
 _CLASSIFIER = None
+# ART logs its data path and every estimator it builds ("Inferred 0 hidden layers ...") at
+# INFO level, which Ray workers print: keep its warnings, drop the chatter.
+logging.getLogger("art").setLevel(logging.WARNING)
 
 
 def _classifier_class():
@@ -209,26 +213,12 @@ def _cuda_devices(x: Tensor) -> list:
     return [x.device] if x.device.type == "cuda" else []
 
 
-#: CPU batches up to this many input elements run ART single-threaded (see ``_isolated``)
-SERIAL_MAX_ELEMENTS = 32768
-
-
 @contextlib.contextmanager
 def _isolated(model: nn.Module, seed: int, x: Tensor):
-    """Parameter grads frozen and restored; numpy/Python/torch RNGs seeded and restored.
-
-    Small CPU batches (x.numel() <= SERIAL_MAX_ELEMENTS, torch's own grain size) also run with
-    one intra-op thread, restored afterwards: ART makes thousands of tiny forward passes,
-    where thread fork/join only costs, and on an oversubscribed CPU each join can wait for a
-    descheduled thread (measured: 0.1 ms -> 23 ms per pass of a tiny CNN on 2 busy cores).
-    """
+    """Parameter grads frozen and restored; numpy/Python/torch RNGs seeded and restored."""
     params = [(p, p.grad, p.requires_grad) for p in model.parameters()]
     np_state, py_state = np.random.get_state(), random.getstate()
-    threads = torch.get_num_threads()
-    serial = x.device.type == "cpu" and x.numel() <= SERIAL_MAX_ELEMENTS and threads > 1
     try:
-        if serial:
-            torch.set_num_threads(1)
         for p, _, _ in params:
             p.grad = None
             p.requires_grad_(False)
@@ -240,8 +230,6 @@ def _isolated(model: nn.Module, seed: int, x: Tensor):
                 torch.cuda.manual_seed(seed)  # the current device, which run_art sets to x's
             yield
     finally:
-        if serial:
-            torch.set_num_threads(threads)
         for p, grad, requires_grad in params:
             p.requires_grad_(requires_grad)
             p.grad = grad

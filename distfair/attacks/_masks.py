@@ -184,3 +184,27 @@ def init_budget(attack, eps: float | None, bounds, target_mode: str) -> None:
     attack.budget = eps
     if eps is None:
         attack.eps = attack.bounds[1] - attack.bounds[0]
+
+
+def init_momentum_options(attack, *, mask, steps: int, alpha: float | None, momentum: float) -> None:
+    """The options the mask-driven momentum attacks (eyeglass, face mask) share."""
+    from distfair.attacks._base import _check_int, _check_real
+
+    attack.mask = check_mask_param(mask)
+    attack.steps = _check_int("steps", steps, minimum=1)
+    if alpha is not None:
+        alpha = _check_real("alpha", alpha)
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+    attack.alpha = alpha
+    attack.momentum = _check_real("momentum", momentum)
+    if not attack.momentum >= 0:
+        raise ValueError(f"momentum must be >= 0, got {momentum}")
+
+
+def momentum_step_size(attack) -> float:
+    """``alpha``, or 20/255 of the range (at most eps/4 with a budget) when None."""
+    if attack.alpha is not None:
+        return attack.alpha
+    step = 20 / 255 * (attack.bounds[1] - attack.bounds[0])
+    return step if attack.budget is None else min(step, attack.budget / 4)

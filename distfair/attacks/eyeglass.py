@@ -6,9 +6,9 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from distfair.attacks._base import Attack, _check_int, _check_real
-from distfair.attacks._masks import (BestIterate, check_mask_param, image_shape, init_budget, objective,
-                                     resolve_mask)
+from distfair.attacks._base import Attack
+from distfair.attacks._masks import (BestIterate, image_shape, init_budget, init_momentum_options,
+                                     momentum_step_size, objective, resolve_mask)
 
 
 def palette(channels: int, low: float, high: float) -> list[tuple[float, ...]]:
@@ -68,24 +68,12 @@ class EyeglassAttack(Attack):
                  target_mode: str = "none", mask: str | None = None, steps: int = 300,
                  alpha: float | None = None, momentum: float = 1.0):
         init_budget(self, eps, bounds, target_mode)
-        self.mask = check_mask_param(mask)
-        self.steps = _check_int("steps", steps, minimum=1)
-        if alpha is not None:
-            alpha = _check_real("alpha", alpha)
-            if not alpha > 0:
-                raise ValueError(f"alpha must be > 0, got {alpha}")
-        self.alpha = alpha
-        self.momentum = _check_real("momentum", momentum)
-        if not self.momentum >= 0:
-            raise ValueError(f"momentum must be >= 0, got {momentum}")
+        init_momentum_options(self, mask=mask, steps=steps, alpha=alpha, momentum=momentum)
 
     @property
     def step_size(self) -> float:
         """``alpha``, or 20/255 of the range (at most eps/4 with a budget) when None."""
-        if self.alpha is not None:
-            return self.alpha
-        step = 20 / 255 * (self.bounds[1] - self.bounds[0])
-        return step if self.budget is None else min(step, self.budget / 4)
+        return momentum_step_size(self)
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None,
                  generator: torch.Generator | None) -> Tensor:

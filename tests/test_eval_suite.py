@@ -1,0 +1,142 @@
+"""The evaluation suite end to end through ``run_seed`` / ``final_evaluation`` (no Ray):
+physical attacks and ROA training on a fake face set with gender subgroups, AutoAttack and
+ensembles with their stages and flags, and the self-checks firing on a gradient-masked model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fake_faces import make_fake_faces
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from distfair.config import validate
+from distfair.data import DataBundle
+from distfair.engine import run_seed
+from distfair.engine.final_eval import final_evaluation
+
+
+def face_config(root, **dataset) -> dict:
+    return {
+        "defense": {"name": "pgd_at"},
+        "dataset": {"name": "faces", "root": str(root), "image_size": 16, "test_fraction": 0.25,
+                    "val_fraction": 0.15, **dataset},
+        "model": {"name": "mlp", "hidden": 16},
+        "attack": {"name": "roa", "steps": 2},                # ROA as the inner maximisation
+        "train": {"epochs": 1, "batch_size": 8, "lr": 0.05},
+        "eval": {"attacks": [
+            {"name": "eyeglass", "attack": "eyeglass", "steps": 5},
+            {"name": "eyeglass_t", "attack": "eyeglass", "steps": 5, "target": "random"},
+            {"name": "face_mask", "attack": "face_mask", "steps": 5},
+            {"name": "roa", "attack": "roa", "steps": 2},
+        ], "subgroups": {"gender": "metadata"}},
+        "seeds": [0],
+    }
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_faces_physical_attacks_roa_training_and_gender_subgroups(tmp_path, per_sample):
+    root = make_fake_faces(tmp_path / "faces", per_identity=8, size=16, per_sample=per_sample)
+    cfg = validate(face_config(root), "faces.yaml")
+    assert all(e["eps"] is None for e in cfg["eval"]["attacks"])   # physical: no ε inherited from ROA
+    result = run_seed(cfg, 0, workdir=tmp_path / "w")
+    m = result.metrics
+    for name in ("eyeglass", "eyeglass_t", "face_mask", "roa"):
+        assert 0.0 <= m[f"{name}/robust_acc"] <= 1.0
+        assert set(result.subgroups[name]["attributes"]) == {"gender"}
+    assert m["robust_acc"] == m["eyeglass/robust_acc"]                 # the first entry is primary
+    for evaluation in ("clean_", "", "roa/"):
+        assert {f"{evaluation}group_acc/gender/F", f"{evaluation}group_acc/gender/M",
+                f"{evaluation}group_gap/gender"} <= set(m)
+    kind = result.subgroups["clean"]["attributes"]["gender"]["kind"]
+    assert kind == ("sample" if per_sample else "class")
+    assert ("max_group_asym/gender" in m) is (not per_sample)
+    flags = np.load(result.flags_path)
+    assert flags["roa"].mean() == pytest.approx(m["roa/robust_acc"])
+    # the clean group accuracies, by hand from the per-sample flags and the identities' genders
+    female = np.isin(flags["labels"], [0, 2])          # alice, carol
+    if per_sample:
+        assert m["clean_group_acc/gender/F"] == pytest.approx(flags["clean"][female].mean())
+    else:
+        per_class = [flags["clean"][flags["labels"] == c].mean() for c in range(4)]
+        assert m["clean_group_acc/gender/F"] == pytest.approx((per_class[0] + per_class[2]) / 2)
+
+
+def synthetic_config(attacks) -> dict:
+    return {
+        "defense": {"name": "pgd_at"},
+        "dataset": {"name": "synthetic", "num_samples": 150, "num_classes": 3, "dim": 6},
+        "model": {"name": "mlp", "hidden": 16},
+        "attack": {"name": "pgd", "eps": 0.1, "steps": 2},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.05},
+        "eval": {"attacks": attacks},
+        "seeds": [0],
+    }
+
+
+def test_autoattack_and_ensemble_stages_flags_and_metrics(tmp_path):
+    cfg = validate(synthetic_config([
+        {"name": "aa", "attack": "autoattack", "n_iter": 10, "n_queries": 100},
+        {"name": "ens", "attack": "ensemble", "members": "fgsm,pgd"},
+        {"name": "pgd", "attack": "pgd", "steps": 10},
+    ]), "aa.yaml")
+    assert cfg["eval"]["attacks"][0]["eps"] == 0.1                    # ε explicit, from the training attack
+    result = run_seed(cfg, 0, workdir=tmp_path)
+    m, flags = result.metrics, np.load(result.flags_path)
+    stages = [f"aa:{s}" for s in ("apgd_ce", "apgd_t", "square")]
+    assert set(stages) <= set(flags.files)
+    for before, after in zip(["clean"] + stages, stages):              # robust sets only shrink
+        assert not np.any(flags[after] & ~flags[before])
+    assert np.array_equal(flags["aa:square"], flags["aa"])              # the last stage is the final flag
+    assert m["aa/stage_acc/apgd_ce"] == pytest.approx(flags["aa:apgd_ce"].mean())
+    assert m["aa/robust_acc"] <= m["clean_acc"]
+    assert np.array_equal(flags["ens:pgd"], flags["ens"])
+    assert m["aa/robust_acc"] <= m["pgd/robust_acc"] + 0.05           # AutoAttack no weaker than PGD (±noise)
+
+
+class Quantised(nn.Module):
+    """Logits of a rounded input: the input gradient is exactly zero (gradient masking),
+    while a score-based black-box attack still sees the decision change."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x):
+        return torch.round(x * 2) / 2 @ self.weight.T
+
+
+def test_self_checks_flag_gradient_masking_and_black_box_success(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(3, 6, generator=g)
+    model = Quantised(weight)
+    x = torch.rand(60, 6, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    data = DataBundle(TensorDataset(x, y), TensorDataset(x, y), TensorDataset(x, y), num_classes=3, in_shape=(6,),
+                      bounds=(0.0, 1.0), class_names=["a", "b", "c"])
+    eval_cfg = {"attacks": [{"name": "fgsm", "attack": "fgsm", "eps": 0.3},
+                            {"name": "square", "attack": "square", "eps": 0.3, "n_queries": 200}],
+                "subgroups": {}}
+    out = final_evaluation(model, data, eval_cfg, 0, workdir=tmp_path, device=torch.device("cpu"), batch_size=32)
+    checks = {f["check"] for f in out.checks}
+    assert out.per_eval["fgsm"]["acc"] == 1.0                 # no gradient: FGSM cannot move anything
+    assert out.per_eval["square"]["acc"] < 1.0                # ... the black-box attack can
+    assert checks == {"zero_gradients", "black_box_beats_white_box.square"}
+
+
+def test_shipped_evaluation_configs_validate(tmp_path):
+    from pathlib import Path
+
+    from distfair.config import load_config
+
+    spaces = Path(__file__).resolve().parents[1] / "tune_spaces"
+    suite = load_config(spaces / "digits_eval_suite.yaml")
+    names = [e["name"] for e in suite["eval"]["attacks"]]
+    assert names[0] == "autoattack" and suite["eval"]["attacks"][0]["eps"] == suite["attack"]["eps"]
+    assert {e.get("target") for e in suite["eval"]["attacks"]} == {None, "every", 8}
+    assert set(suite["eval"]["subgroups"]["loops"].values()) == {"yes", "no"}
+    root = make_fake_faces(tmp_path / "faces")
+    faces = load_config(spaces / "faces_roa.yaml", [f"dataset.root={root}"])
+    assert faces["attack"]["name"] == "roa" and faces["eval"]["subgroups"] == {"gender": "metadata"}
+    assert faces["eval"]["attacks"][0]["eps"] is None                  # physical: unbounded colours
