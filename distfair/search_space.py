@@ -38,6 +38,10 @@ DIM_TYPES = ("float", "int", "categorical")
 _METRIC_FAMILY = ("acc", "worst_class_acc", "acc_gap", "nsd", "worst10_acc", "max_asym_gap", "sym_loss",
                   "tgt_max", "tgt_min", "tgt_std")
 _CURVES = ("train_loss", "val_clean_acc", "val_robust_acc")
+#: further per-evaluation metrics: the bipartition audit, targeted success (targeted entries),
+#: and families named by the configuration (subgroup attributes/groups, ensemble stages)
+_EVAL_EXTRA = ("max_bipartition_asym", "target_success_rate")
+_EVAL_NESTED = ("group_acc/", "group_gap/", "max_group_asym/", "stage_acc/")
 
 
 @dataclass(frozen=True)
@@ -126,13 +130,19 @@ class SweepSpec:
 
 def known_metric(name: str, eval_names: list[str]) -> bool:
     """Whether a configuration reports ``name`` (so an objective on it can be computed)."""
-    bare = {"robust_acc" if m == "acc" else m for m in _METRIC_FAMILY}
-    if name in bare or name in {f"clean_{m}" for m in _METRIC_FAMILY} or name in _CURVES:
+    bare = {"robust_acc" if m == "acc" else m for m in _METRIC_FAMILY} | set(_EVAL_EXTRA)
+
+    def per_evaluation(metric: str) -> bool:
+        return metric in bare or (metric.startswith(_EVAL_NESTED) and not metric.endswith("/"))
+
+    if per_evaluation(name) or name in _CURVES or name in {f"clean_{m}" for m in _METRIC_FAMILY}:
+        return True
+    if name.startswith("clean_") and name[len("clean_"):] != "robust_acc" and per_evaluation(name[len("clean_"):]):
         return True
     if name.startswith("train_") or name in ("train_time_s", "eval_time_s"):
         return True
     prefix, _, rest = name.partition("/")
-    return prefix in eval_names and rest in bare
+    return prefix in eval_names and per_evaluation(rest)
 
 
 def _number(raw: dict, key: str, where: str, problems: list, *, integer: bool = False):
@@ -205,7 +215,7 @@ def _target(raw: Any, where: str, eval_names: list[str], problems: list) -> Targ
     ok = True
     if not isinstance(metric, str) or not known_metric(metric, eval_names):
         problems.append((f"{where}.metric", f"unknown metric {metric!r}; e.g. robust_acc, worst_class_acc, acc_gap, "
-                                            f"clean_acc, val_robust_acc or <eval attack>/<metric>"))
+                                            f"clean_acc, val_robust_acc, group_gap/<attribute> or <eval attack>/<metric>"))
         ok = False
     if stat not in STATS:
         problems.append((f"{where}.stat", f"unknown stat {stat!r}; known: {', '.join(STATS)}"))

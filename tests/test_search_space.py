@@ -225,6 +225,9 @@ def test_parse_reports_every_problem_at_once():
     ("pgd20/acc", False), ("pgd20/clean_acc", False), ("pgd20/", False),
     ("pgd50/robust_acc", False),               # not a declared evaluation attack
     ("lr", False), ("", False),
+    ("max_bipartition_asym", True), ("clean_max_bipartition_asym", True), ("fgsm/target_success_rate", True),
+    ("group_gap/gender", True), ("clean_group_acc/gender/F", True), ("pgd20/max_group_asym/gender", True),
+    ("pgd20/stage_acc/apgd_ce", True), ("group_gap/", False), ("pgd50/group_gap/gender", False),
 ])
 def test_known_metric(name, known):
     assert known_metric(name, ["pgd20", "fgsm"]) is known
