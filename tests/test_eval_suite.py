@@ -140,3 +140,32 @@ def test_shipped_evaluation_configs_validate(tmp_path):
     faces = load_config(spaces / "faces_roa.yaml", [f"dataset.root={root}"])
     assert faces["attack"]["name"] == "roa" and faces["eval"]["subgroups"] == {"gender": "metadata"}
     assert faces["eval"]["attacks"][0]["eps"] is None                  # physical: unbounded colours
+
+
+def test_fixed_target_success_rate_and_every_target_rates_by_hand(tmp_path):
+    from distfair.attacks import FGSM
+
+    g = torch.Generator().manual_seed(1)
+    model = nn.Linear(6, 3).eval()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(3, 6, generator=g))
+        model.bias.zero_()
+    x = torch.rand(45, 6, generator=g)
+    y = torch.arange(45) % 3                  # every class present, whatever the model predicts
+    data = DataBundle(TensorDataset(x, y), TensorDataset(x, y), TensorDataset(x, y), num_classes=3, in_shape=(6,),
+                      bounds=(0.0, 1.0), class_names=["a", "b", "c"])
+    eval_cfg = {"attacks": [{"name": "to_c", "attack": "fgsm", "eps": 0.4, "target": "c"},
+                            {"name": "every", "attack": "fgsm", "eps": 0.4, "target": "every"}], "subgroups": {}}
+    out = final_evaluation(model, data, eval_cfg, 0, workdir=tmp_path, device=torch.device("cpu"), batch_size=16)
+    aimed = y != 2
+    hit = model(FGSM(eps=0.4)(model, x[aimed], y[aimed], target=torch.full_like(y[aimed], 2))).argmax(1) == 2
+    assert out.per_eval["to_c"]["target_success_rate"] == pytest.approx(hit.double().mean().item())
+    # every target: rate[i][t] = share of class-i samples the attack aimed at t drove to t
+    for i in range(3):
+        for t in range(3):
+            if i == t:                                   # undefined on the diagonal
+                assert out.target_success["every"][i][t] is None
+                continue
+            xi = x[y == i]
+            pred = model(FGSM(eps=0.4)(model, xi, y[y == i], target=torch.full((len(xi),), t))).argmax(1)
+            assert out.target_success["every"][i][t] == pytest.approx((pred == t).double().mean().item())

@@ -111,9 +111,10 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
     results: dict[str, Predictions] = {"clean": predict_dataset(model, data.test, k, device=device,
                                                                 batch_size=batch_size, rank=rank, world=world)}
     attacks: dict[str, Attack] = {}
+    targets: dict[str, int | str | None] = {}      # resolved: None, a class index or "every"
     for i, entry in enumerate(eval_cfg["attacks"]):
         attack, target = build_eval_attack(entry, data)
-        attacks[entry["name"]] = attack
+        attacks[entry["name"]], targets[entry["name"]] = attack, target
         t1 = time.perf_counter()
         results[entry["name"]] = predict_dataset(
             model, data.test, k, device=device, batch_size=batch_size, attack=attack, target=target,
@@ -133,12 +134,12 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
             group_metrics, reports[name] = subgroup_report(groupings, counts.numpy(), pred.correct.numpy(),
                                                            list(data.class_names))
             metrics.update(group_metrics)
-            target = next((e.get("target") for e in eval_cfg["attacks"] if e["name"] == name), None)
+            target = targets.get(name)
             if pred.target_success is not None:
                 success[name] = _success_rates(pred.target_success, pred.labels, k)
                 metrics["target_success_rate"] = float(pred.target_success.sum()) / float(len(pred.labels) * (k - 1))
-            elif target not in (None, "random"):
-                cls = target if isinstance(target, int) else list(data.class_names).index(target)
+            elif isinstance(target, int):
+                cls = target
                 aimed = pred.labels != cls
                 metrics["target_success_rate"] = float((pred.preds[aimed] == cls).double().mean()) \
                     if aimed.any() else None
