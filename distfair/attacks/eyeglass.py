@@ -1,4 +1,4 @@
-"""Adversarial eyeglasses (Sharif et al., CCS 2016, §4; as used by Sy-FAR, §5 and App. E)."""
+"""Adversarial eyeglasses (Sharif et al., CCS 2016; as used by Sy-FAR, §5 and App. E)."""
 from __future__ import annotations
 
 import itertools
@@ -24,7 +24,7 @@ class EyeglassAttack(Attack):
     """Eyeglass-frame attack: perturb only the pixels under an eyeglass mask.
 
     Paper: Sharif, Bhagavatula, Bauer & Reiter, "Accessorize to a Crime: Real and Stealthy
-    Attacks on State-of-the-Art Face Recognition", CCS 2016, §4 (the frame is the only
+    Attacks on State-of-the-Art Face Recognition", CCS 2016 (the frame is the only
     region the attacker controls; start from a solid colour); as used by Sy-FAR (Najjar,
     Ronen & Sharif) §5 "Attacks" and App. E: a fixed eyeglass-frame mask, initialised to the
     colour maximising the (mis)classification loss, refined with momentum, up to 300

@@ -1,4 +1,4 @@
-"""Rectangular Occlusion Attack (Wu, Tong & Vorobeychik, ICLR 2020, §5; as used by Sy-FAR §5)."""
+"""Rectangular Occlusion Attack (Wu, Tong & Vorobeychik, ICLR 2020; as used by Sy-FAR §5)."""
 from __future__ import annotations
 
 import torch
@@ -43,7 +43,7 @@ class ROA(Attack):
     inside it.
 
     Paper: Wu, Tong & Vorobeychik, "Defending against Physically Realizable Attacks on Image
-    Classification", ICLR 2020, §5 (the ROA threat model: a rectangle placed anywhere, with
+    Classification", ICLR 2020 (the ROA threat model: a rectangle placed anywhere, with
     arbitrary content, computed by an exhaustive search of its position with a grey fill,
     then PGD on its content). Sy-FAR (Najjar, Ronen & Sharif) §5 "Defenses and Baselines" trains every
     face model against it with FaceSec's defaults (Tong et al., CVPR 2021): a 70 × 70
