@@ -177,11 +177,14 @@ def _fmt(value) -> str:
 
 
 HEADLINE = ("clean_acc", "robust_acc", "clean_worst_class_acc", "worst_class_acc", "acc_gap", "nsd",
-            "worst10_acc", "max_asym_gap", "sym_loss", "tgt_max", "tgt_min", "tgt_std")
+            "worst10_acc", "max_asym_gap", "sym_loss", "tgt_max", "tgt_min", "tgt_std", "max_bipartition_asym")
+#: the primary attack's subgroup summaries, one row per attribute
+SUBGROUP_HEADLINE = ("group_gap/", "max_group_asym/")
 
 
 def format_table(metrics: dict[str, dict], extra_attacks: list[str]) -> str:
     names = [n for n in HEADLINE if n in metrics]
+    names += sorted(n for n in metrics if n.startswith(SUBGROUP_HEADLINE))
     for attack in extra_attacks:
         names += [n for n in (f"{attack}/robust_acc", f"{attack}/worst_class_acc") if n in metrics]
     names += [n for n in ("train_time_s",) if n in metrics]

@@ -64,6 +64,14 @@ def test_table_formats_undefined_values():
     assert "robust_acc" in table and "0.5000 ± —" in table and "tgt_max" in table
 
 
+def test_format_table_lists_the_primary_subgroup_summaries():
+    row = {"mean": 0.1, "std": 0.01, "min": 0.09, "max": 0.11, "n": 2}
+    table = cli.format_table({"robust_acc": row, "group_gap/gender": row, "max_group_asym/gender": row,
+                              "pgd/group_gap/gender": row, "group_acc/gender/F": row}, [])
+    rows = [line.split()[0] for line in table.splitlines()[1:]]
+    assert rows == ["robust_acc", "group_gap/gender", "max_group_asym/gender"]
+
+
 def test_json_safe_replaces_nan():
     assert cli._json_safe({"a": float("nan"), "b": [1.0, float("inf")]}) == {"a": None, "b": [1.0, None]}
 
