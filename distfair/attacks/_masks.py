@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distfair.attacks._base import Attack, _check_int, _check_real
+
 
 def _grid(height: int, width: int) -> tuple[Tensor, Tensor]:
     """Pixel-centre coordinates (rows, cols), each (H, W), float64."""
@@ -178,33 +180,35 @@ class BestIterate:
 def init_budget(attack, eps: float | None, bounds, target_mode: str) -> None:
     """``Attack.__init__`` with ``eps=None`` meaning no budget beyond the range: the base
     gets high − low, so its ε-ball projection is a no-op."""
-    from distfair.attacks._base import Attack
-
     Attack.__init__(attack, eps=0.0 if eps is None else eps, bounds=bounds, target_mode=target_mode)
     attack.budget = eps
     if eps is None:
         attack.eps = attack.bounds[1] - attack.bounds[0]
 
 
-def init_momentum_options(attack, *, mask, steps: int, alpha: float | None, momentum: float) -> None:
-    """The options the mask-driven momentum attacks (eyeglass, face mask) share."""
-    from distfair.attacks._base import _check_int, _check_real
+class MaskMomentumAttack(Attack):
+    """Shared options of the mask-driven momentum attacks (eyeglass, face mask): subclasses
+    keep their own annotated ``__init__`` (the config validator reads it) and call
+    ``_init_options``."""
 
-    attack.mask = check_mask_param(mask)
-    attack.steps = _check_int("steps", steps, minimum=1)
-    if alpha is not None:
-        alpha = _check_real("alpha", alpha)
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha}")
-    attack.alpha = alpha
-    attack.momentum = _check_real("momentum", momentum)
-    if not attack.momentum >= 0:
-        raise ValueError(f"momentum must be >= 0, got {momentum}")
+    def _init_options(self, eps: float | None, bounds, target_mode: str, *, mask, steps: int,
+                      alpha: float | None, momentum: float) -> None:
+        init_budget(self, eps, bounds, target_mode)
+        self.mask = check_mask_param(mask)
+        self.steps = _check_int("steps", steps, minimum=1)
+        if alpha is not None:
+            alpha = _check_real("alpha", alpha)
+            if not alpha > 0:
+                raise ValueError(f"alpha must be > 0, got {alpha}")
+        self.alpha = alpha
+        self.momentum = _check_real("momentum", momentum)
+        if not self.momentum >= 0:
+            raise ValueError(f"momentum must be >= 0, got {momentum}")
 
-
-def momentum_step_size(attack) -> float:
-    """``alpha``, or 20/255 of the range (at most eps/4 with a budget) when None."""
-    if attack.alpha is not None:
-        return attack.alpha
-    step = 20 / 255 * (attack.bounds[1] - attack.bounds[0])
-    return step if attack.budget is None else min(step, attack.budget / 4)
+    @property
+    def step_size(self) -> float:
+        """``alpha``, or 20/255 of the range (at most eps/4 with a budget) when None."""
+        if self.alpha is not None:
+            return self.alpha
+        step = 20 / 255 * (self.bounds[1] - self.bounds[0])
+        return step if self.budget is None else min(step, self.budget / 4)

@@ -6,9 +6,7 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from distfair.attacks._base import Attack
-from distfair.attacks._masks import (BestIterate, image_shape, init_budget, init_momentum_options,
-                                     momentum_step_size, objective, resolve_mask)
+from distfair.attacks._masks import BestIterate, MaskMomentumAttack, image_shape, objective, resolve_mask
 
 
 def palette(channels: int, low: float, high: float) -> list[tuple[float, ...]]:
@@ -20,7 +18,7 @@ def palette(channels: int, low: float, high: float) -> list[tuple[float, ...]]:
     return [(low + f * (high - low),) * channels for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
 
 
-class EyeglassAttack(Attack):
+class EyeglassAttack(MaskMomentumAttack):
     """Eyeglass-frame attack: perturb only the pixels under an eyeglass mask.
 
     Paper: Sharif, Bhagavatula, Bauer & Reiter, "Accessorize to a Crime: Real and Stealthy
@@ -67,13 +65,7 @@ class EyeglassAttack(Attack):
     def __init__(self, *, eps: float | None = None, bounds: tuple[float, float] = (0.0, 1.0),
                  target_mode: str = "none", mask: str | None = None, steps: int = 300,
                  alpha: float | None = None, momentum: float = 1.0):
-        init_budget(self, eps, bounds, target_mode)
-        init_momentum_options(self, mask=mask, steps=steps, alpha=alpha, momentum=momentum)
-
-    @property
-    def step_size(self) -> float:
-        """``alpha``, or 20/255 of the range (at most eps/4 with a budget) when None."""
-        return momentum_step_size(self)
+        self._init_options(eps, bounds, target_mode, mask=mask, steps=steps, alpha=alpha, momentum=momentum)
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None,
                  generator: torch.Generator | None) -> Tensor:

@@ -6,12 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distfair.attacks._base import Attack, _check_int
-from distfair.attacks._masks import (BestIterate, image_shape, init_budget, init_momentum_options,
-                                     momentum_step_size, objective, resolve_mask)
+from distfair.attacks._base import _check_int
+from distfair.attacks._masks import BestIterate, MaskMomentumAttack, image_shape, objective, resolve_mask
 
 
-class FaceMaskAttack(Attack):
+class FaceMaskAttack(MaskMomentumAttack):
     """Face-mask attack: a smooth colour pattern composited over the lower face.
 
     Paper: Sy-FAR (Najjar, Ronen & Sharif), App. E "Extended Attack Evaluation: Face Masks":
@@ -62,14 +61,8 @@ class FaceMaskAttack(Attack):
     def __init__(self, *, eps: float | None = None, bounds: tuple[float, float] = (0.0, 1.0),
                  target_mode: str = "none", mask: str | None = None, grid: int = 8, steps: int = 100,
                  alpha: float | None = None, momentum: float = 1.0):
-        init_budget(self, eps, bounds, target_mode)
+        self._init_options(eps, bounds, target_mode, mask=mask, steps=steps, alpha=alpha, momentum=momentum)
         self.grid = _check_int("grid", grid, minimum=1)
-        init_momentum_options(self, mask=mask, steps=steps, alpha=alpha, momentum=momentum)
-
-    @property
-    def step_size(self) -> float:
-        """``alpha``, or 20/255 of the range (at most eps/4 with a budget) when None."""
-        return momentum_step_size(self)
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None,
                  generator: torch.Generator | None) -> Tensor:
