@@ -212,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from distfair import tracking
     from distfair.distributed import InsufficientResources, ray_session
-    from distfair.run import default_storage_path, resolve_init_from, run_configuration_with_tracking
+    from distfair.run import Interrupted, default_storage_path, resolve_init_from, run_configuration_with_tracking
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
@@ -236,7 +236,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except InsufficientResources as err:
             print(f"error: {args.config}: scaling: {err}", file=sys.stderr)
             return EXIT_USAGE
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
+            if isinstance(err, Interrupted):
+                err.close_again()            # Ray is down now: no worker can reopen a run
             print("interrupted: the runs were marked KILLED in MLflow", file=sys.stderr)
             return 130
         extra = [a["name"] for a in cfg["eval"]["attacks"][1:]]
@@ -266,7 +268,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from distfair.distributed import InsufficientResources, ray_session
     from distfair.distributed.sweep import TRIAL_RESOURCE
     from distfair.run import default_storage_path
-    from distfair.sweep import run_sweep, sweep_dir_name, sweep_identity
+    from distfair.sweep import close_interrupted_sweep, run_sweep, sweep_dir_name, sweep_identity
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
@@ -287,6 +289,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"error: {args.config}: scaling: {err}", file=sys.stderr)
             return EXIT_USAGE
         if report.interrupted:
+            close_interrupted_sweep(report, uri)       # again, now that Ray is down
             print(f"interrupted: open runs were marked KILLED; continue with\n  distfair sweep {args.config} "
                   f"--resume" + (f" --experiment {args.experiment}" if args.experiment else ""), file=sys.stderr)
             return 130

@@ -32,6 +32,21 @@ class RunReport:
                 "metrics": {k: {s: v[s] for s in keep} for k, v in self.metrics.items()}}
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after its open MLflow runs were marked KILLED.
+
+    A Ray worker that was just starting a seed can still reopen its run between that marking
+    and Ray's shutdown; the caller calls ``close_again()`` once Ray has shut down (no worker
+    left to write) so every run ends closed."""
+
+    def __init__(self, tracking_uri: str, run_ids: list[str]):
+        super().__init__()
+        self.tracking_uri, self.run_ids = tracking_uri, run_ids
+
+    def close_again(self) -> None:
+        tracking.mark_runs(self.tracking_uri, self.run_ids, "KILLED")
+
+
 def config_hash(cfg: dict) -> str:
     """Stable hash of the resolved configuration (seeds and search space excluded)."""
     body = {k: v for k, v in cfg.items() if k not in ("seeds", "space", "description")}
@@ -82,8 +97,9 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
                                         run_name=ray_run_name or _ray_run_name(parent, children),
                                         storage_path=storage_path, log=log)
         except KeyboardInterrupt:
-            tracking.mark_runs(tracking_uri, [*children.values(), parent], "KILLED")
-            raise
+            opened = [*children.values(), parent]
+            tracking.mark_runs(tracking_uri, opened, "KILLED")
+            raise Interrupted(tracking_uri, opened) from None
         except Exception:
             tracking.mark_runs(tracking_uri, [*children.values(), parent], "FAILED")
             raise

@@ -41,6 +41,7 @@ class SweepReport:
     experiment: str
     sweep_run_id: str
     spec: SweepSpec
+    experiment_id: str = ""
     trials: list[TrialOutcome] = field(default_factory=list)
     best: TrialOutcome | None = None
     pareto: list[TrialOutcome] = field(default_factory=list)
@@ -208,6 +209,16 @@ def _distribution(dim):
     return optuna.distributions.CategoricalDistribution(list(dim.choices))
 
 
+def close_interrupted_sweep(report: SweepReport, tracking_uri: str) -> None:
+    """Mark every still-open run of an interrupted sweep KILLED: seed runs, configuration
+    runs, then the sweep run. Idempotent: the command calls it again after Ray has shut
+    down, when no worker is left to reopen a run it had just started."""
+    for run in tracking.configuration_runs(tracking_uri, report.experiment_id, report.sweep_run_id):
+        seeds = tracking.seed_run_states(tracking_uri, report.experiment_id, run.info.run_id)
+        tracking.mark_runs(tracking_uri, [r for r, _ in seeds.values()] + [run.info.run_id], "KILLED")
+    tracking.mark_runs(tracking_uri, [report.sweep_run_id], "KILLED")
+
+
 def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experiment: str, tracking_uri: str,
               storage_path: str, resume: bool, cluster: dict[str, float], log: Callable[[str], None],
               poll_s: float = 3.0) -> SweepReport:
@@ -251,15 +262,12 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
                  trial_resources=trial_resources, log=log)
     except KeyboardInterrupt:
         interrupted = True
-    report = SweepReport(experiment=experiment, sweep_run_id=sweep_run, spec=spec)
+    report = SweepReport(experiment=experiment, sweep_run_id=sweep_run, spec=spec, experiment_id=experiment_id)
     report.trials = collect_trials(tracking_uri, experiment_id, sweep_run, spec.objective)
     report.interrupted = interrupted or len(report.trials) < spec.total_trials() or any(
         t.status in ("RUNNING", "SCHEDULED") for t in report.trials)
     if report.interrupted:
-        for t in report.trials:
-            seeds = tracking.seed_run_states(tracking_uri, experiment_id, t.parent_run_id)
-            tracking.mark_runs(tracking_uri, [r for r, _ in seeds.values()] + [t.parent_run_id], "KILLED")
-        tracking.mark_runs(tracking_uri, [sweep_run], "KILLED")
+        close_interrupted_sweep(report, tracking_uri)
         return report
     report.best, report.pareto = choose(report.trials, spec.objective)
     with tempfile.TemporaryDirectory() as tmp:

@@ -156,12 +156,25 @@ def get_or_create_seed_run(uri: str, experiment_id: str, parent_run_id: str, see
     return run.info.run_id
 
 
+class RunClosedError(RuntimeError):
+    """A worker was about to write into a seed run the driver had already closed."""
+
+
 class SeedRunLogger:
-    """Writes one seed's record into its (already created) child run; used on Train rank 0."""
+    """Writes one seed's record into its (already created) child run; used on Train rank 0.
+
+    A run the driver has closed as KILLED or FAILED (Ctrl-C, a trial stopped early by the
+    sweep's scheduler) is never reopened: a worker that starts a seed after that moment
+    raises ``RunClosedError`` instead of leaving a run RUNNING that nobody will close.
+    """
 
     def __init__(self, uri: str, run_id: str):
         self.uri, self.run_id = uri, run_id
         self.client = _client(uri)
+        status = self.client.get_run(run_id).info.status
+        if status in ("KILLED", "FAILED"):
+            raise RunClosedError(f"MLflow run {run_id} was already closed as {status} by the driver "
+                                 "(interrupted or stopped early); not reopening it")
         self.client.update_run(run_id, status="RUNNING")
 
     def log_epoch(self, epoch: int, row: dict) -> None:

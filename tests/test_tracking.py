@@ -63,6 +63,64 @@ def test_mark_runs_leaves_finished_runs_alone(tmp_path):
     assert client.get_run(open_).info.status == "KILLED"
 
 
+def test_a_worker_never_reopens_a_run_the_driver_closed(tmp_path):
+    """The race behind a flaky Ctrl-C: the driver marks a seed run KILLED, then a worker that
+    was just starting that seed must not set it back to RUNNING."""
+    import pytest
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    parent = tracking.start_parent_run(uri, exp, {}, run_name="p")
+    fresh = tracking.get_or_create_seed_run(uri, exp, parent, 0)
+    tracking.SeedRunLogger(uri, fresh)                                 # a new seed run opens normally
+    assert MlflowClient(uri).get_run(fresh).info.status == "RUNNING"
+    tracking.SeedRunLogger(uri, fresh)                                 # and again on a Train retry
+    for status, seed in (("KILLED", 1), ("FAILED", 2)):
+        closed = tracking.get_or_create_seed_run(uri, exp, parent, seed)
+        tracking.mark_runs(uri, [closed], status)
+        with pytest.raises(tracking.RunClosedError, match=f"closed as {status}"):
+            tracking.SeedRunLogger(uri, closed)
+        assert MlflowClient(uri).get_run(closed).info.status == status
+
+
+def test_an_interrupted_run_closes_runs_reopened_before_ray_shut_down(tmp_path):
+    from distfair.run import Interrupted
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    parent = tracking.start_parent_run(uri, exp, {}, run_name="p")
+    seeds = [tracking.get_or_create_seed_run(uri, exp, parent, s) for s in (0, 1, 2)]
+    client = MlflowClient(uri)
+    client.set_terminated(seeds[2], "FINISHED")                        # finished before Ctrl-C: stays so
+    tracking.mark_runs(uri, [*seeds, parent], "KILLED")
+    client.update_run(seeds[1], status="RUNNING")                      # a worker slipped in between
+    err = Interrupted(uri, [*seeds, parent])
+    assert isinstance(err, KeyboardInterrupt)
+    err.close_again()
+    assert [client.get_run(r).info.status for r in (*seeds, parent)] == ["KILLED", "KILLED", "FINISHED", "KILLED"]
+
+
+def test_an_interrupted_sweep_closes_every_open_run(tmp_path):
+    from distfair.sweep import SweepReport, close_interrupted_sweep
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    sweep = tracking.start_sweep_run(uri, exp, name="s", params={}, lookup={"distfair.sweep_name": "s"})
+    configs = [tracking.start_parent_run(uri, exp, {}, run_name=f"c{i}", tags={
+        tracking.TAG_PARENT: sweep, tracking.TAG_ROLE: "configuration"}) for i in range(2)]
+    seeds = [tracking.get_or_create_seed_run(uri, exp, c, s) for c in configs for s in (0, 1)]
+    client = MlflowClient(uri)
+    client.set_terminated(seeds[0], "FINISHED")
+    for r in seeds[1:]:
+        client.update_run(r, status="RUNNING")
+    report = SweepReport(experiment="e", sweep_run_id=sweep, spec=None, experiment_id=exp)
+    close_interrupted_sweep(report, uri)
+    close_interrupted_sweep(report, uri)                               # idempotent
+    status = {r: client.get_run(r).info.status for r in (sweep, *configs, *seeds)}
+    assert status.pop(seeds[0]) == "FINISHED"
+    assert set(status.values()) == {"KILLED"}, status
+
+
 def test_seed_result_metrics_tags_and_figures(tmp_path, tiny_cfg_dict):
     """A real seed result logged to a SQLite store: self-check findings become tags, every
     figure of the run lands under plots/, subgroup metrics are logged."""
