@@ -196,9 +196,20 @@ def test_mnist1d_offline(no_network, tmp_path, monkeypatch):
     ys = torch.cat([y for _, y in parts])
     assert xs.shape[1:] == (1, 40) and xs.dtype == torch.float32
     assert set(ys.tolist()) == set(range(10))
-    assert b.bounds == (float(xs.min()), float(xs.max()))
+    train_val = torch.cat([parts[0][0], parts[1][0]])
+    assert b.bounds == (float(train_val.min()), float(train_val.max()))  # training data only
     again = build_dataset("mnist1d", num_samples=500, split_seed=0)
     assert torch.equal(tensors(again.val)[0], parts[1][0])
+
+
+def test_mnist1d_bounds_come_from_training_data_only():
+    """The attack range is the [min, max] of MNIST-1D's training portion (train + val here);
+    with this seed the test set holds a lower value, which must not widen the range."""
+    b = build_dataset("mnist1d", num_samples=200, generator_seed=1)
+    seen = torch.cat([tensors(b.train)[0], tensors(b.val)[0]])
+    test_x = tensors(b.test)[0]
+    assert b.bounds == (float(seen.min()), float(seen.max()))
+    assert test_x.min() < b.bounds[0]  # the case that makes the check bite
 
 
 def test_mnist1d_leaves_global_rngs_alone():

@@ -34,7 +34,8 @@ def write_csv(path, header, rows):
 
 @pytest.fixture
 def face_root(tmp_path):
-    return make_fake_faces(tmp_path / "faces", identities=IDS, genders=GENDERS, per_identity=6, size=20)
+    # 10 per identity: the default 80/10/10 split (Sy-FAR §5) leaves 8 / 1 / 1 of each
+    return make_fake_faces(tmp_path / "faces", identities=IDS, genders=GENDERS, per_identity=10, size=20)
 
 
 # --------------------------------------------------------------------------------- data
@@ -65,12 +66,19 @@ def test_pixels_match_the_files(face_root):
 def test_splits_disjoint_stratified_complete(face_root):
     b = build_dataset("faces", root=str(face_root), image_size=8, test_fraction=0.2, val_fraction=0.1)
     parts = {p: [rel(q, face_root) for q in getattr(b, p).paths] for p in ("train", "val", "test")}
-    every = {f"{i}/{n:03d}.png" for i in IDS for n in range(6)}
+    every = {f"{i}/{n:03d}.png" for i in IDS for n in range(10)}
     assert sorted(sum(parts.values(), [])) == sorted(every)          # a partition of the files
-    # per identity of 6: test round(1.2) = 1, val round(1.8) - 1 = 1, train the other 4
-    for part, n in (("train", 4), ("val", 1), ("test", 1)):
+    # per identity of 10: test round(2) = 2, val round(3) - 2 = 1, train the other 7
+    for part, n in (("train", 7), ("val", 1), ("test", 2)):
         labels = np.bincount(getattr(b, part).targets, minlength=4)
         assert labels.tolist() == [n] * 4, part
+
+
+def test_default_split_is_the_papers_80_10_10(face_root):
+    """Sy-FAR §5: "an 80/10/10 split for training, validation, and testing"."""
+    b = build_dataset("faces", root=str(face_root), image_size=8)
+    for part, n in (("train", 8), ("val", 1), ("test", 1)):
+        assert np.bincount(getattr(b, part).targets, minlength=4).tolist() == [n] * 4, part
 
 
 def test_split_fractions_follow_stratified_split(tmp_path):
@@ -119,13 +127,13 @@ def test_class_attributes(face_root):
 
 
 def test_test_attributes_per_sample(tmp_path):
-    root = make_fake_faces(tmp_path, identities=IDS, genders=GENDERS, per_sample=True)
+    root = make_fake_faces(tmp_path, identities=IDS, genders=GENDERS, per_identity=10, per_sample=True)
     b = build_dataset("faces", root=str(root), image_size=8)
     gender = dict(zip(IDS, GENDERS))
     expected = [gender[rel(p, root).split("/")[0]] for p in b.test.paths]
     assert b.test_attributes == {"gender": expected} and b.class_attributes == {}
     # order: the i-th value belongs to test[i]
-    files = [f"{i}/{n:03d}.png" for i in IDS for n in range(6)]
+    files = [f"{i}/{n:03d}.png" for i in IDS for n in range(10)]
     write_csv(root / "tags.csv", ["file", "tag"], [[f"./{f}", f"tag:{f}"] for f in reversed(files)])
     b = build_dataset("faces", root=str(root), image_size=8, metadata="tags.csv")
     assert b.test_attributes["tag"] == [f"tag:{rel(p, root)}" for p in b.test.paths]
@@ -150,8 +158,8 @@ def test_file_discovery(face_root):
     b = build_dataset("faces", root=str(face_root), image_size=8, test_fraction=0.1, val_fraction=0.1)
     paths = b.train.paths + b.val.paths + b.test.paths
     bob = sorted(rel(p, face_root) for p in paths if rel(p, face_root).startswith("bob/"))
-    assert b.class_names == SORTED and len(paths) == 26
-    assert bob == sorted([f"bob/{n:03d}.png" for n in range(6)] + ["bob/UP.PNG", "bob/mixed.JpG"])
+    assert b.class_names == SORTED and len(paths) == 42
+    assert bob == sorted([f"bob/{n:03d}.png" for n in range(10)] + ["bob/UP.PNG", "bob/mixed.JpG"])
 
 
 def test_max_per_class(face_root):
@@ -190,7 +198,7 @@ def test_bad_options(face_root, options, match):
 
 @pytest.mark.parametrize("header,rows,match", [
     (["identity", "gender"], [["alice", "F"], ["bob", "M"], ["dave", "M"]], r"bad\.csv.*identity 'carol'"),
-    (["file", "gender"], [[f"alice/{n:03d}.png", "F"] for n in range(6)], r"bad\.csv.*file 'bob/000\.png'"),
+    (["file", "gender"], [[f"alice/{n:03d}.png", "F"] for n in range(10)], r"bad\.csv.*file 'bob/000\.png'"),
     (["identity", "file", "gender"], [], r"bad\.csv.*exactly one.*\['identity', 'file', 'gender'\]"),
     (["name", "gender"], [["alice", "F"]], r"bad\.csv.*exactly one.*\['name', 'gender'\]"),
     ([], [], r"bad\.csv.*exactly one"),
@@ -291,3 +299,18 @@ def test_bad_weight_files(cls, tmp_path):
 def test_bad_input_shapes(cls, shape, match):
     with pytest.raises(ValueError, match=match):
         cls(num_classes=K, in_shape=shape)
+
+
+def test_shipped_faces_file_follows_the_paper():
+    """tune_spaces/faces_roa.yaml: Sy-FAR §5's 80/10/10 split and ROA with FaceSec's defaults
+    (70 × 70, stride 10, α = 20/255, 100 iterations); its deviations are commented there."""
+    import yaml
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "tune_spaces", "faces_roa.yaml")
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    assert (cfg["dataset"]["val_fraction"], cfg["dataset"]["test_fraction"]) == (0.1, 0.1)
+    roa = cfg["attack"]
+    assert roa["name"] == "roa" and (roa["size"], roa["stride"], roa["steps"]) == (70, 10, 100)
+    assert abs(roa["alpha"] - 20 / 255) < 1e-12
+    assert [e["steps"] for e in cfg["eval"]["attacks"] if e["attack"] == "eyeglass"] == [300, 300]

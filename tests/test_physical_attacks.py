@@ -7,7 +7,8 @@ from PIL import Image
 from torch import nn
 
 from distfair.attacks import ATTACKS, ROA, EyeglassAttack, FaceMaskAttack
-from distfair.attacks._masks import eyeglass_mask, load_mask, lower_face_mask, resolve_mask
+from distfair.attacks._masks import (BestIterate, eyeglass_mask, goal_margin, goal_reached, load_mask, lower_face_mask,
+                                     resolve_mask)
 from distfair.attacks.eyeglass import palette
 from distfair.attacks.roa import positions, scaled_geometry
 from distfair.defenses import build_defense
@@ -32,9 +33,15 @@ def data(bounds=(0.0, 1.0), n: int = 8, seed: int = 0):
     return low + (high - low) * torch.rand(n, *SHAPE, generator=g), torch.randint(0, 4, (n,), generator=g)
 
 
-def per_sample_ce(model, x, y):
+def margin_of(model, x, y, target=None):
+    """Per-sample distance to the attack's goal (< 0: reached), the model in eval mode."""
     with torch.no_grad():
-        return F.cross_entropy(model.eval()(x), y, reduction="none")
+        return goal_margin(model.eval()(x), y, target)
+
+
+def reached(model, x, y, target=None):
+    with torch.no_grad():
+        return goal_reached(model.eval()(x), y, target)
 
 
 def changed(x_adv, x):
@@ -45,7 +52,7 @@ def changed(x_adv, x):
 @pytest.mark.parametrize("eps", [None, 0.05])
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (-1.0, 1.0)])
 @pytest.mark.parametrize("name", sorted(FAST))
-def test_region_range_budget_and_monotone_loss(name, bounds, eps):
+def test_region_range_budget_and_monotone_margin(name, bounds, eps):
     torch.manual_seed(0)
     model = tiny_cnn()
     x, y = data(bounds)
@@ -66,19 +73,22 @@ def test_region_range_budget_and_monotone_loss(name, bounds, eps):
             if len(rows):
                 assert rows.max() - rows.min() < 5 and cols.max() - cols.min() < 5
     assert diff.any()
-    assert (per_sample_ce(model, x_adv, y) >= per_sample_ce(model, x, y)).all()  # never worse, per sample
+    # never further from the goal than x, per sample (the returned iterate is the first success
+    # or the lowest margin, and x itself is a candidate)
+    assert (margin_of(model, x_adv, y) <= margin_of(model, x, y)).all()
+    assert (reached(model, x_adv, y) >= reached(model, x, y)).all()
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
-def test_targeted_decreases_target_loss_and_restores_mode(name):
+def test_targeted_approaches_target_and_restores_mode(name):
     torch.manual_seed(0)
     model = tiny_cnn().train()
     x, y = data()
     target = (y + 1) % 4
     x_adv = FAST[name]()(model, x, y, target=target)
     assert all(m.training for m in model.modules())
-    assert (per_sample_ce(model, x_adv, target) <= per_sample_ce(model, x, target)).all()
-    assert per_sample_ce(model, x_adv, target).sum() < per_sample_ce(model, x, target).sum()
+    assert (margin_of(model, x_adv, y, target) <= margin_of(model, x, y, target)).all()
+    assert margin_of(model, x_adv, y, target).sum() < margin_of(model, x, y, target).sum()
 
 
 def near_tied_linear(x: torch.Tensor, y: int, classes: int = 5, seed: int = 0) -> nn.Module:
@@ -295,3 +305,131 @@ def test_invalid_params(cls, bad, message):
 def test_non_image_input_raises(name):
     with pytest.raises(ValueError, match="x must be images"):
         FAST[name]()(nn.Flatten(), torch.rand(2, 1, 1, 4, 4), torch.tensor([0, 1]))
+
+
+# ------------------------------------------------------------- which iterate comes back
+def test_best_iterate_keeps_the_first_success_not_the_highest_ce():
+    """Iterates along which CE(y) rises while the prediction goes y → 1 → y: the highest-CE
+    iterate (a flat softmax, still y) is not an adversarial example; the first success is."""
+    y = torch.tensor([0])
+    steps = [torch.tensor([[0.0, -3.0, -3.0]]),   # correct, CE 0.10
+             torch.tensor([[0.0, 0.2, -3.0]]),    # misclassified as 1, CE 0.82
+             torch.tensor([[0.0, 0.4, -3.0]]),    # misclassified as 1, CE 0.93 (further, not first)
+             torch.tensor([[0.0, -0.05, -0.05]])]  # correct again, CE 1.07: the highest
+    ce = [F.cross_entropy(z, y).item() for z in steps]
+    assert ce == sorted(ce) and steps[-1].argmax().item() == 0
+    best = BestIterate(torch.full((1, 1, 1, 1), 0.0), steps[0], y, None)
+    for i, z in enumerate(steps[1:], start=1):
+        best.update(torch.full((1, 1, 1, 1), float(i)), z)
+    assert best.x.item() == 1.0 and best.done.item()
+
+
+def test_best_iterate_targeted_and_lowest_margin_without_success():
+    target = torch.tensor([1, 1])
+    y = torch.tensor([0, 0])
+    # sample 0 reaches the target at iterate 1, then p(target) keeps rising while y retakes
+    # the lead; sample 1 never reaches it: the iterate closest to it (lowest margin) is kept
+    steps = [torch.tensor([[2.0, 0.0, -1.0], [3.0, 0.0, 0.0]]),
+             torch.tensor([[-0.1, 0.0, -0.1], [1.0, 0.0, 0.0]]),    # 0: predicted 1 (p_t 0.36)
+             torch.tensor([[0.2, 0.0, -9.0], [2.0, 0.0, 0.0]]),     # 0: p_t 0.45 but predicted 0
+             torch.tensor([[0.2, 0.0, -9.0], [1.5, 0.0, 0.0]])]
+    p_t = [F.softmax(z, dim=1)[0, 1].item() for z in steps]
+    assert p_t[2] > p_t[1] and steps[2][0].argmax().item() == 0
+    best = BestIterate(torch.zeros(2, 1), steps[0], y, target)
+    for i, z in enumerate(steps[1:], start=1):
+        best.update(torch.full((2, 1), float(i)), z)
+    assert best.x.squeeze(1).tolist() == [1.0, 1.0] and best.done.tolist() == [True, False]
+    torch.testing.assert_close(best.margin, torch.tensor([-0.1, 1.0]))
+
+
+def ramp(s: torch.Tensor, knots: list[tuple[float, float]]) -> torch.Tensor:
+    """Piecewise-linear interpolation through ``knots`` (x increasing), autograd-friendly."""
+    (x0, y0), (x1, y1) = knots[0], knots[1]
+    out, slope = y0 + (y1 - y0) / (x1 - x0) * (s - x0), (y1 - y0) / (x1 - x0)
+    for (xa, ya), (xb, yb) in zip(knots[1:], knots[2:]):
+        new = (yb - ya) / (xb - xa)
+        out, slope = out + (new - slope) * F.relu(s - xa), new
+    return out
+
+
+#: exp-logits (u, v) of two classes against a reference class at logit 0, along s ∈ [0, 1].
+#: Untargeted (y = 0, the reference): u + v rises all the way, so CE(y) rises, but u > 1
+#: (misclassified as 1) only for s in about (0.21, 0.94); at s = 1, y leads again with the
+#: highest CE. Targeted (target = 1, the reference; u is y's): u + v falls all the way, so
+#: CE(target) falls, but both stay below 1 (the target predicted) only for s in about
+#: (0.24, 0.85); at s = 1, y leads again with the target's highest probability.
+PATHS = {
+    "untargeted": ([(0, 0.05), (0.25, 1.2), (0.75, 1.3), (1, 0.9)],
+                   [(0, 0.05), (0.25, 0.1), (0.75, 0.2), (1, 0.9)]),
+    "targeted": ([(0, 3.0), (0.25, 0.95), (0.75, 0.85), (1, 1.222)],
+                 [(0, 0.3), (0.25, 0.95), (0.75, 0.85), (1, 0.001)]),
+}
+
+
+class PathModel(nn.Module):
+    """Logits that depend on one feature s = Σ W·x / norm only, following ``PATHS[mode]``."""
+
+    def __init__(self, weight: torch.Tensor, norm: float, mode: str):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.norm, self.mode = norm, mode
+
+    def feature(self, x):
+        return (x * self.weight).sum(dim=(1, 2, 3)) / self.norm
+
+    def head(self, s):
+        u, v = (torch.log(ramp(s, k)) for k in PATHS[self.mode])
+        ref = torch.zeros_like(s)
+        return torch.stack([ref, u, v] if self.mode == "untargeted" else [u, ref, v], dim=1)
+
+    def forward(self, x):
+        return self.head(self.feature(x))
+
+
+def path_case(name: str, mode: str):
+    """(attack, model, expected s of the first successful iterate) on a black 16 × 16 image.
+
+    ROA and face mask start at s = 0.5 (a mid-grey fill: already a success) and the ascent
+    then saturates the region at s = 1. The eyeglass weights form a balanced ± checkerboard
+    over the frame, so every solid palette colour gives s = 0 (a tie: black, the clean x,
+    starts) and each step adds α = 20/255 to s: 3α is the first untargeted success, 4α the
+    first targeted one, and s = 1 after 13 steps.
+    """
+    c, h, w = SHAPE
+    if name == "eyeglass":
+        inside = eyeglass_mask(h, w).flatten().bool()
+        sign = torch.zeros(h * w)
+        idx = inside.nonzero().squeeze(1)
+        idx = idx[: len(idx) // 2 * 2]
+        sign[idx[0::2]], sign[idx[1::2]] = 1.0, -1.0
+        weight, norm = sign.view(1, h, w).expand(c, h, w).clone(), c * len(idx) / 2
+        first = {"untargeted": 3 * 20 / 255, "targeted": 4 * 20 / 255}[mode]
+        attack = EyeglassAttack(steps=20)
+    elif name == "face_mask":
+        inside = lower_face_mask(h, w)
+        weight, norm, first = inside.expand(c, h, w).clone(), c * inside.sum().item(), 0.5
+        attack = FaceMaskAttack(grid=1, steps=20)
+    else:
+        weight, norm, first = torch.ones(c, h, w), c * 4 * 4, 0.5
+        attack = ROA(size=4, stride=4, steps=20)
+    return attack, PathModel(weight, norm, mode), first
+
+
+@pytest.mark.parametrize("mode", sorted(PATHS))
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_returns_the_first_success_not_the_highest_ce_iterate(name, mode):
+    attack, model, first = path_case(name, mode)
+    x, y = torch.zeros(1, *SHAPE), torch.tensor([0])
+    target = None if mode == "untargeted" else torch.tensor([1])
+    goal = y if target is None else target
+    # the construction: x fails, the saturated end of the path fails too, with the highest CE of
+    # y (untargeted) / the lowest CE of the target (targeted) of the whole path
+    logits = model.head(torch.linspace(0, 1, 201))
+    ok = goal_reached(logits, y.expand(201), None if target is None else target.expand(201))
+    ce = F.cross_entropy(logits, goal.expand(201), reduction="none")
+    assert not ok[0] and not ok[-1] and ok.any()
+    assert (ce.diff() > 0).all() if target is None else (ce.diff() < 0).all()
+
+    x_adv = attack(model, x, y, target=target)
+    assert reached(model, x_adv, y, target).item()                      # an adversarial example
+    torch.testing.assert_close(model.feature(x_adv).item(), first, atol=1e-5, rtol=0)  # the first one

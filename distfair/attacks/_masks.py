@@ -146,35 +146,75 @@ def image_shape(x: Tensor) -> tuple[int, int, int, int]:
 
 
 def objective(model: nn.Module, x4: Tensor, shape: torch.Size, y: Tensor, target: Tensor | None, *,
-              grad_of: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-    """Per-sample objective to increase, (B,): CE(f(x), y) untargeted, −CE(f(x), target) targeted.
+              grad_of: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(objective, gradient, logits) of the model at ``x4``.
 
+    The objective to increase, (B,): CE(f(x), y) untargeted, −CE(f(x), target) targeted.
     ``x4`` is in the (B, C, H, W) view and is reshaped to the model's ``shape``. With
-    ``grad_of`` (a tensor requiring grad that x4 depends on), also returns the gradient of
-    the summed objective w.r.t. it via ``torch.autograd.grad`` (parameters' .grad untouched).
+    ``grad_of`` (a tensor requiring grad that x4 depends on), the gradient of the summed
+    objective w.r.t. it via ``torch.autograd.grad`` (parameters' .grad untouched), else None.
+    The logits (B, K) come back detached, for :class:`BestIterate`.
     """
     logits = model(x4.reshape(shape))
     if logits.ndim != 2:
         raise ValueError(f"model must return logits of shape (B, K), got {tuple(logits.shape)}")
     obj = (F.cross_entropy(logits, y, reduction="none") if target is None
            else -F.cross_entropy(logits, target, reduction="none"))
-    if grad_of is None:
-        return obj.detach(), None
-    (grad,) = torch.autograd.grad(obj.sum(), grad_of)
-    return obj.detach(), grad
+    grad = None
+    if grad_of is not None:
+        (grad,) = torch.autograd.grad(obj.sum(), grad_of)
+    return obj.detach(), grad, logits.detach()
+
+
+def goal_margin(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """Distance to the attack's goal per sample, (B,); lower is closer, < 0 is reached.
+
+    Untargeted: z_y − max_{j≠y} z_j (the true class's lead); targeted: max_{j≠t} z_j − z_t
+    (how far the target trails). The Carlini–Wagner margin (IEEE S&P 2017, §V).
+    """
+    def lead(labels: Tensor) -> Tensor:
+        own = logits.gather(1, labels[:, None]).squeeze(1)
+        others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+        return own - others.amax(dim=1)
+
+    return lead(y) if target is None else -lead(target)
+
+
+def goal_reached(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """(B,) bool: misclassified (untargeted) or predicted as the target (targeted), by argmax,
+    as the evaluation counts a success."""
+    pred = logits.argmax(dim=1)
+    return pred != y if target is None else pred == target
 
 
 class BestIterate:
-    """The per-sample iterate with the highest objective so far (the clean x to start with,
-    so the result is never worse than x). Only strict improvements replace it."""
+    """Per sample, the iterate an attack returns: the first that reaches the goal, else the
+    one with the lowest :func:`goal_margin`.
 
-    def __init__(self, x4: Tensor, obj: Tensor):
-        self.x, self.obj = x4.detach().clone(), obj.detach().clone()
+    Sy-FAR §3 (threat model): "the adversary's goal is to maximize their success rate",
+    success being any misclassification (untargeted) or the target class (targeted), so
+    success is what is kept: the first successful iterate is frozen (an attack that stops at
+    its goal; ``ensemble.sequential`` likewise keeps the first member that breaks a sample),
+    and a later iterate replaces a failed one only when it succeeds or strictly lowers the
+    margin. The highest cross-entropy is *not* the criterion:
+    a correctly classified iterate can have a higher CE than a misclassified one (a flatter
+    softmax), so keeping the highest CE could return a failed iterate after a successful one.
+    Starts from the clean x, so the result is never further from the goal than x (and a clean
+    x that already reaches the goal is returned as is).
+    """
 
-    def update(self, x4: Tensor, obj: Tensor) -> None:
-        better = obj > self.obj
-        self.obj = torch.where(better, obj, self.obj)
-        self.x = torch.where(better.view(-1, *([1] * (x4.ndim - 1))), x4.detach(), self.x)
+    def __init__(self, x4: Tensor, logits: Tensor, y: Tensor, target: Tensor | None):
+        self.y, self.target = y, target
+        self.x = x4.detach().clone()
+        self.margin = goal_margin(logits, y, target)
+        self.done = goal_reached(logits, y, target)
+
+    def update(self, x4: Tensor, logits: Tensor) -> None:
+        margin, reached = goal_margin(logits, self.y, self.target), goal_reached(logits, self.y, self.target)
+        replace = ~self.done & (reached | (margin < self.margin))
+        self.margin = torch.where(replace, margin, self.margin)
+        self.done = self.done | reached
+        self.x = torch.where(replace.view(-1, *([1] * (x4.ndim - 1))), x4.detach(), self.x)
 
 
 def init_budget(attack, eps: float | None, bounds, target_mode: str) -> None:
@@ -190,6 +230,8 @@ class MaskMomentumAttack(Attack):
     """Shared options of the mask-driven momentum attacks (eyeglass, face mask): subclasses
     keep their own annotated ``__init__`` (the config validator reads it) and call
     ``_init_options``."""
+
+    norm = "patch"
 
     def _init_options(self, eps: float | None, bounds, target_mode: str, *, mask, steps: int,
                       alpha: float | None, momentum: float) -> None:

@@ -29,14 +29,15 @@ class EyeglassAttack(MaskMomentumAttack):
     iterations, untargeted and targeted. The momentum update is MI-FGSM's (Dong et al.,
     "Boosting Adversarial Attacks with Momentum", CVPR 2018, §3.1, Alg. 1).
 
-    Algorithm, per sample: (1) fill the mask with each colour of :func:`palette` (projected
-    onto the ε-ball when ``eps`` is given, then onto ``bounds``) and start from the colour
-    with the highest objective; (2) ``steps`` times: g ← μ·g + ∇/‖∇‖₁ (gradient restricted
-    to the mask), x ← Π(x + α·sign(g)) inside the mask, where Π projects onto the ε-ball
-    around the clean x, then onto ``bounds``. The objective is CE(f(x), y) (untargeted) or
-    −CE(f(x), target) (targeted). The result is the per-sample iterate with the highest
-    objective among the clean x, the start and every iterate, so the objective never
-    decreases. Pixels outside the mask are returned exactly as given.
+    Algorithm, per sample: (1) fill the mask with each colour of :func:`palette` (projected onto
+    the ε-ball when ``eps`` is given, then onto ``bounds``) and start from the colour with the
+    highest objective; (2) ``steps`` times: g ← μ·g + ∇/‖∇‖₁ (gradient restricted to the mask),
+    x ← Π(x + α·sign(g)) inside the mask, where Π projects onto the ε-ball around the clean x,
+    then onto ``bounds``. The objective is CE(f(x), y) (untargeted) or −CE(f(x), target)
+    (targeted). Returned per sample: the first iterate (the clean x included) that reaches the
+    goal — misclassified (untargeted), predicted as the target (targeted) — else the one with
+    the lowest margin to it (:class:`~distfair.attacks._masks.BestIterate`); the loop stops once
+    every sample has succeeded. Pixels outside the mask are returned exactly as given.
 
     Args (keyword-only):
         eps: ℓ∞ budget inside the mask, in input units; default None: no budget beyond
@@ -77,8 +78,8 @@ class EyeglassAttack(MaskMomentumAttack):
             return torch.where(inside, self._project(candidate, x4), x4)
 
         with torch.no_grad():
-            best = BestIterate(x4, objective(model, x4, x.shape, y, target)[0])
-            start, start_obj = x4, torch.full_like(best.obj, -float("inf"))
+            best = BestIterate(x4, objective(model, x4, x.shape, y, target)[2], y, target)
+            start, start_obj = x4, torch.full_like(best.margin, -float("inf"))
             for colour in palette(c, *self.bounds):
                 fill = place(torch.tensor(colour, dtype=x.dtype, device=x.device).view(1, c, 1, 1).expand_as(x4))
                 obj = objective(model, fill, x.shape, y, target)[0]
@@ -88,12 +89,14 @@ class EyeglassAttack(MaskMomentumAttack):
         x_adv, g = start, torch.zeros_like(x4)
         for _ in range(self.steps):
             x_var = x_adv.detach().requires_grad_(True)
-            obj, grad = objective(model, x_var, x.shape, y, target, grad_of=x_var)
-            best.update(x_adv, obj)
+            _, grad, logits = objective(model, x_var, x.shape, y, target, grad_of=x_var)
+            best.update(x_adv, logits)
+            if best.done.all():  # every sample frozen at its first success
+                return best.x.reshape(x.shape)
             grad = torch.where(inside, grad, torch.zeros_like(grad))
             norm = grad.abs().sum(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
             g = self.momentum * g + grad / norm
             x_adv = place(x_adv + self.step_size * g.sign())
         with torch.no_grad():
-            best.update(x_adv, objective(model, x_adv, x.shape, y, target)[0])
+            best.update(x_adv, objective(model, x_adv, x.shape, y, target)[2])
         return best.x.reshape(x.shape)

@@ -22,16 +22,17 @@ class FaceMaskAttack(MaskMomentumAttack):
     below are ours (see Args).
 
     Parametrisation: per sample a coarse colour grid P of shape (C, grid, grid), upsampled
-    bilinearly (align_corners=True, so values stay inside the range of P) to the bounding
-    box of the mask and composited as x·(1 − m) + pattern·m. With ``eps`` given the
-    composite is then projected onto the ε-ball around the clean x and onto ``bounds``
-    (inside the mask only; the gradient passes the projection straight through). P starts
-    at mid-grey (the middle of ``bounds``) and is optimised by signed-gradient ascent with
-    momentum (MI-FGSM, Dong et al., CVPR 2018, §3.1): g ← μ·g + ∇_P/‖∇_P‖₁,
-    P ← clamp(P + α·sign(g), bounds). The objective is CE(f(x), y) (untargeted) or
-    −CE(f(x), target) (targeted); the per-sample best of the clean x and every iterate is
-    returned, so the objective never decreases. Pixels outside the mask are returned
-    exactly as given.
+    bilinearly (align_corners=True, so values stay inside the range of P) to the bounding box of
+    the mask and composited as x·(1 − m) + pattern·m. With ``eps`` given the composite is then
+    projected onto the ε-ball around the clean x and onto ``bounds`` (inside the mask only; the
+    gradient passes the projection straight through). P starts at mid-grey (the middle of
+    ``bounds``) and is optimised by signed-gradient ascent with momentum (MI-FGSM, Dong et al.,
+    CVPR 2018, §3.1): g ← μ·g + ∇_P/‖∇_P‖₁, P ← clamp(P + α·sign(g), bounds). The objective is
+    CE(f(x), y) (untargeted) or −CE(f(x), target) (targeted). Returned per sample: the first
+    iterate (the clean x included) that reaches the goal — misclassified (untargeted), predicted
+    as the target (targeted) — else the one with the lowest margin to it
+    (:class:`~distfair.attacks._masks.BestIterate`); the loop stops once every sample has
+    succeeded. Pixels outside the mask are returned exactly as given.
 
     Args (keyword-only):
         eps: ℓ∞ budget inside the mask, in input units; default None: no budget beyond
@@ -83,18 +84,20 @@ class FaceMaskAttack(MaskMomentumAttack):
             return torch.where(inside, projected, x4)
 
         with torch.no_grad():
-            best = BestIterate(x4, objective(model, x4, x.shape, y, target)[0])
+            best = BestIterate(x4, objective(model, x4, x.shape, y, target)[2], y, target)
         params = torch.full((b, c, self.grid, self.grid), (low + high) / 2, dtype=x.dtype, device=x.device)
         g = torch.zeros_like(params)
         for _ in range(self.steps):
             p_var = params.detach().requires_grad_(True)
             x_adv = composite(p_var)
-            obj, grad = objective(model, x_adv, x.shape, y, target, grad_of=p_var)
-            best.update(x_adv, obj)
+            _, grad, logits = objective(model, x_adv, x.shape, y, target, grad_of=p_var)
+            best.update(x_adv, logits)
+            if best.done.all():  # every sample frozen at its first success
+                return best.x.reshape(x.shape)
             norm = grad.abs().sum(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
             g = self.momentum * g + grad / norm
             params = (params + self.step_size * g.sign()).clamp(low, high)
         with torch.no_grad():
             x_adv = composite(params)
-            best.update(x_adv, objective(model, x_adv, x.shape, y, target)[0])
+            best.update(x_adv, objective(model, x_adv, x.shape, y, target)[2])
         return best.x.reshape(x.shape)

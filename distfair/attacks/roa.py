@@ -50,15 +50,17 @@ class ROA(Attack):
     rectangle at stride (10, 10) on 224 × 224 faces, 100 iterations of step 20/255, the
     occlusion initialised to mid-grey.
 
-    Algorithm, per sample: (1) for every position of :func:`positions`, fill the rectangle
-    with grey (the middle of ``bounds``; projected onto the ε-ball when ``eps`` is given)
-    and keep the position with the highest objective (ties: the first in raster order);
-    positions are evaluated in chunks of at most ``search_batch`` images per forward pass;
-    (2) start from the grey fill (or uniform noise with ``random_start``) and run ``steps``
-    PGD steps x ← Π(x + α·sign(∇)) inside the chosen rectangle only (Π: ε-ball around the
-    clean x, then ``bounds``). The objective is CE(f(x), y) (untargeted) or −CE(f(x), target)
-    (targeted); the per-sample best of the clean x and every iterate is returned, so the
-    objective never decreases. Pixels outside the rectangle are returned exactly as given.
+    Algorithm, per sample: (1) for every position of :func:`positions`, fill the rectangle with
+    grey (the middle of ``bounds``; projected onto the ε-ball when ``eps`` is given) and keep
+    the position with the highest objective (ties: the first in raster order); positions are
+    evaluated in chunks of at most ``search_batch`` images per forward pass; (2) start from the
+    grey fill (or uniform noise with ``random_start``) and run ``steps`` PGD steps x ← Π(x +
+    α·sign(∇)) inside the chosen rectangle only (Π: ε-ball around the clean x, then ``bounds``).
+    The objective is CE(f(x), y) (untargeted) or −CE(f(x), target) (targeted). Returned per
+    sample: the first iterate (the clean x included) that reaches the goal — misclassified
+    (untargeted), predicted as the target (targeted) — else the one with the lowest margin to it
+    (:class:`~distfair.attacks._masks.BestIterate`); the loop stops once every sample has
+    succeeded. Pixels outside the rectangle are returned exactly as given.
 
     Args (keyword-only):
         eps: ℓ∞ budget inside the rectangle, in input units; default None: no budget beyond
@@ -84,6 +86,7 @@ class ROA(Attack):
     """
 
     name = "roa"
+    norm = "patch"
 
     def __init__(self, *, eps: float | None = None, bounds: tuple[float, float] = (0.0, 1.0),
                  target_mode: str = "none", size: int | None = None, stride: int | None = None,
@@ -118,9 +121,9 @@ class ROA(Attack):
         corners = positions(h, w, size, stride).to(x.device)
 
         with torch.no_grad():
-            best = BestIterate(x4, objective(model, x4, x.shape, y, target)[0])
+            best = BestIterate(x4, objective(model, x4, x.shape, y, target)[2], y, target)
             grey = self._project(torch.full_like(x4, (low + high) / 2), x4)
-            best_obj = torch.full((b,), -float("inf"), dtype=best.obj.dtype, device=x.device)
+            best_obj = torch.full((b,), -float("inf"), dtype=best.margin.dtype, device=x.device)
             best_idx = torch.zeros(b, dtype=torch.long, device=x.device)
             chunk = max(1, self.search_batch // b)
             for start in range(0, len(corners), chunk):
@@ -143,9 +146,11 @@ class ROA(Attack):
         x_adv = torch.where(inside, fill, x4)
         for _ in range(self.steps):
             x_var = x_adv.detach().requires_grad_(True)
-            obj, grad = objective(model, x_var, x.shape, y, target, grad_of=x_var)
-            best.update(x_adv, obj)
+            _, grad, logits = objective(model, x_var, x.shape, y, target, grad_of=x_var)
+            best.update(x_adv, logits)
+            if best.done.all():  # every sample frozen at its first success
+                return best.x.reshape(x.shape)
             x_adv = torch.where(inside, self._project(x_adv + self.alpha * grad.sign(), x4), x4)
         with torch.no_grad():
-            best.update(x_adv, objective(model, x_adv, x.shape, y, target)[0])
+            best.update(x_adv, objective(model, x_adv, x.shape, y, target)[2])
         return best.x.reshape(x.shape)

@@ -19,8 +19,11 @@ def mnist1d(*, num_samples: int = 5000, generator_seed: int = 42, split_seed: in
     """MNIST-1D with its own 80/20 train/test split; validation carved from train.
 
     ``generator_seed`` is MNIST-1D's own data seed (42 reproduces the published set).
-    The signals are not bounded by construction, so the valid input range for attacks is
-    the observed [min, max] of the generated data.
+    The signals are not bounded by construction, so the valid input range for attacks
+    (``bounds``) is the observed [min, max] of MNIST-1D's *training* portion (our train and
+    validation parts): the test set influences nothing, as for model selection (methods.md
+    "Conventions"). A test signal outside that range is not altered by the loader, but an
+    attack clamps its adversarial example into the range, as it would any input.
     """
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -43,8 +46,7 @@ def mnist1d(*, num_samples: int = 5000, generator_seed: int = 42, split_seed: in
     x_test = torch.tensor(np.asarray(raw["x_test"]), dtype=torch.float32).unsqueeze(1)
     y_test = torch.tensor(np.asarray(raw["y_test"]), dtype=torch.long)
     val_idx, train_idx = stratified_split(y.numpy(), [val_fraction], split_seed)
-    low = float(min(x.min(), x_test.min()))
-    high = float(max(x.max(), x_test.max()))
+    low, high = float(x.min()), float(x.max())  # training data only: never x_test
     return DataBundle(TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx]),
                       TensorDataset(x_test, y_test), num_classes=10, in_shape=(1, x.shape[-1]),
                       bounds=(low, high), class_names=[str(i) for i in range(10)])
