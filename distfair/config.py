@@ -286,6 +286,11 @@ def _check_buildable(cfg: dict, problems: _Problems) -> None:
             e["attack"], bounds=(0.0, 1.0), **_options(e, "name", "attack", "target")))
     if cfg["attack"] is not None and attack is None:
         return
+    # a defense running its own inner maximisation declares the threat models it honours
+    # (Defense.attack_norms): any other training attack is the attack's problem, not the defense's
+    threat_problem = DEFENSES[cfg["defense"]["name"]].attack_problem(attack)
+    if threat_problem:
+        problems.add("attack.name", threat_problem)
     data = _try_build(problems, "dataset", lambda: _cached_dataset(
         json.dumps(cfg["dataset"], sort_keys=True, default=str)))
     if data is None:
@@ -301,8 +306,9 @@ def _check_buildable(cfg: dict, problems: _Problems) -> None:
     except ValueError as err:               # "eval.subgroups.<attr>: <reason>"
         key, _, reason = str(err).partition(": ")
         problems.add(key, reason)
-    _try_build(problems, "defense", lambda: build_defense(
-        cfg["defense"]["name"], attack=attack, num_classes=data.num_classes, **_options(cfg["defense"], "name")))
+    if not threat_problem:
+        _try_build(problems, "defense", lambda: build_defense(
+            cfg["defense"]["name"], attack=attack, num_classes=data.num_classes, **_options(cfg["defense"], "name")))
     _try_build(problems, "model", lambda: build_model(
         cfg["model"]["name"], num_classes=data.num_classes, in_shape=data.in_shape, **_options(cfg["model"], "name")))
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distfair.attacks import PGD
+from distfair.attacks import ATTACKS, PGD, build_attack
+from distfair.config import ConfigError, validate
 from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES, Defense, build_defense
 from distfair.defenses.syfar import SyFAR
 
@@ -138,6 +139,75 @@ def test_needs_attack_without_attack_raises(name):
 def test_num_classes_below_two_raises(name):
     with pytest.raises(ValueError, match="num_classes"):
         DEFENSES[name](attack=make_attack(), num_classes=1)
+
+
+# ------------------------------------------------------- threat models: defense × attack
+#: every perturbation set an attack may declare (``Attack.norm``)
+KNOWN_NORMS = {"linf", "l2", "patch", "mixed"}
+
+
+def attack_variants() -> list[tuple[str, dict]]:
+    """Every registered attack with its defaults (eps 0.1 where required), once per value of a
+    ``norm`` option, and a mixed ensemble: (id, config block)."""
+    variants = []
+    for attack_name, cls in sorted(ATTACKS.items()):
+        params = inspect.signature(cls).parameters
+        block = {"name": attack_name}
+        if params["eps"].default is inspect.Parameter.empty:
+            block["eps"] = 0.1
+        if "norm" in params:
+            variants += [(f"{attack_name}-{norm}", {**block, "norm": norm}) for norm in ("linf", "l2")]
+        else:
+            variants.append((attack_name, block))
+    variants.append(("ensemble-pgd,pgd_l2", {"name": "ensemble", "eps": 0.1, "members": "pgd,pgd_l2"}))
+    return variants
+
+
+VARIANTS = attack_variants()
+
+
+def config_with(defense: str, attack: dict) -> dict:
+    return {"defense": {"name": defense}, "dataset": {"name": "synthetic", "num_samples": 60, "num_classes": K},
+            "model": {"name": "mlp", "hidden": 8}, "attack": attack,
+            "eval": {"attacks": [{"name": "p", "attack": "pgd", "eps": 0.1, "steps": 2}]}, "seeds": [0]}
+
+
+def test_defenses_with_their_own_inner_maximisation_declare_linf_only():
+    """TRADES and SpecNorm project their KL maximiser onto an ℓ∞ box; the others call the
+    configured attack as is and honour any threat model."""
+    declared = {n: DEFENSES[n].attack_norms for n in NAMES if DEFENSES[n].attack_norms is not None}
+    assert declared == {"trades": frozenset({"linf"}), "specnorm": frozenset({"linf"})}
+
+
+def test_attacks_declare_their_threat_model():
+    norms = {label: build_attack(block["name"], bounds=(0.0, 1.0), **{k: v for k, v in block.items() if k != "name"}).norm
+             for label, block in VARIANTS}
+    assert norms == {"autoattack-linf": "linf", "autoattack-l2": "l2", "cw_linf": "linf", "ensemble": "linf",
+                     "eyeglass": "patch", "face_mask": "patch", "fgsm": "linf", "pgd": "linf", "pgd_l2": "l2",
+                     "roa": "patch", "square-linf": "linf", "square-l2": "l2", "ensemble-pgd,pgd_l2": "mixed"}
+
+
+@pytest.mark.parametrize("label,block", VARIANTS, ids=[label for label, _ in VARIANTS])
+def test_validator_and_constructor_enforce_the_declared_threat_models(name, label, block):
+    """Every registered defense × attack: a training attack whose ``norm`` the defense does not
+    declare in ``attack_norms`` is one ``attack.name`` problem of the config (nothing is built
+    or started), and the constructor refuses it too; every other pair validates."""
+    attack = build_attack(block["name"], bounds=(0.0, 1.0), **{k: v for k, v in block.items() if k != "name"})
+    assert attack.norm in KNOWN_NORMS, f"{label} declares no known threat model (Attack.norm)"
+    cls = DEFENSES[name]
+    raw = config_with(name, block)
+    if cls.attack_norms is None or attack.norm in cls.attack_norms:
+        assert validate(raw, "cfg.yaml")["attack"]["name"] == block["name"]
+        assert isinstance(cls(attack=attack, num_classes=K), cls)
+        return
+    with pytest.raises(ConfigError) as info:
+        validate(raw, "cfg.yaml")
+    assert [key for key, _ in info.value.problems] == ["attack.name"]
+    line = str(info.value)
+    assert line.startswith("cfg.yaml: attack.name: ") and f"'{name}'" in line and f"'{block['name']}'" in line
+    assert f"({attack.norm!r})" in line and all(repr(norm) in line for norm in cls.attack_norms)
+    with pytest.raises(ValueError, match=f"'{name}'.*'{block['name']}'"):
+        cls(attack=attack, num_classes=K)
 
 
 # ------------------------------------------------------------------------- by-hand losses

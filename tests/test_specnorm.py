@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distfair.attacks import PGD
+from distfair.attacks import PGD, PGDL2, ROA, Square
 from distfair.data import build_dataset
 from distfair.defenses.specnorm import SpecNorm, csr_weights
+from distfair.defenses.trades import TRADES, trades_adversarial
 from distfair.engine.evaluate import confusion_counts
 from distfair.models import build_model
 
@@ -111,24 +112,74 @@ def batch(n: int = 12):
     return torch.rand(n, 8, generator=gen(0)), torch.arange(n) % K
 
 
-def trades_by_hand(model, x, y, beta, seed=7):
-    x_adv = make_attack()(model, x, y, generator=gen(seed))
-    p_clean, log_p_adv = model(x).softmax(1), model(x_adv).log_softmax(1)
-    kl = (p_clean * (p_clean.log() - log_p_adv)).sum(1).mean()
-    return F.cross_entropy(model(x), y) + beta * kl
+def kl_adversarial(model, x, seed=7, attack=None):
+    """The TRADES KL maximiser under the training attack's schedule (PGD: eps 0.1, eps/4, 2 steps)."""
+    attack = attack or make_attack()
+    return trades_adversarial(model, x, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+                              bounds=attack.bounds, generator=gen(seed))
 
 
-@pytest.mark.parametrize("trades_weight,beta", [(0.7, 6.0), (1.0, 2.0)])
-def test_no_csr_term_is_scaled_trades(trades_weight, beta):
+def test_logistic_model_loss_by_hand():
+    """A one-feature two-class model, f(x) = (0, 2x): the TRADES maximiser moves each x by
+    ε = 0.1 in the direction of its Gaussian start (KL grows with |x' − x|), and every term of
+    0.7·CE + 6·KL + 0.3·W·CE has a closed form (CSR official code; the default weights)."""
+    model = nn.Linear(1, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0], [2.0]]))
+        model.bias.zero_()
+    model.train()
+    x, y = torch.tensor([[0.5], [0.3], [0.6]]), torch.tensor([1, 0, 0])
+    attack = PGD(eps=0.1, alpha=0.1, steps=1, bounds=(0.0, 1.0))
+    defense = SpecNorm(attack=attack, num_classes=2)
+    defense.weights = torch.tensor([[0.5, 1.5], [0.25, 2.0]])   # [predicted, true]
+    loss, parts = defense.loss(model, x, y, generator=gen(5))
+
+    # the start noise the maximiser draws decides each sample's direction
+    direction = torch.randn(x.shape, generator=gen(5)).sign().flatten().tolist()
+    assert direction != [-1.0, 1.0, 1.0]   # the CE attack would move (1: down, 0: up): not the same x_adv
+    sigmoid = lambda a: 1.0 / (1.0 + math.exp(-a))  # noqa: E731
+    ce = kl = csr = 0.0
+    for xi, yi, d in zip(x.flatten().tolist(), y.tolist(), direction):
+        p1, q1 = sigmoid(2 * xi), sigmoid(2 * (xi + 0.1 * d))   # P(class 1) at x and at x_adv
+        p, q = (1 - p1, p1), (1 - q1, q1)
+        ce += -math.log(p[yi]) / 3
+        kl += sum(pk * math.log(pk / qk) for pk, qk in zip(p, q)) / 3
+        pred = 1 if q1 > 0.5 else 0
+        csr += defense.weights[pred, yi].item() * -math.log(q[yi]) / 3
+    assert kl > 1e-3
+    assert parts["clean_ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert parts["kl"].item() == pytest.approx(kl, rel=1e-4)
+    assert parts["csr_ce"].item() == pytest.approx(csr, rel=1e-5)
+    assert loss.item() == pytest.approx(0.7 * ce + 6.0 * kl + 0.3 * csr, rel=1e-5)
+
+
+def test_adversarial_terms_use_the_trades_kl_maximiser():
     torch.manual_seed(0)
     model = tiny_linear().train()
     x, y = batch()
-    defense = SpecNorm(attack=make_attack(), num_classes=K, beta=beta, trades_weight=trades_weight, csr_weight=0.0)
+    x_kl, x_ce = kl_adversarial(model, x), make_attack()(model, x, y, generator=gen(7))
+    assert (x_kl - x_ce).abs().max() > 0.05   # the two inner maximisations differ
+    kl_only = SpecNorm(attack=make_attack(), num_classes=K, clean_weight=0.0, beta=1.0, csr_weight=0.0)
+    csr_only = SpecNorm(attack=make_attack(), num_classes=K, clean_weight=0.0, beta=0.0, csr_weight=1.0)
+    p_clean, log_p_adv = model(x).softmax(1), model(x_kl).log_softmax(1)
+    expected_kl = (p_clean * (p_clean.log() - log_p_adv)).sum(1).mean()
+    torch.testing.assert_close(kl_only.loss(model, x, y, generator=gen(7))[0], expected_kl, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(csr_only.loss(model, x, y, generator=gen(7))[0], F.cross_entropy(model(x_kl), y),
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("beta", [6.0, 2.0])
+def test_no_csr_term_is_trades(beta):
+    torch.manual_seed(0)
+    model = tiny_linear().train()
+    x, y = batch()
+    defense = SpecNorm(attack=make_attack(), num_classes=K, clean_weight=1.0, beta=beta, csr_weight=0.0)
     defense.weights = torch.rand(K, K, generator=gen(2)) + 0.01
     loss, parts = defense.loss(model, x, y, generator=gen(7))
-    expected = trades_by_hand(model, x, y, beta)
-    torch.testing.assert_close(loss, trades_weight * expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(parts["trades"], expected.detach(), rtol=1e-5, atol=1e-6)
+    trades_loss, trades_parts = TRADES(attack=make_attack(), num_classes=K, beta=beta).loss(model, x, y,
+                                                                                           generator=gen(7))
+    torch.testing.assert_close(loss, trades_loss, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(parts["kl"], trades_parts["kl"], rtol=1e-6, atol=1e-7)
 
 
 def constant_predictor(cls: int) -> nn.Module:
@@ -144,7 +195,7 @@ def test_per_sample_weight_is_w_predicted_true():
     model = constant_predictor(2)
     x, y = batch()
     W = torch.arange(1.0, 10.0).view(K, K)  # asymmetric: W[2, 0] = 7 but W[0, 2] = 3
-    defense = SpecNorm(attack=make_attack(), num_classes=K, trades_weight=0.0, csr_weight=1.0)
+    defense = SpecNorm(attack=make_attack(), num_classes=K, clean_weight=0.0, beta=0.0, csr_weight=1.0)
     defense.weights = W
     loss, parts = defense.loss(model, x, y, generator=gen(7))
     ce = F.cross_entropy(model(x), y, reduction="none")  # logits do not depend on x
@@ -154,18 +205,28 @@ def test_per_sample_weight_is_w_predicted_true():
     assert not torch.isclose(loss, (W[y, 2] * ce).mean())
 
 
-def test_unit_weights_before_first_epoch_and_mixing():
+def test_defaults_are_the_published_mix_with_unit_weights_before_first_epoch():
+    """0.7·CE + 6·KL + 0.3·csr_ce (the official trades_loss): the KL weight is not 0.7·6."""
     torch.manual_seed(0)
     model = tiny_linear().train()
     x, y = batch()
     loss, parts = SpecNorm(attack=make_attack(), num_classes=K).loss(model, x, y, generator=gen(7))
-    adv_ce = F.cross_entropy(model(make_attack()(model, x, y, generator=gen(7))), y)
-    torch.testing.assert_close(parts["csr_ce"], adv_ce.detach(), rtol=1e-5, atol=1e-6)
-    assert set(parts) == {"trades", "clean_ce", "kl", "csr_ce"}
-    assert loss.item() == pytest.approx(0.7 * parts["trades"].item() + 0.3 * parts["csr_ce"].item(), rel=1e-6)
+    x_adv = kl_adversarial(model, x)
+    torch.testing.assert_close(parts["csr_ce"], F.cross_entropy(model(x_adv), y).detach(), rtol=1e-5, atol=1e-6)
+    assert set(parts) == {"clean_ce", "kl", "csr_ce"} and parts["kl"] > 1e-4
+    expected = 0.7 * parts["clean_ce"] + 6.0 * parts["kl"] + 0.3 * parts["csr_ce"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    explicit = SpecNorm(attack=make_attack(), num_classes=K, clean_weight=0.7, beta=6.0, csr_weight=0.3)
+    assert explicit.loss(model, x, y, generator=gen(7))[0].item() == pytest.approx(loss.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("option", ["beta", "trades_weight", "csr_weight"])
+@pytest.mark.parametrize("option", ["clean_weight", "beta", "csr_weight"])
 def test_negative_options_raise(option):
     with pytest.raises(ValueError, match=option):
         SpecNorm(attack=make_attack(), num_classes=K, **{option: -0.1})
+
+
+@pytest.mark.parametrize("attack", [PGDL2(eps=0.5), ROA(), Square(eps=0.1, norm="l2")], ids=lambda a: a.name)
+def test_non_linf_training_attack_is_refused(attack):
+    with pytest.raises(ValueError, match=f"specnorm.*'linf'.*{attack.name}"):
+        SpecNorm(attack=attack, num_classes=K)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 from torch import nn
 
-from distfair.attacks import FGSM, PGD
+from distfair.attacks import (FGSM, PGD, PGDL2, ROA, AutoAttack, CWLinf, Ensemble, EyeglassAttack, FaceMaskAttack,
+                              Square)
 from distfair.defenses._dro import kl_dro_weights
 from distfair.defenses.faal import FAAL
 from distfair.defenses.trades import TRADES, START_STD, attack_schedule, trades_adversarial
@@ -85,6 +86,31 @@ def test_trades_schedule_from_attack_and_bad_beta():
     for value in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="beta"):
             TRADES(attack=pgd(), num_classes=K, beta=value)
+
+
+NON_LINF = [PGDL2(eps=0.5), ROA(), EyeglassAttack(), FaceMaskAttack(), Square(eps=0.5, norm="l2"),
+            AutoAttack(eps=0.5, norm="l2"), Ensemble(eps=0.1, members="pgd,pgd_l2")]
+
+
+@pytest.mark.parametrize("attack", NON_LINF, ids=lambda a: f"{a.name}-{a.norm}")
+def test_trades_refuses_a_training_attack_that_is_not_linf(attack):
+    """TRADES' own maximiser projects onto an ℓ∞ box: PGD-ℓ2's ε 0.5 would become ‖δ‖∞ ≤ 0.5
+    and the physical attacks' "no budget" ε a whole-image perturbation."""
+    assert attack.norm != "linf"
+    with pytest.raises(ValueError, match=f"'trades'.*'linf'.*'{attack.name}' \\('{attack.norm}'\\)"):
+        TRADES(attack=attack, num_classes=K)
+
+
+@pytest.mark.parametrize("attack", [PGD(eps=0.1), FGSM(eps=0.1), CWLinf(eps=0.1), Square(eps=0.1),
+                                    Ensemble(eps=0.1)], ids=lambda a: a.name)
+def test_trades_accepts_linf_training_attacks(attack):
+    assert attack.norm == "linf" and TRADES(attack=attack, num_classes=K).attack is attack
+
+
+@pytest.mark.parametrize("attack", NON_LINF, ids=lambda a: f"{a.name}-{a.norm}")
+def test_faal_keeps_any_training_attack(attack):
+    """FAAL calls the configured attack as is, so every threat model is honoured."""
+    assert FAAL.attack_norms is None and FAAL(attack=attack, num_classes=K).attack is attack
 
 
 # ------------------------------------------------------------------------------ DRO solver

@@ -60,6 +60,12 @@ class Attack(abc.ABC):
     #: True for attacks that only query the model's outputs (no input gradients); the
     #: evaluation's self-check warns when one succeeds where every white-box attack failed.
     black_box: ClassVar[bool] = False
+    #: the threat model's perturbation set: "linf" (‖x_adv − x‖∞ ≤ eps), "l2" (‖x_adv_i − x_i‖₂
+    #: ≤ eps per sample), "patch" (only inside a region: a mask or a rectangle) or "mixed"
+    #: (an ensemble of several). Declared by each attack class (or set per instance by attacks
+    #: with a ``norm`` option); None means undeclared. Defenses that re-implement the inner
+    #: maximisation read it (``Defense.attack_norms``) and refuse attacks they cannot honour.
+    norm: str | None = None
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none"):
         self.eps = _check_real("eps", eps)

@@ -146,7 +146,7 @@ class Ensemble(StagedAttack):
 
     ``run_stages`` returns the per-member cumulative robust flags; ``black_box_stages()``
     the labels of black-box members. The instance's ``black_box`` is True only if every
-    member is black-box.
+    member is black-box; its ``norm`` is the members' common one, "mixed" if they differ.
 
     Example:
         >>> attack = Ensemble(eps=8 / 255, members="pgd,cw_linf,square")
@@ -173,6 +173,8 @@ class Ensemble(StagedAttack):
             label = name if count == 1 else f"{name}#{count}"
             self.members.append((label, ATTACKS[name](eps=self.eps, bounds=self.bounds, target_mode=target_mode)))
         self.black_box = all(attack.black_box for _, attack in self.members)
+        norms = {attack.norm for _, attack in self.members}
+        self.norm = norms.pop() if len(norms) == 1 else "mixed"
 
     def black_box_stages(self) -> set[str]:
         return {label for label, attack in self.members if attack.black_box}

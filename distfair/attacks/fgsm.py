@@ -30,6 +30,7 @@ class FGSM(Attack):
     """
 
     name = "fgsm"
+    norm = "linf"
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none"):
         super().__init__(eps=eps, bounds=bounds, target_mode=target_mode)

@@ -36,6 +36,7 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    norm = "linf"
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none",
                  alpha: float | None = None, steps: int = 10, random_start: bool = True):

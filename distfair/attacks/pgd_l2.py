@@ -46,6 +46,7 @@ class PGDL2(PGD):
     """
 
     name = "pgd_l2"
+    norm = "l2"
 
     @property
     def step_size(self) -> float:

@@ -3,8 +3,11 @@ Robust Fairness via Confusional Spectral Regularization", ICLR 2025; official co
 github.com/Alexkael/CONFUSIONAL-SPECTRAL-REGULARIZATION). The published per-epoch algorithm,
 not Sy-FAR's per-batch "specnorm" variant (methods.md "Sy-FAR" → "Baselines").
 
-Threat model: the configured training attack (white-box, e.g. PGD-ℓ∞ ε 8/255 on images in
-[0, 1]). Inputs x (B, ...) in the data's range, labels y (B,), logits (B, K).
+Threat model: white-box ℓ∞ (e.g. ε 8/255 on images in [0, 1]), as TRADES: ε, the step and
+the number of steps come from the configured training attack (``attack_schedule``), which
+must therefore be an ℓ∞ attack (``attack_norms = {"linf"}``; others are refused by the
+constructor and the config validator, see :mod:`distfair.defenses.trades`). Inputs x (B, ...)
+in the data's range, labels y (B,), logits (B, K).
 
 Per epoch (:meth:`SpecNorm.start_epoch`, one attack pass over the whole training set, model in
 eval mode, sharded over DDP ranks and all-reduced; the benchmark amortises this cost):
@@ -24,22 +27,26 @@ entries sum below zero, so the dominant direction is non-negative. A constant A 
 at all, or a flat matrix) gives no class pair to prefer: W is all 1.0, the plain
 unweighted term (also the weights used before the first ``start_epoch``).
 
-Per batch (:meth:`SpecNorm.loss`), with x_adv from the configured training attack applied to
-the unwrapped model (TRADES proper maximises its KL term instead; the configured attack is an
-accepted stand-in here) and pred_i = argmax f(x_adv)_i::
+Per batch (:meth:`SpecNorm.loss`), as the official ``trades_loss`` of
+``CIFAR10_TRADES_fairness/trades_fair.py``: x_adv is TRADES' KL maximiser
+(:func:`distfair.defenses.trades.trades_adversarial`, Zhang et al. ICML 2019 Alg. 1 lines 4-7:
+Gaussian start, signed steps on KL(f(x) ‖ f(x')), ℓ∞ projection), used for both the KL term
+and the CSR term; pred_i = argmax f(x_adv)_i::
 
-    trades = CE(f(x), y) + β·KL,   KL = (1/B) Σ_i Σ_k p_k(x_i) log(p_k(x_i) / p_k(x_adv_i))
-    csr_ce = (1/B) Σ_i W[pred_i, y_i]·CE(f(x_adv_i), y_i)
-    loss   = trades_weight·trades + csr_weight·csr_ce
+    clean_ce = CE(f(x), y)
+    kl       = (1/B) Σ_i Σ_k p_k(x_i) log(p_k(x_i) / p_k(x_adv_i))
+    csr_ce   = (1/B) Σ_i W[pred_i, y_i]·CE(f(x_adv_i), y_i)
+    loss     = clean_weight·clean_ce + beta·kl + csr_weight·csr_ce
 
-KL is the official TRADES ``KLDivLoss(log_softmax(f(x_adv)), softmax(f(x)))`` with batchmean.
-The official CSR code writes csr_ce as a KL to the target W·onehot(y), which differs from this
-weighted CE by a constant in θ (same gradients). It also mixes 0.7·CE + β·KL + 0.3·csr_ce,
-i.e. it leaves the 0.7 off the KL: ``beta: 8.5714`` (6/0.7) reproduces that exactly. Its
-trick of shrinking the true logit by 10% before counting confusions is not reproduced.
+i.e. the published 0.7·CE + 6·KL + 0.3·CSR with the defaults (the KL weight is not scaled by
+clean_weight). KL is the official TRADES ``KLDivLoss(log_softmax(f(x_adv)), softmax(f(x)))``
+with batchmean. The official code writes csr_ce as a KL to the target W·onehot(y), which
+differs from this weighted CE by a constant in θ (same gradients). Its trick of shrinking the
+true logit by 10% before counting confusions is not reproduced.
 
-Defaults: β 6, trades_weight 0.7, csr_weight 0.3 (all >= 0). Components logged: trades,
-clean_ce, kl, csr_ce. ``start_epoch`` logs spec_norm (σ1), weight_min and weight_max.
+Defaults: clean_weight 0.7, beta 6, csr_weight 0.3 (all >= 0); clean_weight 1, csr_weight 0
+is plain TRADES. Components logged: clean_ce, kl, csr_ce. ``start_epoch`` logs spec_norm
+(σ1), weight_min and weight_max.
 """
 from __future__ import annotations
 
@@ -48,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distfair.defenses._base import Defense, check_weight
+from distfair.defenses.trades import attack_schedule, trades_adversarial
 from distfair.models import unwrap_model
 
 WEIGHT_LOW, WEIGHT_HIGH = 0.01, 2.01
@@ -101,13 +109,14 @@ def csr_weights(confusion: Tensor, *, errors_only: bool = True) -> Tensor:
 
 class SpecNorm(Defense):
     name = "specnorm"
+    attack_norms = frozenset({"linf"})  # the TRADES inner maximisation is ℓ∞ only
 
-    def __init__(self, *, attack, num_classes: int, beta: float = 6.0, trades_weight: float = 0.7,
+    def __init__(self, *, attack, num_classes: int, clean_weight: float = 0.7, beta: float = 6.0,
                  csr_weight: float = 0.3):
         super().__init__(attack=attack, num_classes=num_classes)
-        for key, value in (("beta", beta), ("trades_weight", trades_weight), ("csr_weight", csr_weight)):
+        for key, value in (("clean_weight", clean_weight), ("beta", beta), ("csr_weight", csr_weight)):
             check_weight(key, value)
-        self.beta, self.trades_weight, self.csr_weight = beta, trades_weight, csr_weight
+        self.clean_weight, self.beta, self.csr_weight = clean_weight, beta, csr_weight
         #: (K, K) weights indexed [predicted, true]; None (all ones) until the first start_epoch
         self.weights: Tensor | None = None
 
@@ -128,13 +137,15 @@ class SpecNorm(Defense):
         return self.weights.to(y.device)[pred, y]
 
     def loss(self, model, x, y, *, generator=None):
-        x_adv = self.attack(unwrap_model(model), x, y, generator=generator)
+        eps, step, steps = attack_schedule(self.attack)
+        x_adv = trades_adversarial(unwrap_model(model), x, eps=eps, step_size=step, steps=steps,
+                                   bounds=self.attack.bounds, generator=generator)
         clean_logits, adv_logits = model(x), model(x_adv)
         clean_ce = F.cross_entropy(clean_logits, y)
-        kl = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(clean_logits, dim=1), reduction="batchmean")
-        trades = clean_ce + self.beta * kl
+        kl = F.kl_div(F.log_softmax(adv_logits, dim=1), F.log_softmax(clean_logits, dim=1),
+                      reduction="batchmean", log_target=True)
         weights = self.sample_weights(adv_logits.detach().argmax(dim=1), y)
         csr_ce = (weights * F.cross_entropy(adv_logits, y, reduction="none")).mean()
-        total = self.trades_weight * trades + self.csr_weight * csr_ce
-        parts = {"trades": trades, "clean_ce": clean_ce, "kl": kl, "csr_ce": csr_ce}
+        total = self.clean_weight * clean_ce + self.beta * kl + self.csr_weight * csr_ce
+        parts = {"clean_ce": clean_ce, "kl": kl, "csr_ce": csr_ce}
         return total, {key: value.detach() for key, value in parts.items()}

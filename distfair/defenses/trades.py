@@ -19,6 +19,11 @@ configured training attack (PGD: ``eps``, ``step_size``, ``steps``; an attack wi
 e.g. FGSM: one step of size ε); its targeting mode is not used. The reference setting on CIFAR
 is ε 0.031, step 0.007, 10 steps, β 6: set ε and the steps on the attack.
 Threat model: white-box ℓ∞, radius ε in input units, inputs clamped to the data's range.
+Only ℓ∞ is implemented (``attack_norms = {"linf"}``): a training attack with another threat
+model (``pgd_l2``, the physical ``roa``/``eyeglass``/``face_mask``, ``square``/``autoattack``
+with ``norm: l2``, a mixed ``ensemble``) is refused by the constructor and by the config
+validator (``attack.name``), since its ε would otherwise silently become an ℓ∞ radius (ε 0.5
+of PGD-ℓ2 as ‖δ‖∞ ≤ 0.5; the physical attacks' "no budget" ε as a whole-image perturbation).
 
 Options: ``beta`` (≥ 0, default 6.0, the paper's 1/λ): weight of the robust KL term; β = 0
 is plain clean cross-entropy training.
@@ -87,6 +92,7 @@ def attack_schedule(attack) -> tuple[float, float, int]:
 
 class TRADES(Defense):
     name = "trades"
+    attack_norms = frozenset({"linf"})
 
     def __init__(self, *, attack, num_classes: int, beta: float = 6.0):
         super().__init__(attack=attack, num_classes=num_classes)
