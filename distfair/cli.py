@@ -42,6 +42,10 @@ examples:
   distfair sweep tune_spaces/digits_syfar.yaml --num-samples 24 --num-seeds 5 --address auto
   distfair sweep tune_spaces/digits_syfar.yaml --resume             # after a crash or Ctrl-C
 
+selection never sees the test set: objectives name validation metrics (val_worst_class_acc,
+val_robust_acc, val_clean_acc, ...: the primary evaluation attack on the validation split carved
+from the training data). The chosen configuration's test metrics are reported beside them.
+
 exit codes: 0 finished, 1 a configuration failed (the others are recorded), 2 bad arguments or
 configuration (nothing was started), 130 interrupted (resume with --resume).
 """
@@ -302,6 +306,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def format_sweep(report) -> str:
+    from distfair.search_space import matching_test_metric
+    from distfair.sweep import objective_on_test
+
     names = [t.name for t in report.spec.objective]
     lines = [f"{len(report.trials)} configuration(s); objective: " + ", ".join(
         f"{t.mode} {t.name}" + (f" (k={t.k})" if "std" in t.stat and t.stat != "std" else "")
@@ -315,6 +322,11 @@ def format_sweep(report) -> str:
     if report.best:
         lines.append(f"best (*): {report.best.params}" + (f"; Pareto set (p and *): {len(report.pareto)}"
                                                          if len(names) > 1 else ""))
+        lines.append("  chosen on the validation split; its test-set numbers (reported, never used to choose):")
+        for target, value in zip(report.spec.objective, report.best.objective):
+            test_name = matching_test_metric(target.metric)
+            lines.append(f"    validation {target.name}={_fmt(value)}   test {test_name}.{target.stat}="
+                         f"{_fmt(objective_on_test(target, report.best))}")
     return "\n".join(lines)
 
 

@@ -9,9 +9,9 @@ space:
     train.batch_size: {type: int, low: 32, high: 128, step: 32}
     train.optimizer: {type: categorical, choices: [sgd, adam]}
     attack.eps: {grid: [0.05, 0.1]}         # grid: crossed with every sampled point
-  objective: {metric: worst_class_acc, stat: mean_minus_std, k: 1.0, mode: max}
+  objective: {metric: val_worst_class_acc, stat: mean_minus_std, k: 1.0, mode: max}
   # or a list of targets (multi-objective, Pareto set reported):
-  # objective: [{metric: robust_acc, stat: mean, mode: max}, {metric: worst_class_acc, stat: std, mode: min}]
+  # objective: [{metric: val_robust_acc, stat: mean, mode: max}, {metric: val_worst_class_acc, stat: std, mode: min}]
   search:
     sampler: tpe               # tpe (default single-objective), nsga2 (default multi-objective), random, grid
     seed: 0                    # sampler seed: same seed + same results -> same suggestions
@@ -23,6 +23,14 @@ space:
 A configuration's seeds are summarised per metric (mean, std, min, max, ...); an objective
 target is one statistic of one metric. ``mean_minus_std`` is mean − k·std (penalises
 unstable configurations for a ``max`` target; use ``mean_plus_std`` for ``min``).
+
+Selection never sees the test set (methods.md "Conventions": model selection uses a
+validation split carved from the training data). Objectives and the early-stopping metric
+may name only validation metrics: ``val_<m>`` (the primary evaluation attack on the
+validation split, e.g. ``val_worst_class_acc``, ``val_robust_acc``, ``val_group_gap/<attr>``)
+and ``val_clean_<m>``. A test metric is a configuration error whose message names the
+validation metric to use; the test metrics of the chosen configuration are reported beside
+the validation values it was chosen on, never used to choose it.
 """
 from __future__ import annotations
 
@@ -37,7 +45,12 @@ DIM_TYPES = ("float", "int", "categorical")
 #: metrics a configuration reports (per seed): test metrics and the last epoch's curves
 _METRIC_FAMILY = ("acc", "worst_class_acc", "acc_gap", "nsd", "worst10_acc", "max_asym_gap", "sym_loss",
                   "tgt_max", "tgt_min", "tgt_std")
-_CURVES = ("train_loss", "val_clean_acc", "val_robust_acc")
+#: per-epoch validation curves (``step = epoch``): what early stopping can watch
+_CURVES = ("val_clean_acc", "val_robust_acc")
+VAL_PREFIX = "val_"
+#: metrics of training itself (neither validation nor test)
+_TRAINING_PREFIXES = ("train_", "defense_")
+_TRAINING_NAMES = ("lr", "epoch_time_s", "train_time_s", "val_time_s", "eval_time_s")
 #: further per-evaluation metrics: the bipartition audit, targeted success (targeted entries),
 #: and families named by the configuration (subgroup attributes/groups, ensemble stages)
 _EVAL_EXTRA = ("max_bipartition_asym", "target_success_rate")
@@ -128,21 +141,87 @@ class SweepSpec:
                 "early_stopping": self.early_stopping.__dict__ if self.early_stopping else None}
 
 
-def known_metric(name: str, eval_names: list[str]) -> bool:
-    """Whether a configuration reports ``name`` (so an objective on it can be computed)."""
+def _per_evaluation(metric: str) -> bool:
+    """A metric every evaluation (clean or one attack) reports, in the bare naming of the
+    primary attack: ``robust_acc``, ``worst_class_acc``, ``group_gap/<attr>``, ..."""
     bare = {"robust_acc" if m == "acc" else m for m in _METRIC_FAMILY} | set(_EVAL_EXTRA)
+    return metric in bare or (metric.startswith(_EVAL_NESTED) and not metric.endswith("/"))
 
-    def per_evaluation(metric: str) -> bool:
-        return metric in bare or (metric.startswith(_EVAL_NESTED) and not metric.endswith("/"))
 
-    if per_evaluation(name) or name in _CURVES or name in {f"clean_{m}" for m in _METRIC_FAMILY}:
+def _clean_metric(name: str) -> bool:
+    """``clean_acc``, ``clean_worst_class_acc``, ``clean_group_gap/<attr>``, ..."""
+    if not name.startswith("clean_"):
+        return False
+    rest = name[len("clean_"):]
+    return rest == "acc" or (rest != "robust_acc" and _per_evaluation(rest))
+
+
+def metric_role(name: str) -> str:
+    """``validation`` (``val_*``), ``training`` (losses, learning rate, timings) or ``test``
+    (everything the final evaluation of the test set reports)."""
+    if name.startswith(_TRAINING_PREFIXES) or name in _TRAINING_NAMES:
+        return "training"
+    if name.startswith(VAL_PREFIX):
+        return "validation"
+    return "test"
+
+
+def known_val_metric(name: str) -> bool:
+    """Whether a configuration reports the validation metric ``name``: the per-epoch curves
+    and the final validation pass (clean and the primary evaluation attack)."""
+    if name in _CURVES:
         return True
-    if name.startswith("clean_") and name[len("clean_"):] != "robust_acc" and per_evaluation(name[len("clean_"):]):
-        return True
-    if name.startswith("train_") or name in ("train_time_s", "eval_time_s"):
+    if not name.startswith(VAL_PREFIX):
+        return False
+    rest = name[len(VAL_PREFIX):]
+    return _per_evaluation(rest) or _clean_metric(rest)
+
+
+def known_test_metric(name: str, eval_names: list[str]) -> bool:
+    """Whether a configuration reports the test metric ``name`` (final evaluation)."""
+    if _per_evaluation(name) or _clean_metric(name):
         return True
     prefix, _, rest = name.partition("/")
-    return prefix in eval_names and per_evaluation(rest)
+    return prefix in eval_names and _per_evaluation(rest)
+
+
+def known_metric(name: str, eval_names: list[str]) -> bool:
+    """Whether a configuration reports ``name`` at all (validation, test or training)."""
+    return known_val_metric(name) or known_test_metric(name, eval_names) or metric_role(name) == "training"
+
+
+def validation_counterpart(name: str, eval_names: list[str]) -> str | None:
+    """The validation metric that stands for the test metric ``name`` (None if there is none:
+    only the clean and the primary evaluation are repeated on the validation split)."""
+    if _per_evaluation(name) or _clean_metric(name):
+        return VAL_PREFIX + name
+    prefix, _, rest = name.partition("/")
+    if eval_names and prefix == eval_names[0] and _per_evaluation(rest):
+        return VAL_PREFIX + rest
+    return None
+
+
+def matching_test_metric(name: str) -> str | None:
+    """The test metric reported beside the validation metric ``name`` (``val_robust_acc`` →
+    ``robust_acc``, ``val_clean_acc`` → ``clean_acc``); None for a name that is not one."""
+    return name[len(VAL_PREFIX):] if name.startswith(VAL_PREFIX) else None
+
+
+def _not_a_selection_metric(metric: str, eval_names: list[str]) -> str:
+    """Why ``metric`` may not be an objective, naming the ``val_`` metric to use instead."""
+    examples = "e.g. val_worst_class_acc, val_robust_acc, val_acc_gap, val_clean_acc, val_group_gap/<attribute>"
+    if known_test_metric(metric, eval_names):
+        use = validation_counterpart(metric, eval_names)
+        base = f"{metric!r} is a test-set metric, and selection never sees the test set; "
+        if use:
+            return base + f"use {use!r} (the same metric on the validation split carved from the training data)"
+        primary = eval_names[0] if eval_names else "the first entry"
+        return base + (f"only the clean and the primary evaluation ({primary!r}, the first eval.attacks entry) are "
+                       f"repeated on the validation split: make {metric.partition('/')[0]!r} the first entry and "
+                       f"use {VAL_PREFIX + metric.partition('/')[2]!r}")
+    if metric_role(metric) == "training":
+        return f"{metric!r} is a training quantity, not a validation metric; objectives name val_* metrics ({examples})"
+    return f"unknown metric {metric!r}; objectives name validation metrics ({examples})"
 
 
 def _number(raw: dict, key: str, where: str, problems: list, *, integer: bool = False):
@@ -207,15 +286,15 @@ def _dimension(key: str, raw: Any, problems: list) -> Dimension | None:
 
 def _target(raw: Any, where: str, eval_names: list[str], problems: list) -> Target | None:
     if not isinstance(raw, dict):
-        problems.append((where, f"must be a mapping like {{metric: worst_class_acc, stat: mean, mode: max}}, got {raw!r}"))
+        problems.append((where, f"must be a mapping like {{metric: val_worst_class_acc, stat: mean, mode: max}}, "
+                               f"got {raw!r}"))
         return None
     for extra in sorted(set(raw) - {"metric", "stat", "mode", "k"}):
         problems.append((f"{where}.{extra}", "unknown key; known: metric, stat, mode, k"))
     metric, stat, mode, k = raw.get("metric"), raw.get("stat", "mean"), raw.get("mode", "max"), raw.get("k", 1.0)
     ok = True
-    if not isinstance(metric, str) or not known_metric(metric, eval_names):
-        problems.append((f"{where}.metric", f"unknown metric {metric!r}; e.g. robust_acc, worst_class_acc, acc_gap, "
-                                            f"clean_acc, val_robust_acc, group_gap/<attribute> or <eval attack>/<metric>"))
+    if not isinstance(metric, str) or not known_val_metric(metric):
+        problems.append((f"{where}.metric", _not_a_selection_metric(str(metric), eval_names)))
         ok = False
     if stat not in STATS:
         problems.append((f"{where}.stat", f"unknown stat {stat!r}; known: {', '.join(STATS)}"))
@@ -299,7 +378,8 @@ def _early_stopping(raw: Any, eval_names: list[str], problems: list) -> EarlySto
         problems.append((f"{where}.{extra}", "unknown key; known: metric, mode, grace_period, reduction_factor"))
     metric = raw.get("metric")
     if metric not in _CURVES:
-        problems.append((f"{where}.metric", f"must be a per-epoch metric ({', '.join(_CURVES)}), got {metric!r}"))
+        problems.append((f"{where}.metric", f"must be a per-epoch validation metric ({', '.join(_CURVES)}), "
+                                            f"got {metric!r}"))
         return None
     mode = raw.get("mode", "max")
     if mode not in ("max", "min"):

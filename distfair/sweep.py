@@ -23,7 +23,10 @@ from typing import Callable
 from distfair import tracking
 from distfair.config import ConfigError, apply_overrides, flatten, read_document, validate
 from distfair.metrics import aggregate_seed_metrics
-from distfair.search_space import SweepSpec, Target, parse_space, pareto_front
+from distfair.search_space import SweepSpec, Target, matching_test_metric, metric_role, parse_space, pareto_front
+
+#: the statistics over seeds reported per metric for every configuration
+SUMMARY_STATS = ("mean", "std", "min", "max")
 
 
 @dataclass
@@ -34,6 +37,16 @@ class TrialOutcome:
     status: str
     metrics: dict[str, float | None]             # objective values + <metric>.<stat> summaries
     objective: list[float | None]
+    #: {metric: {stat: value}} over the finished seeds, split by what the metric was measured on:
+    #: "validation" (val_*: what the sweep selects on) and "test" (reported, never selected on)
+    validation: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    test: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+    def to_json(self, targets: list[Target]) -> dict:
+        return {"params": self.params, "parent_run_id": self.parent_run_id, "status": self.status,
+                "n_seeds": self.metrics.get("n_seeds"),
+                "objective": {t.name: v for t, v in zip(targets, self.objective)},
+                "validation": self.validation, "test": self.test}
 
 
 @dataclass
@@ -48,12 +61,17 @@ class SweepReport:
     interrupted: bool = False
 
     def to_json(self) -> dict:
-        def trial(t: TrialOutcome) -> dict:
-            return {"params": t.params, "parent_run_id": t.parent_run_id, "metrics": t.metrics}
+        """The sweep for ``--json``. Each configuration carries its objective values (computed
+        from validation metrics only), then ``validation`` and ``test`` summaries kept apart:
+        ``best`` was chosen on the former; the latter is what it scores on the test set."""
+        targets = self.spec.objective
+        best = None
+        if self.best:
+            best = {"selected_on": "validation", **self.best.to_json(targets)}
         return {"experiment": self.experiment, "sweep_run_id": self.sweep_run_id,
-                "objective": [t.__dict__ for t in self.spec.objective],
-                "best": {"params": self.best.params, "metrics": self.best.metrics} if self.best else None,
-                "pareto": [trial(t) for t in self.pareto], "trials": [trial(t) for t in self.trials]}
+                "objective": [t.__dict__ for t in targets], "selected_on": "validation", "best": best,
+                "pareto": [t.to_json(targets) for t in self.pareto],
+                "trials": [t.to_json(targets) for t in self.trials]}
 
 
 def load_sweep(path: str, *, num_samples: int | None = None, num_seeds: int | None = None,
@@ -115,15 +133,48 @@ def collect_trials(uri: str, experiment_id: str, sweep_run_id: str, targets: lis
         per_seed = tracking.finished_seed_metrics(uri, experiment_id, run.info.run_id)
         summary = aggregate_seed_metrics(list(per_seed.values()))
         metrics: dict[str, float | None] = {t.name: t.value(summary) for t in targets}
+        split: dict[str, dict] = {"validation": {}, "test": {}}
         for name, s in summary.items():
-            for stat in ("mean", "std", "min", "max"):
+            for stat in SUMMARY_STATS:
                 metrics[f"{name}.{stat}"] = s[stat]
+            role = metric_role(name)
+            if role in split:
+                split[role][name] = {stat: s[stat] for stat in SUMMARY_STATS}
         metrics["n_seeds"] = len(per_seed)
         out.append(TrialOutcome(
             trial_id=run.data.tags.get("distfair.trial_id", ""), parent_run_id=run.info.run_id,
             params=json.loads(run.data.tags.get("distfair.trial_params", "{}")), status=run.info.status,
-            metrics=metrics, objective=[metrics[t.name] for t in targets]))
+            metrics=metrics, objective=[metrics[t.name] for t in targets], **split))
     return out
+
+
+def best_metrics(best: TrialOutcome, targets: list[Target]) -> dict[str, float | None]:
+    """The chosen configuration as MLflow metrics of the sweep run, in three families kept
+    apart: ``best.objective.<target>`` (what it was chosen on), ``best.validation.<metric>.<stat>``
+    and ``best.test.<metric>.<stat>`` (its test-set numbers: reported, never used to choose).
+    A validation metric keeps its ``val_`` name, so ``best.validation.val_worst_class_acc.mean``
+    sits beside ``best.test.worst_class_acc.mean``."""
+    out: dict[str, float | None] = {f"best.objective.{t.name}": v for t, v in zip(targets, best.objective)}
+    for family, summaries in (("validation", best.validation), ("test", best.test)):
+        for name, stats in summaries.items():
+            out.update({f"best.{family}.{name}.{stat}": v for stat, v in stats.items()})
+    out["best.n_seeds"] = best.metrics.get("n_seeds")
+    return out
+
+
+def objective_on_test(target: Target, trial: TrialOutcome) -> float | None:
+    """The target's statistic of the matching test metric (``val_robust_acc`` → ``robust_acc``),
+    to show beside the validation value it was chosen on; None where there is none."""
+    name = matching_test_metric(target.metric)
+    stats = trial.test.get(name) if name else None
+    if not stats:
+        return None
+    if target.stat in stats:
+        return stats[target.stat]
+    if target.stat in ("mean_minus_std", "mean_plus_std") and stats.get("std") is not None:
+        sign = -1.0 if target.stat == "mean_minus_std" else 1.0
+        return stats["mean"] + sign * target.k * stats["std"]
+    return None
 
 
 def choose(trials: list[TrialOutcome], targets: list[Target]) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
@@ -152,10 +203,13 @@ def _artifacts(report: SweepReport, targets: list[Target], tmp: Path) -> dict[st
     keys = sorted({k for t in report.trials for k in t.params})
     with table.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial_id", "parent_run_id", "status", *keys, *(t.name for t in targets), "n_seeds"])
+        # the objective (validation) columns, then the same statistics on the test set, labelled
+        test_cols = [f"test:{matching_test_metric(t.metric)}.{t.stat}" for t in targets]
+        writer.writerow(["trial_id", "parent_run_id", "status", *keys, *(t.name for t in targets), *test_cols,
+                         "n_seeds"])
         for t in report.trials:
             writer.writerow([t.trial_id, t.parent_run_id, t.status, *(t.params.get(k) for k in keys),
-                             *t.objective, t.metrics.get("n_seeds")])
+                             *t.objective, *(objective_on_test(g, t) for g in targets), t.metrics.get("n_seeds")])
     files["study"] = table
     storage = f"sqlite:///{tmp / 'optuna_study.db'}"
     study = optuna.create_study(storage=storage, study_name="distfair",
@@ -243,7 +297,7 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
     groups, concurrent = groups_and_concurrency(len(cfg["seeds"]), capacity, spec.max_concurrent)
     sweep_run = tracking.start_sweep_run(
         tracking_uri, experiment_id, name=name, lookup={"distfair.sweep_name": name},
-        params={"sweep_file": config_path, "sampler": spec.sampler, "sampler_seed": spec.seed,
+        params={"sweep_file": config_path, "selected_on": "validation", "sampler": spec.sampler, "sampler_seed": spec.seed,
                 "num_samples": spec.num_samples, "num_seeds": len(cfg["seeds"]), "seeds": cfg["seeds"],
                 "objective": [t.__dict__ for t in spec.objective], "grid_points": len(spec.grid_points()),
                 "early_stopping": spec.early_stopping.__dict__ if spec.early_stopping else None,
@@ -274,7 +328,7 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
         files = _artifacts(report, spec.objective, Path(tmp))
         metrics = {"n_configurations": len(report.trials),
                    "n_failed": sum(t.status != "FINISHED" for t in report.trials),
-                   **({f"best.{k}": v for k, v in report.best.metrics.items()} if report.best else {})}
+                   **(best_metrics(report.best, spec.objective) if report.best else {})}
         tracking.log_sweep_outcome(tracking_uri, sweep_run, best=report.best.params if report.best else None,
                                    metrics=metrics, artifacts=list(files.values()), status="FINISHED")
     return report

@@ -192,6 +192,8 @@ class SeedRunLogger:
         found = result.get("checks") or []
         tags = {f"distfair.check.{f['check']}": f["message"][:5000] for f in found}
         tags["distfair.checks"] = f"{len(found)} warning(s)" if found else "passed"
+        # the evaluation's own tags: distfair.autoattack_version.<entry>, distfair.eval_error.<entry>
+        tags.update({k: str(v)[:5000] for k, v in (result.get("tags") or {}).items()})
         _log(self.client, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         documents = {
             "confusion_matrices.json": {"rows": "true class", "columns": "predicted class",

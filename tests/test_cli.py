@@ -87,15 +87,18 @@ def test_sweep_help_lists_its_options(capsys):
 
 
 @pytest.mark.parametrize("space, expected", [
-    ("{params: {train.lr: {type: float, low: 5, high: 1}}, objective: {metric: robust_acc}}",
+    ("{params: {train.lr: {type: float, low: 5, high: 1}}, objective: {metric: val_robust_acc}}",
      "space.params.train.lr.low: must be <= high, got 5 > 1"),
     ("{params: {train.lr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: nope}}",
      "space.objective.metric: unknown metric 'nope'"),
-    ("{params: {train.lr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: robust_acc, stat: avg}}",
+    ("{params: {train.lr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: worst_class_acc}}",
+     "space.objective.metric: 'worst_class_acc' is a test-set metric, and selection never sees the test set; "
+     "use 'val_worst_class_acc'"),
+    ("{params: {train.lr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: val_robust_acc, stat: avg}}",
      "space.objective.stat: unknown stat 'avg'"),
-    ("{params: {train.lrr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: robust_acc}}",
+    ("{params: {train.lrr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: val_robust_acc}}",
      "space.params.train.lrr: does not address a config value"),
-    ("{params: {train.lr: {type: float, low: -1, high: 0.1}}, objective: {metric: robust_acc}}",
+    ("{params: {train.lr: {type: float, low: -1, high: 0.1}}, objective: {metric: val_robust_acc}}",
      "space.params.train.lr: value -1 is not valid"),
 ])
 def test_bad_sweep_file_exits_2_and_starts_nothing(tmp_path, monkeypatch, capsys, space, expected):
@@ -114,7 +117,7 @@ def test_resume_without_an_earlier_sweep_is_a_usage_error(tmp_path, monkeypatch,
     path = tmp_path / "s.yaml"
     path.write_text("defense: {name: syfar}\ndataset: {name: synthetic}\nmodel: {name: mlp}\n"
                     "attack: {name: pgd, eps: 0.1}\n"
-                    "space: {params: {train.lr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: robust_acc}}\n")
+                    "space: {params: {train.lr: {type: float, low: 0.01, high: 0.1}}, objective: {metric: val_robust_acc}}\n")
     assert cli.main(["sweep", str(path), "--resume"]) == 2
     assert "--resume: no sweep named s-" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()

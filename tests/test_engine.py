@@ -97,3 +97,35 @@ def test_derive_seed_is_stable_and_distinct():
     assert derive_seed(0, "train-attack", 1, 0) != derive_seed(0, "train-attack", 1, 1)
     assert derive_seed(0, "a") != derive_seed(1, "a")
     assert 0 <= derive_seed(123, "x") < 2**63
+
+
+def test_validation_pass_reports_the_full_metric_set_on_the_validation_split(cfg, tmp_path):
+    """Selection metrics (issue "Honest numbers" §1): the final validation pass gives every test
+    metric again, clean and under the primary evaluation attack, computed on data.val."""
+    from distfair.data import build_dataset
+    from distfair.metrics import confusion_matrix, fairness_metrics
+    from distfair.models import build_model
+
+    result = run_seed(cfg, 0, workdir=tmp_path)
+    m = result.metrics
+    for name in ("acc", "worst_class_acc", "acc_gap", "nsd", "sym_loss", "max_asym_gap", "max_bipartition_asym"):
+        clean = "clean_acc" if name == "acc" else f"clean_{name}"
+        attacked = "robust_acc" if name == "acc" else name
+        assert f"val_{clean}" in m and f"val_{attacked}" in m and clean in m and attacked in m, name
+    primary = cfg["eval"]["attacks"][0]["name"]
+    assert not any(k.startswith(f"val_{primary}/") for k in m)          # the primary is bare, as on test
+    assert m["val_clean_acc"] == pytest.approx(result.history[-1]["val_clean_acc"])   # same model, same split
+
+    # recomputed by hand from the final checkpoint on the validation split (clean)
+    data = build_dataset(cfg["dataset"]["name"], **{k: v for k, v in cfg["dataset"].items() if k != "name"})
+    model = build_model(cfg["model"]["name"], num_classes=data.num_classes, in_shape=data.in_shape,
+                        **{k: v for k, v in cfg["model"].items() if k != "name"})
+    model.load_state_dict(torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["model"])
+    model.eval()
+    x = torch.stack([data.val[i][0] for i in range(len(data.val))])
+    y = torch.tensor([int(data.val[i][1]) for i in range(len(data.val))])
+    with torch.no_grad():
+        expected = fairness_metrics(confusion_matrix(y, model(x).argmax(1), data.num_classes))
+    assert m["val_clean_worst_class_acc"] == pytest.approx(expected["worst_class_acc"])
+    assert m["val_clean_acc_gap"] == pytest.approx(expected["acc_gap"])
+    assert m["val_robust_acc"] <= m["val_clean_acc"] + 1e-12

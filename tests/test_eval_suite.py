@@ -136,7 +136,7 @@ def test_shipped_evaluation_configs_validate(tmp_path):
     assert names[0] == "autoattack" and suite["eval"]["attacks"][0]["eps"] == suite["attack"]["eps"]
     assert {e.get("target") for e in suite["eval"]["attacks"]} == {None, "every", 8}
     assert set(suite["eval"]["subgroups"]["loops"].values()) == {"yes", "no"}
-    root = make_fake_faces(tmp_path / "faces")
+    root = make_fake_faces(tmp_path / "faces", per_identity=10)   # 8/1/1 per identity at 80/10/10
     faces = load_config(spaces / "faces_roa.yaml", [f"dataset.root={root}"])
     assert faces["attack"]["name"] == "roa" and faces["eval"]["subgroups"] == {"gender": "metadata"}
     assert faces["eval"]["attacks"][0]["eps"] is None                  # physical: unbounded colours
@@ -169,3 +169,82 @@ def test_fixed_target_success_rate_and_every_target_rates_by_hand(tmp_path):
             xi = x[y == i]
             pred = model(FGSM(eps=0.4)(model, xi, y[y == i], target=torch.full((len(xi),), t))).argmax(1)
             assert out.target_success["every"][i][t] == pytest.approx((pred == t).double().mean().item())
+
+
+
+def _register_failing_attack(monkeypatch):
+    """A real attack that raises on any input, registered for the test only (``eval.attacks``
+    entries are built from the registry)."""
+    from distfair.attacks import ATTACKS, FGSM
+
+    class Failing(FGSM):
+        name = "failing"
+
+        def _perturb(self, model, x, y, target, generator):
+            raise RuntimeError("the attack blew up")
+
+    monkeypatch.setitem(ATTACKS, "failing", Failing)
+
+
+def test_a_failing_entry_and_an_empty_group_never_lose_the_evaluation(tmp_path, monkeypatch):
+    """Issue 9 point 6: an evaluation entry whose attack raises, and a subgroup whose classes
+    have no test sample (``ValueError: groups [1] have no class with samples``), used to abort
+    the final evaluation after training. Now the failure is recorded, the group is reported
+    absent, and every other entry, the self-checks and the flags still land."""
+    _register_failing_attack(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    model = nn.Linear(6, 4).eval()
+    x = torch.rand(40, 6, generator=g)
+    y = torch.arange(40) % 2                                  # classes 2 and 3 (group "y") absent
+    data = DataBundle(TensorDataset(x, y), TensorDataset(x, y), TensorDataset(x, y), num_classes=4, in_shape=(6,),
+                      bounds=(0.0, 1.0), class_names=["a", "b", "c", "d"])
+    eval_cfg = {"attacks": [{"name": "fgsm", "attack": "fgsm", "eps": 0.1},
+                            {"name": "boom", "attack": "failing", "eps": 0.1},
+                            {"name": "aa", "attack": "autoattack", "eps": 0.1, "n_iter": 2, "n_target_classes": 1,
+                             "n_queries": 5}],
+                "subgroups": {"pair": {0: "x", 1: "x", 2: "y", 3: "y"}}}
+    logged = []
+    out = final_evaluation(model, data, eval_cfg, 0, workdir=tmp_path, device=torch.device("cpu"), batch_size=16,
+                           log=logged.append)
+    assert out.errors == {"boom": "RuntimeError: the attack blew up"}
+    assert out.tags["distfair.eval_error.boom"] == "RuntimeError: the attack blew up"
+    assert out.tags["distfair.autoattack_version.aa"] == "standard"
+    assert out.per_eval["boom"] == {} and "boom" not in out.confusion
+    for name in ("clean", "fgsm", "aa"):
+        assert out.per_eval[name]["group_acc/pair/y"] is None and out.per_eval[name]["group_gap/pair"] is None
+        assert out.per_eval[name]["group_acc/pair/x"] is not None
+    assert any("groups ['y'] have no class with samples" in line for line in logged)
+    assert any("'boom' failed" in line for line in logged)
+    flags = np.load(out.flags_path)
+    assert {"labels", "clean", "fgsm", "aa", "aa:square"} <= set(flags.files) and "boom" not in flags.files
+
+
+def test_evaluation_failures_and_autoattack_version_reach_the_seed_run(tmp_path, monkeypatch):
+    """The path of the self-check tags: ``run_seed`` -> ``SeedResult`` -> ``SeedRunLogger``:
+    ``distfair.eval_error.<entry>`` and ``distfair.autoattack_version.<entry>`` tags on a
+    FINISHED seed run, with the other entries' metrics and artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    from distfair import tracking
+
+    _register_failing_attack(monkeypatch)
+    cfg = validate(synthetic_config([
+        {"name": "boom", "attack": "failing"},
+        {"name": "aa", "attack": "autoattack", "n_iter": 2, "n_target_classes": 1, "n_queries": 5},
+    ]), "boom.yaml")
+    cfg["train"]["epochs"] = 1
+    result = run_seed(cfg, 0, workdir=tmp_path / "w")
+    assert set(result.eval_errors) == {"boom"}
+    assert "robust_acc" not in result.metrics and "aa/robust_acc" in result.metrics   # the primary failed
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    parent = tracking.start_parent_run(uri, exp, {}, run_name="p")
+    run_id = tracking.get_or_create_seed_run(uri, exp, parent, 0)
+    tracking.SeedRunLogger(uri, run_id).log_result(result.to_dict(), title="pgd_at, seed 0")
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["distfair.eval_error.boom"] == "RuntimeError: the attack blew up"
+    assert run.data.tags["distfair.autoattack_version.aa"] == "standard"
+    assert "aa/robust_acc" in run.data.metrics
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run_id)}
+    assert {"robust_flags.npz", "confusion_matrices.json", "plots"} <= artifacts

@@ -206,3 +206,158 @@ def test_black_box_beats_white_box_counts_exact_samples():
     [finding] = checks.black_box_beats_white_box(clean, white, black)
     assert finding["check"] == "black_box_beats_white_box.square" and "broke 1 sample" in finding["message"]
     assert checks.black_box_beats_white_box(clean, white, {"square": torch.tensor([t, t, f, f, f])}) == []
+
+
+# ------------------------------------------------------- issue 9: targets, empty groups, DDP
+def test_fixed_target_row_is_absent_from_the_per_class_statistics():
+    """Issue 9 point 5: with ``target: 2`` the class-2 samples are not attacked; their (clean)
+    row must not feed worst-class, gap, NSD, symmetry or target shares."""
+    from distfair.engine.evaluate import Predictions
+    from distfair.engine.final_eval import evaluation_metrics
+    from distfair.engine.subgroups import Grouping
+
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    preds = torch.tensor([0, 0, 2, 2, 1, 1, 1, 2, 2, 0])   # class 2: clean, one sample wrong
+    speaker = Grouping("speaker", "sample", np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1]), ["f", "m"])
+    with pytest.warns(UserWarning) as caught:
+        one = evaluation_metrics(Predictions(labels, preds), 3, [speaker], ["a", "b", "c"], target=2)
+    messages = [str(w.message) for w in caught]
+    assert any("classes [2] have no samples" in m for m in messages)          # the usual absent-class warning
+    assert any("groups ['m']" in m for m in messages)                         # only class-2 samples: absent
+    m = one.metrics
+    # R over the attacked classes: class 0 [.5, 0, .5], class 1 [0, .75, .25]; class 2 left out.
+    assert one.per_class_acc == [0.5, 0.75, None]
+    assert m["worst_class_acc"] == 0.5 and m["acc_gap"] == pytest.approx(0.25)
+    assert m["nsd"] == pytest.approx(0.125 / 0.625)                           # std(.5, .75) / mean
+    assert m["max_asym_gap"] == 0.0 and m["sym_loss"] == 0.0                  # only the pair (0, 1): R01 = R10 = 0
+    # target shares: all off-diagonal mass (.5 + .25) goes to column 2 -> T = (0, 0, 1)
+    assert (m["tgt_max"], m["tgt_min"]) == (1.0, 0.0)
+    assert m["tgt_std"] == pytest.approx(np.std([0.0, 0.0, 1.0]))
+    assert m["acc"] == pytest.approx(0.6)                 # all samples (= the mean of the flags), 6 of 10
+    assert m["target_success_rate"] == pytest.approx(3 / 8)
+    assert one.counts.tolist() == [[2, 0, 2], [0, 3, 1], [0, 0, 0]]
+    assert m["group_acc/speaker/f"] == pytest.approx(5 / 8) and m["group_acc/speaker/m"] is None
+    assert m["group_gap/speaker"] is None
+
+
+def test_class_group_without_samples_is_reported_absent_not_raised():
+    """Issue 9 point 6: a group whose classes have no test sample used to raise
+    ``ValueError: groups [1] have no class with samples`` after training."""
+    counts = np.array([[8, 2, 0, 0, 0],
+                       [1, 9, 0, 0, 0],
+                       [0, 0, 0, 0, 0],      # group B = classes 2, 3: no samples
+                       [0, 0, 0, 0, 0],
+                       [0, 3, 0, 0, 7]])     # group C = class 4
+    names = ["a0", "a1", "b0", "b1", "c0"]
+    grouping = resolve_groupings({"team": {"a0": "A", "a1": "A", "b0": "B", "b1": "B", "c0": "C"}},
+                                 dataclasses.replace(bundle(), num_classes=5, class_names=names))[0]
+    with pytest.warns(UserWarning) as caught:
+        metrics, report = subgroup_report([grouping], counts, None, names)
+    assert any("groups ['B'] have no class with samples" in str(w.message) for w in caught)
+    assert metrics["group_acc/team/B"] is None
+    assert metrics["group_acc/team/A"] == pytest.approx(0.85)      # (.8 + .9) / 2
+    assert metrics["group_acc/team/C"] == pytest.approx(0.7)
+    assert metrics["group_gap/team"] == pytest.approx(0.15)
+    # C_AC = (R04 + R14) / 2 = 0, C_CA = (R40 + R41) / 2 = .15
+    assert metrics["max_group_asym/team"] == pytest.approx(0.15)
+    attr = report["attributes"]["team"]
+    assert attr["group_asym"] == pytest.approx({"A|C": 0.15})
+    assert attr["matrix"][1] == [None, None, None] and attr["matrix"][0][1] is None
+    # only one group with samples: nothing to compare, no metric (and no exception)
+    with pytest.warns(UserWarning):
+        only, _ = subgroup_report([grouping], np.pad(counts[:2, :2], ((0, 3), (0, 3))), None, names)
+    assert only["group_gap/team"] is None and only["max_group_asym/team"] is None
+
+
+class _Stamped(torch.utils.data.Dataset):
+    """x = [index, ...] so an attack can tell the samples apart."""
+
+    def __init__(self, n, dim=5, seed=0):
+        model, data = linear_problem(n=max(n, 6), dim=dim, seed=seed)
+        self.x, self.y = data.tensors[0][:n], data.tensors[1][:n]
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+class _FailsOnSample(FGSM):
+    """FGSM that raises on one given input row: only the rank whose shard holds it fails."""
+
+    def __init__(self, row):
+        super().__init__(eps=0.1)
+        self.row = row
+
+    def _perturb(self, model, x, y, target, generator):
+        if any(torch.equal(r, self.row) for r in x):
+            raise RuntimeError("attack broke on this sample")
+        return super()._perturb(model, x, y, target, generator)
+
+
+def _few_samples_worker(rank, world, store_path, out_path):
+    import datetime
+
+    import torch.distributed as dist
+
+    from distfair.attacks import Ensemble
+    from distfair.engine.evaluate import EvaluationError
+
+    # a collective mismatch raises after 30 s instead of hanging (the test's own deadline is a backstop)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        model, _ = linear_problem()
+        out = {}
+        data = _Stamped(2)                                   # 3 ranks, 2 samples: rank 2's shard is empty
+        out["stages"] = dataclasses.asdict(predict_dataset(
+            model, data, 3, device=CPU, batch_size=4, attack=Ensemble(eps=0.2, members="fgsm,pgd"),
+            rank=rank, world=world))
+        data = _Stamped(5)
+        try:                                                 # sample 1 lives on rank 1's shard only
+            predict_dataset(model, data, 3, device=CPU, batch_size=4, attack=_FailsOnSample(data.x[1]),
+                            rank=rank, world=world)
+        except EvaluationError as err:
+            out["error"] = str(err)
+        torch.save(out, f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn_with_deadline(fn, args, nprocs, seconds):
+    """Spawn ``nprocs`` ranks; fail (and kill them) instead of hanging past ``seconds``."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + seconds
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            pytest.fail(f"the {nprocs} ranks did not finish within {seconds}s: a collective mismatch hangs")
+
+
+def test_ddp_evaluation_with_more_ranks_than_samples_and_a_failing_rank(tmp_path):
+    """Issue 9 point 7: a rank with an empty shard made fewer all-reduces (no stage entries)
+    than the others and hung the evaluation: 3 ranks, 2 samples, an ensemble with stages.
+    And a rank whose attack raised left the others waiting in all_reduce: now every rank
+    raises the same EvaluationError (which the final evaluation records on the run)."""
+    from distfair.attacks import Ensemble
+
+    _spawn_with_deadline(_few_samples_worker, (3, str(tmp_path / "store"), str(tmp_path / "out")),
+                         nprocs=3, seconds=400)
+    outs = [torch.load(tmp_path / f"out.{r}") for r in range(3)]
+    merged, empty = outs[0]["stages"], outs[2]["stages"]       # the rank with no sample gets the same
+    model, _ = linear_problem()
+    single = predict_dataset(model, _Stamped(2), 3, device=CPU, batch_size=4,
+                             attack=Ensemble(eps=0.2, members="fgsm,pgd"))
+    assert list(merged["stages"]) == ["fgsm", "pgd"] == list(empty["stages"])
+    assert torch.equal(merged["preds"], single.preds) and torch.equal(merged["labels"], single.labels)
+    for label in ("fgsm", "pgd"):
+        assert torch.equal(merged["stages"][label], single.stages[label])
+    errors = [out["error"] for out in outs]
+    assert errors[0] == errors[1] == errors[2] and "rank 1: RuntimeError: attack broke on this sample" in errors[0]

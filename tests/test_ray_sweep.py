@@ -57,7 +57,7 @@ LR = {"type": "float", "low": 0.01, "high": 0.1, "log": True}
 
 def test_sweep_records_nested_runs_and_reports_the_best_under_the_objective(tmp_path, tiny_cfg_dict):
     space = {"params": {"defense.lambda_sym": LAMBDA, "train.lr": LR},
-             "objective": {"metric": "robust_acc", "stat": "mean_minus_std", "k": 1.0, "mode": "max"},
+             "objective": {"metric": "val_robust_acc", "stat": "mean_minus_std", "k": 1.0, "mode": "max"},
              "search": {"sampler": "tpe", "seed": 3, "num_samples": 3}}
     report = run_sweep_cli(sweep_file(tmp_path, tiny_cfg_dict, space), tmp_path)
     client, by_role = records(tmp_path / "mlflow.db")
@@ -69,18 +69,28 @@ def test_sweep_records_nested_runs_and_reports_the_best_under_the_objective(tmp_
     assert Counter(s.data.tags["mlflow.parentRunId"] for s in by_role["seed"]) == {c.info.run_id: 2 for c in configs}
     assert all(r.info.status == "FINISHED" for rs in by_role.values() for r in rs)
 
-    recomputed = {}
+    recomputed, on_test = {}, {}
     for c in configs:
-        values = child_values(by_role, c.info.run_id, "robust_acc")
-        assert c.data.metrics["robust_acc_mean"] == pytest.approx(values.mean(), abs=1e-12)
-        assert c.data.metrics["robust_acc_std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
+        values = child_values(by_role, c.info.run_id, "val_robust_acc")
+        assert c.data.metrics["val_robust_acc_mean"] == pytest.approx(values.mean(), abs=1e-12)
+        assert c.data.metrics["val_robust_acc_std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
         recomputed[c.info.run_id] = values.mean() - values.std(ddof=1)
-    best_run = max(recomputed, key=recomputed.get)
+        on_test[c.info.run_id] = child_values(by_role, c.info.run_id, "robust_acc").mean()
+    best_run = max(recomputed, key=recomputed.get)          # chosen on validation only
     trial_of = {t["parent_run_id"]: t for t in report["trials"]}
     assert set(trial_of) == set(recomputed)
     assert report["best"]["params"] == trial_of[best_run]["params"]
-    assert report["best"]["metrics"]["robust_acc.mean_minus_std"] == pytest.approx(recomputed[best_run])
+    assert report["best"]["selected_on"] == "validation"
+    assert report["best"]["objective"]["val_robust_acc.mean_minus_std"] == pytest.approx(recomputed[best_run])
+    # its test numbers are reported beside, kept apart
+    assert report["best"]["test"]["robust_acc"]["mean"] == pytest.approx(on_test[best_run])
+    assert "robust_acc" not in report["best"]["validation"] and "val_robust_acc" in report["best"]["validation"]
     sweep = client.get_run(sweep_id)
+    assert sweep.data.metrics["best.objective.val_robust_acc.mean_minus_std"] == pytest.approx(recomputed[best_run])
+    assert sweep.data.metrics["best.test.robust_acc.mean"] == pytest.approx(on_test[best_run])
+    assert sweep.data.metrics["best.validation.val_worst_class_acc.mean"] == pytest.approx(
+        child_values(by_role, best_run, "val_worst_class_acc").mean())
+    assert sweep.data.params["selected_on"] == "validation"
     assert json.loads(sweep.data.params["best.train.lr"]) == pytest.approx(report["best"]["params"]["train.lr"]) \
         if sweep.data.params["best.train.lr"].startswith("[") else \
         float(sweep.data.params["best.train.lr"]) == pytest.approx(report["best"]["params"]["train.lr"])
@@ -95,16 +105,16 @@ def test_sweep_records_nested_runs_and_reports_the_best_under_the_objective(tmp_
 
 
 def test_multi_objective_sweep_reports_exactly_the_non_dominated_configurations(tmp_path, tiny_cfg_dict):
-    objective = [{"metric": "robust_acc", "stat": "mean", "mode": "max"},
-                 {"metric": "acc_gap", "stat": "mean", "mode": "min"}]
+    objective = [{"metric": "val_robust_acc", "stat": "mean", "mode": "max"},
+                 {"metric": "val_acc_gap", "stat": "mean", "mode": "min"}]
     space = {"params": {"defense.lambda_sym": LAMBDA, "train.lr": LR}, "objective": objective,
              "search": {"seed": 0, "num_samples": 4}}
     report = run_sweep_cli(sweep_file(tmp_path, tiny_cfg_dict, space), tmp_path)
     client, by_role = records(tmp_path / "mlflow.db")
     configs = by_role["configuration"]
     assert len(configs) == 4
-    points = {c.info.run_id: [child_values(by_role, c.info.run_id, "robust_acc").mean(),
-                              child_values(by_role, c.info.run_id, "acc_gap").mean()] for c in configs}
+    points = {c.info.run_id: [child_values(by_role, c.info.run_id, "val_robust_acc").mean(),
+                              child_values(by_role, c.info.run_id, "val_acc_gap").mean()] for c in configs}
     ids = list(points)
     front = {ids[i] for i in pareto_front([points[i] for i in ids], ["max", "min"])}
     assert {t["parent_run_id"] for t in report["pareto"]} == front
@@ -115,7 +125,7 @@ def test_multi_objective_sweep_reports_exactly_the_non_dominated_configurations(
 
 def test_resume_after_the_driver_was_killed_runs_every_configuration_seed_once(tmp_path, tiny_cfg_dict):
     space = {"params": {"defense.lambda_sym": LAMBDA},
-             "objective": {"metric": "worst_class_acc", "stat": "mean", "mode": "max"},
+             "objective": {"metric": "val_worst_class_acc", "stat": "mean", "mode": "max"},
              "search": {"seed": 1, "num_samples": 3, "max_concurrent": 1}}
     path = sweep_file(tmp_path, tiny_cfg_dict, space)
     db = tmp_path / "mlflow.db"
@@ -146,7 +156,7 @@ def test_resume_after_the_driver_was_killed_runs_every_configuration_seed_once(t
 def test_grid_dimensions_are_crossed_and_early_stopping_leaves_no_open_run(tmp_path, tiny_cfg_dict):
     tiny_cfg_dict["train"]["epochs"] = 4
     space = {"params": {"train.lr": LR, "attack.eps": {"grid": [0.05, 0.15]}},
-             "objective": {"metric": "robust_acc", "stat": "mean", "mode": "max"},
+             "objective": {"metric": "val_robust_acc", "stat": "mean", "mode": "max"},
              "search": {"sampler": "random", "seed": 0, "num_samples": 2,
                         "early_stopping": {"metric": "val_robust_acc", "mode": "max", "grace_period": 1,
                                            "reduction_factor": 2}}}

@@ -14,8 +14,8 @@ from distfair.config import ConfigError, flatten, load_config
 from distfair.distributed.sweep import groups_and_concurrency
 from distfair.sweep import sweep_dir_name
 from distfair.metrics import summarize
-from distfair.search_space import (STATS, Dimension, EarlyStopping, SweepSpec, Target, known_metric, parse_space,
-                                   pareto_front)
+from distfair.search_space import (STATS, Dimension, EarlyStopping, SweepSpec, Target, known_metric,
+                                   known_val_metric, metric_role, parse_space, pareto_front)
 from distfair.sweep import TrialOutcome, choose, load_sweep, sweep_identity
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ KEYS = {"train.lr", "train.batch_size", "train.optimizer", "attack.eps", "attack
         "defense.name"}
 EVAL_NAMES = ["pgd20", "fgsm"]
 LR = {"type": "float", "low": 0.001, "high": 0.1, "log": True}
-OBJECTIVE = {"metric": "worst_class_acc"}
+OBJECTIVE = {"metric": "val_worst_class_acc"}
 
 
 def parse(raw):
@@ -45,14 +45,14 @@ def test_parse_every_dimension_type_and_one_objective():
                 "train.batch_size": {"type": "int", "low": 32, "high": 128, "step": 32},
                 "train.optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
                 "attack.eps": {"grid": [0.05, 0.1]}},
-        objective={"metric": "worst_class_acc", "stat": "mean_minus_std", "k": 2, "mode": "max"}))
+        objective={"metric": "val_worst_class_acc", "stat": "mean_minus_std", "k": 2, "mode": "max"}))
     assert problems == []
     assert spec.dims == [Dimension("train.lr", "float", low=0.001, high=0.1, log=True),
                          Dimension("train.batch_size", "int", low=32, high=128, step=32),
                          Dimension("train.optimizer", "categorical", choices=("sgd", "adam"))]
     assert spec.grid == [Dimension("attack.eps", "grid", choices=(0.05, 0.1))]
-    assert spec.objective == [Target("worst_class_acc", "mean_minus_std", "max", 2.0)]
-    assert spec.objective[0].name == "worst_class_acc.mean_minus_std"
+    assert spec.objective == [Target("val_worst_class_acc", "mean_minus_std", "max", 2.0)]
+    assert spec.objective[0].name == "val_worst_class_acc.mean_minus_std"
     assert not spec.multi_objective
     # defaults: TPE for one objective, seed 0, 4 samples, concurrency from the cluster, no early stopping
     assert (spec.sampler, spec.seed, spec.num_samples, spec.max_concurrent, spec.early_stopping) == \
@@ -60,16 +60,16 @@ def test_parse_every_dimension_type_and_one_objective():
 
 
 def test_parse_objective_list_defaults_to_nsga2():
-    spec, problems = parse(space(objective=[{"metric": "robust_acc"},
-                                            {"metric": "worst_class_acc", "stat": "std", "mode": "min"}]))
+    spec, problems = parse(space(objective=[{"metric": "val_robust_acc"},
+                                            {"metric": "val_worst_class_acc", "stat": "std", "mode": "min"}]))
     assert problems == []
-    assert spec.objective == [Target("robust_acc", "mean", "max", 1.0), Target("worst_class_acc", "std", "min", 1.0)]
+    assert spec.objective == [Target("val_robust_acc", "mean", "max", 1.0), Target("val_worst_class_acc", "std", "min", 1.0)]
     assert spec.multi_objective
     assert spec.sampler == "nsga2"
 
 
 def test_parse_objective_list_of_one_is_single_objective():
-    spec, problems = parse(space(objective=[{"metric": "robust_acc", "mode": "max"}]))
+    spec, problems = parse(space(objective=[{"metric": "val_robust_acc", "mode": "max"}]))
     assert problems == []
     assert not spec.multi_objective and spec.sampler == "tpe"
 
@@ -91,9 +91,63 @@ def test_parse_search_options_and_early_stopping():
 
 
 def test_parse_early_stopping_defaults():
-    spec, problems = parse(space(search={"early_stopping": {"metric": "train_loss", "mode": "min"}}))
+    spec, problems = parse(space(search={"early_stopping": {"metric": "val_clean_acc"}}))
     assert problems == []
-    assert spec.early_stopping == EarlyStopping("train_loss", "min", grace_period=1, reduction_factor=2)
+    assert spec.early_stopping == EarlyStopping("val_clean_acc", "max", grace_period=1, reduction_factor=2)
+
+
+def test_early_stopping_refuses_a_training_curve():
+    _, problems = parse(space(search={"early_stopping": {"metric": "train_loss", "mode": "min"}}))
+    assert problems == [("space.search.early_stopping.metric",
+                         "must be a per-epoch validation metric (val_clean_acc, val_robust_acc), got 'train_loss'")]
+
+
+# ------------------------------------------------------- selection never sees the test set
+@pytest.mark.parametrize("metric, use", [
+    ("worst_class_acc", "val_worst_class_acc"), ("robust_acc", "val_robust_acc"), ("acc_gap", "val_acc_gap"),
+    ("sym_loss", "val_sym_loss"), ("clean_acc", "val_clean_acc"), ("clean_nsd", "val_clean_nsd"),
+    ("group_gap/gender", "val_group_gap/gender"), ("max_bipartition_asym", "val_max_bipartition_asym"),
+    ("pgd20/worst_class_acc", "val_worst_class_acc"),        # pgd20 is the primary evaluation
+])
+def test_a_test_metric_objective_is_an_error_naming_the_val_metric(metric, use):
+    _, problems = parse(space(objective={"metric": metric, "stat": "mean_minus_std"}))
+    assert [k for k, _ in problems] == ["space.objective.metric"]
+    assert problems[0][1].startswith(f"{metric!r} is a test-set metric, and selection never sees the test set")
+    assert f"use {use!r}" in problems[0][1]
+
+
+def test_a_secondary_evaluation_is_not_repeated_on_validation():
+    _, problems = parse(space(objective=[{"metric": "val_robust_acc"}, {"metric": "fgsm/acc_gap", "mode": "min"}]))
+    assert [k for k, _ in problems] == ["space.objective[1].metric"]
+    assert "make 'fgsm' the first entry and use 'val_acc_gap'" in problems[0][1]
+
+
+def test_a_training_quantity_is_not_an_objective():
+    _, problems = parse(space(objective={"metric": "train_loss", "mode": "min"}))
+    assert problems[0][0] == "space.objective.metric"
+    assert problems[0][1].startswith("'train_loss' is a training quantity, not a validation metric")
+
+
+@pytest.mark.parametrize("name, role", [
+    ("val_robust_acc", "validation"), ("val_clean_acc", "validation"), ("val_group_gap/gender", "validation"),
+    ("robust_acc", "test"), ("clean_acc", "test"), ("pgd20/worst_class_acc", "test"), ("group_gap/gender", "test"),
+    ("train_loss", "training"), ("train_sym", "training"), ("lr", "training"), ("eval_time_s", "training"),
+    ("val_time_s", "training"),
+    ("defense_spec_norm", "training"),
+])
+def test_metric_role(name, role):
+    assert metric_role(name) == role
+
+
+@pytest.mark.parametrize("name, known", [
+    ("val_robust_acc", True), ("val_worst_class_acc", True), ("val_acc_gap", True), ("val_sym_loss", True),
+    ("val_clean_acc", True), ("val_clean_worst_class_acc", True), ("val_max_bipartition_asym", True),
+    ("val_group_gap/gender", True), ("val_clean_group_acc/gender/F", True), ("val_stage_acc/apgd_ce", True),
+    ("val_acc", False), ("val_clean_robust_acc", False), ("val_pgd20/robust_acc", False), ("val_", False),
+    ("robust_acc", False), ("clean_acc", False), ("train_loss", False),
+])
+def test_known_val_metric(name, known):
+    assert known_val_metric(name) is known
 
 
 def test_grid_points_cartesian_product_in_order():
@@ -152,18 +206,18 @@ PROBLEMS = [
     ("grid with extra keys", space(params={"train.lr": LR, "attack.eps": {"grid": [0.1], "type": "float"}}),
      "space.params.attack.eps", "a grid dimension takes only 'grid', got also ['type']"),
     ("unknown metric", space(objective={"metric": "accuracy"}), "space.objective.metric",
-     "unknown metric 'accuracy'; e.g. robust_acc"),
-    ("unknown stat", space(objective={"metric": "robust_acc", "stat": "avg"}), "space.objective.stat",
+     "unknown metric 'accuracy'; objectives name validation metrics"),
+    ("unknown stat", space(objective={"metric": "val_robust_acc", "stat": "avg"}), "space.objective.stat",
      "unknown stat 'avg'; known: mean, std, min, max, median, mean_minus_std, mean_plus_std, ci95_low, ci95_high"),
-    ("bad mode", space(objective={"metric": "robust_acc", "mode": "maximize"}), "space.objective.mode",
+    ("bad mode", space(objective={"metric": "val_robust_acc", "mode": "maximize"}), "space.objective.mode",
      "must be max or min, got 'maximize'"),
-    ("negative k", space(objective={"metric": "robust_acc", "stat": "mean_minus_std", "k": -1}), "space.objective.k",
+    ("negative k", space(objective={"metric": "val_robust_acc", "stat": "mean_minus_std", "k": -1}), "space.objective.k",
      "must be a number >= 0, got -1"),
-    ("infinite k", space(objective={"metric": "robust_acc", "stat": "mean_minus_std", "k": math.inf}),
+    ("infinite k", space(objective={"metric": "val_robust_acc", "stat": "mean_minus_std", "k": math.inf}),
      "space.objective.k", "must be a number >= 0, got inf"),
-    ("unknown objective key", space(objective={"metric": "robust_acc", "direction": "max"}),
+    ("unknown objective key", space(objective={"metric": "val_robust_acc", "direction": "max"}),
      "space.objective.direction", "unknown key; known: metric, stat, mode, k"),
-    ("objective in a list", space(objective=[{"metric": "robust_acc"}, {"metric": "acc_gap", "mode": "down"}]),
+    ("objective in a list", space(objective=[{"metric": "val_robust_acc"}, {"metric": "val_acc_gap", "mode": "down"}]),
      "space.objective[1].mode", "must be max or min, got 'down'"),
     ("objective missing", {"params": {"train.lr": LR}}, "space.objective",
      "required: {metric, stat, mode} or a list of them"),
@@ -180,7 +234,7 @@ PROBLEMS = [
      "must be an integer >= 1, got 0"),
     ("early stopping on a test metric", space(search={"early_stopping": {"metric": "robust_acc"}}),
      "space.search.early_stopping.metric",
-     "must be a per-epoch metric (train_loss, val_clean_acc, val_robust_acc), got 'robust_acc'"),
+     "must be a per-epoch validation metric (val_clean_acc, val_robust_acc), got 'robust_acc'"),
     ("early stopping mode", space(search={"early_stopping": {"metric": "val_robust_acc", "mode": "up"}}),
      "space.search.early_stopping.mode", "must be max or min, got 'up'"),
     ("grace_period 0", space(search={"early_stopping": {"metric": "val_robust_acc", "grace_period": 0}}),
@@ -204,7 +258,7 @@ def test_parse_problem_names_the_dotted_key(raw, key, reason):
 def test_parse_reports_every_problem_at_once():
     raw = space(params={"train.lr": {"type": "float", "low": 5, "high": 1}, "nope.key": LR,
                         "train.optimizer": {"type": "categorical", "choices": []}},
-                objective={"metric": "robust_acc", "stat": "avg"},
+                objective={"metric": "val_robust_acc", "stat": "avg"},
                 search={"num_samples": 0, "early_stopping": {"metric": "val_robust_acc", "reduction_factor": 1}},
                 extra=1)
     _, problems = parse(raw)
@@ -224,7 +278,7 @@ def test_parse_reports_every_problem_at_once():
     ("pgd20/robust_acc", True), ("fgsm/worst_class_acc", True),
     ("pgd20/acc", False), ("pgd20/clean_acc", False), ("pgd20/", False),
     ("pgd50/robust_acc", False),               # not a declared evaluation attack
-    ("lr", False), ("", False),
+    ("lr", True), ("", False),
     ("max_bipartition_asym", True), ("clean_max_bipartition_asym", True), ("fgsm/target_success_rate", True),
     ("group_gap/gender", True), ("clean_group_acc/gender/F", True), ("pgd20/max_group_asym/gender", True),
     ("pgd20/stage_acc/apgd_ce", True), ("group_gap/", False), ("pgd50/group_gap/gender", False),
@@ -343,7 +397,7 @@ TINY_SWEEP = {
         "params": {"defense.lambda_sym": {"type": "float", "low": 0.1, "high": 2.0, "log": True},
                    "train.lr": {"type": "float", "low": 0.01, "high": 0.1},
                    "attack.eps": {"grid": [0.05, 0.1]}},
-        "objective": {"metric": "pgd5/worst_class_acc", "stat": "mean_minus_std", "k": 1.0, "mode": "max"},
+        "objective": {"metric": "val_worst_class_acc", "stat": "mean_minus_std", "k": 1.0, "mode": "max"},
         "search": {"seed": 3, "num_samples": 2},
     },
 }
@@ -359,7 +413,7 @@ def test_load_sweep_good_file(write_config, sweep_dict):
     assert cfg["seeds"] == [0, 1] and cfg["defense"]["name"] == "syfar"
     assert [d.key for d in spec.dims] == ["defense.lambda_sym", "train.lr"]
     assert spec.grid_points() == [{"attack.eps": 0.05}, {"attack.eps": 0.1}]
-    assert spec.objective == [Target("pgd5/worst_class_acc", "mean_minus_std", "max", 1.0)]
+    assert spec.objective == [Target("val_worst_class_acc", "mean_minus_std", "max", 1.0)]
     assert (spec.sampler, spec.seed, spec.num_samples, spec.max_concurrent) == ("tpe", 3, 2, None)
     assert spec.total_trials() == 4            # 2 samples x 2 grid points
 
@@ -390,7 +444,7 @@ def test_load_sweep_rejects_invalid_extremes(write_config, sweep_dict, key, dim,
 
 def test_load_sweep_reports_space_problems(write_config, sweep_dict):
     sweep_dict["space"]["params"]["train.lr"] = {"type": "float", "low": 5, "high": 1}
-    sweep_dict["space"]["objective"]["metric"] = "fgsm/robust_acc"      # fgsm is not an eval attack here
+    sweep_dict["space"]["objective"]["metric"] = "val_fgsm/robust_acc"  # not a metric a configuration reports
     with pytest.raises(ConfigError) as caught:
         load_sweep(str(write_config(sweep_dict)))
     assert [k for k, _ in caught.value.problems][:2] == ["space.params.train.lr.low", "space.objective.metric"]
@@ -434,7 +488,7 @@ def test_cifar10_sweep_space_validates(tmp_path):
                                  eval_names=[a["name"] for a in cfg["eval"]["attacks"]])
     assert problems == []
     assert spec.dims == [Dimension("defense.lambda_sym", "float", low=0.1, high=10.0, log=True)]
-    assert spec.objective == [Target("worst_class_acc", "mean_minus_std", "max", 1.0)]
+    assert spec.objective == [Target("val_worst_class_acc", "mean_minus_std", "max", 1.0)]
     assert (spec.sampler, spec.seed, spec.num_samples, spec.max_concurrent) == ("tpe", 0, 8, 4)
     assert cfg["seeds"] == [0, 1, 2]
 
@@ -573,7 +627,7 @@ def test_trial_values_apply_before_defaults_are_resolved(tmp_path):
         "attack": {"name": "pgd", "eps": 0.1}, "seeds": [0, 1],
         "eval": {"attacks": [{"name": "inherits", "attack": "pgd"}, {"name": "fixed", "attack": "pgd", "eps": 0.05}]},
         "space": {"params": {"attack.eps": {"type": "float", "low": 0.1, "high": 0.3}},
-                  "objective": {"metric": "robust_acc"}}}))
+                  "objective": {"metric": "val_robust_acc"}}}))
     cfg, spec = load_sweep(str(path), num_seeds=3)
     context = {"base": spec.base, "config_path": str(path), "groups_per_trial": 1}
     trial = _trial_config(context, {"attack.eps": 0.25})

@@ -109,6 +109,23 @@ def test_group_with_only_absent_classes_raises():
         subgroup_matrix(FOUR_ABSENT, [0, 0, 0, 1])
 
 
+def test_group_with_only_absent_classes_can_be_omitted():
+    """``empty="omit"`` (what the evaluation uses, issue 9 point 6): the group is left out like
+    an absent class, with a warning, instead of raising."""
+    with pytest.warns(UserWarning) as caught:
+        result = group_metrics(FOUR_ABSENT, [0, 0, 0, 1], names=["a", "b"], empty="omit")
+    messages = [str(w.message) for w in caught]
+    assert any("groups ['b'] have no class with samples" in m for m in messages), messages
+    assert any("classes [3] have no samples" in m for m in messages), messages
+    assert result["group_acc"] == pytest.approx({"a": (0.6 + 0.75 + 0.6) / 3, "b": None})
+    assert result["group_gap"] is None and result["max_group_asym"] is None and result["group_asym"] == {}
+    # C_aa = sum of R_ij over i, j in {0, 1, 2} / 9 = (.9 + 1 + .8) / 9 (R_03, R_23 left out); b undefined
+    assert result["matrix"][0][0] == pytest.approx(2.7 / 9)
+    assert result["matrix"][0][1] is None and result["matrix"][1] == [None, None]
+    with pytest.raises(ValueError, match="empty"):
+        group_metrics(FOUR, [0, 0, 1, 1], empty="drop")
+
+
 @pytest.mark.parametrize("groups, match", [
     ([0, 0, 1], "length K=4"),
     ([0, 0, 1, 1, 1], "length K=4"),

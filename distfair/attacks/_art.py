@@ -60,12 +60,24 @@ class EOT(nn.Module):
         return total / self.eot_iter
 
 
+def declares_randomized(model: nn.Module) -> bool:
+    """Whether the model declares itself randomised: a truthy ``randomized`` attribute on it
+    or on the module a DDP/DataParallel wrapper holds. No forward pass: the answer is the
+    same on every batch, rank and device (bitwise comparisons of two passes are not:
+    nondeterministic GPU kernels make a deterministic model's passes differ)."""
+    flag = getattr(model, "randomized", None)
+    if flag is None:
+        flag = getattr(getattr(model, "module", None), "randomized", None)
+    return bool(flag)
+
+
 def is_randomized(model: nn.Module, x: Tensor) -> bool:
     """Whether the model's eval-mode output is random (needs AutoAttack's "rand" version).
 
     An explicit ``model.randomized`` attribute decides when present; otherwise two eval-mode
     forward passes on the same batch are compared. The model's modes and the global torch
-    RNG state are restored afterwards.
+    RNG state are restored afterwards. Only for choices that may differ between batches
+    without harm (Square's query cache); AutoAttack's version uses ``declares_randomized``.
     """
     flag = getattr(model, "randomized", None)
     if flag is not None:
@@ -88,10 +100,16 @@ class _Adapted(nn.Module):
         super().__init__()
         self.__dict__["inner"] = model  # not a registered submodule: out of ART's reach
         self.dtype, self.device, self.to_x = dtype, device, to_x
+        #: None, or a callable (ART input, float32 logits) told of every forward pass; an
+        #: attack sets it for the duration of the calls it wants to watch
+        self.observer: Callable[[Tensor, Tensor], None] | None = None
 
     def forward(self, z: Tensor) -> Tensor:
         logits = self.inner(self.to_x(z.to(device=self.device, dtype=self.dtype)))
-        return logits.to(device=z.device, dtype=torch.float32)
+        logits = logits.to(device=z.device, dtype=torch.float32)
+        if self.observer is not None:
+            self.observer(z.detach(), logits.detach())
+        return logits
 
 
 def project(x_adv: Tensor, x: Tensor, eps: float, norm: str, bounds: tuple[float, float]) -> Tensor:

@@ -1,11 +1,12 @@
 """AutoAttack (Croce & Hein, ICML 2020, §4), standard and "rand" versions, on ART's APGD and Square."""
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distfair.attacks._art import ART_NORMS, EOT, NORMS, is_randomized, run_art
+from distfair.attacks._art import ART_NORMS, EOT, NORMS, declares_randomized, run_art
 from distfair.attacks._base import Attack, _check_int
 from distfair.attacks.ensemble import StagedAttack, sequential
 from distfair.attacks.square import Square
@@ -54,9 +55,13 @@ class AutoAttack(StagedAttack):
         bounds: valid input range (low, high); default (0.0, 1.0).
         target_mode: "none" (default) or "random".
         norm: "linf" (default) or "l2".
-        version: "standard", "rand", or "auto" (default): "rand" when
-            ``_art.is_randomized(model, x)`` (a ``model.randomized`` attribute, else two
-            eval-mode passes differ), "standard" otherwise; see ``resolve_version``.
+        version: "standard", "rand", or "auto" (default): "rand" when the model declares
+            itself randomised (``model.randomized``, ``_art.declares_randomized``),
+            "standard" otherwise; see ``resolve_version``. The decision never depends on a
+            batch: comparing two eval-mode passes bitwise (as before) let nondeterministic GPU
+            kernels flip a deterministic model to "rand" on some batches or ranks. A randomised
+            defense must declare itself or be evaluated with ``version="rand"``.
+            ``pin_versions`` fixes it once per evaluation and reports it.
         n_iter: APGD iterations per run; default 100.
         n_target_classes: APGD-T target classes; default 9, clipped to K − 1.
         n_queries: Square queries (ART iterations); default 5000.
@@ -88,17 +93,19 @@ class AutoAttack(StagedAttack):
         self.eot_iter = _check_int("eot_iter", eot_iter, minimum=1)
         self._warned_binary = False
 
-    def resolve_version(self, model: nn.Module, x: Tensor) -> str:
-        """The version run on (model, x): ``version``, or for "auto" "rand"/"standard"."""
+    def resolve_version(self, model: nn.Module, x: Tensor | None = None) -> str:
+        """The version run on ``model``: ``version``, or for "auto" "rand" if the model
+        declares itself randomised, else "standard". ``x`` is not used: the version is a
+        property of the model, the same on every batch and rank."""
         if self.version != "auto":
             return self.version
-        return "rand" if is_randomized(model, x) else "standard"
+        return "rand" if declares_randomized(model) else "standard"
 
     def black_box_stages(self) -> set[str]:
         return {"square"}
 
     def _stages(self, model, x, y, target):
-        version = self.resolve_version(model, x)
+        version = self.resolve_version(model)
         with torch.no_grad():
             num_classes = model(x).shape[1]
         dlr = DLR
@@ -118,8 +125,29 @@ class AutoAttack(StagedAttack):
                                   p_init=0.8, restarts=1))]
 
 
+def pin_versions(attack: Attack, model: nn.Module) -> dict[str, str]:
+    """Fix the version of every AutoAttack in ``attack`` for one evaluation of ``model``.
+
+    ``attack`` itself, or the members of an ensemble (anything with ``members`` as
+    (label, attack) pairs), when they are ``AutoAttack``: each "auto" one is set to its
+    resolved version (``resolve_version``), so every batch and DDP rank of the evaluation
+    runs the same stages (Croce & Hein 2020, §4: "standard" or "rand"). Mutates those
+    instances (build one per evaluation). Returns ``{label: version}``: "" for ``attack``
+    itself, else the member label; empty when there is no AutoAttack.
+    """
+    found = [("", attack)] + [(label, member) for label, member in getattr(attack, "members", None) or []]
+    versions = {}
+    for label, candidate in found:
+        if isinstance(candidate, AutoAttack):
+            candidate.version = candidate.resolve_version(model)
+            versions[label] = candidate.version
+    return versions
+
+
 class _APGD(Attack):
-    """One run of ART's APGD (Croce & Hein 2020, §3): η(0) = 2ε, one random start, no restarts."""
+    """One run of ART's APGD (Croce & Hein 2020, §3): η(0) = 2ε, one random start, no restarts;
+    a sample's output is an adversarial iterate whenever any iterate was one (the reference's
+    ``x_best_adv``), see ``_keep_adversarial_apgd``."""
 
     name = "_apgd"
 
@@ -129,10 +157,8 @@ class _APGD(Attack):
         self.norm, self.loss, self.n_iter, self.eot_iter = norm, loss, n_iter, eot_iter
 
     def _perturb(self, model, x, y, target, generator):
-        from art.attacks.evasion.auto_projected_gradient_descent import AutoProjectedGradientDescent
-
         def make(classifier):
-            return AutoProjectedGradientDescent(
+            return _keep_adversarial_apgd()(
                 classifier, norm=ART_NORMS[self.norm], eps=self.eps, eps_step=2 * self.eps, max_iter=self.n_iter,
                 targeted=target is not None, nb_random_init=1, batch_size=max(1, len(x)), loss_type=self.loss,
                 verbose=False)
@@ -173,3 +199,81 @@ class _APGDT(Attack):
             return self.inner(model, x, y, target=target, generator=generator)
         members = [(f"target{rank + 1}", _RankTarget(self.inner, rank)) for rank in range(self.n_target_classes)]
         return sequential(model, x, y, members, target=None, generator=generator)[0]
+
+
+_KEEP_APGD = None
+
+
+def _keep_adversarial_apgd():
+    """ART's ``AutoProjectedGradientDescent`` keeping any adversarial iterate (built on first use).
+
+    Croce & Hein 2020, §3 / Alg. 1 and their reference code: APGD returns, per sample, an
+    iterate that is misclassified (targeted: classified as the target) if any iterate was
+    (``x_best_adv``, updated every iteration). ART 1.20 keeps a sample's perturbation only if
+    its *last* iterate is adversarial, so a point crossed on the way (the loss can keep
+    rising after the prediction has turned back, e.g. CE spreading mass over two wrong
+    classes) counts as robust. This subclass watches every forward pass of ART's
+    ``loss_gradient`` and ``compute_loss`` (the random start and every iterate, as one batch
+    of the still-robust rows, in order; ``_Adapted.observer``), keeps the latest adversarial
+    iterate of each row, and returns it for every row that had one. The watched rows are
+    matched to the inputs by their order and checked to lie in their own ε-ball (otherwise,
+    e.g. when a randomised model's robust set differed from ART's, the call falls back to
+    ART's output). Needs ``nb_random_init == 1`` and ``batch_size >= len(x)`` (as ``_APGD``
+    builds it) and class-index labels.
+    """
+    global _KEEP_APGD
+    if _KEEP_APGD is None:
+        from art.attacks.evasion.auto_projected_gradient_descent import AutoProjectedGradientDescent
+
+        class KeepAdversarialAPGD(AutoProjectedGradientDescent):
+            _rows = None
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                for method in ("loss_gradient", "compute_loss"):
+                    setattr(self.estimator, method, self._watching(getattr(self.estimator, method)))
+
+            def _watching(self, method):
+                def call(*args, **kwargs):
+                    adapted = self.estimator.model
+                    adapted.observer = self._observe
+                    try:
+                        return method(*args, **kwargs)
+                    finally:
+                        adapted.observer = None
+                return call
+
+            def _observe(self, z: Tensor, logits: Tensor) -> None:
+                if self._rows is None or len(z) != len(self._rows):
+                    return
+                z_np = z.cpu().numpy().astype(np.float32)
+                delta = (z_np - self._x_r).reshape(len(z_np), -1)
+                size = np.abs(delta).max(axis=1) if self.norm in (np.inf, "inf") else np.linalg.norm(delta, axis=1)
+                if np.any(size > self.eps * (1 + 1e-4) + 1e-6):      # not our rows: stop watching
+                    self._rows = None
+                    return
+                pred = logits.argmax(dim=1).cpu().numpy()
+                adversarial = pred == self._labels if self.targeted else pred != self._labels
+                self._best[adversarial] = z_np[adversarial]
+                self._found |= adversarial
+
+            def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
+                labels = None if y is None else np.asarray(y)
+                if (labels is None or labels.ndim != 1 or self.nb_random_init != 1 or self.batch_size < len(x)
+                        or kwargs.get("mask") is not None):
+                    return super().generate(x, y, **kwargs)
+                pred = self.estimator.predict(x.astype(np.float32), batch_size=max(1, len(x))).argmax(axis=1)
+                rows = np.flatnonzero(pred != labels if self.targeted else pred == labels)
+                self._rows, self._labels = rows, labels[rows]
+                self._x_r = x[rows].astype(np.float32)
+                self._best, self._found = self._x_r.copy(), np.zeros(len(rows), dtype=bool)
+                try:
+                    out = np.array(super().generate(x, y, **kwargs), copy=True)
+                    if self._rows is not None:
+                        out[rows[self._found]] = self._best[self._found]
+                    return out
+                finally:
+                    self._rows = self._labels = self._x_r = self._best = self._found = None
+
+        _KEEP_APGD = KeepAdversarialAPGD
+    return _KEEP_APGD

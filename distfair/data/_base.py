@@ -32,6 +32,9 @@ class DataBundle:
     #: sample, in ``test`` order (``test_attributes[a][i]`` describes ``test[i]``). Empty when
     #: the dataset has none.
     test_attributes: dict[str, list[str]] = field(default_factory=dict)
+    #: the same for the *validation* set (``val_attributes[a][i]`` describes ``val[i]``), so the
+    #: end-of-training validation pass can report per-sample subgroup metrics too
+    val_attributes: dict[str, list[str]] = field(default_factory=dict)
 
 
 def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> None:

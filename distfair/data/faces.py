@@ -13,9 +13,12 @@ folder per identity, ImageFolder style::
 Classes are the sorted identity folder names (``class_names``); images are the files in each
 identity folder (not sub-folders) ending in .png/.jpg/.jpeg/.bmp/.ppm (any case); hidden
 files and folders (leading ".") are ignored. The paper's PubFig set is ten celebrities (five
-female, five male), ~300 images each, split 80/10/10; PubFig_SIB swaps two identities for
-two sisters. Images load lazily (PIL -> RGB -> bilinear resize to ``image_size`` squared ->
-float C x H x W in [0, 1]), so memory does not grow with the set.
+female, five male), ~300 images each; PubFig_SIB swaps two identities for two sisters. Sy-FAR
+§5 "adopt[s] an 80/10/10 split for training, validation, and testing": the defaults here
+(``val_fraction=0.1``, ``test_fraction=0.1``) give exactly that. Small sets need enough
+images per identity for every part to be non-empty (10 per identity at 80/10/10). Images
+load lazily (PIL -> RGB -> bilinear resize to ``image_size`` squared -> float C x H x W in
+[0, 1]), so memory does not grow with the set.
 
 ``metadata`` is a CSV (relative to ``root`` or absolute; ``None``: no metadata; a named file
 that is absent is an error) of one of two kinds, told apart by its columns (exactly one of
@@ -25,7 +28,8 @@ that is absent is an error) of one of two kinds, told apart by its columns (exac
   folder -> ``DataBundle.class_attributes``; rows for identities without a folder are
   ignored.
 - per-sample, ``file,<attr>...`` with ``file`` relative to ``root`` (e.g. ``alice/001.png``):
-  one row per image -> ``DataBundle.test_attributes`` for the test samples, in test order;
+  one row per image -> ``DataBundle.test_attributes`` for the test samples, in test order
+  (and ``val_attributes`` for the validation samples);
   rows for files that are not used are ignored.
 """
 from __future__ import annotations
@@ -130,13 +134,14 @@ def _read_csv(path: str) -> tuple[str, list[str], dict[str, dict[str, str]]]:
 
 
 def faces(*, root: str, image_size: int = 224, metadata: str | None = "metadata.csv",
-          val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0,
+          val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
           max_per_class: int | None = None) -> DataBundle:
     """Identities under ``root`` (see the module docstring), split stratified by identity.
 
-    ``test_fraction`` and ``val_fraction`` are fractions of the whole set; validation is
-    carved from the non-test part, and the split depends only on the file list and
-    ``split_seed``. ``max_per_class`` keeps the first images (sorted by name) of each identity.
+    ``test_fraction`` and ``val_fraction`` are fractions of the whole set (defaults: Sy-FAR
+    §5's 80/10/10 train/validation/test); validation is carved from the non-test part, and
+    the split depends only on the file list and ``split_seed``. ``max_per_class`` keeps the
+    first images (sorted by name) of each identity.
     """
     check_fraction("test_fraction", test_fraction)
     check_fraction("val_fraction", val_fraction)
@@ -154,6 +159,7 @@ def faces(*, root: str, image_size: int = 224, metadata: str | None = "metadata.
 
     class_attributes: dict[str, list[str]] = {}
     test_attributes: dict[str, list[str]] = {}
+    val_attributes: dict[str, list[str]] = {}
     if metadata is not None:
         csv_path = os.path.join(root, os.path.expanduser(metadata))  # an absolute path stays as it is
         key, attrs, table = _read_csv(csv_path)
@@ -169,10 +175,12 @@ def faces(*, root: str, image_size: int = 224, metadata: str | None = "metadata.
                 raise ValueError(f"faces metadata {csv_path!r} has no row for file {missing[0]!r}"
                                  + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
             test_attributes = {a: [table[files[i]][a] for i in test_idx] for a in attrs}
+            val_attributes = {a: [table[files[i]][a] for i in val_idx] for a in attrs}
 
     def part(idx) -> FaceImages:
         return FaceImages([os.path.join(root, files[i]) for i in idx], [labels[i] for i in idx], image_size)
 
     return DataBundle(part(train_idx), part(val_idx), part(test_idx), num_classes=len(identities),
                       in_shape=(3, image_size, image_size), bounds=(0.0, 1.0), class_names=identities,
-                      class_attributes=class_attributes, test_attributes=test_attributes)
+                      class_attributes=class_attributes, test_attributes=test_attributes,
+                      val_attributes=val_attributes)

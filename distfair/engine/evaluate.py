@@ -3,6 +3,11 @@
 Each rank evaluates the samples ``rank, rank + world, ...`` (no padding, so no sample counts
 twice) and the K×K count matrices are summed with all-reduce. Batches stream: memory does
 not grow with the size of the evaluation set.
+
+Every rank makes the same collective calls whatever its shard (an empty shard included, and
+a rank whose attack raised): ``predict_dataset`` first gathers each rank's outcome (its error,
+its ensemble stage labels), raises the same ``EvaluationError`` on every rank if any rank
+failed, and only then all-reduces one tensor per stage of the agreed list.
 """
 from __future__ import annotations
 
@@ -27,29 +32,44 @@ def _predict(model, x):
 
 def confusion_counts(model: torch.nn.Module, dataset: Dataset, num_classes: int, *, device: torch.device,
                      batch_size: int, attack: Attack | None = None, generator: torch.Generator | None = None,
-                     rank: int = 0, world: int = 1) -> torch.Tensor:
+                     rank: int = 0, world: int = 1, soft: bool = False):
     """K×K counts (rows true, columns predicted) over ``dataset``, summed over all ranks.
 
     The model is put in eval mode for the forward passes and its previous mode restored.
+    With ``soft=True`` returns ``(counts, soft_sums)``: ``soft_sums[i]`` is the sum of the
+    softmax vectors of the (attacked) samples of true class ``i`` (float64), from the same
+    forward pass, so ``soft_sums / counts.sum(1)`` is Sy-FAR's soft confusion matrix (§4.2)
+    of the whole dataset.
     """
     was_training = model.training
     model.eval()
     counts = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    soft_sums = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device) if soft else None
     try:
         for x, y in DataLoader(shard(dataset, rank, world), batch_size=batch_size, shuffle=False):
             x, y = x.to(device), y.to(device)
             if attack is not None:
                 x = attack(model, x, y, generator=generator)
-            counts += confusion_matrix(y, _predict(model, x), num_classes)
+            with torch.no_grad():
+                logits = model(x)
+            counts += confusion_matrix(y, logits.argmax(dim=1), num_classes)
+            if soft_sums is not None:
+                soft_sums.index_add_(0, y, logits.double().softmax(dim=1))
     finally:
         model.train(was_training)
     if world > 1:
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    return counts.cpu()
+        if soft_sums is not None:
+            dist.all_reduce(soft_sums, op=dist.ReduceOp.SUM)
+    return counts.cpu() if soft_sums is None else (counts.cpu(), soft_sums.cpu())
 
 
 # ------------------------------------------------------------------ per-sample evaluation
 TARGET_SPECS = ("random", "every")
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation failed on at least one DDP rank; raised on every rank alike."""
 
 
 @dataclass
@@ -132,6 +152,7 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
     was_training = model.training
     model.eval()
     start = 0
+    error: BaseException | None = None
     try:
         for x, y in DataLoader(shard(dataset, rank, world), batch_size=batch_size, shuffle=False):
             x, y = x.to(device), y.to(device)
@@ -153,11 +174,35 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
                 pred = _predict(model, attack(model, x, y, generator=generator))
             labels[at] = y + 1           # +1: the all-reduce below sums the ranks' disjoint shards
             preds[at] = pred + 1
+    except Exception as err:         # other ranks wait in the collectives below: tell them first
+        if world == 1:
+            raise
+        error = err
     finally:
         model.train(was_training)
     if world > 1:
+        stages = _agree_on_stages(stages, error, n, device, rank, world)
         for tensor in (labels, preds, *stages.values(), *([success] if success is not None else [])):
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return Predictions(labels=(labels - 1).cpu(), preds=(preds - 1).cpu(),
                        stages={k: v.cpu().bool() for k, v in stages.items()},
                        target_success=None if success is None else success.cpu())
+
+
+def _agree_on_stages(stages: dict[str, torch.Tensor], error: BaseException | None, n: int, device, rank: int,
+                     world: int) -> dict[str, torch.Tensor]:
+    """One collective every rank makes, empty shard or not: gather (error, stage labels) from
+    all ranks; raise ``EvaluationError`` on every rank if one failed or if ranks with samples
+    ran different stages; else return ``stages`` completed (zeros) to the agreed labels, in
+    the same order on every rank, so the all-reduces that follow match one to one."""
+    mine = (None if error is None else f"rank {rank}: {type(error).__name__}: {error}", list(stages))
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, mine)
+    failures = [message for message, _ in gathered if message is not None]
+    if failures:
+        raise EvaluationError("; ".join(failures)) from error
+    ran = [labels for labels in (labels for _, labels in gathered) if labels]
+    if any(labels != ran[0] for labels in ran):
+        raise EvaluationError(f"ranks ran different ensemble stages: {[labels for _, labels in gathered]}")
+    return {label: stages.get(label, torch.zeros(n, dtype=torch.long, device=device))
+            for label in (ran[0] if ran else [])}

@@ -15,10 +15,16 @@ value per class, else ``DataBundle.test_attributes`` with one value per test sam
 Independently of any attribute, every evaluation gets ``max_bipartition_asym``: the largest
 group asymmetry over all bipartitions of the classes (exact, ``distfair.metrics``), with
 the worst bipartition recorded in the report.
+
+A group with no sample in the evaluation (all its classes absent from the test set, or left
+out of a fixed-target evaluation) is reported as absent, as an absent class is: a
+``UserWarning`` names it, its metrics are ``None`` (not logged) and the gap and asymmetries
+are taken over the other groups. It never raises after training.
 """
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,23 +98,32 @@ def resolve_groupings(spec: dict, data: DataBundle) -> list[Grouping]:
     return out
 
 
-def _sample_group_metrics(correct: np.ndarray, grouping: Grouping) -> dict:
+def _sample_group_metrics(correct: np.ndarray, grouping: Grouping, included: np.ndarray | None = None) -> dict:
     acc = {}
     for g, name in enumerate(grouping.names):
         members = grouping.labels == g
+        if included is not None:
+            members = members & included
         acc[name] = float(correct[members].mean()) if members.any() else None
+    empty = [name for name, v in acc.items() if v is None]
+    if empty:
+        warnings.warn(f"subgroups: groups {empty} of attribute {grouping.attribute!r} have no samples in this "
+                      "evaluation; they are left out of the subgroup metrics", UserWarning, stacklevel=3)
     present = [v for v in acc.values() if v is not None]
-    return {"group_acc": acc, "group_gap": max(present) - min(present) if present else None}
+    return {"group_acc": acc, "group_gap": max(present) - min(present) if len(present) >= 2 else None}
 
 
 def subgroup_report(groupings: list[Grouping], counts: np.ndarray, correct: np.ndarray | None,
-                    class_names: list[str]) -> tuple[dict[str, float | None], dict]:
+                    class_names: list[str], included: np.ndarray | None = None) -> tuple[dict[str, float | None], dict]:
     """Metrics (flat keys, for one evaluation) and the JSON report of one evaluation.
 
     ``counts``: its K×K confusion counts; ``correct``: (N,) per-sample correctness in test-set
-    order (needed only for per-sample attributes). Metric keys: ``max_bipartition_asym``,
-    ``group_acc/<attr>/<group>``, ``group_gap/<attr>``, and for class-level attributes
-    ``max_group_asym/<attr>``.
+    order (needed only for per-sample attributes); ``included``: optional (N,) bool, the
+    samples that belong to this evaluation (a fixed-target evaluation leaves the target
+    class's samples out; their rows of ``counts`` are then zero too). Metric keys:
+    ``max_bipartition_asym``, ``group_acc/<attr>/<group>``, ``group_gap/<attr>``, and for
+    class-level attributes ``max_group_asym/<attr>``. A group without samples gets ``None``
+    and a ``UserWarning`` (Sy-FAR §7 defines Ĉ only for groups with classes; see the module).
     """
     names = list(class_names) or [str(i) for i in range(len(counts))]
     try:
@@ -121,7 +136,8 @@ def subgroup_report(groupings: list[Grouping], counts: np.ndarray, correct: np.n
     for grouping in groupings:
         attr = metric_safe(grouping.attribute)
         if grouping.kind == "class":
-            result = group_metrics(counts, grouping.labels.tolist(), [metric_safe(n) for n in grouping.names])
+            result = group_metrics(counts, grouping.labels.tolist(), [metric_safe(n) for n in grouping.names],
+                                   empty="omit")
             result["group_acc"] = dict(zip(grouping.names, result["group_acc"].values()))
             metrics[f"max_group_asym/{attr}"] = result["max_group_asym"]
             result["classes"] = {g: [names[i] for i in np.flatnonzero(grouping.labels == k)]
@@ -129,7 +145,8 @@ def subgroup_report(groupings: list[Grouping], counts: np.ndarray, correct: np.n
         else:
             if correct is None:
                 raise ValueError(f"subgroups: attribute {grouping.attribute!r} needs per-sample results")
-            result = _sample_group_metrics(np.asarray(correct, dtype=bool), grouping)
+            result = _sample_group_metrics(np.asarray(correct, dtype=bool), grouping,
+                                           None if included is None else np.asarray(included, dtype=bool))
         result["kind"] = grouping.kind
         for group, acc in result["group_acc"].items():
             metrics[f"group_acc/{attr}/{metric_safe(group)}"] = acc

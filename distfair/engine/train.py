@@ -31,8 +31,9 @@ from distfair.attacks import build_attack
 from distfair.data import DataBundle, build_dataset
 from distfair.defenses import build_defense
 from distfair.engine.evaluate import confusion_counts
-from distfair.engine.final_eval import final_evaluation
+from distfair.engine.final_eval import final_evaluation, validation_evaluation
 from distfair.engine.seeding import generator, rng_state, seed_everything, set_rng_state
+from distfair.metrics import symmetry_loss
 from distfair.models import build_model, unwrap_model
 
 CHECKPOINT_NAME = "last.pt"
@@ -54,6 +55,8 @@ class SeedResult:
     checks: list[dict] = field(default_factory=list)               # self-check findings
     flags_path: str | None = None                                  # per-sample robust flags (.npz)
     evaluations: list[dict] = field(default_factory=list)          # eval.attacks: name, attack, target
+    eval_errors: dict[str, str] = field(default_factory=dict)      # failed evaluation -> error (no metrics)
+    tags: dict[str, str] = field(default_factory=dict)             # run tags (AutoAttack versions, errors)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -96,6 +99,32 @@ def metric_record(clean: dict, attacked: list[tuple[str, dict]]) -> dict[str, fl
             out.update(renamed(metrics))
         out.update({f"{name}/{k}": v for k, v in renamed(metrics).items()})
     return out
+
+
+def validation_symmetry(counts: torch.Tensor, soft_sums: torch.Tensor) -> dict[str, float]:
+    """Per-epoch symmetry of the attacked validation set (Sy-FAR §4.2, Eq. 1-2, ε = 1/K):
+    ``val_sym`` on the row-normalised hard confusion matrix (the test metric ``sym_loss``),
+    ``val_soft_sym`` on the soft confusion matrix of the whole validation set (what Sy-FAR's
+    regulariser estimates from each training batch), ``val_asym_gap`` max |C_ij - C_ji| of
+    the hard matrix. Classes absent from the validation set are left out. (The end-of-training
+    validation pass's ``val_sym_loss`` / ``val_max_asym_gap`` use the primary evaluation attack.)"""
+    n = counts.sum(dim=1, keepdim=True).to(torch.float64)
+    hard = counts.to(torch.float64) / n.clamp_min(1)
+    soft = soft_sums.to(torch.float64) / n.clamp_min(1)
+    present = n.squeeze(1) > 0
+    gap = (hard - hard.T).abs()[present][:, present]
+    return {"val_sym": float(symmetry_loss(hard)), "val_soft_sym": float(symmetry_loss(soft)),
+            "val_asym_gap": float(gap.max()) if gap.numel() else 0.0}
+
+
+def validation_record(per_eval: dict[str, dict], primary: str | None) -> dict[str, float | None]:
+    """The end-of-training validation pass as flat ``val_*`` metrics, named like the test
+    metrics with a ``val_`` prefix: ``val_clean_<m>`` clean, ``val_<m>`` under the primary
+    evaluation attack (``val_robust_acc``, ``val_worst_class_acc``, ``val_group_gap/<attr>``).
+    These are what sweeps select on; the test metrics are only reported."""
+    attacked = [(primary, per_eval[primary])] if primary is not None else []
+    record = metric_record(per_eval["clean"], attacked)
+    return {f"val_{k}": v for k, v in record.items() if primary is None or not k.startswith(f"{primary}/")}
 
 
 def parameter_fingerprint(model: nn.Module) -> str:
@@ -230,10 +259,12 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
                                      rank=rank, world=world)
         row["val_clean_acc"] = float(val_clean.trace()) / float(val_clean.sum())
         if attack is not None:
-            val_adv = confusion_counts(model, data.val, data.num_classes, device=device, batch_size=eval_bs,
-                                       attack=attack, generator=generator(seed, "val-attack", epoch, rank,
-                                                                          device=device), rank=rank, world=world)
+            val_adv, val_soft = confusion_counts(model, data.val, data.num_classes, device=device,
+                                                 batch_size=eval_bs, attack=attack, soft=True,
+                                                 generator=generator(seed, "val-attack", epoch, rank, device=device),
+                                                 rank=rank, world=world)
             row["val_robust_acc"] = float(val_adv.trace()) / float(val_adv.sum())
+            row.update(validation_symmetry(val_adv, val_soft))
         row["epoch_time_s"] = time.perf_counter() - t0
         history.append({"epoch": epoch, **row})
         saved = None
@@ -253,7 +284,11 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
         if on_epoch is not None:
             on_epoch(epoch, history[-1], saved)
 
-    # ---- final evaluation on the test set
+    # ---- the validation pass that selection uses, then the final evaluation on the test set
+    t_val = time.perf_counter()
+    val_final = validation_evaluation(model, data, cfg["eval"], seed, device=device, batch_size=eval_bs,
+                                      rank=rank, world=world, log=log)
+    val_time = time.perf_counter() - t_val
     final = final_evaluation(model, data, cfg["eval"], seed, workdir=workdir, device=device, batch_size=eval_bs,
                              rank=rank, world=world, log=log)
     fingerprints = _gather_strings(parameter_fingerprint(model), world)
@@ -261,12 +296,14 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
         return None
     metrics = metric_record(final.per_eval["clean"], [(e["name"], final.per_eval[e["name"]])
                                                       for e in cfg["eval"]["attacks"]])
+    metrics.update(validation_record(val_final, cfg["eval"]["attacks"][0]["name"] if cfg["eval"]["attacks"] else None))
+    metrics["val_time_s"] = val_time
     metrics["train_time_s"] = float(sum(h["epoch_time_s"] for h in history))
     metrics["eval_time_s"] = final.eval_time_s
     return SeedResult(
         seed=seed, metrics=metrics, confusion=final.confusion, per_class_acc=final.per_class_acc,
         history=history, class_names=list(data.class_names), final_model_path=str(ckpt_path),
         param_fingerprints=fingerprints, subgroups=final.subgroups, target_success=final.target_success,
-        checks=final.checks, flags_path=final.flags_path,
+        checks=final.checks, flags_path=final.flags_path, eval_errors=final.errors, tags=final.tags,
         evaluations=[{"name": e["name"], "attack": e["attack"], "target": e.get("target")}
                      for e in cfg["eval"]["attacks"]])

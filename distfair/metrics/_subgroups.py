@@ -8,6 +8,7 @@ Mass predicted *into* an absent class is therefore not counted in ``C_hat`` eith
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -45,16 +46,19 @@ def _as_groups(groups, k: int) -> tuple[np.ndarray, int]:
 
 
 def _subgroup_matrix(rates: np.ndarray, present: np.ndarray, labels: np.ndarray,
-                     m: int) -> np.ndarray:
+                     m: int, allow_empty: bool = False) -> np.ndarray:
     # one-hot membership of the present classes: C_hat = (M^T R M) / (n n^T)
     member = np.zeros((rates.shape[0], m))
     member[np.flatnonzero(present), labels[present]] = 1.0
     sizes = member.sum(axis=0)
     empty = np.flatnonzero(sizes == 0)
-    if empty.size:
+    if empty.size and not allow_empty:
         raise ValueError(f"groups: groups {empty.tolist()} have no class with samples; "
                          "C_hat is undefined for them")
-    return member.T @ rates @ member / np.outer(sizes, sizes)
+    sums = member.T @ rates @ member
+    outer = np.outer(sizes, sizes)
+    # rows and columns of empty groups are NaN (undefined), never a division by 0
+    return np.divide(sums, outer, out=np.full_like(sums, np.nan), where=outer > 0)
 
 
 def subgroup_matrix(counts, groups: Sequence[int]) -> np.ndarray:
@@ -77,11 +81,18 @@ def subgroup_matrix(counts, groups: Sequence[int]) -> np.ndarray:
     return _subgroup_matrix(rates, present, labels, m)
 
 
-def group_metrics(counts, groups: Sequence[int], names: Sequence[str] | None = None) -> dict:
+def group_metrics(counts, groups: Sequence[int], names: Sequence[str] | None = None, *,
+                  empty: str = "raise") -> dict:
     """Per-group accuracy and group asymmetries of one evaluation (Sy-FAR §7).
 
     Arguments and errors as ``subgroup_matrix``; ``names`` (default ``"0"``, ``"1"``, ...)
-    are m unique strings without ``"|"``. Returned keys (plain floats / lists / dicts):
+    are m unique strings without ``"|"``. ``empty``: what a group whose classes all have no
+    samples does: ``"raise"`` (default, as ``subgroup_matrix``) or ``"omit"``: a
+    ``UserWarning`` names it and it is left out, like an absent class (methods.md
+    conventions): its ``group_acc`` and its row and column of ``matrix`` are ``None``, no
+    ``group_asym`` pair involves it, and ``group_gap``/``max_group_asym`` are taken over
+    the other groups (``None`` when fewer than 2 groups have samples).
+    Returned keys (plain floats / lists / dicts):
 
     - ``group_acc``: name -> mean of ``diag(R)`` over the group's present classes (a
       class-balanced accuracy, as ``per_class_acc``; not ``C_hat[a, a]``, which divides by
@@ -98,17 +109,24 @@ def group_metrics(counts, groups: Sequence[int], names: Sequence[str] | None = N
         raise ValueError(f"names: need {m} unique names, got {names}")
     if not all(isinstance(n, str) and "|" not in n for n in names):
         raise ValueError(f"names: must be strings without '|', got {names}")
-    c_hat = _subgroup_matrix(rates, present, labels, m)
+    if empty not in ("raise", "omit"):
+        raise ValueError(f"empty: must be 'raise' or 'omit', got {empty!r}")
+    c_hat = _subgroup_matrix(rates, present, labels, m, allow_empty=empty == "omit")
+    has = np.array([bool(np.any(present & (labels == a))) for a in range(m)])
+    if not has.all():
+        warnings.warn(f"groups {[names[a] for a in np.flatnonzero(~has)]} have no class with samples; "
+                      "they are left out of the subgroup metrics", UserWarning, stacklevel=2)
     diag = np.diag(rates)
-    acc = [float(diag[present & (labels == a)].mean()) for a in range(m)]
+    acc = [float(diag[present & (labels == a)].mean()) if has[a] else None for a in range(m)]
     asym = {f"{names[a]}|{names[b]}": float(abs(c_hat[a, b] - c_hat[b, a]))
-            for a in range(m) for b in range(a + 1, m)}
+            for a in range(m) for b in range(a + 1, m) if has[a] and has[b]}
+    kept = [v for v in acc if v is not None]
     return {
         "group_acc": dict(zip(names, acc)),
-        "group_gap": max(acc) - min(acc),
+        "group_gap": max(kept) - min(kept) if len(kept) >= 2 else None,
         "group_asym": asym,
-        "max_group_asym": max(asym.values()),
-        "matrix": c_hat.tolist(),
+        "max_group_asym": max(asym.values()) if asym else None,
+        "matrix": [[None if np.isnan(v) else float(v) for v in row] for row in c_hat],
     }
 
 
