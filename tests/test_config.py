@@ -65,7 +65,8 @@ def assert_problem(err: ConfigError, key: str, *fragments: str) -> None:
 def test_quickstart_loads_and_resolves_defaults():
     cfg = load_config(QUICKSTART)
     assert cfg["defense"] == {"name": "syfar", "lambda_clean": 1.0, "lambda_adv": 1.0, "lambda_sym": 0.3,
-                              "sym_eps": None}
+                              "sym_eps": None, "sym_estimate": "batch", "sym_momentum": 0.9,
+                              "grad_norms": False}
     assert cfg["attack"]["name"] == "pgd" and cfg["attack"]["eps"] == 0.1
     assert cfg["attack"]["alpha"] is None
     assert cfg["attack"]["random_start"] is True and cfg["attack"]["target_mode"] == "none"
@@ -264,6 +265,52 @@ def test_problem_is_reported(tmp_path, raw, key, fragments):
     err = errors_of(tmp_path, raw)
     assert err.source == str(tmp_path / "cfg.yaml")
     assert_problem(err, key, *fragments)
+
+
+# ------------------------------------------------------ threat model of the training attack
+@pytest.mark.parametrize("defense,attack,norm", [
+    ("trades", {"name": "pgd_l2", "eps": 0.5}, "l2"),
+    ("trades", {"name": "roa"}, "patch"),
+    ("trades", {"name": "eyeglass"}, "patch"),
+    ("trades", {"name": "square", "eps": 0.1, "norm": "l2"}, "l2"),
+    ("specnorm", {"name": "pgd_l2", "eps": 0.5}, "l2"),
+    ("specnorm", {"name": "face_mask"}, "patch"),
+    ("specnorm", {"name": "ensemble", "eps": 0.1, "members": "pgd,pgd_l2"}, "mixed"),
+])
+def test_non_linf_training_attack_of_trades_or_specnorm_is_an_attack_name_problem(tmp_path, defense, attack, norm):
+    """TRADES' own KL maximiser (reused by SpecNorm) is ℓ∞ only: any other threat model would
+    silently become an ℓ∞ box of the same ε, so it is refused, naming the attack."""
+    raw = changed(defense={"name": defense}, attack=attack,
+                  eval={"attacks": [{"name": "p", "attack": "pgd", "eps": 0.1, "steps": 2}]})
+    err = errors_of(tmp_path, raw)
+    assert_problem(err, "attack.name", f"defense '{defense}'", f"attack '{attack['name']}' ('{norm}')", "'linf'")
+    assert len(err.problems) == 1   # not repeated as a `defense:` problem
+
+
+@pytest.mark.parametrize("defense", ["trades", "specnorm", "faal", "pgd_at", "syfar"])
+def test_linf_attacks_validate_for_every_defense(defense):
+    for attack in ({"name": "pgd", "eps": 0.1, "steps": 2}, {"name": "fgsm", "eps": 0.1},
+                   {"name": "cw_linf", "eps": 0.1}, {"name": "square", "eps": 0.1}):
+        cfg = validate(changed(defense={"name": defense}, attack=attack), "cfg.yaml")
+        assert cfg["attack"]["name"] == attack["name"]
+
+
+def test_defenses_calling_the_attack_as_is_keep_any_threat_model():
+    for defense in ("faal", "pgd_at", "syfar"):
+        cfg = validate(changed(defense={"name": defense}, attack={"name": "pgd_l2", "eps": 0.5}), "cfg.yaml")
+        assert cfg["attack"]["name"] == "pgd_l2"
+
+
+def test_cli_refuses_trades_with_pgd_l2_with_exit_2_and_starts_nothing(tmp_path, monkeypatch, capsys):
+    from distfair import cli
+
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, changed(defense={"name": "trades"}, attack={"name": "pgd_l2", "eps": 0.5}))
+    assert cli.main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: attack.name: defense 'trades'" in err and "'pgd_l2' ('l2')" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "distfair_runs").exists()
 
 
 def test_missing_data_root_is_a_config_error(tmp_path):
