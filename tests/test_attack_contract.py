@@ -1,7 +1,9 @@
 """Properties every registered attack must have, run over every entry of ``ATTACKS``.
 
 Adding an attack to the registry adds it here; its constructor must accept
-``cls(eps=..., bounds=...)`` with every other parameter defaulting.
+``cls(eps=..., bounds=...)`` with every other parameter defaulting. An attack declares with
+``accepts_objective`` whether it maximises any ``Objective`` given per call (then it must honour
+one: tests below with a KL to fixed soft targets) or refuses one with a ValueError.
 """
 import inspect
 
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distfair.attacks import ATTACKS, Attack
+from distfair.attacks import ATTACKS, Attack, SoftTargetKL
 
 NAMES = sorted(ATTACKS)
 EPS = 0.1
@@ -201,3 +203,73 @@ def test_invalid_shapes_raise(name):
         attack(model, x, torch.tensor([0, 1, 2, 0]), target=torch.tensor([1]))
     with pytest.raises(ValueError, match="x must be"):
         attack(model, torch.zeros(4, 36, dtype=torch.long), torch.tensor([0, 1, 2, 0]))
+
+
+def soft_targets(n: int, k: int = 3) -> torch.Tensor:
+    return torch.softmax(2 * torch.randn(n, k, generator=torch.Generator().manual_seed(5)), dim=1)
+
+
+def kl_to(model, x, p):  # Σ_i KL(p_i ‖ softmax(f(x_i))), each summed over classes
+    with torch.no_grad():
+        return F.kl_div(F.log_softmax(model(x), dim=1), p, reduction="sum").item()
+
+
+def test_accepts_objective_is_declared(name):
+    assert isinstance(ATTACKS[name].accepts_objective, bool)
+
+
+def test_refuses_objective_clearly_or_honours_kl_to_soft_targets(name, setup):
+    """KL(p ‖ f(x')) to fixed soft targets p: it increases, the budget (ℓ∞ or ℓ2, per the
+    attack's norm) and range hold, the input, the model's modes and parameters' .grad are
+    untouched. On the linear models the objective is convex in x, so an ascent step cannot
+    lower it; the CNN is checked the same way on this batch."""
+    model, x, y, bounds = setup
+    attack = make_attack(name, bounds=bounds)
+    objective = SoftTargetKL(soft_targets(len(y)))
+    model.train()
+    if not attack.accepts_objective:
+        with pytest.raises(ValueError, match=f"attack '{name}' does not accept a custom objective"):
+            attack(model, x, y, objective=objective)
+        assert all(m.training for m in model.modules())
+        return
+    assert attack.norm in ("linf", "l2"), "an attack that accepts objectives declares its budget's norm"
+    params = list(model.parameters())
+    preset = [torch.randn_like(p) for p in params]
+    for p, g in zip(params, preset):
+        p.grad = g.clone()
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    x_in = x.clone().requires_grad_(True)
+    x_adv = attack(model, x_in, y, objective=objective, generator=torch.Generator().manual_seed(0))
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, preset))
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+    assert torch.equal(x_in.detach(), x) and x_in.grad is None and not x_adv.requires_grad
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    delta = (x_adv - x).flatten(1)
+    if attack.norm == "l2":
+        assert delta.norm(dim=1).max().item() <= EPS + 1e-6
+    else:
+        assert delta.abs().max().item() <= EPS + 1e-6
+    assert x_adv.min().item() >= bounds[0] and x_adv.max().item() <= bounds[1]
+    model.eval()
+    assert kl_to(model, x_adv, objective.targets) > kl_to(model, x, objective.targets)
+
+
+def test_objective_with_a_target_is_refused_unless_it_uses_one(name, setup):
+    model, x, y, bounds = setup
+    objective = SoftTargetKL(soft_targets(len(y)))
+    for kwargs, mode in (({"target": (y + 1) % 3}, "none"), ({}, "random")):
+        with pytest.raises(ValueError, match="objective"):
+            make_attack(name, bounds=bounds, target_mode=mode)(model, x, y, objective=objective, **kwargs)
+
+
+def test_default_objective_given_explicitly_changes_nothing(name, setup):
+    model, x, y, bounds = setup
+    attack = make_attack(name, bounds=bounds)
+    if not attack.accepts_objective:
+        pytest.skip("refuses objectives")
+    for target in (None, (y + 1) % 3):
+        a = attack(model, x, y, target=target, generator=torch.Generator().manual_seed(3))
+        b = attack(model, x, y, target=target, generator=torch.Generator().manual_seed(3),
+                   objective=attack.default_objective())
+        assert torch.equal(a, b)

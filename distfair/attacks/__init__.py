@@ -1,11 +1,13 @@
 """Adversarial attacks: the contract in ``_base.py``, one attack per module, a registry.
 
 Adding an attack = one module with an ``Attack`` subclass + one line in ``ATTACKS``; the
-contract tests (tests/test_attack_contract.py) pick it up automatically.
+contract tests (tests/test_attack_contract.py) pick it up automatically. What the gradient
+attacks maximise is an ``Objective`` (``_objectives.py``), given per call.
 """
 import inspect
 
 from distfair.attacks._base import Attack
+from distfair.attacks._objectives import CrossEntropy, CWMargin, Objective, ReferenceKL, SoftTargetKL
 from distfair.attacks.autoattack import AutoAttack
 from distfair.attacks.cw_linf import CWLinf
 from distfair.attacks.ensemble import Ensemble
@@ -17,8 +19,9 @@ from distfair.attacks.pgd_l2 import PGDL2
 from distfair.attacks.roa import ROA
 from distfair.attacks.square import Square
 
-__all__ = ["ATTACKS", "Attack", "AutoAttack", "CWLinf", "Ensemble", "EyeglassAttack", "FGSM", "FaceMaskAttack",
-           "PGD", "PGDL2", "ROA", "Square", "build_attack"]
+__all__ = ["ATTACKS", "Attack", "AutoAttack", "CWLinf", "CWMargin", "CrossEntropy", "Ensemble", "EyeglassAttack",
+           "FGSM", "FaceMaskAttack", "Objective", "PGD", "PGDL2", "ROA", "ReferenceKL", "SoftTargetKL", "Square",
+           "build_attack"]
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM,

@@ -1,19 +1,24 @@
 """The attack contract: ``Attack.__call__`` does the bookkeeping once, ``_perturb`` the math.
 
-Lifecycle of one call ``attack(model, x, y, target=None, generator=None)``:
+Lifecycle of one call ``attack(model, x, y, target=None, generator=None, objective=None)``:
 
-1. validate shapes: x (B, ...) floating point, y (B,) integer class indices;
+1. validate shapes: x (B, ...) floating point, y (B,) integer class indices; validate the
+   ``objective`` (an ``Objective`` of ``_objectives.py``; None: the attack's own): refused by
+   attacks whose ``accepts_objective`` is False, and a target (explicit or
+   ``target_mode="random"``) is refused with an objective whose ``uses_target`` is False;
 2. clone and detach x (the caller's tensor and its ``requires_grad`` are never touched);
 3. record the ``training`` flag of every submodule and put the model in eval mode
    (methods.md "Conventions": attacks are generated in eval mode);
 4. resolve the target: an explicit ``target`` makes the attack targeted; otherwise
    ``target_mode="random"`` draws a random wrong class per sample; otherwise untargeted;
-5. call ``_perturb(model, x, y, target, generator)`` with gradients enabled;
+5. call ``_perturb(model, x, y, target, generator)`` with gradients enabled, adding
+   ``objective=objective`` only when one was given (so the default path is unchanged);
 6. restore every submodule's previous mode (in a ``finally``) and return the result
    detached, with x's shape, dtype and device.
 
 Input gradients come from ``torch.autograd.grad`` only, so parameters' ``.grad`` stay exactly
-as they were. Projection order: onto the ε-ball around the clean x, then onto ``bounds``.
+as they were. Gradient attacks ascend their objective through one helper,
+``_ascent_direction``. Projection order: onto the ε-ball around the clean x, then onto ``bounds``.
 """
 import abc
 import math
@@ -21,8 +26,9 @@ import numbers
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from distfair.attacks._objectives import CrossEntropy, Objective
 
 TARGET_MODES = ("none", "random")
 
@@ -66,6 +72,11 @@ class Attack(abc.ABC):
     #: with a ``norm`` option); None means undeclared. Defenses that re-implement the inner
     #: maximisation read it (``Defense.attack_norms``) and refuse attacks they cannot honour.
     norm: str | None = None
+    #: True for the gradient attacks that ascend any ``Objective`` (their ``_perturb`` takes an
+    #: ``objective`` keyword and steps along ``_ascent_direction``); the others (black-box
+    #: attacks through ART, ensembles, the physical attacks whose best-iterate rule is
+    #: misclassification) refuse a custom objective with a ValueError.
+    accepts_objective: ClassVar[bool] = False
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none"):
         self.eps = _check_real("eps", eps)
@@ -86,9 +97,14 @@ class Attack(abc.ABC):
         return f"{type(self).__name__}({fields})"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Adversarial examples for (x, y): shape, dtype and device of x, values in ``bounds``."""
+                 generator: torch.Generator | None = None, objective: Objective | None = None) -> Tensor:
+        """Adversarial examples for (x, y): shape, dtype and device of x, values in ``bounds``.
+
+        ``objective``: what to maximise instead of the attack's default (``default_objective``),
+        for attacks with ``accepts_objective``; see ``_objectives.py``.
+        """
         _check_batch(x, y, target)
+        self._check_objective(objective, target)
         x = x.detach().clone()
         if self.eps == 0:
             return x  # the ε-ball is {x}: nothing to search
@@ -104,7 +120,8 @@ class Attack(abc.ABC):
                     if logits.ndim != 2:
                         raise ValueError(f"model must return logits of shape (B, K), got {tuple(logits.shape)}")
                     target = random_wrong_class(y, logits.shape[1], generator)
-                x_adv = self._perturb(model, x, y, target, generator)
+                extra = {} if objective is None else {"objective": objective}
+                x_adv = self._perturb(model, x, y, target, generator, **extra)
         finally:
             for module, training in modes:
                 module.training = training
@@ -115,20 +132,39 @@ class Attack(abc.ABC):
                  generator: torch.Generator | None) -> Tensor:
         """The attack itself; x is already a detached clone and the model is in eval mode."""
 
-    # Helpers shared by the gradient attacks.
-    def _ascent_direction(self, model: nn.Module, x_adv: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-        """Gradient w.r.t. x_adv of the objective to increase.
+    def _check_objective(self, objective: Objective | None, target: Tensor | None) -> None:
+        if objective is None:
+            return
+        if not self.accepts_objective:
+            raise ValueError(f"attack {self.name!r} does not accept a custom objective (it only maximises its "
+                             f"own); attacks that do: those with accepts_objective = True")
+        if not isinstance(objective, Objective):
+            raise ValueError(f"objective must be a distfair.attacks.Objective, got {type(objective).__name__}")
+        if not objective.uses_target and (target is not None or self.target_mode == "random"):
+            raise ValueError(f"objective {objective!r} does not use a target: call the attack without target "
+                             f"and with target_mode='none' (got target_mode={self.target_mode!r})")
 
-        Untargeted: +CE(model(x_adv), y); targeted: -CE(model(x_adv), target). Summed over
-        the batch, so the per-sample step does not depend on the batch size.
+    # Helpers shared by the gradient attacks.
+    def default_objective(self) -> Objective:
+        """What ``_ascent_direction`` increases when the call gives no objective: cross-entropy."""
+        return CrossEntropy()
+
+    def _ascent_direction(self, model: nn.Module, x_adv: Tensor, y: Tensor, target: Tensor | None,
+                          objective: Objective | None = None) -> Tensor:
+        """Gradient w.r.t. x_adv of the objective to increase (None: ``default_objective()``).
+
+        Default: +CE(model(x_adv), y) untargeted, −CE(model(x_adv), target) targeted. The
+        objective's per-sample values (B,) are summed over the batch, so the per-sample step
+        does not depend on the batch size.
         """
+        objective = self.default_objective() if objective is None else objective
         x_adv = x_adv.detach().requires_grad_(True)
         logits = model(x_adv)
-        if target is None:
-            objective = F.cross_entropy(logits, y, reduction="sum")
-        else:
-            objective = -F.cross_entropy(logits, target, reduction="sum")
-        (grad,) = torch.autograd.grad(objective, x_adv)
+        value = objective(logits, x_adv=x_adv, y=y, target=target)
+        if value.shape != y.shape:
+            raise ValueError(f"objective {objective!r} must return one value per sample, shape {tuple(y.shape)}, "
+                             f"got {tuple(value.shape)}")
+        (grad,) = torch.autograd.grad(value.sum(), x_adv)
         return grad
 
     def _project(self, x_adv: Tensor, x: Tensor) -> Tensor:

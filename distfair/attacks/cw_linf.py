@@ -1,17 +1,9 @@
 """CW-ℓ∞: PGD-ℓ∞ on the Carlini–Wagner margin loss (Carlini & Wagner, IEEE S&P 2017, §V)."""
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
 from distfair.attacks._base import _check_real
+from distfair.attacks._objectives import CWMargin, Objective, cw_margin
 from distfair.attacks.pgd import PGD
 
-
-def cw_margin(logits: Tensor, labels: Tensor) -> Tensor:
-    """z_label − max_{j≠label} z_j per sample, shape (B,); negative where another class leads."""
-    own = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
-    return own - others.amax(dim=1)
+__all__ = ["CWLinf", "cw_margin"]
 
 
 class CWLinf(PGD):
@@ -27,7 +19,9 @@ class CWLinf(PGD):
         targeted:   min(z_t − max_{j≠t} z_j, κ)   (CW's f for the target, negated),
     by a signed step, then projects onto the ε-ball around the clean x, then clamps to
     ``bounds``. A sample stops moving once it is misclassified (reaches the target) with
-    margin κ: its objective is flat there. Returns the last iterate.
+    margin κ: its objective is flat there. Returns the last iterate. Another objective can be
+    given per call (``attack(model, x, y, objective=...)``, see ``_objectives.py``); the CW
+    margin above is the default.
 
     Args (keyword-only):
         eps: ℓ∞ budget in input units (no default; e.g. 8/255 for images in [0, 1]).
@@ -59,13 +53,6 @@ class CWLinf(PGD):
         if not self.kappa >= 0:
             raise ValueError(f"kappa must be >= 0, got {kappa}")
 
-    def _ascent_direction(self, model: nn.Module, x_adv: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-        """Gradient w.r.t. x_adv of the summed, κ-capped CW objective (PGD's loop uses its sign)."""
-        x_adv = x_adv.detach().requires_grad_(True)
-        logits = model(x_adv)
-        if target is None:
-            objective = -cw_margin(logits, y)
-        else:
-            objective = cw_margin(logits, target)
-        (grad,) = torch.autograd.grad(objective.clamp(max=self.kappa).sum(), x_adv)
-        return grad
+    def default_objective(self) -> Objective:
+        """The κ-capped CW objective (summed over the batch by ``_ascent_direction``)."""
+        return CWMargin(kappa=self.kappa)

@@ -3,6 +3,7 @@ import torch
 from torch import Tensor, nn
 
 from distfair.attacks._base import Attack
+from distfair.attacks._objectives import Objective
 
 
 class FGSM(Attack):
@@ -13,6 +14,8 @@ class FGSM(Attack):
     Threat model: white-box, ℓ∞ ball of radius ``eps`` around x, clamped to ``bounds``.
     Untargeted: one ascent step on the cross-entropy of y. Targeted (``target`` given or
     ``target_mode="random"``): one descent step on the cross-entropy of the target.
+    The cross-entropy is the default objective: another can be given per call
+    (``attack(model, x, y, objective=...)``, e.g. a KL to soft targets; see ``_objectives.py``).
 
     Args (keyword-only):
         eps: ℓ∞ budget in input units (no default; e.g. 8/255 for images in [0, 1]).
@@ -30,12 +33,13 @@ class FGSM(Attack):
     """
 
     name = "fgsm"
+    accepts_objective = True
     norm = "linf"
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none"):
         super().__init__(eps=eps, bounds=bounds, target_mode=target_mode)
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None,
-                 generator: torch.Generator | None) -> Tensor:
-        grad = self._ascent_direction(model, x, y, target)
+                 generator: torch.Generator | None, objective: Objective | None = None) -> Tensor:
+        grad = self._ascent_direction(model, x, y, target, objective)
         return self._project(x + self.eps * grad.sign(), x)

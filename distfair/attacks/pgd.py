@@ -3,6 +3,7 @@ import torch
 from torch import Tensor, nn
 
 from distfair.attacks._base import Attack, _check_int, _check_real
+from distfair.attacks._objectives import Objective
 
 
 class PGD(Attack):
@@ -15,6 +16,8 @@ class PGD(Attack):
     Each step: ascend CE of y (untargeted) or descend CE of the target (targeted), then
     project onto the ε-ball around the clean x, then clamp to ``bounds``. Returns the last
     iterate.
+    The cross-entropy is the default objective: another can be given per call
+    (``attack(model, x, y, objective=...)``, e.g. a KL to soft targets; see ``_objectives.py``).
 
     Args (keyword-only):
         eps: ℓ∞ budget in input units (no default; e.g. 8/255 for images in [0, 1]).
@@ -36,6 +39,7 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    accepts_objective = True
     norm = "linf"
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none",
@@ -57,13 +61,13 @@ class PGD(Attack):
         return self.eps / 4 if self.alpha is None else self.alpha
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None,
-                 generator: torch.Generator | None) -> Tensor:
+                 generator: torch.Generator | None, objective: Objective | None = None) -> Tensor:
         x_adv = x
         if self.random_start:
             device = generator.device if generator is not None else x.device
             noise = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype)
             x_adv = (x + (2 * noise.to(x.device) - 1) * self.eps).clamp(*self.bounds)
         for _ in range(self.steps):
-            grad = self._ascent_direction(model, x_adv, y, target)
+            grad = self._ascent_direction(model, x_adv, y, target, objective)
             x_adv = self._project(x_adv + self.step_size * grad.sign(), x)
         return x_adv

@@ -2,6 +2,7 @@
 import torch
 from torch import Tensor, nn
 
+from distfair.attacks._objectives import Objective
 from distfair.attacks.pgd import PGD
 
 
@@ -22,6 +23,8 @@ class PGDL2(PGD):
     gradient gives no step), then rescale δ = x_adv − x to ‖δ‖₂ ≤ eps, then clamp to
     ``bounds`` (clamping to a box that contains x can only shrink ‖δ‖₂). Returns the last
     iterate.
+    The cross-entropy is the default objective: another can be given per call
+    (``attack(model, x, y, objective=...)``, e.g. a KL to soft targets; see ``_objectives.py``).
 
     Args (keyword-only):
         eps: ℓ2 budget in input units (no default; e.g. 0.5 for CIFAR images in [0, 1]).
@@ -46,6 +49,7 @@ class PGDL2(PGD):
     """
 
     name = "pgd_l2"
+    accepts_objective = True
     norm = "l2"
 
     @property
@@ -54,7 +58,7 @@ class PGDL2(PGD):
         return 2.5 * self.eps / self.steps if self.alpha is None else self.alpha
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None,
-                 generator: torch.Generator | None) -> Tensor:
+                 generator: torch.Generator | None, objective: Objective | None = None) -> Tensor:
         x_adv = x
         if self.random_start:
             device = generator.device if generator is not None else x.device
@@ -63,7 +67,7 @@ class PGDL2(PGD):
             direction, radius = direction.to(x.device), radius.to(x.device).view_as(_per_sample_norm(x))
             x_adv = (x + direction / _safe(_per_sample_norm(direction)) * radius * self.eps).clamp(*self.bounds)
         for _ in range(self.steps):
-            grad = self._ascent_direction(model, x_adv, y, target)
+            grad = self._ascent_direction(model, x_adv, y, target, objective)
             x_adv = self._project(x_adv + self.step_size * grad / _safe(_per_sample_norm(grad)), x)
         return x_adv
 
