@@ -164,7 +164,3 @@ def _try_build(problems: _Problems, prefix: str, build: Callable[[], Any]):
     except (ValueError, TypeError, FileNotFoundError) as err:
         problems.add(prefix, str(err))
         return None
-
-
-def _options(block: dict, *drop: str) -> dict:
-    return {k: v for k, v in block.items() if k not in drop}

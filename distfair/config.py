@@ -17,7 +17,7 @@ A YAML file with these top-level blocks (see tune_spaces/quickstart.yaml for a c
     name, ``random`` (a random wrong class per sample) or ``every`` (each wrong class in turn,
     worst case per sample, targeted success matrix). Default: one PGD-20 at the training ε.
     ``subgroups``: ``{<attribute>: metadata | {<class name or index>: <group>, ...}}``, see
-    ``distfair.engine.subgroups``.
+    ``distfair.evaluation.subgroups``.
 ``scaling``
     Ray Train resources of one seed run (``SCALING_FIELDS``).
 ``seeds``
@@ -40,7 +40,8 @@ from typing import Any, Callable
 
 import yaml
 
-from distfair._schema import ConfigError, _fixed_block, _options, _Problems, _registry_block, _try_build
+from distfair._blocks import options as _options
+from distfair._schema import ConfigError, _fixed_block, _Problems, _registry_block, _try_build
 from distfair.attacks import ATTACKS
 from distfair.data import DATASETS
 from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES
@@ -295,8 +296,7 @@ def _check_buildable(cfg: dict, problems: _Problems) -> None:
         json.dumps(cfg["dataset"], sort_keys=True, default=str)))
     if data is None:
         return
-    from distfair.engine.final_eval import build_eval_attack
-    from distfair.engine.subgroups import resolve_groupings
+    from distfair.evaluation import build_eval_attack, resolve_groupings
 
     for i, entry in enumerate(cfg["eval"]["attacks"]):
         if entry.get("target") is not None:

@@ -4,6 +4,7 @@ the sweep.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -90,10 +91,10 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
         + (f"; seeds {sorted(set(seeds) - set(todo))} already finished" if len(todo) < len(seeds) else ""))
     outcome_errors: dict[int, str] = {}
     if todo:
-        cfg = {**cfg, "seeds": todo}
+        cfg = {**cfg, "seeds": todo}        # the one seed list the runner trains
         try:
-            outcome = run_configuration(cfg, seeds=todo, tracking_uri=tracking_uri, child_run_ids=children,
-                                        init_paths=init_paths,
+            outcome = run_configuration(cfg, child_run_ids=children, init_paths=init_paths,
+                                        seed_logger=functools.partial(tracking.SeedRunLogger, tracking_uri),
                                         run_name=ray_run_name or _ray_run_name(parent, children),
                                         storage_path=storage_path, log=log)
         except KeyboardInterrupt:

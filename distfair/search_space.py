@@ -68,6 +68,20 @@ class Dimension:
     choices: tuple = ()
 
 
+def optuna_distribution(dim: Dimension):
+    """The Optuna distribution of a dimension: the one mapping used by the Tune searcher
+    (``distfair.distributed.sweep.build_searcher``) and by the Optuna study the sweep stores
+    (``distfair.sweep``). A grid dimension is categorical over its values. Imports Optuna only
+    when called."""
+    import optuna
+
+    if dim.type == "float":
+        return optuna.distributions.FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+    if dim.type == "int":
+        return optuna.distributions.IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
+    return optuna.distributions.CategoricalDistribution(list(dim.choices))
+
+
 @dataclass(frozen=True)
 class Target:
     metric: str
@@ -95,6 +109,11 @@ class Target:
             sign = -1.0 if self.stat == "mean_minus_std" else 1.0
             return s["mean"] + sign * self.k * s["std"]
         return s.get(self.stat)
+
+
+def objective_values(targets: list[Target], summary: dict[str, dict]) -> dict[str, float | None]:
+    """``{target name: value}`` of every target over one configuration's seed summaries."""
+    return {t.name: t.value(summary) for t in targets}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ from typing import Callable
 from distfair import tracking
 from distfair.config import ConfigError, apply_overrides, flatten, read_document, validate
 from distfair.metrics import aggregate_seed_metrics
-from distfair.search_space import SweepSpec, Target, matching_test_metric, metric_role, parse_space, pareto_front
+from distfair.run import RunReport, run_configuration_with_tracking
+from distfair.search_space import (SweepSpec, Target, matching_test_metric, metric_role, objective_values,
+                                   optuna_distribution, parse_space, pareto_front)
 
 #: the statistics over seeds reported per metric for every configuration
 SUMMARY_STATS = ("mean", "std", "min", "max")
@@ -132,7 +134,7 @@ def collect_trials(uri: str, experiment_id: str, sweep_run_id: str, targets: lis
     for run in tracking.configuration_runs(uri, experiment_id, sweep_run_id):
         per_seed = tracking.finished_seed_metrics(uri, experiment_id, run.info.run_id)
         summary = aggregate_seed_metrics(list(per_seed.values()))
-        metrics: dict[str, float | None] = {t.name: t.value(summary) for t in targets}
+        metrics: dict[str, float | None] = objective_values(targets, summary)
         split: dict[str, dict] = {"validation": {}, "test": {}}
         for name, s in summary.items():
             for stat in SUMMARY_STATS:
@@ -217,7 +219,7 @@ def _artifacts(report: SweepReport, targets: list[Target], tmp: Path) -> dict[st
     dims = {d.key: d for d in report.spec.dims + report.spec.grid}
     for t in report.trials:
         ok = t.status == "FINISHED" and all(v is not None for v in t.objective)
-        dists = {k: _distribution(dims[k]) for k in t.params if k in dims}
+        dists = {k: optuna_distribution(dims[k]) for k in t.params if k in dims}
         study.add_trial(optuna.trial.create_trial(
             params={k: v for k, v in t.params.items() if k in dists}, distributions=dists,
             values=t.objective if ok else None, user_attrs={"parent_run_id": t.parent_run_id},
@@ -253,14 +255,44 @@ def _artifacts(report: SweepReport, targets: list[Target], tmp: Path) -> dict[st
     return files
 
 
-def _distribution(dim):
-    import optuna
+# ---------------------------------------------- what a Tune trial does with its MLflow record
+# Handed to the Ray layer in the trial context (``distfair.distributed.sweep``), which never
+# imports MLflow nor this module: module-level functions, so they pickle by reference.
+def _trial_lookup(context: dict, trial_id: str) -> dict[str, str]:
+    """The tags that find a trial's configuration run again (also after a resume)."""
+    return {"distfair.sweep_run": context["sweep_run_id"], "distfair.trial_id": trial_id}
 
-    if dim.type == "float":
-        return optuna.distributions.FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
-    if dim.type == "int":
-        return optuna.distributions.IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
-    return optuna.distributions.CategoricalDistribution(list(dim.choices))
+
+def run_trial_configuration(cfg: dict, params: dict, trial_id: str, context: dict,
+                            log: Callable[[str], None]) -> RunReport:
+    """One trial's configuration over its seeds, recorded as a configuration run under the
+    sweep run (``distfair run``'s parent, tagged with the trial id and its parameters)."""
+    from distfair.distributed.sweep import short_value
+
+    return run_configuration_with_tracking(
+        cfg, config_path=context["config_path"], experiment=context["experiment"],
+        tracking_uri=context["tracking_uri"], storage_path=context["storage_path"], log=log,
+        lookup=_trial_lookup(context, trial_id),
+        extra_tags={tracking.TAG_PARENT: context["sweep_run_id"],
+                    "distfair.trial_params": json.dumps(params, default=str)},
+        parent_run_name=f"{trial_id} " + " ".join(f"{k}={short_value(v)}" for k, v in params.items()))
+
+
+def trial_record(context: dict, trial_id: str, curve: str | None):
+    """None before the trial's configuration run exists; else ``(per-seed final metrics of its
+    finished seed runs, per-seed epoch curves of ``curve`` or None)``."""
+    uri, exp = context["tracking_uri"], context["experiment_id"]
+    found = tracking.find_runs(uri, exp, _trial_lookup(context, trial_id))
+    if not found:
+        return None
+    per_seed = tracking.finished_seed_metrics(uri, exp, found[0])
+    return per_seed, (tracking.epoch_curves(uri, exp, found[0], curve) if curve is not None else None)
+
+
+def close_trial(context: dict, trial_id: str, status: str, reason: str) -> None:
+    """Close the runs a trial left open (stopped early, or its process was killed)."""
+    tracking.close_trial_runs(context["tracking_uri"], context["experiment_id"], context["sweep_run_id"],
+                              trial_id, status, reason)
 
 
 def close_interrupted_sweep(report: SweepReport, tracking_uri: str) -> None:
@@ -309,7 +341,8 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
                "tracking_uri": tracking_uri, "storage_path": storage_path, "sweep_run_id": sweep_run,
                "seeds": list(cfg["seeds"]), "groups_per_trial": groups, "poll_s": poll_s,
                "objective": [t.__dict__ for t in spec.objective], "epochs": cfg["train"]["epochs"],
-               "early_stopping": spec.early_stopping.__dict__ if spec.early_stopping else None}
+               "early_stopping": spec.early_stopping.__dict__ if spec.early_stopping else None,
+               "run_trial": run_trial_configuration, "trial_record": trial_record, "close_trial": close_trial}
     interrupted = False
     try:
         run_tune(spec, context, name=name, storage_path=storage_path, resume=resume, max_concurrent=concurrent,

@@ -31,7 +31,7 @@ def measure(n_test: int, batch_size: int) -> dict:
     import torch
 
     from distfair.data import build_dataset
-    from distfair.engine.final_eval import final_evaluation
+    from distfair.evaluation import final_evaluation
     from distfair.models import build_model
 
     torch.set_num_threads(1)

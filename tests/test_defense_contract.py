@@ -15,7 +15,7 @@ from torch import nn
 
 from distfair.attacks import ATTACKS, PGD, build_attack
 from distfair.config import ConfigError, validate
-from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES, Defense, build_defense
+from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES, Defense, DefenseContext, build_defense
 from distfair.defenses.syfar import SyFAR
 
 NAMES = sorted(DEFENSES)
@@ -139,6 +139,65 @@ def test_needs_attack_without_attack_raises(name):
 def test_num_classes_below_two_raises(name):
     with pytest.raises(ValueError, match="num_classes"):
         DEFENSES[name](attack=make_attack(), num_classes=1)
+
+
+# ------------------------------------------------------------- lifecycle (simple case)
+def context() -> DefenseContext:
+    return DefenseContext(num_classes=K, in_shape=(1, 6, 6), bounds=(0.0, 1.0), class_names=("a", "b", "c"),
+                          device=torch.device("cpu"), make_generator=lambda *labels: gen())
+
+
+def test_default_lifecycle_is_the_per_batch_loss(name):
+    """setup keeps the context; batches are the engine's loader; train_step is loss -> backward
+    -> the engine's optimiser step (the same update as by hand); no state to checkpoint."""
+    torch.manual_seed(0)
+    by_step = tiny_cnn().train()
+    by_hand = copy.deepcopy(by_step)
+    x, y = batch()
+    defense = make_defense(name)
+    ctx = context()
+    defense.setup(ctx)
+    assert defense.context is ctx
+    loader = [(x, y)]
+    assert defense.batches(loader, epoch=0) is loader
+    opt_step = torch.optim.SGD(by_step.parameters(), lr=0.1, momentum=0.9)
+    opt_hand = torch.optim.SGD(by_hand.parameters(), lr=0.1, momentum=0.9)
+    logged = defense.train_step(by_step, (x, y), opt_step, generator=gen(3))
+    loss, parts = make_defense(name).loss(by_hand, x, y, generator=gen(3))
+    opt_hand.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_hand.step()
+    assert list(logged) == ["loss", *parts]
+    assert torch.equal(logged["loss"], loss.detach()) and not logged["loss"].requires_grad
+    for (pname, a), b in zip(by_step.state_dict().items(), by_hand.state_dict().values()):
+        assert torch.equal(a, b), pname
+    assert defense.state_dict() == {}
+    defense.load_state_dict({})
+
+
+def test_default_train_step_refuses_a_non_finite_loss(name, model):
+    defense = make_defense(name)
+    defense.loss = lambda model, x, y, generator=None: (model(x).sum() * float("inf"), {})
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        defense.train_step(model, batch(), torch.optim.SGD(model.parameters(), lr=0.1), generator=gen())
+    assert all(p.grad is None for p in model.parameters())        # no backward, no step
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
+
+
+def test_context_generators_are_seeded_per_labels():
+    from distfair.data import build_dataset
+    from distfair.engine.train import defense_context
+
+    data = build_dataset("synthetic", num_samples=30, num_classes=K, dim=4)
+    a, b = (defense_context(data, 1, device=torch.device("cpu"), rank=r, world=2, references={"t": "f"})
+            for r in (0, 1))
+    draw = lambda ctx, *labels: torch.rand(3, generator=ctx.generator(*labels))  # noqa: E731
+    assert torch.equal(draw(a, "batches", 0), draw(a, "batches", 0))         # same labels: same stream
+    assert not torch.equal(draw(a, "batches", 0), draw(a, "batches", 1))     # per epoch
+    assert not torch.equal(draw(a, "batches", 0), draw(b, "batches", 0))     # per rank
+    assert (a.num_classes, a.in_shape, a.bounds, a.rank, a.world) == (K, tuple(data.in_shape), data.bounds, 0, 2)
+    assert a.class_names == tuple(data.class_names) and a.references == {"t": "f"}
 
 
 # ------------------------------------------------------- threat models: defense × attack

@@ -8,7 +8,7 @@ import torch
 
 from distfair.config import validate
 from distfair.engine import metric_record, run_seed
-from distfair.engine.seeding import derive_seed
+from distfair.seeding import derive_seed
 from distfair.engine.train import CHECKPOINT_NAME
 
 
@@ -129,3 +129,11 @@ def test_validation_pass_reports_the_full_metric_set_on_the_validation_split(cfg
     assert m["val_clean_worst_class_acc"] == pytest.approx(expected["worst_class_acc"])
     assert m["val_clean_acc_gap"] == pytest.approx(expected["acc_gap"])
     assert m["val_robust_acc"] <= m["val_clean_acc"] + 1e-12
+
+
+def test_non_finite_training_loss_names_seed_and_epoch(cfg, tmp_path):
+    cfg = copy.deepcopy(cfg)
+    cfg["train"]["lr"] = 1e12                                   # diverges within the first epochs
+    cfg["train"]["epochs"] = 5
+    with pytest.raises(FloatingPointError, match=r"^seed 2 epoch \d: non-finite training loss"):
+        run_seed(cfg, 2, workdir=tmp_path)

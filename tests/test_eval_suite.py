@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from distfair.config import validate
 from distfair.data import DataBundle
 from distfair.engine import run_seed
-from distfair.engine.final_eval import final_evaluation
+from distfair.evaluation import final_evaluation
 
 
 def face_config(root, **dataset) -> dict:

@@ -12,9 +12,7 @@ from torch.utils.data import TensorDataset
 
 from distfair.attacks import FGSM, PGD
 from distfair.data import build_dataset
-from distfair.engine import checks
-from distfair.engine.evaluate import predict_dataset
-from distfair.engine.subgroups import metric_safe, resolve_groupings, subgroup_report
+from distfair.evaluation import checks, metric_safe, predict_dataset, resolve_groupings, subgroup_report
 
 CPU = torch.device("cpu")
 
@@ -212,9 +210,7 @@ def test_black_box_beats_white_box_counts_exact_samples():
 def test_fixed_target_row_is_absent_from_the_per_class_statistics():
     """Issue 9 point 5: with ``target: 2`` the class-2 samples are not attacked; their (clean)
     row must not feed worst-class, gap, NSD, symmetry or target shares."""
-    from distfair.engine.evaluate import Predictions
-    from distfair.engine.final_eval import evaluation_metrics
-    from distfair.engine.subgroups import Grouping
+    from distfair.evaluation import Grouping, Predictions, evaluation_metrics
 
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
     preds = torch.tensor([0, 0, 2, 2, 1, 1, 1, 2, 2, 0])   # class 2: clean, one sample wrong
@@ -302,7 +298,7 @@ def _few_samples_worker(rank, world, store_path, out_path):
     import torch.distributed as dist
 
     from distfair.attacks import Ensemble
-    from distfair.engine.evaluate import EvaluationError
+    from distfair.evaluation import EvaluationError
 
     # a collective mismatch raises after 30 s instead of hanging (the test's own deadline is a backstop)
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world,

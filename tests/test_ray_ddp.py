@@ -1,6 +1,8 @@
 """Ray Train DDP on a real local Ray instance: ranks stay in sync."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from distfair import tracking
@@ -18,7 +20,8 @@ def test_ddp_keeps_parameters_identical_on_all_ranks(ray_local, tmp_path, tiny_c
     exp = tracking.prepare_experiment(uri, "ddp")
     parent = tracking.start_parent_run(uri, exp, {}, run_name="ddp")
     child = tracking.get_or_create_seed_run(uri, exp, parent, 0)
-    outcome = run_configuration(cfg, seeds=[0], tracking_uri=uri, child_run_ids={0: child},
+    outcome = run_configuration(cfg, child_run_ids={0: child},
+                                seed_logger=functools.partial(tracking.SeedRunLogger, uri),
                                 run_name="ddp-test", storage_path=str(tmp_path / "storage"), log=print)
     assert outcome.ok, outcome.errors
     prints = outcome.results[0]["param_fingerprints"]

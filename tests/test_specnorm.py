@@ -11,7 +11,7 @@ from distfair.attacks import PGD, PGDL2, ROA, Square
 from distfair.data import build_dataset
 from distfair.defenses.specnorm import SpecNorm, csr_weights
 from distfair.defenses.trades import TRADES, trades_adversarial
-from distfair.engine.evaluate import confusion_counts
+from distfair.evaluation import confusion_counts
 from distfair.models import build_model
 
 K = 3

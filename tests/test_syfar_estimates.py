@@ -12,7 +12,7 @@ from distfair.attacks import PGD
 from distfair.config import validate
 from distfair.defenses.syfar import SyFAR
 from distfair.engine import run_seed
-from distfair.engine.evaluate import confusion_counts
+from distfair.evaluation import confusion_counts
 from distfair.engine.train import validation_symmetry
 from distfair.metrics import soft_confusion_matrix, symmetry_loss
 

@@ -3,7 +3,7 @@ one line in ``DEFENSES`` (the contract tests in tests/test_defense_contract.py p
 """
 from __future__ import annotations
 
-from distfair.defenses._base import Defense
+from distfair.defenses._base import Defense, DefenseContext
 from distfair.defenses.pgd_at import PGDAT
 from distfair.defenses.standard import Standard
 from distfair.defenses.specnorm import SpecNorm
@@ -30,4 +30,4 @@ def build_defense(name: str, *, attack, num_classes: int, **params) -> Defense:
     return DEFENSES[name](attack=attack, num_classes=num_classes, **params)
 
 
-__all__ = ["DEFENSES", "DEFENSE_RUNTIME_ARGS", "Defense", "build_defense"]
+__all__ = ["DEFENSES", "DEFENSE_RUNTIME_ARGS", "Defense", "DefenseContext", "build_defense"]

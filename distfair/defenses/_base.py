@@ -1,17 +1,35 @@
 """The defense contract.
 
-Lifecycle: the engine builds one defense per (configuration, seed) with the task's class
-count and the training attack (already bound to the data's valid range). Before every
-epoch it calls :meth:`Defense.start_epoch` (a no-op unless the defense needs a pass over the
-training set, as SpecNorm does), then :meth:`Defense.loss` once per training batch with the
-model in train mode. ``loss`` returns
-the scalar to back-propagate and a dict of named components (detached) for logging. The
-engine owns the optimiser, the schedule, the data order and DDP; a defense only says what
-the per-batch objective is. Options are keyword-only ``__init__`` arguments with simple type
-annotations: the config validator reads them from the signature.
+Lifecycle, for one (configuration, seed), on every DDP rank:
 
-Models passed to ``loss`` may be DDP-wrapped: run the training forward passes through
-``model`` (so gradients synchronise) and generate attacks on ``unwrap_model(model)``.
+1. ``__init__(attack=..., num_classes=..., **options)``: the training attack (already bound to
+   the data's valid range, or None) and the user options. Options are keyword-only
+   ``__init__`` arguments with simple type annotations: the config validator reads them from
+   the signature and builds the defense once to check them (nothing else is called then).
+2. :meth:`Defense.setup` once, with a :class:`DefenseContext`: the data spec, device, rank,
+   world size, seeded generators and the resolved ``references`` the configuration names (a
+   teacher checkpoint, ...). Build extra networks and their optimisers here.
+3. On resume only: :meth:`Defense.load_state_dict` with what :meth:`Defense.state_dict`
+   returned on this rank at the end of the last finished epoch, before the next epoch starts.
+4. Every epoch: :meth:`Defense.start_epoch` (a per-epoch pass over the training set, as
+   SpecNorm's), then :meth:`Defense.train_step` once per batch of
+   :meth:`Defense.batches` with the model in train mode; after the epoch the engine steps its
+   schedule, validates and checkpoints, and the checkpoint holds every rank's
+   :meth:`Defense.state_dict`.
+
+The simple case, all of today's per-batch losses, implements :meth:`Defense.loss` only: the
+batches are the engine's loader over the training set and the step is loss → backward → the
+engine's optimiser step. The engine owns the model being trained, its optimiser, schedule,
+data order and DDP. A defense that needs more overrides the rest: a data-free defense yields
+its own batches, one that alternates updates of several networks runs its own
+``train_step`` and owns the optimisers of its extra networks, and everything it must carry
+from one epoch to the next (networks, optimisers, memory banks, counters) goes through
+``state_dict``/``load_state_dict``, so a resumed run equals an uninterrupted one.
+
+Models passed to ``loss``/``train_step`` may be DDP-wrapped: run the training forward passes
+through ``model`` (so gradients synchronise) and generate attacks, or take gradients for
+other networks, on ``unwrap_model(model)``. Under DDP every rank must run the same number of
+steps per epoch; per-rank randomness comes from ``DefenseContext.generator`` (seeded per rank).
 
 Threat model: a defense that calls the configured training attack as is trains against that
 attack's threat model, whatever it is. A defense that re-implements the inner maximisation
@@ -25,12 +43,41 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from distfair.attacks import Attack
+
+
+@dataclass(frozen=True)
+class DefenseContext:
+    """What a defense may know about its run, handed to :meth:`Defense.setup` once."""
+
+    num_classes: int
+    #: shape of one input, without the batch dimension
+    in_shape: tuple[int, ...]
+    #: (low, high): the valid input range
+    bounds: tuple[float, float]
+    class_names: tuple[str, ...]
+    device: torch.device
+    #: ``make_generator(*labels)``: a fresh torch.Generator on ``device`` seeded from the run's
+    #: seed, this rank and ``labels`` (the engine's seeding; see :meth:`generator`)
+    make_generator: Callable[..., torch.Generator]
+    rank: int = 0
+    world: int = 1
+    #: resolved references the configuration names (name -> local file, e.g. a teacher
+    #: checkpoint); the caller of the engine resolves run ids and downloads
+    references: Mapping[str, str] = field(default_factory=dict)
+
+    def generator(self, *labels: object) -> torch.Generator:
+        """A generator for (run seed, ``labels``, rank), e.g. ``ctx.generator("batches", epoch)``:
+        the same labels give the same stream in every run and after a resume, and different
+        streams on different ranks. Draw per-epoch randomness from a per-epoch generator so a
+        resumed epoch draws what the uninterrupted one did."""
+        return self.make_generator(*labels)
 
 
 class Defense(abc.ABC):
@@ -52,6 +99,7 @@ class Defense(abc.ABC):
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.attack = attack
         self.num_classes = num_classes
+        self.context: DefenseContext | None = None
 
     @classmethod
     def attack_problem(cls, attack: Attack | None) -> str | None:
@@ -75,10 +123,55 @@ class Defense(abc.ABC):
         to log with the epoch. Default: nothing."""
         return {}
 
+    def setup(self, ctx: DefenseContext) -> None:
+        """Called once before training (and before :meth:`load_state_dict` on resume). Build
+        extra networks, their optimisers and anything read from ``ctx.references`` here.
+        Default: keep the context as ``self.context``."""
+        self.context = ctx
+
+    def batches(self, loader: Iterable, *, epoch: int) -> Iterable:
+        """The batches of ``epoch``, each a tuple of tensors (moved to the device by the engine)
+        in the form :meth:`train_step` takes: ``(x, y)`` for the default step. The engine
+        counts them to average the logged numbers. Default: ``loader``, the engine's loader over this rank's shard of the training set
+        (shuffled per epoch from the seed). A data-free defense yields its own, drawn from
+        ``self.context.generator(..., epoch)``; under DDP every rank must yield as many."""
+        return loader
+
+    def train_step(self, model: nn.Module, batch, optimizer: torch.optim.Optimizer, *,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """One training step on ``batch``; returns the detached numbers to average over the
+        epoch and log as ``train_<name>`` (``loss`` among them). ``optimizer`` is the engine's,
+        over the parameters of ``model``; ``generator`` draws this step's random starts
+        (seeded per seed, epoch and rank). Default: :meth:`loss`, refuse a non-finite value,
+        zero the gradients, backward, step. Raise ``FloatingPointError`` on a non-finite loss."""
+        x, y = batch
+        loss, parts = self.loss(model, x, y, generator=generator)
+        check_finite_loss(loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.detach(), **parts}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this defense carries from one epoch to the next (extra networks, their
+        optimisers, memory banks, counters), as ``torch.save`` can store it; saved with every
+        epoch checkpoint. Default: nothing (state rebuilt each epoch, as SyFAR's and SpecNorm's)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, after :meth:`setup`, before the next epoch."""
+
     @abc.abstractmethod
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-batch objective. x: (B, ...) inputs in the data's range, y: (B,) labels."""
+        """Per-batch objective: (scalar to back-propagate, detached named components).
+        x: (B, ...) inputs in the data's range, y: (B,) labels. A defense with its own
+        :meth:`train_step` that does not use it raises ``NotImplementedError``."""
+
+
+def check_finite_loss(loss: torch.Tensor) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite training loss {loss.item()}")
 
 
 def check_weight(name: str, value: float) -> None:

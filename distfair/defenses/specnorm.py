@@ -56,6 +56,7 @@ from torch import Tensor
 
 from distfair.defenses._base import Defense, check_weight
 from distfair.defenses.trades import attack_schedule, trades_adversarial
+from distfair.evaluation import confusion_counts
 from distfair.models import unwrap_model
 
 WEIGHT_LOW, WEIGHT_HIGH = 0.01, 2.01
@@ -121,8 +122,6 @@ class SpecNorm(Defense):
         self.weights: Tensor | None = None
 
     def start_epoch(self, model, train_set, *, epoch, device, batch_size, generator, rank=0, world=1):
-        from distfair.engine.evaluate import confusion_counts  # the engine imports defenses
-
         counts = confusion_counts(model, train_set, self.num_classes, device=device, batch_size=batch_size,
                                   attack=self.attack, generator=generator, rank=rank, world=world)
         top, sigma = _top_component(counts, errors_only=True)

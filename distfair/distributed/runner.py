@@ -3,6 +3,11 @@
 Each worker group is one ``TorchTrainer.fit()`` (DDP over ``scaling.num_workers`` workers),
 driven from its own thread of this process. This function is also what a Ray Tune trial
 calls for its configuration (a Tune function trainable may drive Train itself; ray.md).
+
+The seeds to run are ``cfg["seeds"]`` (the one list, set by the caller). The record is not
+written here: the caller passes ``seed_logger``, a picklable factory (e.g.
+``functools.partial(distfair.tracking.SeedRunLogger, uri)``) that rank 0 of each worker calls
+with a seed's child run id, so this package never imports MLflow (``distfair.tracking``).
 """
 from __future__ import annotations
 
@@ -30,8 +35,9 @@ class ConfigurationOutcome:
         return not self.errors
 
 
-def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, tracking_uri: str,
-               child_run_ids: dict[int, str], init_paths: dict[int, str]) -> list[dict]:
+def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, seed_logger: Callable,
+               child_run_ids: dict[int, str], init_paths: dict[int, str],
+               references: dict[int, dict[str, str]]) -> list[dict]:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -40,9 +46,10 @@ def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, tra
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "cfg": cfg, "seeds": seeds, "run_name": name, "tracking_uri": tracking_uri,
+            "cfg": cfg, "seeds": seeds, "run_name": name, "seed_logger": seed_logger,
             "child_run_ids": {str(s): child_run_ids[s] for s in seeds}, "use_gpu": scaling["use_gpu"],
             "init_paths": {str(s): init_paths[s] for s in seeds if s in init_paths},
+            "references": {str(s): references[s] for s in seeds if s in references},
             "threads_per_worker": max(1, math.floor(per_worker.get("CPU", 1.0))),
         },
         scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
@@ -83,24 +90,28 @@ def _run_in_daemon_threads(jobs: list[Callable[[], list[dict]]]):
                 continue
 
 
-def run_configuration(cfg: dict, *, seeds: list[int], tracking_uri: str, child_run_ids: dict[int, str],
-                      run_name: str, storage_path: str | Path, init_paths: dict[int, str] | None = None,
+def run_configuration(cfg: dict, *, child_run_ids: dict[int, str], seed_logger: Callable, run_name: str,
+                      storage_path: str | Path, init_paths: dict[int, str] | None = None,
+                      references: dict[int, dict[str, str]] | None = None,
                       log: Callable[[str], None] = print) -> ConfigurationOutcome:
-    """Train and evaluate every seed of ``cfg``; MLflow child runs must already exist.
+    """Train and evaluate every seed of ``cfg["seeds"]``; their child runs must already exist
+    (``child_run_ids``), and ``seed_logger(child_run_id)`` writes one on rank 0.
 
     ``run_name`` must be deterministic for the configuration (never a timestamp): Ray Train
     resumes a group from ``(storage_path, name)``. A group that fails does not stop the
-    others; its seeds without a result are listed in ``errors``.
+    others; its seeds without a result are listed in ``errors``. ``references`` (seed ->
+    {name: local file}, resolved by the caller) reach the defense as ``DefenseContext.references``.
     """
     import ray
 
+    seeds = list(cfg["seeds"])
     outcome = ConfigurationOutcome()
     outcome.groups = plan_seed_groups(seeds, cfg["scaling"], dict(ray.cluster_resources()), alive_node_resources())
     log(f"{len(seeds)} seed(s) in {len(outcome.groups)} concurrent worker group(s) of "
         f"{cfg['scaling']['num_workers']} worker(s): " + " | ".join(",".join(map(str, g)) for g in outcome.groups))
     jobs = [functools.partial(_fit_group, cfg, group, name=f"{run_name}-g{i}", storage_path=str(storage_path),
-                              tracking_uri=tracking_uri, child_run_ids=child_run_ids,
-                              init_paths=init_paths or {})
+                              seed_logger=seed_logger, child_run_ids=child_run_ids,
+                              init_paths=init_paths or {}, references=references or {})
             for i, group in enumerate(outcome.groups)]
     for index, records, err in _run_in_daemon_threads(jobs):
         group = outcome.groups[index]

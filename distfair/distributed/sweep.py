@@ -6,11 +6,24 @@
   as PRUNED). Multi-objective searches pass a list of metrics to ``OptunaSearch`` and never
   set ``TuneConfig(metric=...)``, which would silently make them single-objective (ray.md).
 * A trial (:func:`sweep_trial`) is a Tune function trainable acting as the Ray Train driver:
-  it runs the foundation's ``run_configuration_with_tracking`` in a thread and, while the
-  seeds train, reports progress read back from MLflow: seeds done, the objective so far and,
-  with early stopping, the mean across seeds of a per-epoch metric for ASHA.
+  it runs its configuration in a thread and, while the seeds train, reports progress read
+  back from the record: seeds done, the objective so far and, with early stopping, the mean
+  across seeds of a per-epoch metric for ASHA.
 * :class:`SweepCallback` prints one progress line per configuration in the driver and closes
-  the MLflow runs of trials that ended without closing them (stopped by ASHA, or killed).
+  the records of trials that ended without closing them (stopped by ASHA, or killed).
+
+Imports run one way: this module never imports MLflow (``distfair.tracking``) nor the layers
+above it (``distfair.run``, ``distfair.sweep``). What touches the record arrives as plain
+module-level functions in the trial ``context`` (they pickle by reference for Ray), set by
+``distfair.sweep.run_sweep``:
+
+- ``context["run_trial"](cfg, params, trial_id, context, log)`` trains the configuration
+  with its record and returns a report with ``seeds``, ``metrics`` (summaries over the
+  finished seeds), ``errors`` and ``parent_run_id``;
+- ``context["trial_record"](context, trial_id, curve)`` returns ``None`` before the
+  configuration's record exists, else ``(per-seed final metrics, per-seed epoch curves of
+  the metric curve or None)``;
+- ``context["close_trial"](context, trial_id, status, reason)`` closes the trial's open runs.
 """
 from __future__ import annotations
 
@@ -24,8 +37,7 @@ from typing import Callable
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
-from distfair import tracking
-from distfair.search_space import SweepSpec, Target
+from distfair.search_space import SweepSpec, Target, objective_values, optuna_distribution
 
 TRIAL_RESOURCE = "distfair_trial"        # custom resource a local instance declares for trial drivers
 
@@ -103,15 +115,7 @@ def build_searcher(spec: SweepSpec) -> CrossedSearch:
     if spec.sampler != "grid":
         sampler = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
                    "random": optuna.samplers.RandomSampler}[spec.sampler](seed=spec.seed)
-        space = {}
-        for d in spec.dims:
-            if d.type == "float":
-                space[d.key] = optuna.distributions.FloatDistribution(d.low, d.high, log=d.log, step=d.step)
-            elif d.type == "int":
-                space[d.key] = optuna.distributions.IntDistribution(int(d.low), int(d.high), log=d.log,
-                                                                    step=int(d.step or 1))
-            else:
-                space[d.key] = optuna.distributions.CategoricalDistribution(list(d.choices))
+        space = {d.key: optuna_distribution(d) for d in spec.dims}
         inner = OptunaSearch(space=space, metric=names if len(names) > 1 else names[0],
                              mode=modes if len(modes) > 1 else modes[0], sampler=sampler)
     max_points = 1 if spec.sampler == "grid" else spec.num_samples
@@ -128,25 +132,19 @@ def _trial_config(context: dict, params: dict) -> dict:
     return cfg
 
 
-def objective_values(targets: list[Target], summary: dict) -> dict[str, float | None]:
-    return {t.name: t.value(summary) for t in targets}
-
-
-def _progress(context: dict, lookup: dict, targets: list[Target], es) -> dict | None:
-    """What MLflow says about this trial so far (None before its configuration run exists)."""
+def _progress(context: dict, trial_id: str, targets: list[Target], es) -> dict | None:
+    """What the record says about this trial so far (None before its configuration run exists)."""
     from distfair.metrics import aggregate_seed_metrics
 
-    uri, exp = context["tracking_uri"], context["experiment_id"]
-    found = tracking.find_runs(uri, exp, lookup)
-    if not found:
+    record = context["trial_record"](context, trial_id, es["metric"] if es is not None else None)
+    if record is None:
         return None
-    per_seed = tracking.finished_seed_metrics(uri, exp, found[0])
+    per_seed, curves = record
     out = {"seeds_done": len(per_seed), "seeds_total": len(context["seeds"]), "final": 0}
     if per_seed:
         out.update({f"so_far.{k}": v for k, v in objective_values(targets, aggregate_seed_metrics(
             list(per_seed.values()))).items() if v is not None})
-    if es is not None:
-        curves = tracking.epoch_curves(uri, exp, found[0], es["metric"])
+    if es is not None and curves is not None:
         if len(curves) == len(context["seeds"]) and all(curves.values()):
             epochs = set.intersection(*(set(c) for c in curves.values()))
             if epochs:
@@ -157,27 +155,19 @@ def _progress(context: dict, lookup: dict, targets: list[Target], es) -> dict | 
 
 
 def sweep_trial(params: dict, context: dict) -> None:
-    """One Tune trial = one configuration over all its seeds (a Ray Train driver)."""
+    """One Tune trial = one configuration over all its seeds (a Ray Train driver), run by
+    ``context["run_trial"]`` (see the module docstring)."""
     from ray import tune
-
-    from distfair.run import run_configuration_with_tracking
-    from distfair.search_space import Target
 
     trial_id = tune.get_context().get_trial_id()
     targets = [Target(**t) for t in context["objective"]]
     cfg = _trial_config(context, params)
-    lookup = {"distfair.sweep_run": context["sweep_run_id"], "distfair.trial_id": trial_id}
     box: dict = {}
 
     def work() -> None:
         try:
-            box["report"] = run_configuration_with_tracking(
-                cfg, config_path=context["config_path"], experiment=context["experiment"],
-                tracking_uri=context["tracking_uri"], storage_path=context["storage_path"],
-                log=lambda msg: print(f"[distfair {trial_id}] {msg}", flush=True), lookup=lookup,
-                extra_tags={tracking.TAG_PARENT: context["sweep_run_id"],
-                            "distfair.trial_params": json.dumps(params, default=str)},
-                parent_run_name=f"{trial_id} " + " ".join(f"{k}={_short(v)}" for k, v in params.items()))
+            box["report"] = context["run_trial"](cfg, params, trial_id, context,
+                                                 lambda msg: print(f"[distfair {trial_id}] {msg}", flush=True))
         except BaseException as err:  # noqa: BLE001 - re-raised in the trial thread below
             box["error"] = err
 
@@ -186,7 +176,7 @@ def sweep_trial(params: dict, context: dict) -> None:
     last: dict = {}
     while worker.is_alive():
         worker.join(timeout=context["poll_s"])
-        progress = _progress(context, lookup, targets, context["early_stopping"])
+        progress = _progress(context, trial_id, targets, context["early_stopping"])
         if progress and progress != last and worker.is_alive():
             tune.report(progress)
             last = progress
@@ -201,23 +191,24 @@ def sweep_trial(params: dict, context: dict) -> None:
     tune.report(final)
 
 
-def _short(value) -> str:
+def short_value(value) -> str:
+    """A parameter value as trial names and progress lines show it."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # --------------------------------------------------------------------------- the driver
 class SweepCallback(Callback):
-    """Progress lines in the driver, and MLflow runs closed for trials that did not close them."""
+    """Progress lines in the driver, and records closed for trials that did not close them."""
 
     def __init__(self, context: dict, log: Callable[[str], None]):
         self.context, self.log = context, log
         self.names = [Target(**t).name for t in context["objective"]]
 
     def _line(self, trial, result: dict) -> str:
-        params = " ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
+        params = " ".join(f"{k}={short_value(v)}" for k, v in trial.config.items())
         done = f"seeds {result.get('seeds_done', 0)}/{result.get('seeds_total', len(self.context['seeds']))}"
         prefix = "" if result.get("final") == 1 else "so_far."
-        objective = ", ".join(f"{n}={_short(result[prefix + n])}" for n in self.names if prefix + n in result)
+        objective = ", ".join(f"{n}={short_value(result[prefix + n])}" for n in self.names if prefix + n in result)
         return f"{trial.trial_id} {params} | {done}" + (f" | {objective}" if objective else "")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -234,8 +225,7 @@ class SweepCallback(Callback):
         self._close(trial.trial_id, "FAILED", "the trial raised an error")
 
     def _close(self, trial_id: str, status: str, reason: str) -> None:
-        tracking.close_trial_runs(self.context["tracking_uri"], self.context["experiment_id"],
-                                  self.context["sweep_run_id"], trial_id, status, reason)
+        self.context["close_trial"](self.context, trial_id, status, reason)
 
 
 def run_tune(spec: SweepSpec, context: dict, *, name: str, storage_path: str, resume: bool,

@@ -1,7 +1,9 @@
 """The function every Ray Train worker runs: its group's seeds, one after the other.
 
-Rank 0 writes each seed's MLflow child run (epoch curves, final metrics, artifacts) and
-reports a checkpoint every epoch; every rank calls ``ray.train.report`` the same number of
+Rank 0 writes each seed's child run (epoch curves, final metrics, artifacts) through the
+logger ``config["seed_logger"](child_run_id)`` the caller passed in (``distfair.run`` passes
+``distfair.tracking.SeedRunLogger``; this package never imports MLflow) and reports a
+checkpoint every epoch; every rank calls ``ray.train.report`` the same number of
 times (Ray Train synchronises on it). The return value of rank 0 (a list of per-seed result
 dicts) arrives in the driver as ``Result.return_value``.
 
@@ -77,8 +79,6 @@ def train_loop_per_worker(config: dict) -> list[dict] | None:
 
     _quiet_ray_train_reports()
 
-    from distfair.tracking import SeedRunLogger
-
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
@@ -96,7 +96,7 @@ def train_loop_per_worker(config: dict) -> list[dict] | None:
         seed_dir = workdir / f"seed_{seed}"
         if seed != resume_seed and seed_dir.exists():
             shutil.rmtree(seed_dir)          # stale files of an earlier attempt, never reused
-        logger = SeedRunLogger(config["tracking_uri"], child_runs[str(seed)]) if rank == 0 else None
+        logger = config["seed_logger"](child_runs[str(seed)]) if rank == 0 else None
 
         def on_epoch(epoch: int, row: dict, checkpoint: Path | None, seed=seed, logger=logger) -> None:
             metrics = {"seed": seed, **row}
@@ -109,6 +109,7 @@ def train_loop_per_worker(config: dict) -> list[dict] | None:
 
         result = run_seed(cfg, seed, workdir=seed_dir, device=device, rank=rank, world=world, on_epoch=on_epoch,
                           init_from=config.get("init_paths", {}).get(str(seed)),
+                          references=config.get("references", {}).get(str(seed)),
                           log=(lambda msg: print(f"[distfair] {msg}", flush=True)) if rank == 0 else None)
         if rank == 0:
             record = result.to_dict()

@@ -3,7 +3,10 @@
 :func:`run_seed` is what every Ray Train worker runs for each of its seeds. Distribution is
 passed in (rank, world size, device; the process group already initialised by the caller),
 and everything a caller wants to record arrives through the ``on_epoch`` callback and the
-returned :class:`SeedResult`.
+returned :class:`SeedResult`. It is three steps: :func:`build_seed_training` (data, model,
+attack, defense and its setup, optimiser, schedule, resume state), :func:`train_epochs` (each
+:func:`train_epoch` followed by :func:`save_checkpoint`; :func:`restore_checkpoint` is its
+inverse), then the validation pass and the final evaluation.
 
 Determinism: ``seed`` seeds model initialisation (identical on every rank; DDP broadcasts rank
 0's parameters anyway), the data order (``DistributedSampler(seed=...)`` + ``set_epoch``) and
@@ -27,14 +30,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from distfair._blocks import options as _options
 from distfair.attacks import build_attack
 from distfair.data import DataBundle, build_dataset
-from distfair.defenses import build_defense
-from distfair.engine.evaluate import confusion_counts
-from distfair.engine.final_eval import final_evaluation, validation_evaluation
-from distfair.engine.seeding import generator, rng_state, seed_everything, set_rng_state
+from distfair.defenses import Defense, DefenseContext, build_defense
+from distfair.evaluation import confusion_counts, final_evaluation, validation_evaluation
 from distfair.metrics import symmetry_loss
 from distfair.models import build_model, unwrap_model
+from distfair.seeding import generator, rng_state, seed_everything, set_rng_state
 
 CHECKPOINT_NAME = "last.pt"
 EpochCallback = Callable[[int, dict, "Path | None"], None]
@@ -60,10 +63,6 @@ class SeedResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def _options(block: dict | None, *drop: str) -> dict:
-    return {k: v for k, v in (block or {}).items() if k not in drop}
 
 
 def build_optimizer(params, train: dict) -> torch.optim.Optimizer:
@@ -177,23 +176,51 @@ def load_initial_weights(model: nn.Module, path: str | Path, *, model_name: str,
     model.load_state_dict(weights)
 
 
-def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device | str = "cpu",
-             rank: int = 0, world: int = 1, on_epoch: EpochCallback | None = None,
-             log: Callable[[str], None] | None = None, init_from: str | Path | None = None) -> SeedResult | None:
-    """Train ``cfg`` with ``seed``, checkpointing each epoch under ``workdir``; then evaluate
-    on the test set clean and under each ``eval.attacks`` entry.
+@dataclass
+class SeedTraining:
+    """Everything one seed's training holds (what :func:`build_seed_training` builds)."""
+    cfg: dict
+    seed: int
+    workdir: Path
+    device: torch.device
+    rank: int
+    world: int
+    data: DataBundle
+    model: nn.Module                   # the plain model (checkpointed, evaluated)
+    train_model: nn.Module             # the model the steps run through: DDP-wrapped when world > 1
+    attack: object | None
+    defense: Defense
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    sampler: DistributedSampler
+    loader: DataLoader
+    start_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
 
-    If ``workdir/last.pt`` exists the run resumes from it; otherwise, with ``init_from`` (a
-    checkpoint file), the model starts from those weights. Returns the result on rank 0 and
-    None on the other ranks. ``on_epoch(epoch, row, checkpoint_path)`` is called on every rank
-    after each epoch (``checkpoint_path`` only on rank 0).
-    """
-    device = torch.device(device)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = log or (lambda msg: None)
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.workdir / CHECKPOINT_NAME
+
+
+def defense_context(data: DataBundle, seed: int, *, device: torch.device, rank: int, world: int,
+                    references: dict[str, str] | None) -> DefenseContext:
+    """The context :meth:`Defense.setup` receives; its generators are (seed, "defense", labels..., rank)."""
+    def make_generator(*labels: object) -> torch.Generator:
+        return generator(seed, "defense", *labels, rank, device=device)
+
+    return DefenseContext(num_classes=data.num_classes, in_shape=tuple(data.in_shape), bounds=tuple(data.bounds),
+                          class_names=tuple(data.class_names), device=device, make_generator=make_generator,
+                          rank=rank, world=world, references=dict(references or {}))
+
+
+def build_seed_training(cfg: dict, seed: int, *, workdir: Path, device: torch.device, rank: int, world: int,
+                        log: Callable[[str], None], init_from: str | Path | None = None,
+                        references: dict[str, str] | None = None) -> SeedTraining:
+    """Build data, model, attack, defense (set up with its context), optimiser and schedule,
+    then restore the epoch checkpoint if there is one (else apply ``init_from``), then wrap
+    the model for DDP and build the training loader. The order of global RNG draws is part of
+    the determinism contract: keep it."""
     train_cfg = cfg["train"]
-
     seed_everything(seed)
     data = build_dataset(cfg["dataset"]["name"], **_options(cfg["dataset"], "name"))
     model = build_model(cfg["model"]["name"], num_classes=data.num_classes, in_shape=data.in_shape,
@@ -203,86 +230,167 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
         attack = build_attack(cfg["attack"]["name"], bounds=data.bounds, **_options(cfg["attack"], "name"))
     defense = build_defense(cfg["defense"]["name"], attack=attack, num_classes=data.num_classes,
                             **_options(cfg["defense"], "name"))
+    defense.setup(defense_context(data, seed, device=device, rank=rank, world=world, references=references))
     optimizer = build_optimizer(model.parameters(), train_cfg)
     scheduler = build_scheduler(optimizer, train_cfg)
-    history: list[dict] = []
-    start_epoch = 0
-
-    ckpt_path = workdir / CHECKPOINT_NAME
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("seed") != seed:
-            raise RuntimeError(f"checkpoint {ckpt_path} belongs to seed {state.get('seed')}, not {seed}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        log(f"seed {seed}: resumed after epoch {start_epoch}")
+    run = SeedTraining(cfg=cfg, seed=seed, workdir=workdir, device=device, rank=rank, world=world, data=data,
+                       model=model, train_model=model, attack=attack, defense=defense, optimizer=optimizer,
+                       scheduler=scheduler, sampler=None, loader=None)
+    if run.checkpoint_path.exists():
+        restore_checkpoint(run)
+        log(f"seed {seed}: resumed after epoch {run.start_epoch}")
     elif init_from:
         load_initial_weights(model, init_from, model_name=cfg["model"]["name"], num_classes=data.num_classes)
         log(f"seed {seed}: initialised from {init_from}")
-
-    train_model: nn.Module = model
     if world > 1:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler, loader = _train_loader(data, train_cfg["batch_size"], seed, rank, world)
-    eval_bs = train_cfg["eval_batch_size"]
+        run.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run.sampler, run.loader = _train_loader(data, train_cfg["batch_size"], seed, rank, world)
+    return run
 
-    for epoch in range(start_epoch, train_cfg["epochs"]):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        attack_gen = generator(seed, "train-attack", epoch, rank, device=device)
-        prepared = defense.start_epoch(model, data.train, epoch=epoch, device=device, batch_size=eval_bs,
-                                       generator=generator(seed, "epoch-start", epoch, rank, device=device),
-                                       rank=rank, world=world)
-        train_model.train()
-        sums: dict[str, float] = {}
-        batches = 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            loss, parts = defense.loss(train_model, x, y, generator=attack_gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"seed {seed} epoch {epoch}: non-finite training loss {loss.item()}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for k, v in {"loss": loss.detach(), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            batches += 1
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        row = {f"train_{k}": v / max(batches, 1) for k, v in sums.items()}
-        row["lr"] = lr
-        row.update({f"defense_{k}": float(v) for k, v in prepared.items()})
-        val_clean = confusion_counts(model, data.val, data.num_classes, device=device, batch_size=eval_bs,
-                                     rank=rank, world=world)
-        row["val_clean_acc"] = float(val_clean.trace()) / float(val_clean.sum())
-        if attack is not None:
-            val_adv, val_soft = confusion_counts(model, data.val, data.num_classes, device=device,
-                                                 batch_size=eval_bs, attack=attack, soft=True,
-                                                 generator=generator(seed, "val-attack", epoch, rank, device=device),
-                                                 rank=rank, world=world)
-            row["val_robust_acc"] = float(val_adv.trace()) / float(val_adv.sum())
-            row.update(validation_symmetry(val_adv, val_soft))
-        row["epoch_time_s"] = time.perf_counter() - t0
-        history.append({"epoch": epoch, **row})
-        saved = None
-        if rank == 0:
-            state = {"seed": seed, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "history": history,
-                     "model_name": cfg["model"]["name"], "num_classes": data.num_classes,
-                     "in_shape": tuple(data.in_shape)}
-            tmp = workdir / (CHECKPOINT_NAME + ".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt_path)       # atomic: a crash never leaves a half-written checkpoint
-            saved = ckpt_path
-        log(f"seed {seed}: epoch {epoch + 1}/{train_cfg['epochs']} loss {row.get('train_loss', math.nan):.4f} "
+
+def _on_cpu(value):
+    """``value`` with every tensor moved to the CPU (defense state gathered across ranks)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
+def _defense_states(defense: Defense, world: int) -> list[dict]:
+    """Every rank's ``defense.state_dict()`` in rank order (a collective: all ranks call it)."""
+    own = _on_cpu(defense.state_dict())
+    if world == 1:
+        return [own]
+    out: list = [None] * world
+    dist.all_gather_object(out, own)
+    return out
+
+
+def save_checkpoint(run: SeedTraining, epoch: int) -> Path | None:
+    """The epoch checkpoint: model, optimiser, schedule, global RNG, history and every rank's
+    defense state. Called on every rank (the defense states are gathered); rank 0 writes it,
+    atomically, and gets its path; the other ranks get None."""
+    defense_states = _defense_states(run.defense, run.world)
+    if run.rank != 0:
+        return None
+    state = {"seed": run.seed, "epoch": epoch, "model": run.model.state_dict(),
+             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng_state(),
+             "history": run.history, "model_name": run.cfg["model"]["name"], "num_classes": run.data.num_classes,
+             "in_shape": tuple(run.data.in_shape), "defense": defense_states}
+    tmp = run.workdir / (CHECKPOINT_NAME + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, run.checkpoint_path)       # atomic: a crash never leaves a half-written checkpoint
+    return run.checkpoint_path
+
+
+def restore_checkpoint(run: SeedTraining) -> None:
+    """Load the epoch checkpoint into ``run`` (after the defense's setup, before any epoch):
+    the next epoch continues exactly as it would have without the interruption."""
+    path = run.checkpoint_path
+    state = torch.load(path, map_location=run.device, weights_only=False)
+    if state.get("seed") != run.seed:
+        raise RuntimeError(f"checkpoint {path} belongs to seed {state.get('seed')}, not {run.seed}")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    defense_states = state.get("defense") or []        # absent in checkpoints older than the key
+    if len(defense_states) == run.world:
+        run.defense.load_state_dict(defense_states[run.rank])
+    elif any(defense_states):
+        raise RuntimeError(f"checkpoint {path} holds the defense state of {len(defense_states)} rank(s), "
+                           f"this run has {run.world}: resume with the same number of workers")
+    set_rng_state(state["rng"])
+    run.start_epoch, run.history = state["epoch"] + 1, state["history"]
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
+    return batch.to(device)
+
+
+def train_epoch(run: SeedTraining, epoch: int) -> dict[str, float]:
+    """One epoch: the defense's epoch start, its steps over its batches, the schedule step and
+    the per-epoch validation. Returns the epoch's row (without ``epoch``)."""
+    seed, device, rank, world, data, defense = run.seed, run.device, run.rank, run.world, run.data, run.defense
+    eval_bs = run.cfg["train"]["eval_batch_size"]
+    t0 = time.perf_counter()
+    run.sampler.set_epoch(epoch)
+    attack_gen = generator(seed, "train-attack", epoch, rank, device=device)
+    prepared = defense.start_epoch(run.model, data.train, epoch=epoch, device=device, batch_size=eval_bs,
+                                   generator=generator(seed, "epoch-start", epoch, rank, device=device),
+                                   rank=rank, world=world)
+    run.train_model.train()
+    sums: dict[str, float] = {}
+    batches = 0
+    for batch in defense.batches(run.loader, epoch=epoch):
+        try:
+            parts = defense.train_step(run.train_model, _to_device(batch, device), run.optimizer,
+                                       generator=attack_gen)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"seed {seed} epoch {epoch}: {err}") from err
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        batches += 1
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    row = {f"train_{k}": v / max(batches, 1) for k, v in sums.items()}
+    row["lr"] = lr
+    row.update({f"defense_{k}": float(v) for k, v in prepared.items()})
+    val_clean = confusion_counts(run.model, data.val, data.num_classes, device=device, batch_size=eval_bs,
+                                 rank=rank, world=world)
+    row["val_clean_acc"] = float(val_clean.trace()) / float(val_clean.sum())
+    if run.attack is not None:
+        val_adv, val_soft = confusion_counts(run.model, data.val, data.num_classes, device=device,
+                                             batch_size=eval_bs, attack=run.attack, soft=True,
+                                             generator=generator(seed, "val-attack", epoch, rank, device=device),
+                                             rank=rank, world=world)
+        row["val_robust_acc"] = float(val_adv.trace()) / float(val_adv.sum())
+        row.update(validation_symmetry(val_adv, val_soft))
+    row["epoch_time_s"] = time.perf_counter() - t0
+    return row
+
+
+def train_epochs(run: SeedTraining, *, on_epoch: EpochCallback | None, log: Callable[[str], None]) -> None:
+    """The epochs from ``run.start_epoch`` on, each followed by its checkpoint and ``on_epoch``."""
+    epochs = run.cfg["train"]["epochs"]
+    for epoch in range(run.start_epoch, epochs):
+        row = train_epoch(run, epoch)
+        run.history.append({"epoch": epoch, **row})
+        saved = save_checkpoint(run, epoch)
+        log(f"seed {run.seed}: epoch {epoch + 1}/{epochs} loss {row.get('train_loss', math.nan):.4f} "
             f"val acc {row['val_clean_acc']:.3f}"
             + (f" robust {row['val_robust_acc']:.3f}" if "val_robust_acc" in row else "")
             + f" ({row['epoch_time_s']:.1f}s)")
         if on_epoch is not None:
-            on_epoch(epoch, history[-1], saved)
+            on_epoch(epoch, run.history[-1], saved)
+
+
+def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device | str = "cpu",
+             rank: int = 0, world: int = 1, on_epoch: EpochCallback | None = None,
+             log: Callable[[str], None] | None = None, init_from: str | Path | None = None,
+             references: dict[str, str] | None = None) -> SeedResult | None:
+    """Train ``cfg`` with ``seed``, checkpointing each epoch under ``workdir``; then evaluate
+    on the test set clean and under each ``eval.attacks`` entry.
+
+    If ``workdir/last.pt`` exists the run resumes from it; otherwise, with ``init_from`` (a
+    checkpoint file), the model starts from those weights. ``references`` (name -> local
+    file, resolved by the caller) reach the defense's setup as ``DefenseContext.references``.
+    Returns the result on rank 0 and None on the other ranks. ``on_epoch(epoch, row,
+    checkpoint_path)`` is called on every rank after each epoch (``checkpoint_path`` only on
+    rank 0).
+    """
+    device = torch.device(device)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda msg: None)
+    run = build_seed_training(cfg, seed, workdir=workdir, device=device, rank=rank, world=world, log=log,
+                              init_from=init_from, references=references)
+    train_epochs(run, on_epoch=on_epoch, log=log)
+    model, data, history, eval_bs = run.model, run.data, run.history, cfg["train"]["eval_batch_size"]
 
     # ---- the validation pass that selection uses, then the final evaluation on the test set
     t_val = time.perf_counter()
@@ -302,7 +410,7 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
     metrics["eval_time_s"] = final.eval_time_s
     return SeedResult(
         seed=seed, metrics=metrics, confusion=final.confusion, per_class_acc=final.per_class_acc,
-        history=history, class_names=list(data.class_names), final_model_path=str(ckpt_path),
+        history=history, class_names=list(data.class_names), final_model_path=str(run.checkpoint_path),
         param_fingerprints=fingerprints, subgroups=final.subgroups, target_success=final.target_success,
         checks=final.checks, flags_path=final.flags_path, eval_errors=final.errors, tags=final.tags,
         evaluations=[{"name": e["name"], "attack": e["attack"], "target": e.get("target")}

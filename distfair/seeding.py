@@ -1,5 +1,8 @@
 """One integer seeds everything of a run (methods.md "Conventions": explicit seeds).
 
+A leaf module (imports nothing of distfair) shared by the engine (model initialisation, data
+order, resumable RNG state) and ``distfair.evaluation`` (attack random starts).
+
 Data order and attack random starts do not come from global RNG state: they come from
 generators derived from (seed, purpose, epoch, rank) by :func:`derive_seed`, so a run resumed
 at epoch e draws exactly what an uninterrupted run draws at epoch e.

@@ -2,9 +2,9 @@
 ``checks.py`` idea, methods.md "Attacks"): plain PyTorch, no Ray, no MLflow.
 
 Each check returns a list of findings ``{"check": <id>, "message": <text>}``; an empty list
-means it passed. The engine logs findings as warnings and the tracking layer records them as
-MLflow tags ``distfair.check.<id>`` on the seed run. None of them stops a run: a finding is a
-reason to distrust a number, not an error in the program.
+means it passed. The evaluation suite (``suite.py``) logs findings as warnings and the
+tracking layer records them as MLflow tags ``distfair.check.<id>`` on the seed run. None of
+them stops a run: a finding is a reason to distrust a number, not an error in the program.
 
 - ``robust_above_clean``: an attack's accuracy above the clean accuracy (an attack that
   helps the model is broken, or the evaluation is randomised and unreliable).

@@ -1,7 +1,9 @@
-"""The final evaluation of one seed on the test set: clean and under every ``eval.attacks``
-entry, with per-sample flags, ensembles' stages, targeted modes, subgroup fairness and the
-self-checks. Plain PyTorch, DDP-aware (sharded over ranks, merged by all-reduce), no Ray, no
-MLflow.
+"""The evaluation suite of one trained model: :func:`final_evaluation` on the test set, clean
+and under every ``eval.attacks`` entry, with per-sample flags, ensembles' stages, targeted
+modes, subgroup fairness (``subgroups.py``) and the self-checks (``checks.py``); and
+:func:`validation_evaluation`, the same metric set on the validation split (what sweeps select
+on). Plain PyTorch, DDP-aware (sharded over ranks by ``predict.py``, merged by all-reduce), no
+Ray, no MLflow. The engine (``distfair.engine.train``) calls it at the end of training.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ from torch.utils.data import DataLoader
 from distfair.attacks import Attack, build_attack
 from distfair.attacks.autoattack import pin_versions
 from distfair.data import DataBundle
-from distfair.engine import checks
-from distfair.engine.evaluate import Predictions, predict_dataset
-from distfair.engine.seeding import generator
-from distfair.engine.subgroups import METADATA, metric_safe, resolve_groupings, subgroup_report
+from distfair.evaluation import checks
+from distfair.evaluation.predict import Predictions, predict_dataset
+from distfair.evaluation.subgroups import METADATA, metric_safe, resolve_groupings, subgroup_report
 from distfair.metrics import fairness_metrics
+from distfair.seeding import generator
 
 FLAGS_NAME = "robust_flags.npz"
 TAG_VERSION = "distfair.autoattack_version."

@@ -1,4 +1,7 @@
-"""Evaluation: confusion matrices clean and under attack, sharded over DDP ranks.
+"""Per-sample prediction and confusion counts, clean and under attack, sharded over DDP ranks.
+
+The lowest level of ``distfair.evaluation``: the test-set suite (``suite.py``), the per-epoch
+validation metrics of the engine and SpecNorm's per-epoch confusion matrix all count here.
 
 Each rank evaluates the samples ``rank, rank + world, ...`` (no padding, so no sample counts
 twice) and the K×K count matrices are summed with all-reduce. Batches stream: memory does
