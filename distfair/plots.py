@@ -5,6 +5,11 @@ confusion heatmap (Fig. 5), per-group bars (Fig. 7). Counts follow ``fairness_me
 ``counts[i, j]`` = samples of true class i predicted as j; ``R`` is row-normalised and a
 class is absent when its row sum is 0 (its row of ``R`` stays zero). The plots do not warn
 about absent classes: the metrics computed from the same matrix already do.
+
+Abstentions (a predictor that can abstain): ``abstained[i]`` counts the samples of true class
+i the predictor abstained on; they are in no cell of ``counts`` and never in class 0's
+column. Rates then divide by the class totals including them (as ``fairness_metrics``), and
+the confusion heatmap draws them as an extra "abstained" column.
 """
 from __future__ import annotations
 
@@ -66,9 +71,10 @@ def _save(fig, path) -> Path:
 
 
 def _heatmap(values: np.ndarray, class_names, title: str, path, *, cmap: str, vmin: float,
-             vmax: float, cbar_label: str, xlabel: str, ylabel: str) -> Path:
+             vmax: float, cbar_label: str, xlabel: str, ylabel: str, extra_column: str | None = None) -> Path:
     """K x K heatmap with class names on both axes, a colour bar, NaN cells blank and
-    the cell values written in when K <= 20."""
+    the cell values written in when K <= 20. ``extra_column``: ``values`` is K x (K+1) and
+    its last column is labelled so (e.g. "abstained")."""
     plt = _pyplot()
     k = values.shape[0]
     size = _square_size(k)
@@ -77,6 +83,10 @@ def _heatmap(values: np.ndarray, class_names, title: str, path, *, cmap: str, vm
     im = ax.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=vmin, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=cbar_label)
     _set_class_ticks(ax, class_names, k, y=True)
+    if extra_column is not None:
+        positions, labels, _ = _tick_labels(class_names, k)
+        ax.set_xticks(positions + [k], labels + [extra_column], rotation=90)
+        ax.axvline(k - 0.5, color="black", linewidth=1.5)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -88,45 +98,58 @@ def _heatmap(values: np.ndarray, class_names, title: str, path, *, cmap: str, vm
     return _save(fig, path)
 
 
-def _rates(counts) -> tuple[np.ndarray, np.ndarray]:
+def _rates(counts, abstained=None) -> tuple[np.ndarray, np.ndarray]:
     """Row-normalised matrix R (absent rows zero) and presence mask of a validated count
-    matrix (errors as ``fairness_metrics``); no warning about absent classes."""
-    from distfair.metrics._fairness import _as_count_matrix
+    matrix (errors as ``fairness_metrics``); no warning about absent classes. With
+    ``abstained`` rows divide by the class totals including the abstentions."""
+    from distfair.metrics._fairness import count_matrix
 
-    matrix = _as_count_matrix(counts)
-    rows = matrix.sum(axis=1)
+    matrix, abst = count_matrix(counts, abstained)
+    rows = matrix.sum(axis=1) + abst
     present = rows > 0
     rates = np.divide(matrix, rows[:, None], out=np.zeros_like(matrix), where=present[:, None])
     return rates, present
 
 
-def confusion_heatmap(counts, class_names: list[str], title: str, path: str | Path) -> Path:
-    """Row-normalised confusion matrix (Sy-FAR Fig. 5 style): rows true, columns predicted,
-    each cell annotated with its rate (K <= 20), a colour bar, class names on both axes."""
+def confusion_rates(counts, abstained=None) -> np.ndarray:
+    """What ``confusion_heatmap`` draws: K x K fractions of each true class (rows) predicted
+    as each class; with ``abstained`` K x (K+1), the last column the fraction abstained on,
+    every row over the class total including the abstentions (rows sum to 1, absent rows 0)."""
     counts = np.asarray(counts, dtype=float)
+    if abstained is not None:
+        counts = np.concatenate([counts, np.asarray(abstained, dtype=float).reshape(-1, 1)], axis=1)
     rows = counts.sum(axis=1, keepdims=True)
-    rates = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    return np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+
+
+def confusion_heatmap(counts, class_names: list[str], title: str, path: str | Path, *,
+                      abstained=None) -> Path:
+    """Row-normalised confusion matrix (Sy-FAR Fig. 5 style): rows true, columns predicted,
+    each cell annotated with its rate (K <= 20), a colour bar, class names on both axes.
+    ``abstained`` (K,) abstentions per true class: drawn as a last "abstained" column
+    (``confusion_rates``), never folded into a class."""
+    rates = confusion_rates(counts, abstained)
     return _heatmap(rates, class_names, title, path, cmap="Blues", vmin=0.0, vmax=1.0,
                     cbar_label="fraction of true class", xlabel="predicted class",
-                    ylabel="true class")
+                    ylabel="true class", extra_column=None if abstained is None else "abstained")
 
 
-def asymmetry_matrix(counts) -> np.ndarray:
+def asymmetry_matrix(counts, abstained=None) -> np.ndarray:
     """``|R_ij - R_ji|`` on the strict upper triangle (i < j), NaN on and below the diagonal
     and for every pair involving an absent class. Its nanmax is ``max_asym_gap`` (when at
-    least two classes are present)."""
-    rates, present = _rates(counts)
+    least two classes are present; with the same ``abstained`` as the metrics)."""
+    rates, present = _rates(counts, abstained)
     k = rates.shape[0]
     keep = np.triu(np.ones((k, k), dtype=bool), 1) & present[:, None] & present[None, :]
     return np.where(keep, np.abs(rates - rates.T), np.nan)
 
 
 def asymmetry_heatmap(counts, class_names: list[str], title: str, path: str | Path, *,
-                      vmax: float | None = None) -> Path:
+                      vmax: float | None = None, abstained=None) -> Path:
     """Upper-triangle asymmetry gaps (Sy-FAR Fig. 4 style); NaN cells blank. The colour
     scale runs from 0 to ``vmax`` (default: the largest gap); pass the same ``vmax`` to
     compare heatmaps side by side."""
-    values = asymmetry_matrix(counts)
+    values = asymmetry_matrix(counts, abstained)
     if vmax is None:
         finite = values[np.isfinite(values)]
         vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
@@ -134,11 +157,11 @@ def asymmetry_heatmap(counts, class_names: list[str], title: str, path: str | Pa
                     cbar_label="|C_ij − C_ji|", xlabel="class j", ylabel="class i")
 
 
-def target_shares(counts) -> np.ndarray | None:
+def target_shares(counts, abstained=None) -> np.ndarray | None:
     """Target confusion shares ``T_j = sum_{i!=j} R_ij / sum_i sum_{k!=i} R_ik`` for every
     column j (Sy-FAR §5, as ``tgt_max``/``tgt_min``/``tgt_std``; absent classes can still be
-    targets); ``None`` when there are no misclassifications."""
-    rates, _ = _rates(counts)
+    targets); ``None`` when there are no misclassifications. Abstentions are no target."""
+    rates, _ = _rates(counts, abstained)
     off_diag = rates - np.diag(np.diag(rates))
     total = off_diag.sum()
     return off_diag.sum(axis=0) / total if total > 0 else None
@@ -148,11 +171,11 @@ def _bar_width(k: int, n_series: int) -> float:
     return min(16.0, max(6.0, 1.0 + k * (0.25 * n_series + 0.2)))
 
 
-def target_share_bars(counts, class_names: list[str], title: str, path: str | Path) -> Path:
+def target_share_bars(counts, class_names: list[str], title: str, path: str | Path, *, abstained=None) -> Path:
     """Bars of T_j per target class with a dashed line at the uniform share 1/K; without
     misclassifications the figure says so in text instead."""
     plt = _pyplot()
-    shares = target_shares(counts)
+    shares = target_shares(counts, abstained)
     k = 2 if shares is None else len(shares)
     fig, ax = plt.subplots(figsize=(_bar_width(k, 1), 4.5))
     ax.set_title(title)
@@ -200,7 +223,7 @@ def _check_series(series: dict, k: int, what: str) -> None:
 
 
 def per_class_bars(per_class: dict[str, list[float | None]], class_names: list[str], title: str,
-                   path: str | Path) -> Path:
+                   path: str | Path, *, ylabel: str = "per-class accuracy") -> Path:
     """Per-class accuracy bars (Sy-FAR Fig. 1 style): one group per class, one bar per
     evaluation (``{"clean": [...], "pgd20": [...]}``), y in [0, 1]; ``None`` (absent class)
     is drawn as "n/a". All lists have the length of the first; K = that length."""
@@ -212,7 +235,7 @@ def per_class_bars(per_class: dict[str, list[float | None]], class_names: list[s
     _set_class_ticks(ax, class_names, k, y=False)
     ax.set_ylim(0, 1)
     ax.set_xlabel("class")
-    ax.set_ylabel("per-class accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _save(fig, path)
 
@@ -260,21 +283,30 @@ def seed_figures(result: dict, title: str, outdir: str | Path) -> list[Path]:
     per evaluation (``clean`` and each attack) ``confusion_<e>.png``, ``asymmetry_<e>.png``
     and ``target_shares_<e>.png``; ``per_class_acc.png`` (all evaluations); per subgroup
     attribute ``groups_<attr>.png`` (all evaluations); per "every target" evaluation
-    ``target_success_<e>.png``. ``title`` names the defense and seed; each figure adds its
-    evaluation.
+    ``target_success_<e>.png``; with abstentions ``per_class_rejection.png``. ``title`` names
+    the defense and seed; each figure adds its evaluation. An evaluation with abstentions
+    (``result["abstentions"]``) draws them as the confusion heatmap's "abstained" column and
+    divides every rate by the class totals.
     """
     outdir = Path(outdir)
     names = result["class_names"]
     paths = []
+    abstentions = result.get("abstentions") or {}
     for name, counts in result["confusion"].items():
         label = f"{title} — {name}"
-        paths.append(confusion_heatmap(counts, names, label, outdir / f"confusion_{_file_safe(name)}.png"))
+        abstained = (abstentions.get(name) or {}).get("abstained")
+        paths.append(confusion_heatmap(counts, names, label, outdir / f"confusion_{_file_safe(name)}.png",
+                                       abstained=abstained))
         paths.append(asymmetry_heatmap(counts, names, f"{label}: |C_ij − C_ji|",
-                                       outdir / f"asymmetry_{_file_safe(name)}.png"))
+                                       outdir / f"asymmetry_{_file_safe(name)}.png", abstained=abstained))
         paths.append(target_share_bars(counts, names, f"{label}: target shares",
-                                       outdir / f"target_shares_{_file_safe(name)}.png"))
+                                       outdir / f"target_shares_{_file_safe(name)}.png", abstained=abstained))
     paths.append(per_class_bars(result["per_class_acc"], names, f"{title}: per-class accuracy",
                                 outdir / "per_class_acc.png"))
+    if abstentions:
+        paths.append(per_class_bars({n: v["per_class_rejection"] for n, v in abstentions.items()}, names,
+                                    f"{title}: per-class rejection rate", outdir / "per_class_rejection.png",
+                                    ylabel="per-class rejection rate"))
     attributes: dict[str, dict[str, dict[str, float]]] = {}
     for evaluation, report in (result.get("subgroups") or {}).items():
         for attr, info in report.get("attributes", {}).items():

@@ -16,6 +16,9 @@ Lifecycle, for one (configuration, seed), on every DDP rank:
    :meth:`Defense.batches` with the model in train mode; after the epoch the engine steps its
    schedule, validates and checkpoints, and the checkpoint holds every rank's
    :meth:`Defense.state_dict`.
+5. Every evaluation (the per-epoch validation counts, the end-of-training validation pass and
+   the test-set evaluation) classifies through :meth:`Defense.predictor`: a class or an
+   abstention per sample, and a score. Default: the arg-max of the model's logits.
 
 The simple case, all of today's per-batch losses, implements :meth:`Defense.loss` only: the
 batches are the engine's loader over the training set and the step is loss → backward → the
@@ -160,6 +163,18 @@ class Defense(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, after :meth:`setup`, before the next epoch."""
+
+    def predictor(self):
+        """The predict step every evaluation of the trained model uses: a
+        ``distfair.evaluation.Predictor``, ``predictor(model, x) -> (pred, score)`` with ``pred``
+        (B,) long, a class or ``ABSTAIN`` (-1), and ``score`` (B,) float; set its
+        ``can_abstain`` if it may abstain (randomized smoothing, neural rejection), so the
+        evaluations report rejection rates. Called after training (and per epoch for the
+        validation counts), on every rank alike. Default: arg-max, never abstains, score the
+        largest softmax probability."""
+        from distfair.evaluation.predict import ARGMAX
+
+        return ARGMAX
 
     @abc.abstractmethod
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,

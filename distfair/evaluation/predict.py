@@ -7,6 +7,13 @@ Each rank evaluates the samples ``rank, rank + world, ...`` (no padding, so no s
 twice) and the K×K count matrices are summed with all-reduce. Batches stream: memory does
 not grow with the size of the evaluation set.
 
+Every evaluation classifies through one predict step, a :class:`Predictor`: per sample a class
+or an abstention (:data:`ABSTAIN` = -1) and a score. The default, :class:`ArgmaxPredictor`,
+never abstains; a defense supplies its own through ``Defense.predictor()`` (randomized
+smoothing, neural rejection). An abstention is never a class: ``Predictions.counts`` is the
+K×K matrix of the non-abstained samples and ``Predictions.abstained_counts`` counts the
+abstentions per true class (methods.md "Metrics").
+
 Every rank makes the same collective calls whatever its shard (an empty shard included, and
 a rank whose attack raised): ``predict_dataset`` first gathers each rank's outcome (its error,
 its ensemble stage labels), raises the same ``EvaluationError`` on every rank if any rank
@@ -28,16 +35,76 @@ def shard(dataset: Dataset, rank: int, world: int) -> Dataset:
     return dataset if world == 1 else Subset(dataset, list(range(rank, len(dataset), world)))
 
 
+#: the prediction of a sample the predictor abstained on (rejected); never a class index
+ABSTAIN = -1
+
+
+class Predictor:
+    """The predict step every evaluation goes through.
+
+    ``predictor(model, x) -> (pred, score)``: ``model`` in eval mode, ``x`` (B, ...) inputs
+    (clean or adversarial); ``pred`` (B,) long, a class in ``[0, K)`` or :data:`ABSTAIN`;
+    ``score`` (B,) float, the predictor's confidence in its decision (kept per sample so a
+    rejection threshold can be swept afterwards; its meaning is the predictor's own).
+    ``can_abstain``: whether ``pred`` may hold :data:`ABSTAIN`; only then do the evaluations
+    report abstention metrics (``rejection_rate``, ...), so a run whose predictor cannot
+    abstain keeps exactly the metric set it had before abstention existed.
+    Called under ``torch.no_grad()``; must not change the model's mode.
+    """
+    can_abstain: bool = False
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class ArgmaxPredictor(Predictor):
+    """The default: the arg-max of the logits, score the largest softmax probability."""
+    can_abstain = False
+
+    def __call__(self, model, x):
+        return self.from_logits(model(x))
+
+    @staticmethod
+    def from_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = logits.argmax(dim=1)
+        return pred, logits.float().softmax(dim=1).gather(1, pred[:, None]).squeeze(1)
+
+
+ARGMAX = ArgmaxPredictor()
+
+
 @torch.no_grad()
-def _predict(model, x):
-    return model(x).argmax(dim=1)
+def predict(predictor: Predictor | None, model, x, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``predictor(model, x)`` (the default arg-max for None), with its output checked:
+    (B,) integer preds in ``[0, num_classes)`` or :data:`ABSTAIN` (only if it can abstain)
+    and (B,) float scores; ValueError otherwise."""
+    predictor = ARGMAX if predictor is None else predictor
+    pred, score = predictor(model, x)
+    n = x.shape[0]
+    if pred.shape != (n,) or pred.is_floating_point() or pred.dtype == torch.bool:
+        raise ValueError(f"predictor {type(predictor).__name__}: preds must be a ({n},) integer tensor, got "
+                         f"{tuple(pred.shape)} {pred.dtype}")
+    if score.shape != (n,) or not score.is_floating_point():
+        raise ValueError(f"predictor {type(predictor).__name__}: scores must be a ({n},) float tensor, got "
+                         f"{tuple(score.shape)} {score.dtype}")
+    if n:
+        low = ABSTAIN if getattr(predictor, "can_abstain", False) else 0
+        high = num_classes if num_classes is not None else int(pred.max()) + 1
+        if int(pred.min()) < low or int(pred.max()) >= high:
+            raise ValueError(f"predictor {type(predictor).__name__}: preds must lie in [{low}, {high}) "
+                             f"(abstain = {ABSTAIN}{'' if low < 0 else ', and it has can_abstain False'}), got "
+                             f"{int(pred.min())}..{int(pred.max())}")
+    return pred.long(), score.float()
 
 
 def confusion_counts(model: torch.nn.Module, dataset: Dataset, num_classes: int, *, device: torch.device,
                      batch_size: int, attack: Attack | None = None, generator: torch.Generator | None = None,
-                     rank: int = 0, world: int = 1, soft: bool = False):
+                     rank: int = 0, world: int = 1, soft: bool = False, predictor: Predictor | None = None):
     """K×K counts (rows true, columns predicted) over ``dataset``, summed over all ranks.
 
+    Predictions come from ``predictor`` (default arg-max); samples it abstains on are in no
+    cell (so ``counts.sum()`` may be below ``len(dataset)``: divide accuracies by the
+    dataset's size, abstentions counting as not correct).
     The model is put in eval mode for the forward passes and its previous mode restored.
     With ``soft=True`` returns ``(counts, soft_sums)``: ``soft_sums[i]`` is the sum of the
     softmax vectors of the (attacked) samples of true class ``i`` (float64), from the same
@@ -53,9 +120,17 @@ def confusion_counts(model: torch.nn.Module, dataset: Dataset, num_classes: int,
             x, y = x.to(device), y.to(device)
             if attack is not None:
                 x = attack(model, x, y, generator=generator)
-            with torch.no_grad():
-                logits = model(x)
-            counts += confusion_matrix(y, logits.argmax(dim=1), num_classes)
+            if predictor is None:
+                with torch.no_grad():
+                    logits = model(x)
+                pred = logits.argmax(dim=1)
+            else:
+                pred, _ = predict(predictor, model, x, num_classes)
+                if soft_sums is not None:
+                    with torch.no_grad():
+                        logits = model(x)
+            kept = pred != ABSTAIN
+            counts += confusion_matrix(y[kept], pred[kept], num_classes)
             if soft_sums is not None:
                 soft_sums.index_add_(0, y, logits.double().softmax(dim=1))
     finally:
@@ -79,7 +154,10 @@ class EvaluationError(RuntimeError):
 class Predictions:
     """Per-sample outcome of one evaluation over a whole dataset (every rank's shard merged).
 
-    ``labels``/``preds``: (N,) true classes and final predictions. ``stages``: for an
+    ``labels``/``preds``: (N,) true classes and final predictions, :data:`ABSTAIN` (-1) where
+    the predictor abstained; ``scores``: (N,) float, the predictor's score of each final
+    prediction; ``can_abstain``: the predictor's flag (abstention metrics are reported only
+    when it is set). ``stages``: for an
     ensemble (an attack with ``run_stages``), member label -> (N,) bool, still robust after
     that member (cumulative). ``target_success``: "every target" mode only, (K, K) counts of
     samples of true class i that the attack aimed at class t drove to t.
@@ -88,12 +166,25 @@ class Predictions:
     preds: torch.Tensor
     stages: dict[str, torch.Tensor] = field(default_factory=dict)
     target_success: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    can_abstain: bool = False
 
     def counts(self, num_classes: int) -> torch.Tensor:
-        return confusion_matrix(self.labels, self.preds, num_classes)
+        """K×K confusion counts of the samples not abstained on (an abstention is no column)."""
+        kept = ~self.abstained
+        return confusion_matrix(self.labels[kept], self.preds[kept], num_classes)
+
+    def abstained_counts(self, num_classes: int) -> torch.Tensor:
+        """(K,) number of abstentions per true class."""
+        return torch.bincount(self.labels[self.abstained], minlength=num_classes)
+
+    @property
+    def abstained(self) -> torch.Tensor:
+        return self.preds == ABSTAIN
 
     @property
     def correct(self) -> torch.Tensor:
+        """(N,) bool; an abstention is never correct."""
         return self.preds == self.labels
 
 
@@ -104,40 +195,54 @@ def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - others.max(dim=1).values
 
 
-def _every_target(model, attack: Attack, x, y, num_classes: int, generator, success: torch.Tensor):
+def _every_target(model, attack: Attack, x, y, num_classes: int, generator, success: torch.Tensor,
+                  predictor: Predictor | None = None):
     """Attack toward each wrong class in turn; return the worst case per sample (the
-    adversarial example with the lowest true-class margin) and count targeted successes."""
+    adversarial example with the lowest true-class margin), its (pred, score), and count
+    targeted successes (the predictor's prediction equal to the target)."""
     worst_margin = torch.full(y.shape, float("inf"), device=y.device)
     worst_pred = y.clone()
+    worst_score = torch.zeros(y.shape, device=y.device)
     for shift in range(1, num_classes):
         target = (y + shift) % num_classes
         x_adv = attack(model, x, y, target=target, generator=generator)
         with torch.no_grad():
             logits = model(x_adv)
-        pred, margin = logits.argmax(dim=1), _margin(logits, y)
+        margin = _margin(logits, y)
+        if predictor is None or type(predictor) is ArgmaxPredictor:      # no second forward pass
+            pred, score = ArgmaxPredictor.from_logits(logits)
+        else:
+            pred, score = predict(predictor, model, x_adv, num_classes)
         hit = pred == target
         success.index_put_((y[hit], target[hit]), torch.ones_like(y[hit]), accumulate=True)
         better = margin < worst_margin
         worst_margin = torch.where(better, margin, worst_margin)
         worst_pred = torch.where(better, pred, worst_pred)
-    return worst_pred
+        worst_score = torch.where(better, score, worst_score)
+    return worst_pred, worst_score
 
 
-def _fixed_target(model, attack: Attack, x, y, target_class: int, generator):
+def _fixed_target(model, attack: Attack, x, y, target_class: int, generator, predictor: Predictor | None = None,
+                  num_classes: int | None = None):
     """Targeted toward one class; samples of that class are left clean (nothing to aim at)."""
-    pred = _predict(model, x)
+    pred, score = predict(predictor, model, x, num_classes)
     aim = y != target_class
     if aim.any():
         target = torch.full_like(y[aim], target_class)
-        pred[aim] = _predict(model, attack(model, x[aim], y[aim], target=target, generator=generator))
-    return pred
+        pred[aim], score[aim] = predict(predictor, model, attack(model, x[aim], y[aim], target=target,
+                                                                 generator=generator), num_classes)
+    return pred, score
 
 
 def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, *, device: torch.device,
                     batch_size: int, attack: Attack | None = None, target: int | str | None = None,
-                    generator: torch.Generator | None = None, rank: int = 0, world: int = 1) -> Predictions:
+                    generator: torch.Generator | None = None, rank: int = 0, world: int = 1,
+                    predictor: Predictor | None = None) -> Predictions:
     """Per-sample predictions over ``dataset``, clean or under ``attack``, merged over ranks.
 
+    Every prediction (clean, each adversarial example, each targeted try) goes through
+    ``predictor`` (default: arg-max, never abstains); abstentions stay :data:`ABSTAIN` and
+    the scores are kept per sample.
     ``target``: None (the attack's own mode), an int class index (targeted toward that
     class; its own samples stay clean), or "every" (each wrong class in turn, the worst case
     per sample kept, targeted success counted in ``target_success``). "random" is an
@@ -150,6 +255,7 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
     indices = torch.arange(rank, n, world)
     labels = torch.zeros(n, dtype=torch.long, device=device)
     preds = torch.zeros(n, dtype=torch.long, device=device)
+    scores = torch.zeros(n, dtype=torch.float32, device=device)
     stages: dict[str, torch.Tensor] = {}
     success = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device) if target == "every" else None
     was_training = model.training
@@ -162,21 +268,24 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
             at = indices[start:start + len(y)].to(device)
             start += len(y)
             if attack is None:
-                pred = _predict(model, x)
+                pred, score = predict(predictor, model, x, num_classes)
             elif target == "every":
-                pred = _every_target(model, attack, x, y, num_classes, generator, success)
+                pred, score = _every_target(model, attack, x, y, num_classes, generator, success, predictor)
             elif target is not None:
-                pred = _fixed_target(model, attack, x, y, int(target), generator)
+                pred, score = _fixed_target(model, attack, x, y, int(target), generator, predictor, num_classes)
             elif hasattr(attack, "run_stages"):
                 x_adv, batch_stages = attack.run_stages(model, x, y, generator=generator)
-                pred = _predict(model, x_adv)
+                pred, score = predict(predictor, model, x_adv, num_classes)
                 for label, flags in batch_stages.items():
                     stages.setdefault(label, torch.zeros(n, dtype=torch.long, device=device))[at] = \
                         flags.to(device=device, dtype=torch.long)
             else:
-                pred = _predict(model, attack(model, x, y, generator=generator))
-            labels[at] = y + 1           # +1: the all-reduce below sums the ranks' disjoint shards
+                pred, score = predict(predictor, model, attack(model, x, y, generator=generator), num_classes)
+            # +1: the all-reduce below sums the ranks' disjoint shards (every index is written by
+            # exactly one rank, the others hold 0); an abstention (-1) is 0 here and -1 again after
+            labels[at] = y + 1
             preds[at] = pred + 1
+            scores[at] = score.to(device=device, dtype=torch.float32)
     except Exception as err:         # other ranks wait in the collectives below: tell them first
         if world == 1:
             raise
@@ -185,11 +294,12 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
         model.train(was_training)
     if world > 1:
         stages = _agree_on_stages(stages, error, n, device, rank, world)
-        for tensor in (labels, preds, *stages.values(), *([success] if success is not None else [])):
+        for tensor in (labels, preds, scores, *stages.values(), *([success] if success is not None else [])):
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return Predictions(labels=(labels - 1).cpu(), preds=(preds - 1).cpu(),
                        stages={k: v.cpu().bool() for k, v in stages.items()},
-                       target_success=None if success is None else success.cpu())
+                       target_success=None if success is None else success.cpu(), scores=scores.cpu(),
+                       can_abstain=bool(getattr(predictor, "can_abstain", False)))
 
 
 def _agree_on_stages(stages: dict[str, torch.Tensor], error: BaseException | None, n: int, device, rank: int,

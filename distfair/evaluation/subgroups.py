@@ -98,23 +98,42 @@ def resolve_groupings(spec: dict, data: DataBundle) -> list[Grouping]:
     return out
 
 
-def _sample_group_metrics(correct: np.ndarray, grouping: Grouping, included: np.ndarray | None = None) -> dict:
-    acc = {}
+def _sample_group_metrics(correct: np.ndarray, grouping: Grouping, included: np.ndarray | None = None,
+                          rejected: np.ndarray | None = None) -> dict:
+    acc, rejection = {}, {}
     for g, name in enumerate(grouping.names):
         members = grouping.labels == g
         if included is not None:
             members = members & included
         acc[name] = float(correct[members].mean()) if members.any() else None
+        if rejected is not None:
+            rejection[name] = float(rejected[members].mean()) if members.any() else None
     empty = [name for name, v in acc.items() if v is None]
     if empty:
         warnings.warn(f"subgroups: groups {empty} of attribute {grouping.attribute!r} have no samples in this "
                       "evaluation; they are left out of the subgroup metrics", UserWarning, stacklevel=3)
     present = [v for v in acc.values() if v is not None]
-    return {"group_acc": acc, "group_gap": max(present) - min(present) if len(present) >= 2 else None}
+    out = {"group_acc": acc, "group_gap": max(present) - min(present) if len(present) >= 2 else None}
+    if rejected is not None:
+        out["group_rejection"] = rejection
+    return out
+
+
+def _class_group_rejection(counts: np.ndarray, abstained: np.ndarray, grouping: Grouping) -> dict:
+    """Group -> abstained samples / all samples of the group's classes (None: no sample)."""
+    totals = np.asarray(counts, dtype=float).sum(axis=1) + abstained
+    out = {}
+    for g, name in enumerate(grouping.names):
+        members = grouping.labels == g
+        total = totals[members].sum()
+        out[name] = float(abstained[members].sum() / total) if total > 0 else None
+    return out
 
 
 def subgroup_report(groupings: list[Grouping], counts: np.ndarray, correct: np.ndarray | None,
-                    class_names: list[str], included: np.ndarray | None = None) -> tuple[dict[str, float | None], dict]:
+                    class_names: list[str], included: np.ndarray | None = None, *,
+                    abstained: np.ndarray | None = None,
+                    rejected: np.ndarray | None = None) -> tuple[dict[str, float | None], dict]:
     """Metrics (flat keys, for one evaluation) and the JSON report of one evaluation.
 
     ``counts``: its K×K confusion counts; ``correct``: (N,) per-sample correctness in test-set
@@ -124,10 +143,18 @@ def subgroup_report(groupings: list[Grouping], counts: np.ndarray, correct: np.n
     ``max_bipartition_asym``, ``group_acc/<attr>/<group>``, ``group_gap/<attr>``, and for
     class-level attributes ``max_group_asym/<attr>``. A group without samples gets ``None``
     and a ``UserWarning`` (Sy-FAR §7 defines Ĉ only for groups with classes; see the module).
+
+    Abstentions (a predictor that can abstain): ``abstained`` (K,) abstentions per true
+    class (not in ``counts``; zero for left-out classes) and ``rejected`` (N,) per-sample
+    abstention flags. They count in every class and group total and as not correct, and add
+    ``group_rejection/<attr>/<group>``: the fraction of the group's samples abstained on
+    (sample-weighted for class-level and per-sample attributes alike; on clean data this is
+    the group's false-rejection rate).
     """
     names = list(class_names) or [str(i) for i in range(len(counts))]
+    abst = None if abstained is None else np.asarray(abstained, dtype=float)
     try:
-        bip = max_bipartition_asym(counts)
+        bip = max_bipartition_asym(counts, abstained=abst)
         bip["partition_names"] = [[names[i] for i in side] for side in bip["partition"]]
     except ValueError:           # fewer than 2 classes present in the evaluation set
         bip = {"value": None, "exact": True, "upper_bound": None, "partition": None, "partition_names": None}
@@ -137,7 +164,7 @@ def subgroup_report(groupings: list[Grouping], counts: np.ndarray, correct: np.n
         attr = metric_safe(grouping.attribute)
         if grouping.kind == "class":
             result = group_metrics(counts, grouping.labels.tolist(), [metric_safe(n) for n in grouping.names],
-                                   empty="omit")
+                                   empty="omit", abstained=abst)
             result["group_acc"] = dict(zip(grouping.names, result["group_acc"].values()))
             metrics[f"max_group_asym/{attr}"] = result["max_group_asym"]
             result["classes"] = {g: [names[i] for i in np.flatnonzero(grouping.labels == k)]
@@ -146,10 +173,16 @@ def subgroup_report(groupings: list[Grouping], counts: np.ndarray, correct: np.n
             if correct is None:
                 raise ValueError(f"subgroups: attribute {grouping.attribute!r} needs per-sample results")
             result = _sample_group_metrics(np.asarray(correct, dtype=bool), grouping,
-                                           None if included is None else np.asarray(included, dtype=bool))
+                                           None if included is None else np.asarray(included, dtype=bool),
+                                           None if abst is None else np.asarray(rejected, dtype=bool))
         result["kind"] = grouping.kind
         for group, acc in result["group_acc"].items():
             metrics[f"group_acc/{attr}/{metric_safe(group)}"] = acc
         metrics[f"group_gap/{attr}"] = result["group_gap"]
+        if abst is not None:
+            if grouping.kind == "class":
+                result["group_rejection"] = _class_group_rejection(counts, abst, grouping)
+            for group, rate in result["group_rejection"].items():
+                metrics[f"group_rejection/{attr}/{metric_safe(group)}"] = rate
         report["attributes"][grouping.attribute] = result
     return metrics, report

@@ -22,7 +22,7 @@ from distfair.attacks import Attack, build_attack
 from distfair.attacks.autoattack import pin_versions
 from distfair.data import DataBundle
 from distfair.evaluation import checks
-from distfair.evaluation.predict import Predictions, predict_dataset
+from distfair.evaluation.predict import Predictions, Predictor, predict_dataset
 from distfair.evaluation.subgroups import METADATA, metric_safe, resolve_groupings, subgroup_report
 from distfair.metrics import fairness_metrics
 from distfair.seeding import generator
@@ -50,6 +50,9 @@ class FinalEvaluation:
     #: run tags for the seed run: ``distfair.autoattack_version.<entry>[.<member>]`` (the
     #: version every batch and rank ran) and ``distfair.eval_error.<entry>`` (see ``errors``)
     tags: dict[str, str] = field(default_factory=dict)
+    #: evaluations whose predictor can abstain only: name -> {"abstained": (K,) abstentions per
+    #: true class (not in ``confusion``), "per_class_rejection": (K,) rates, None if absent}
+    abstentions: dict[str, dict] = field(default_factory=dict)
 
 
 def build_eval_attack(entry: dict, data: DataBundle) -> tuple[Attack, int | str | None]:
@@ -122,10 +125,12 @@ class EvaluationMetrics:
     per_class_acc: list[float | None]
     subgroups: dict                                # the JSON subgroup report
     target_success: list[list[float | None]] | None = None   # "every target" entries: K×K rates
+    abstained: list[int] | None = None             # (K,) abstentions per true class (can_abstain only)
+    per_class_rejection: list[float | None] | None = None
 
 
 def evaluation_metrics(pred: Predictions, k: int, groupings: list, class_names: list[str],
-                       target: int | str | None) -> EvaluationMetrics:
+                       target: int | str | None, *, clean: bool = False) -> EvaluationMetrics:
     """Metrics of one evaluation from its per-sample predictions (shared by the test-set
     evaluation and the end-of-training validation pass, so both report the same things).
 
@@ -136,18 +141,38 @@ def evaluation_metrics(pred: Predictions, k: int, groupings: list, class_names: 
     of the subgroup metrics (§7) and of the confusion matrix returned. ``acc`` stays the
     fraction of all samples correct (the target class's clean ones included), the mean of
     the evaluation's per-sample flags.
+
+    Abstentions (``pred.can_abstain``, methods.md "Metrics"): an abstained sample is in no
+    cell of ``counts``; it counts as not correct in ``acc``, in ``per_class_acc`` (correct /
+    all samples of the class) and in the subgroup accuracies. Added keys, only then:
+    ``rejection_rate`` (fraction of the evaluation's samples abstained on; of all samples,
+    as ``acc``, for a fixed target), ``group_rejection/<attr>/<group>``, and on the clean
+    evaluation (``clean=True``) ``false_rejection_rate``: the fraction of clean samples
+    rejected (every clean sample is benign, so every rejection of one is false: the speech
+    paper's FPR of a rejection defense at its operating point, §4.3). The per-class
+    rejection rates go to ``per_class_rejection`` (an artifact, as ``per_class_acc``).
     """
     counts = pred.counts(k)
+    abstained = pred.abstained_counts(k) if pred.can_abstain else None
     included = None
     if isinstance(target, int):
         included = (pred.labels != target).numpy()
         counts[target] = 0
-    metrics = fairness_metrics(counts)
+        if abstained is not None:
+            abstained[target] = 0
+    metrics = fairness_metrics(counts, abstained)
     if included is not None:
         metrics["acc"] = float(pred.correct.double().mean())
+        if abstained is not None:
+            metrics["rejection_rate"] = float(pred.abstained.double().mean())
+    if abstained is not None and clean:
+        metrics["false_rejection_rate"] = metrics["rejection_rate"]
     per_class = metrics.pop("per_class_acc")
-    group_metrics, report = subgroup_report(groupings, counts.numpy(), pred.correct.numpy(), class_names,
-                                            included=included)
+    per_class_rejection = metrics.pop("per_class_rejection", None)
+    group_metrics, report = subgroup_report(
+        groupings, counts.numpy(), pred.correct.numpy(), class_names, included=included,
+        abstained=None if abstained is None else abstained.numpy(),
+        rejected=None if abstained is None else pred.abstained.numpy())
     metrics.update(group_metrics)
     success = None
     if pred.target_success is not None:
@@ -159,12 +184,14 @@ def evaluation_metrics(pred: Predictions, k: int, groupings: list, class_names: 
             if aimed.any() else None
     for label, flags in pred.stages.items():
         metrics[f"stage_acc/{label}"] = float(flags.double().mean())
-    return EvaluationMetrics(metrics, counts, per_class, report, success)
+    return EvaluationMetrics(metrics, counts, per_class, report, success,
+                             None if abstained is None else abstained.tolist(), per_class_rejection)
 
 
 def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, seed: int, *,
                           device: torch.device, batch_size: int, rank: int = 0, world: int = 1,
-                          log: Callable[[str], None] = lambda m: None) -> dict[str, dict] | None:
+                          log: Callable[[str], None] = lambda m: None,
+                          predictor: Predictor | None = None) -> dict[str, dict] | None:
     """The end-of-training validation pass that sweeps select on (methods.md "Conventions":
     selection uses the validation split carved from the training data, never the test set).
 
@@ -174,12 +201,13 @@ def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: di
     per-sample attributes the dataset gives for its validation samples; others are skipped
     with a log line). No flags, figures or self-checks. Returns ``{"clean": metrics,
     <primary name>: metrics}`` on rank 0 and None elsewhere; every rank must call it.
+    ``predictor``: the predict step (the defense's; default arg-max).
     """
     k = data.num_classes
     results = {}
     try:
         results["clean"] = predict_dataset(model, data.val, k, device=device, batch_size=batch_size,
-                                           rank=rank, world=world)
+                                           rank=rank, world=world, predictor=predictor)
     except Exception as err:
         log(f"seed {seed}: validation: the clean pass failed, its metrics are skipped: {type(err).__name__}: {err}")
     targets: dict[str, int | str | None] = {}
@@ -190,7 +218,7 @@ def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: di
             results[entry["name"]] = predict_dataset(
                 model, data.val, k, device=device, batch_size=batch_size, attack=attack,
                 target=targets[entry["name"]], generator=generator(seed, "val-final-attack", i, rank, device=device),
-                rank=rank, world=world)
+                rank=rank, world=world, predictor=predictor)
         except Exception as err:
             log(f"seed {seed}: validation: {entry['name']!r} failed, its validation metrics are skipped: "
                 f"{type(err).__name__}: {err}")
@@ -213,7 +241,8 @@ def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: di
         warnings.simplefilter("always")
         for name, pred in results.items():
             try:
-                out[name] = evaluation_metrics(pred, k, groupings, list(data.class_names), targets.get(name)).metrics
+                out[name] = evaluation_metrics(pred, k, groupings, list(data.class_names), targets.get(name),
+                                               clean=name == "clean").metrics
             except Exception as err:
                 log(f"seed {seed}: validation: metrics of {name!r} failed, skipped: {type(err).__name__}: {err}")
     for w in caught:
@@ -223,7 +252,8 @@ def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: di
 
 def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, seed: int, *, workdir: Path,
                      device: torch.device, batch_size: int, rank: int = 0, world: int = 1,
-                     log: Callable[[str], None] = lambda m: None) -> FinalEvaluation | None:
+                     log: Callable[[str], None] = lambda m: None,
+                     predictor: Predictor | None = None) -> FinalEvaluation | None:
     """Evaluate ``model`` on ``data.test``; returns the result on rank 0, None elsewhere.
 
     A trained seed is never lost to one evaluation: an exception inside an evaluation (its
@@ -233,6 +263,11 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
     the self-checks and the flags still land. Every AutoAttack runs one version, fixed once
     per evaluation (``pin_versions``) and recorded as a ``distfair.autoattack_version.<name>``
     tag (a member of an ensemble: ``<name>.<member>``).
+
+    Every prediction goes through ``predictor`` (the defense's ``Defense.predictor()``;
+    default arg-max). The flags file holds, per evaluation, the correctness flags (``<name>``,
+    an abstention is not correct), ``preds/<name>`` (-1 = abstained) and ``scores/<name>``
+    (the predictor's per-sample scores, for rejection thresholds applied afterwards).
     """
     t0 = time.perf_counter()
     k = data.num_classes
@@ -249,7 +284,7 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
 
     try:
         results["clean"] = predict_dataset(model, data.test, k, device=device, batch_size=batch_size,
-                                           rank=rank, world=world)
+                                           rank=rank, world=world, predictor=predictor)
     except Exception as err:                        # the same on every rank (see predict_dataset)
         failed("clean", err)
     for i, entry in enumerate(eval_cfg["attacks"]):
@@ -261,7 +296,8 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
                 tags[TAG_VERSION + ".".join(metric_safe(p) for p in (name, label) if p)] = version
             pred = predict_dataset(
                 model, data.test, k, device=device, batch_size=batch_size, attack=attack, target=target,
-                generator=generator(seed, "eval-attack", i, rank, device=device), rank=rank, world=world)
+                generator=generator(seed, "eval-attack", i, rank, device=device), rank=rank, world=world,
+                predictor=predictor)
         except Exception as err:                    # the same on every rank (see predict_dataset)
             failed(name, err)
             continue
@@ -275,12 +311,13 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
     except Exception as err:                       # every evaluation still gets its other metrics
         failed("subgroups", err)
         groupings = []
-    per_eval, confusion, per_class, reports, success = {}, {}, {}, {}, {}
+    per_eval, confusion, per_class, reports, success, abstentions = {}, {}, {}, {}, {}, {}
     with warnings.catch_warnings(record=True) as caught:   # absent test classes: surface once, in the log
         warnings.simplefilter("always")
         for name, pred in list(results.items()):
             try:
-                one = evaluation_metrics(pred, k, groupings, list(data.class_names), targets.get(name))
+                one = evaluation_metrics(pred, k, groupings, list(data.class_names), targets.get(name),
+                                         clean=name == "clean")
             except Exception as err:
                 failed(name, err)
                 del results[name]
@@ -290,6 +327,8 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
                 one.metrics, one.counts.tolist(), one.per_class_acc, one.subgroups
             if one.target_success is not None:
                 success[name] = one.target_success
+            if one.abstained is not None:
+                abstentions[name] = {"abstained": one.abstained, "per_class_rejection": one.per_class_rejection}
     for w in caught:
         log(f"seed {seed}: warning: {w.message}")
     for name in ["clean", *(e["name"] for e in eval_cfg["attacks"])]:
@@ -307,9 +346,12 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
     for name, pred in results.items():
         flags[name] = pred.correct.numpy()
         flags.update({f"{name}:{label}": v.numpy() for label, v in pred.stages.items()})
+        flags[f"preds/{name}"] = pred.preds.numpy()
+        if pred.scores is not None:
+            flags[f"scores/{name}"] = pred.scores.numpy()
     flags_path = Path(workdir) / FLAGS_NAME
     np.savez_compressed(flags_path, **flags)
     tags.update({TAG_ERROR + metric_safe(name): message[:5000] for name, message in errors.items()})
     return FinalEvaluation(per_eval=per_eval, confusion=confusion, per_class_acc=per_class, subgroups=reports,
                            target_success=success, checks=found, flags_path=str(flags_path),
-                           eval_time_s=time.perf_counter() - t0, errors=errors, tags=tags)
+                           eval_time_s=time.perf_counter() - t0, errors=errors, tags=tags, abstentions=abstentions)

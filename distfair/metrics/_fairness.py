@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ["fairness_metrics"]
 
 
-def _as_count_matrix(counts) -> np.ndarray:
+def _as_count_matrix(counts, *, allow_zero: bool = False) -> np.ndarray:
     if hasattr(counts, "detach"):  # torch tensor: no torch import needed for this
         counts = counts.detach().cpu().numpy()
     try:
@@ -29,16 +29,43 @@ def _as_count_matrix(counts) -> np.ndarray:
         raise ValueError("counts: entries must be finite, found NaN or inf")
     if np.any(matrix < 0):
         raise ValueError(f"counts: entries must be >= 0, found minimum {matrix.min()}")
-    if matrix.sum() == 0:
+    if matrix.sum() == 0 and not allow_zero:
         raise ValueError("counts: total count is 0, no samples to evaluate")
     return matrix
 
 
-def row_normalise(matrix: np.ndarray, used_by: str, stacklevel: int) -> tuple[np.ndarray, np.ndarray]:
+def _as_abstained(abstained, k: int) -> np.ndarray:
+    """(K,) float64 abstention counts per true class, validated (zeros when None)."""
+    if abstained is None:
+        return np.zeros(k)
+    if hasattr(abstained, "detach"):
+        abstained = abstained.detach().cpu().numpy()
+    vector = np.asarray(abstained, dtype=np.float64)
+    if vector.shape != (k,):
+        raise ValueError(f"abstained: must be a vector of length K={k}, got shape {vector.shape}")
+    if not np.all(np.isfinite(vector)) or np.any(vector < 0):
+        raise ValueError("abstained: entries must be finite and >= 0")
+    return vector
+
+
+def count_matrix(counts, abstained=None) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (K x K counts, (K,) abstentions per true class). With abstentions a class
+    is present when it has a sample, classified or abstained; the total over both must be > 0."""
+    matrix = _as_count_matrix(counts, allow_zero=abstained is not None)
+    vector = _as_abstained(abstained, matrix.shape[0])
+    if matrix.sum() + vector.sum() == 0:
+        raise ValueError("counts: total count is 0, no samples to evaluate")
+    return matrix, vector
+
+
+def row_normalise(matrix: np.ndarray, used_by: str, stacklevel: int,
+                  abstained: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(row-normalised matrix, presence mask) of a validated count matrix. Absent classes
     (row sum 0) keep an all-zero row, and one ``UserWarning`` names them; ``stacklevel``
-    points it at the caller of the public metric function."""
-    row_sums = matrix.sum(axis=1)
+    points it at the caller of the public metric function. With ``abstained`` (K,) the
+    denominator of row i is the class total ``sum_j counts[i, j] + abstained[i]``: rows then
+    sum to 1 minus the class's rejection rate (an abstention is never a column)."""
+    row_sums = matrix.sum(axis=1) + (0 if abstained is None else abstained)
     present = row_sums > 0
     absent = np.flatnonzero(~present)
     if absent.size:
@@ -49,7 +76,7 @@ def row_normalise(matrix: np.ndarray, used_by: str, stacklevel: int) -> tuple[np
     return rates, present
 
 
-def fairness_metrics(counts) -> dict:
+def fairness_metrics(counts, abstained=None) -> dict:
     """All fairness metrics of one evaluation from its K x K confusion matrix.
 
     ``counts[i, j]`` counts samples of true class ``i`` predicted as ``j`` (non-negative,
@@ -73,12 +100,25 @@ def fairness_metrics(counts) -> dict:
       ``T_j = sum_{i!=j} R_ij / sum_i sum_{k!=i} R_ik`` over all columns j (Sy-FAR §5);
       ``None`` when there are no misclassifications (shares undefined, no warning).
 
+    Abstentions (methods.md "Metrics": a rejected sample is neither correct nor a prediction
+    of any class): ``abstained[i]`` counts the samples of true class ``i`` the predictor
+    abstained on; they are not in ``counts``. They count in every denominator and in no
+    numerator: ``acc = trace / (total + sum(abstained))``, ``R_ij = counts[i, j] / (row sum
+    + abstained[i])`` (so ``per_class_acc`` is correct / all samples of the class), and a
+    class with only abstained samples is present. Two more keys then (only when
+    ``abstained`` is given, so an evaluation that cannot abstain keeps today's key set):
+
+    - ``rejection_rate``: ``sum(abstained) / (total + sum(abstained))``.
+    - ``per_class_rejection``: list of length K, ``abstained[i] / class total`` (``None``
+      for absent classes).
+
     Raises:
-        ValueError: not square 2-D, K < 2, negative or non-finite entries, total count 0.
+        ValueError: not square 2-D, K < 2, negative or non-finite entries, total count 0,
+            ``abstained`` not a non-negative vector of length K.
     """
-    matrix = _as_count_matrix(counts)
+    matrix, abst = count_matrix(counts, abstained)
     k = matrix.shape[0]
-    rates, present = row_normalise(matrix, "per-class fairness metrics", stacklevel=3)
+    rates, present = row_normalise(matrix, "per-class fairness metrics", stacklevel=3, abstained=abst)
 
     diag = np.diag(rates)
     accs = np.sort(diag[present])
@@ -101,8 +141,8 @@ def fairness_metrics(counts) -> dict:
     else:
         tgt_max = tgt_min = tgt_std = None
 
-    return {
-        "acc": float(np.trace(matrix) / matrix.sum()),
+    out = {
+        "acc": float(np.trace(matrix) / (matrix.sum() + abst.sum())),
         "worst_class_acc": float(accs[0]),
         "acc_gap": float(accs[-1] - accs[0]),
         "nsd": float(accs.std() / mean_acc) if mean_acc > 0 else None,
@@ -114,3 +154,8 @@ def fairness_metrics(counts) -> dict:
         "tgt_std": tgt_std,
         "per_class_acc": [float(diag[i]) if present[i] else None for i in range(k)],
     }
+    if abstained is not None:
+        totals = matrix.sum(axis=1) + abst
+        out["rejection_rate"] = float(abst.sum() / totals.sum())
+        out["per_class_rejection"] = [float(abst[i] / totals[i]) if present[i] else None for i in range(k)]
+    return out

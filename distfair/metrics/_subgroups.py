@@ -13,14 +13,17 @@ from typing import Sequence
 
 import numpy as np
 
-from distfair.metrics._fairness import _as_count_matrix, row_normalise
+from distfair.metrics._fairness import count_matrix, row_normalise
 
 __all__ = ["group_metrics", "max_bipartition_asym", "subgroup_matrix"]
 
 
-def _rates(counts, stacklevel: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Row-normalised matrix and presence mask; warns once about absent classes."""
-    rates, present = row_normalise(_as_count_matrix(counts), "subgroup metrics", stacklevel=stacklevel + 1)
+def _rates(counts, stacklevel: int = 3, abstained=None) -> tuple[np.ndarray, np.ndarray]:
+    """Row-normalised matrix and presence mask; warns once about absent classes. With
+    ``abstained`` (K,) per-true-class abstentions, rows divide by the class totals including
+    them (as ``fairness_metrics``)."""
+    matrix, abst = count_matrix(counts, abstained)
+    rates, present = row_normalise(matrix, "subgroup metrics", stacklevel=stacklevel + 1, abstained=abst)
     return rates, present
 
 
@@ -61,7 +64,7 @@ def _subgroup_matrix(rates: np.ndarray, present: np.ndarray, labels: np.ndarray,
     return np.divide(sums, outer, out=np.full_like(sums, np.nan), where=outer > 0)
 
 
-def subgroup_matrix(counts, groups: Sequence[int]) -> np.ndarray:
+def subgroup_matrix(counts, groups: Sequence[int], *, abstained=None) -> np.ndarray:
     """m x m subgroup misclassification matrix ``C_hat`` of Sy-FAR Def. 1.
 
     ``C_hat[a, b] = (1 / (n_a n_b)) * sum_{i in G_a} sum_{j in G_b} R[i, j]`` with ``R`` the
@@ -75,14 +78,15 @@ def subgroup_matrix(counts, groups: Sequence[int]) -> np.ndarray:
         ValueError: bad counts (see ``fairness_metrics``); groups not of length K, not
             integers, negative, with an unused label, a single group, or a group whose
             classes are all absent (raised rather than dropped, so row ``a`` is group ``a``).
+    ``abstained``: optional per-true-class abstention counts (see ``fairness_metrics``).
     """
-    rates, present = _rates(counts)
+    rates, present = _rates(counts, abstained=abstained)
     labels, m = _as_groups(groups, rates.shape[0])
     return _subgroup_matrix(rates, present, labels, m)
 
 
 def group_metrics(counts, groups: Sequence[int], names: Sequence[str] | None = None, *,
-                  empty: str = "raise") -> dict:
+                  empty: str = "raise", abstained=None) -> dict:
     """Per-group accuracy and group asymmetries of one evaluation (Sy-FAR §7).
 
     Arguments and errors as ``subgroup_matrix``; ``names`` (default ``"0"``, ``"1"``, ...)
@@ -101,8 +105,11 @@ def group_metrics(counts, groups: Sequence[int], names: Sequence[str] | None = N
     - ``group_asym``: ``"a|b"`` -> ``|C_hat[a, b] - C_hat[b, a]|`` for group indices a < b.
     - ``max_group_asym``: max of ``group_asym``.
     - ``matrix``: ``C_hat`` as nested lists.
+
+    ``abstained``: optional (K,) abstentions per true class (see ``fairness_metrics``): they
+    count in the class totals only, so ``group_acc`` counts them as not correct.
     """
-    rates, present = _rates(counts)
+    rates, present = _rates(counts, abstained=abstained)
     labels, m = _as_groups(groups, rates.shape[0])
     names = [str(a) for a in range(m)] if names is None else list(names)
     if len(names) != m or len(set(names)) != m:
@@ -130,7 +137,7 @@ def group_metrics(counts, groups: Sequence[int], names: Sequence[str] | None = N
     }
 
 
-def max_bipartition_asym(counts) -> dict:
+def max_bipartition_asym(counts, *, abstained=None) -> dict:
     """Largest ``|C_hat_AB - C_hat_BA|`` over all bipartitions {A, B} of the present classes.
 
     Exact for every K in O(K log K), no enumeration: with ``D = R - R^T`` (present classes,
@@ -152,8 +159,10 @@ def max_bipartition_asym(counts) -> dict:
 
     Raises:
         ValueError: bad counts, or fewer than 2 present classes.
+
+    ``abstained``: optional per-true-class abstention counts (see ``fairness_metrics``).
     """
-    rates, present = _rates(counts)
+    rates, present = _rates(counts, abstained=abstained)
     classes = np.flatnonzero(present)
     p = classes.size
     if p < 2:
