@@ -15,6 +15,7 @@ from typing import Callable
 from distfair import tracking
 from distfair.config import flatten
 from distfair.metrics import aggregate_seed_metrics
+from distfair.record import configuration_record
 
 
 @dataclass
@@ -26,6 +27,7 @@ class RunReport:
     seeds: list[int]
     metrics: dict[str, dict]          # name -> summarize() over the finished seeds
     errors: dict[int, str]
+    record: dict | None = None        # the configuration's result record (configuration_result.json)
 
     def to_json(self) -> dict:
         keep = ("mean", "std", "min", "max", "values")
@@ -110,10 +112,24 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     errors = {s: outcome_errors.get(s, "no finished MLflow run") for s in seeds if s not in per_seed}
     tracking.mark_runs(tracking_uri, [children[s] for s in errors if s in children], "FAILED")
     summary = aggregate_seed_metrics([per_seed[s] for s in sorted(per_seed)])
+    record = configuration_result(tracking_uri, experiment_id, parent, cfg={**cfg, "seeds": seeds},
+                                  seeds=sorted(per_seed), errors=errors)
     tracking.log_parent_summary(tracking_uri, parent, summary, n_seeds=len(per_seed),
-                                status="FAILED" if errors else "FINISHED")
+                                status="FAILED" if errors else "FINISHED", configuration_record=record)
     return RunReport(experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
-                     tracking_uri=tracking_uri, seeds=sorted(per_seed), metrics=summary, errors=errors)
+                     tracking_uri=tracking_uri, seeds=sorted(per_seed), metrics=summary, errors=errors,
+                     record=record)
+
+
+def configuration_result(tracking_uri: str, experiment_id: str, parent_run_id: str, *, cfg: dict,
+                         seeds: list[int], errors: dict[int, str]) -> dict:
+    """The configuration's result record, from the ``result.json`` of its finished seed runs
+    (the same runs the parent's statistics come from). A finished seed run without a record
+    (recorded before records existed) is listed under ``errors``."""
+    records = tracking.finished_seed_records(tracking_uri, experiment_id, parent_run_id)
+    errors = dict(errors)
+    errors.update({s: "finished MLflow run has no result.json" for s in seeds if s not in records})
+    return configuration_record(cfg, [records[s] for s in seeds if s in records], errors=errors)
 
 
 def resolve_init_from(cfg: dict, tracking_uri: str, storage_path: str | Path) -> dict[int, str]:

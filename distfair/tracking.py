@@ -9,7 +9,9 @@ Record layout of one configuration (``distfair run``):
   curves with ``step=epoch``, the final metrics (subgroup metrics included), self-check tags
   ``distfair.check.*``, and artifacts: confusion matrices, per-class accuracies, subgroup
   reports, targeted success rates (JSON), per-sample robust flags (.npz), the figures under
-  ``plots/`` (PNG) and the final checkpoint.
+  ``plots/`` (PNG) and the final checkpoint;
+* the versioned result records of ``distfair.record``: ``result.json`` on each seed run,
+  ``configuration_result.json`` on the parent.
 
 All writes are batched (``log_batch``): against a tracking server one call per value costs
 ~40 ms (shared/docs/ray.md). Children are looked up by (parent, seed) before being created, so
@@ -27,6 +29,8 @@ from typing import Iterable
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from distfair import record as result_record
 
 DEFAULT_DB = "mlflow.db"
 TAG_ROLE = "distfair.role"
@@ -183,7 +187,9 @@ class SeedRunLogger:
     def log_result(self, result: dict, *, title: str) -> None:
         """Final metrics, self-check tags and artifacts of a ``SeedResult.to_dict()``; marks
         the run FINISHED. Artifacts: confusion matrices, per-class accuracies, subgroup
-        reports (incl. the worst bipartition) and targeted success matrices as JSON, the
+        reports (incl. the worst bipartition) and targeted success matrices as JSON (with an
+        abstaining predictor, ``confusion_matrices.json`` adds ``abstained``, the abstentions per
+        true class that are in no cell, and ``per_class_acc.json`` ``per_class_rejection``), the
         per-sample robust flags (.npz), every figure of ``distfair.plots.seed_figures`` under
         ``plots/``, and the final checkpoint."""
         from distfair.plots import seed_figures
@@ -201,7 +207,14 @@ class SeedRunLogger:
             "per_class_acc.json": {"class_names": result["class_names"], "per_class_acc": result["per_class_acc"]},
             "subgroups.json": result.get("subgroups") or {},
             "self_checks.json": found,
+            # the versioned result record: every value above, with its meaning in fields
+            result_record.SEED_RECORD_NAME: result_record.seed_record(result),
         }
+        if result.get("abstentions"):      # a predictor that can abstain: abstentions are in no matrix cell
+            documents["confusion_matrices.json"]["abstained"] = {
+                name: v["abstained"] for name, v in result["abstentions"].items()}
+            documents["per_class_acc.json"]["per_class_rejection"] = {
+                name: v["per_class_rejection"] for name, v in result["abstentions"].items()}
         if result.get("target_success"):
             documents["target_success.json"] = {"rows": "true class", "columns": "target class",
                                                 "class_names": result["class_names"],
@@ -209,7 +222,9 @@ class SeedRunLogger:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             for filename, document in documents.items():
-                (tmp / filename).write_text(json.dumps(document, indent=1))
+                (tmp / filename).write_text(json.dumps(document, indent=1, allow_nan=False, default=str)
+                                            if filename == result_record.SEED_RECORD_NAME
+                                            else json.dumps(document, indent=1))
                 self.client.log_artifact(self.run_id, str(tmp / filename))
             if result.get("flags_path") and Path(result["flags_path"]).is_file():
                 self.client.log_artifact(self.run_id, result["flags_path"])
@@ -223,9 +238,10 @@ class SeedRunLogger:
 
 
 def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *, n_seeds: int,
-                       status: str = "FINISHED") -> None:
+                       status: str = "FINISHED", configuration_record: dict | None = None) -> None:
     """``<name>_mean/_std/_min/_max/_ci95_low/_ci95_high`` for every child metric, ``n_seeds``,
-    a ``seed_summary.json`` artifact, then close the parent run with ``status``."""
+    a ``seed_summary.json`` artifact (and ``configuration_result.json``, the configuration's
+    result record, when given), then close the parent run with ``status``."""
     client = _client(uri)
     values = {"n_seeds": n_seeds}
     for name, stats in summary.items():
@@ -236,6 +252,10 @@ def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *
         path = Path(tmp) / "seed_summary.json"
         path.write_text(json.dumps(summary, indent=1))
         client.log_artifact(parent_run_id, str(path))
+        if configuration_record is not None:
+            path = Path(tmp) / result_record.CONFIGURATION_RECORD_NAME
+            path.write_text(json.dumps(configuration_record, indent=1, allow_nan=False, default=str))
+            client.log_artifact(parent_run_id, str(path))
     client.set_terminated(parent_run_id, status)
 
 
@@ -259,6 +279,28 @@ def finished_seed_metrics(uri: str, experiment_id: str, parent_run_id: str) -> d
                               max_results=10000)
     return {int(r.data.tags[TAG_SEED]): dict(r.data.metrics) for r in runs
             if r.info.status == "FINISHED" and TAG_SEED in r.data.tags}
+
+
+def finished_seed_records(uri: str, experiment_id: str, parent_run_id: str) -> dict[int, dict]:
+    """``{seed: result record}`` (``result.json``) of the parent's FINISHED child runs that
+    have one (runs recorded before the record existed have none and are left out)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                              max_results=10000)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in runs:
+            if r.info.status != "FINISHED" or TAG_SEED not in r.data.tags:
+                continue
+            try:
+                path = client.download_artifacts(r.info.run_id, result_record.SEED_RECORD_NAME,
+                                                 str(Path(tmp) / r.info.run_id))
+            except (MlflowException, OSError):
+                continue
+            out[int(r.data.tags[TAG_SEED])] = json.loads(Path(path).read_text())
+    return out
 
 
 def seed_checkpoints(uri: str, run_id: str, seeds: list[int], dest: Path) -> dict[int, Path]:

@@ -4,7 +4,9 @@ Protocol (Sy-FAR §5, FAAL): one PGD-AT pretraining per seed, then each method f
 model of the same seed (``train.init_from`` = the pretraining's configuration run). Every run
 goes to MLflow (experiment ``--experiment``): the pretraining and one configuration run per
 method, each with one seed run per seed. The table compares mean and std across seeds of
-robust accuracy, worst-class robust accuracy and the class accuracy gap.
+robust accuracy, worst-class robust accuracy and the class accuracy gap, read from each
+configuration's result record (``configuration_result.json``, ``distfair.record``): the test
+split under the primary evaluation attack.
 
     python scripts/stability_comparison.py tune_spaces/stability_digits.yaml [--seeds 5]
 """
@@ -17,6 +19,7 @@ import sys
 from distfair import tracking
 from distfair.config import read_document, validate
 from distfair.distributed import ray_session
+from distfair.record import find_entry
 from distfair.run import default_storage_path, run_configuration_with_tracking
 
 #: method -> defense block for fine-tuning (hyperparameters from each paper's protocol, scaled
@@ -27,7 +30,15 @@ METHODS = {
     "specnorm": {"name": "specnorm"},
     "syfar": {"name": "syfar", "lambda_clean": 0.1, "lambda_adv": 1.0, "lambda_sym": 1.0},
 }
-COLUMNS = ("robust_acc", "worst_class_acc", "acc_gap")
+#: column -> the metric of the primary evaluation attack on the test split
+COLUMNS = {"robust_acc": "acc", "worst_class_acc": "worst_class_acc", "acc_gap": "acc_gap"}
+
+
+def table_cells(record: dict) -> dict[str, dict]:
+    """Column -> the configuration record's entry (mean, std, ... across seeds)."""
+    primary = record["config"]["eval"]["attacks"][0]["name"]
+    return {column: find_entry(record, split="test", evaluation=primary, metric=metric)
+            for column, metric in COLUMNS.items()}
 
 
 def main() -> int:
@@ -56,7 +67,7 @@ def main() -> int:
         if pre.errors:
             print(f"pretraining failed for seeds {sorted(pre.errors)}", file=sys.stderr)
             return 1
-        rows["(pretrained) pgd_at"] = pre.metrics
+        rows["(pretrained) pgd_at"] = table_cells(pre.record)
         for method in args.methods:
             ft = copy.deepcopy(raw)
             ft["defense"] = METHODS[method]
@@ -66,7 +77,7 @@ def main() -> int:
                 validate(ft, f"{args.config} (fine-tune {method})"), config_path=args.config,
                 experiment=args.experiment, tracking_uri=uri, storage_path=storage, log=log,
                 parent_run_name=f"finetune {method}", extra_tags={"distfair.stability": method})
-            rows[method] = report.metrics
+            rows[method] = table_cells(report.record)
     n = len(pre.seeds)
     print(f"\nStability across {n} seeds (mean ± std, sample std); digits, PGD-20 at ε = "
           f"{raw['attack']['eps']}; fine-tuning {args.finetune_epochs} epochs at lr {args.finetune_lr}")

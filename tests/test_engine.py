@@ -80,6 +80,21 @@ def test_result_has_every_metric_family(cfg, tmp_path):
     assert len(r.param_fingerprints) == 1
 
 
+def test_result_carries_the_structured_sources_of_its_metrics(cfg, tmp_path):
+    """What the result record is built from (distfair.record): the resolved configuration, the
+    test evaluations' and the validation pass's metric dicts and the timings; the flat MLflow
+    metrics are exactly those dicts renamed."""
+    from distfair.engine.train import validation_record
+
+    r = run_seed(cfg, 0, workdir=tmp_path)
+    assert r.config == cfg and set(r.per_eval) == {"clean", "pgd5", "fgsm"} and set(r.val_per_eval) == {"clean", "pgd5"}
+    expected = metric_record(r.per_eval["clean"], [(n, r.per_eval[n]) for n in ("pgd5", "fgsm")])
+    expected.update(validation_record(r.val_per_eval, "pgd5"))
+    expected.update(r.timings)
+    assert r.metrics == expected
+    assert set(r.timings) == {"train_time_s", "val_time_s", "eval_time_s"}
+
+
 def test_metric_record_naming():
     clean = {"acc": 0.9, "worst_class_acc": 0.8, "per_class_acc": [0.8, 1.0]}
     pgd = {"acc": 0.5, "worst_class_acc": 0.3, "per_class_acc": [0.3, 0.7]}

@@ -15,6 +15,8 @@ The layers, bottom to top (a part may import what is below it):
   ``evaluation`` (imports attacks, data, metrics); then ``defenses`` (SpecNorm counts its
   confusion matrix with ``evaluation``); ``plots`` (figures of metrics, drawn by tracking);
 - ``engine`` (trains one seed, then calls ``evaluation``);
+- ``record`` (the versioned JSON result records, built from the engine's structured results
+  and aggregated with ``metrics``; no MLflow: ``tracking`` logs them);
 - the configuration: ``_schema``, ``config`` (validates by building the math's registries
   and ``evaluation``'s eval attacks and subgroups), ``search_space``;
 - ``tracking`` (the only module that imports MLflow);
@@ -34,7 +36,7 @@ PACKAGE = "distfair"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 #: parts above the math: none of them may be imported by a math part
-DRIVERS = {"engine", "_schema", "config", "search_space", "tracking", "distributed", "run", "sweep", "cli"}
+DRIVERS = {"engine", "record", "_schema", "config", "search_space", "tracking", "distributed", "run", "sweep", "cli"}
 #: part -> the parts it must never import (directly or inside a function)
 FORBIDDEN: dict[str, set[str]] = {
     "__init__": {"*"},
@@ -47,7 +49,9 @@ FORBIDDEN: dict[str, set[str]] = {
     "evaluation": DRIVERS | {"defenses", "plots"},
     "defenses": DRIVERS | {"plots"},
     "plots": DRIVERS | {"defenses", "evaluation"},
-    "engine": {"_schema", "config", "search_space", "tracking", "distributed", "run", "sweep", "cli", "plots"},
+    "engine": {"record", "_schema", "config", "search_space", "tracking", "distributed", "run", "sweep", "cli",
+               "plots"},
+    "record": DRIVERS | {"defenses", "plots", "models", "data", "attacks"},
     "_schema": {"engine", "tracking", "distributed", "run", "sweep", "cli"},
     "config": {"engine", "tracking", "distributed", "run", "sweep", "cli"},
     "search_space": {"engine", "tracking", "distributed", "run", "sweep", "cli"},

@@ -108,6 +108,28 @@ def test_shipped_quickstart_runs_end_to_end(tmp_path):
     assert (tmp_path / "mlflow.db").exists()
     assert "mlflow ui --backend-store-uri" in proc.stderr
 
+    # issue 10 part 5: every seed run's result record loads with json alone and lists every
+    # metric MLflow shows; the configuration record's statistics are the parent's
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run(report["parent_run_id"])
+    children = _children(client, parent.info.experiment_id, parent.info.run_id)
+    assert len(children) == 3
+    for child in children:
+        with open(client.download_artifacts(child.info.run_id, "result.json", str(tmp_path / child.info.run_id))) as f:
+            doc = json.load(f)
+        assert doc["schema_version"] == 1 and doc["seed"] == int(child.data.params["seed"])
+        logged = [r for r in doc["values"] if r["value"] is not None]
+        assert {k for r in logged for k in [r["mlflow_key"], *r["mlflow_aliases"]]} == set(child.data.metrics)
+        for r in logged:
+            if r["step"] == doc["values"][-1]["step"] and r["epoch"] is None:     # final values
+                assert child.data.metrics[r["mlflow_key"]] == r["value"], r
+    with open(client.download_artifacts(parent.info.run_id, "configuration_result.json", str(tmp_path))) as f:
+        config_doc = json.load(f)
+    assert config_doc["seeds"] == [0, 1, 2]
+    for entry in config_doc["entries"]:
+        if entry["parent_summary"] and entry["mean"] is not None:
+            assert parent.data.metrics[f"{entry['mlflow_key']}_mean"] == pytest.approx(entry["mean"]), entry
+
 
 def _statuses(db) -> dict[str, str]:
     client = MlflowClient(f"sqlite:///{db}")

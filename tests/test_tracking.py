@@ -143,3 +143,33 @@ def test_seed_result_metrics_tags_and_figures(tmp_path, tiny_cfg_dict):
     assert run.data.metrics["group_gap/half"] == result["metrics"]["group_gap/half"]
     plots = {a.path for a in MlflowClient(uri).list_artifacts(run_id, "plots")}
     assert "plots/groups_half.png" in plots and "plots/asymmetry_pgd5.png" in plots and len(plots) == 3 * 3 + 2
+
+
+def test_configuration_record_artifact_and_seed_records(tmp_path):
+    """``log_parent_summary`` logs the configuration record as ``configuration_result.json``;
+    ``finished_seed_records`` reads the seed runs' ``result.json`` and leaves out finished runs
+    without one (recorded before records existed) and unfinished runs."""
+    import json
+    from pathlib import Path
+
+    from distfair import record
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    parent = tracking.start_parent_run(uri, exp, {}, run_name="p")
+    client = MlflowClient(uri)
+    with_record, without, running = (tracking.get_or_create_seed_run(uri, exp, parent, s) for s in (0, 1, 2))
+    doc = {"schema_version": record.SCHEMA_VERSION, "kind": "seed", "seed": 0, "values": []}
+    (tmp_path / record.SEED_RECORD_NAME).write_text(json.dumps(doc))
+    client.log_artifact(with_record, str(tmp_path / record.SEED_RECORD_NAME))
+    for run_id in (with_record, without):
+        client.set_terminated(run_id, "FINISHED")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / record.SEED_RECORD_NAME).write_text(json.dumps({**doc, "seed": 2}))
+    client.log_artifact(running, str(tmp_path / "x" / record.SEED_RECORD_NAME))
+    assert tracking.finished_seed_records(uri, exp, parent) == {0: doc}
+
+    config_doc = record.configuration_record({"seeds": [0]}, [doc])
+    tracking.log_parent_summary(uri, parent, {}, n_seeds=1, configuration_record=config_doc)
+    path = client.download_artifacts(parent, record.CONFIGURATION_RECORD_NAME, str(tmp_path / "dl"))
+    assert json.loads(Path(path).read_text()) == config_doc

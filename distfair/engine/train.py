@@ -60,6 +60,15 @@ class SeedResult:
     evaluations: list[dict] = field(default_factory=list)          # eval.attacks: name, attack, target
     eval_errors: dict[str, str] = field(default_factory=dict)      # failed evaluation -> error (no metrics)
     tags: dict[str, str] = field(default_factory=dict)             # run tags (AutoAttack versions, errors)
+    # evaluations whose predictor can abstain: name -> {"abstained": abstentions per true class
+    # (not in ``confusion``), "per_class_rejection": rates}; empty for the default arg-max
+    abstentions: dict[str, dict] = field(default_factory=dict)
+    # the structured sources of the result record (distfair.record): the resolved configuration,
+    # the test evaluations' and the validation pass's metric dicts, the timings of the final step
+    config: dict = field(default_factory=dict)
+    per_eval: dict[str, dict] = field(default_factory=dict)        # "clean" and each entry -> metrics
+    val_per_eval: dict[str, dict] = field(default_factory=dict)    # "clean" and the primary entry
+    timings: dict[str, float] = field(default_factory=dict)        # train_time_s, val_time_s, eval_time_s
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -340,15 +349,16 @@ def train_epoch(run: SeedTraining, epoch: int) -> dict[str, float]:
     row = {f"train_{k}": v / max(batches, 1) for k, v in sums.items()}
     row["lr"] = lr
     row.update({f"defense_{k}": float(v) for k, v in prepared.items()})
+    predictor = defense.predictor()        # abstentions are in no cell: accuracies divide by len(val)
     val_clean = confusion_counts(run.model, data.val, data.num_classes, device=device, batch_size=eval_bs,
-                                 rank=rank, world=world)
-    row["val_clean_acc"] = float(val_clean.trace()) / float(val_clean.sum())
+                                 rank=rank, world=world, predictor=predictor)
+    row["val_clean_acc"] = float(val_clean.trace()) / float(len(data.val))
     if run.attack is not None:
         val_adv, val_soft = confusion_counts(run.model, data.val, data.num_classes, device=device,
                                              batch_size=eval_bs, attack=run.attack, soft=True,
                                              generator=generator(seed, "val-attack", epoch, rank, device=device),
-                                             rank=rank, world=world)
-        row["val_robust_acc"] = float(val_adv.trace()) / float(val_adv.sum())
+                                             rank=rank, world=world, predictor=predictor)
+        row["val_robust_acc"] = float(val_adv.trace()) / float(len(data.val))
         row.update(validation_symmetry(val_adv, val_soft))
     row["epoch_time_s"] = time.perf_counter() - t0
     return row
@@ -394,11 +404,12 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
 
     # ---- the validation pass that selection uses, then the final evaluation on the test set
     t_val = time.perf_counter()
+    predictor = run.defense.predictor()
     val_final = validation_evaluation(model, data, cfg["eval"], seed, device=device, batch_size=eval_bs,
-                                      rank=rank, world=world, log=log)
+                                      rank=rank, world=world, log=log, predictor=predictor)
     val_time = time.perf_counter() - t_val
     final = final_evaluation(model, data, cfg["eval"], seed, workdir=workdir, device=device, batch_size=eval_bs,
-                             rank=rank, world=world, log=log)
+                             rank=rank, world=world, log=log, predictor=predictor)
     fingerprints = _gather_strings(parameter_fingerprint(model), world)
     if rank != 0:
         return None
@@ -408,10 +419,13 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
     metrics["val_time_s"] = val_time
     metrics["train_time_s"] = float(sum(h["epoch_time_s"] for h in history))
     metrics["eval_time_s"] = final.eval_time_s
+    timings = {k: metrics[k] for k in ("train_time_s", "val_time_s", "eval_time_s")}
     return SeedResult(
         seed=seed, metrics=metrics, confusion=final.confusion, per_class_acc=final.per_class_acc,
         history=history, class_names=list(data.class_names), final_model_path=str(run.checkpoint_path),
         param_fingerprints=fingerprints, subgroups=final.subgroups, target_success=final.target_success,
         checks=final.checks, flags_path=final.flags_path, eval_errors=final.errors, tags=final.tags,
+        abstentions=final.abstentions,
         evaluations=[{"name": e["name"], "attack": e["attack"], "target": e.get("target")}
-                     for e in cfg["eval"]["attacks"]])
+                     for e in cfg["eval"]["attacks"]],
+        config=cfg, per_eval=final.per_eval, val_per_eval=val_final, timings=timings)

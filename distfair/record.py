@@ -1,0 +1,292 @@
+"""The versioned result records: one JSON document per seed and one per configuration.
+
+Both are plain JSON (``json.load`` reads them; no MLflow, no distfair needed) with a
+``schema_version`` and the resolved configuration, and every value as a *row* whose meaning
+is in fields, never in a name to parse:
+
+* **seed record** (:func:`seed_record`, artifact ``result.json`` of each seed run): one row
+  per value MLflow holds for the run (per-epoch curves and final values) and per value that
+  is undefined (``value: null``, not logged to MLflow)::
+
+      {"split": "test", "evaluation": "pgd20", "metric": "acc", "attribute": null,
+       "group": null, "stage": null, "epoch": null, "step": 3, "value": 0.61,
+       "mlflow_key": "pgd20/robust_acc", "mlflow_aliases": ["robust_acc"]}
+
+  ``split``: ``train``, ``val`` or ``test``; ``evaluation``: ``clean``, an ``eval.attacks``
+  entry name, ``train_attack`` (the per-epoch validation under the cheap training attack)
+  or null (training values, timings); ``metric``: the evaluation's own metric name (``acc``
+  for clean and attacked accuracy alike); subgroup metrics carry ``attribute`` (and
+  ``group`` for ``group_acc``), ensemble stages carry ``stage`` (metric-safe names, as in
+  the MLflow keys); ``epoch`` is set on per-epoch rows and null on final ones; ``step`` is
+  the MLflow step; ``mlflow_key`` the MLflow metric name and ``mlflow_aliases`` the other
+  names the same value is logged under (the primary evaluation attack is logged bare too).
+  Besides the rows: class names, the evaluations, and per test evaluation its per-class
+  accuracies, confusion matrix, subgroup report, targeted success rates and abstentions; self-checks,
+  tags and evaluation errors.
+* **configuration record** (:func:`configuration_record`, artifact
+  ``configuration_result.json`` of the parent run): the seeds, and one *entry* per row
+  identity (split, evaluation, metric, attribute, group, stage, epoch) with the value of
+  every seed and ``mean``, ``std`` (ddof = 1), ``min``, ``max``, ``ci95_low``,
+  ``ci95_high``, ``n`` (``distfair.metrics.summarize``). ``parent_summary: true`` marks the
+  entries whose statistics the parent run logs as ``<mlflow_key>_<stat>`` (the latest value
+  of each key, as MLflow reports it).
+
+The JSON Schemas :data:`SEED_RECORD_SCHEMA` and :data:`CONFIGURATION_RECORD_SCHEMA` document
+the formats. Built from structured results (``SeedResult.to_dict()``: the evaluations'
+metric dicts, the validation pass's, the per-epoch history, timings), never from MLflow.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+
+from distfair import __version__
+from distfair.metrics import summarize
+
+SCHEMA_VERSION = 1
+SEED_RECORD_NAME = "result.json"
+CONFIGURATION_RECORD_NAME = "configuration_result.json"
+#: the per-epoch validation under the training attack (``val_robust_acc`` & co. with step=epoch)
+TRAIN_ATTACK = "train_attack"
+IDENTITY = ("split", "evaluation", "metric", "attribute", "group", "stage", "epoch")
+STATS = ("mean", "std", "min", "max", "ci95_low", "ci95_high")
+#: per-epoch validation keys of ``train_epoch`` -> (evaluation, metric)
+_EPOCH_VAL = {"val_clean_acc": ("clean", "acc"), "val_robust_acc": (TRAIN_ATTACK, "acc"),
+              "val_sym": (TRAIN_ATTACK, "sym_loss"), "val_soft_sym": (TRAIN_ATTACK, "soft_sym_loss"),
+              "val_asym_gap": (TRAIN_ATTACK, "max_asym_gap")}
+#: metric families whose keys nest ``<family>/<field>[/<field>]`` inside an evaluation's dict
+_NESTED = {"group_acc": ("attribute", "group"), "group_gap": ("attribute",), "max_group_asym": ("attribute",),
+           "group_rejection": ("attribute", "group"), "stage_acc": ("stage",)}
+#: timings of the final step: metric -> split
+_TIMINGS = {"train_time_s": "train", "val_time_s": "val", "eval_time_s": "test"}
+
+
+def _value(v) -> float | None:
+    """A finite float, or None for what MLflow does not log (None, NaN, inf, non-numbers)."""
+    if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v)):
+        return float(v)
+    return None
+
+
+def _row(split, evaluation, metric, value, *, step, epoch=None, key, aliases=(), **fields) -> dict:
+    row = {"split": split, "evaluation": evaluation, "metric": metric, "attribute": None, "group": None,
+           "stage": None, "epoch": epoch, "step": step, "value": _value(value), "mlflow_key": key,
+           "mlflow_aliases": list(aliases)}
+    row.update(fields)
+    return row
+
+
+def _fields(metric: str) -> tuple[str, dict]:
+    """The metric family and its fields of one key of an evaluation's metric dict. Subgroup
+    and stage keys nest their (metric-safe, so '/'-free) attribute, group or stage label; a
+    key of a family not in ``_NESTED`` stays whole as the metric name."""
+    family, _, rest = metric.partition("/")
+    names = _NESTED.get(family)
+    if names is None or not rest:
+        return metric, {}
+    parts = rest.split("/", len(names) - 1)
+    return family, dict(zip(names, parts))
+
+
+def _attacked_name(metric: str) -> str:
+    return "robust_acc" if metric == "acc" else metric
+
+
+def evaluation_rows(split: str, per_eval: Mapping[str, Mapping], primary: str | None, *, step: int) -> list[dict]:
+    """Rows of one split's final evaluations (``{"clean": metrics, <entry>: metrics}``), with
+    the MLflow names ``distfair.engine.train.metric_record`` / ``validation_record`` give them."""
+    rows = []
+    for evaluation, metrics in per_eval.items():
+        for metric, value in (metrics or {}).items():
+            if metric == "per_class_acc":
+                continue
+            family, fields = _fields(metric)
+            if split == "val":
+                if evaluation == "clean":
+                    key, aliases = f"val_clean_{metric}", ()
+                elif evaluation == primary:
+                    key, aliases = f"val_{_attacked_name(metric)}", ()
+                else:
+                    continue                    # only the clean and the primary pass are logged
+            elif evaluation == "clean":
+                key, aliases = f"clean_{metric}", ()
+            else:
+                key = f"{evaluation}/{_attacked_name(metric)}"
+                aliases = [_attacked_name(metric)] if evaluation == primary else []
+            rows.append(_row(split, evaluation, family, value, step=step, key=key, aliases=aliases, **fields))
+    return rows
+
+
+def history_rows(history: Sequence[Mapping]) -> list[dict]:
+    """Rows of the per-epoch curves (``step = epoch``): training values on split ``train``
+    (``train_<m>`` as metric ``<m>``; ``lr``, ``defense_*``, ``epoch_time_s`` as they are),
+    the per-epoch validation on split ``val``."""
+    rows = []
+    for entry in history:
+        epoch = int(entry["epoch"])
+        for key, value in entry.items():
+            if key == "epoch":
+                continue
+            if key in _EPOCH_VAL:
+                evaluation, metric, split = *_EPOCH_VAL[key], "val"
+            elif key.startswith("val_"):
+                evaluation, metric, split = None, key[len("val_"):], "val"
+            else:
+                evaluation, metric, split = None, key[len("train_"):] if key.startswith("train_") else key, "train"
+            rows.append(_row(split, evaluation, metric, value, step=epoch, epoch=epoch, key=key))
+    return rows
+
+
+def seed_record(result: Mapping) -> dict:
+    """The record of one seed from ``SeedResult.to_dict()``."""
+    history = list(result.get("history") or [])
+    step = len(history)                  # the final values' MLflow step
+    evaluations = list(result.get("evaluations") or [])
+    primary = evaluations[0]["name"] if evaluations else None
+    rows = history_rows(history)
+    rows += evaluation_rows("val", result.get("val_per_eval") or {}, primary, step=step)
+    rows += evaluation_rows("test", result.get("per_eval") or {}, primary, step=step)
+    for metric, value in (result.get("timings") or {}).items():
+        rows.append(_row(_TIMINGS.get(metric), None, metric, value, step=step, key=metric))
+    return {
+        "schema_version": SCHEMA_VERSION, "kind": "seed", "distfair_version": __version__,
+        "seed": int(result["seed"]), "config": result.get("config") or {},
+        "class_names": list(result.get("class_names") or []),
+        "evaluations": evaluations, "primary_evaluation": primary, "values": rows,
+        "per_class_acc": {"test": dict(result.get("per_class_acc") or {})},
+        "confusion_matrices": {"rows": "true class", "columns": "predicted class",
+                               "test": dict(result.get("confusion") or {})},
+        "subgroups": {"test": dict(result.get("subgroups") or {})},
+        "target_success": {"rows": "true class", "columns": "target class",
+                           "test": dict(result.get("target_success") or {})},
+        # a predictor that can abstain: per evaluation the abstentions per true class and the rates
+        "abstentions": {"test": dict(result.get("abstentions") or {})},
+        "checks": list(result.get("checks") or []), "tags": dict(result.get("tags") or {}),
+        "errors": dict(result.get("eval_errors") or {}),
+    }
+
+
+def _identity(row: Mapping) -> tuple:
+    return tuple(row.get(f) for f in IDENTITY)
+
+
+def latest_values(record: Mapping) -> dict[str, float]:
+    """``{mlflow name: value}`` as MLflow reports a seed run's metrics: the value of the
+    highest step of every logged key (aliases included)."""
+    best: dict[str, tuple[int, float]] = {}
+    for row in record["values"]:
+        if row["value"] is None:
+            continue
+        for key in [row["mlflow_key"], *row["mlflow_aliases"]]:
+            if key not in best or row["step"] >= best[key][0]:
+                best[key] = (row["step"], row["value"])
+    return {k: v for k, (_, v) in best.items()}
+
+
+def configuration_record(config: Mapping, seed_records: Sequence[Mapping], *,
+                         errors: Mapping[int, str] | None = None) -> dict:
+    """The record of one configuration from its seeds' records: per row identity the seeds'
+    values and their statistics (``distfair.metrics.summarize``)."""
+    records = sorted(seed_records, key=lambda r: r["seed"])
+    entries: dict[tuple, dict] = {}
+    latest_identity: dict[str, set] = {}
+    for record in records:
+        newest: dict[str, tuple[int, tuple]] = {}
+        for row in record["values"]:
+            ident = _identity(row)
+            entry = entries.setdefault(ident, {**{f: row[f] for f in IDENTITY}, "mlflow_key": row["mlflow_key"],
+                                               "mlflow_aliases": list(row["mlflow_aliases"]), "seed_values": []})
+            entry["seed_values"].append({"seed": record["seed"], "value": row["value"]})
+            if row["value"] is not None and (row["mlflow_key"] not in newest
+                                             or row["step"] >= newest[row["mlflow_key"]][0]):
+                newest[row["mlflow_key"]] = (row["step"], ident)
+        for key, (_, ident) in newest.items():
+            latest_identity.setdefault(key, set()).add(ident)
+    out = []
+    for ident, entry in entries.items():
+        stats = summarize([v["value"] for v in entry["seed_values"]])
+        entry.update({s: stats[s] for s in STATS}, n=stats["n"],
+                     parent_summary=latest_identity.get(entry["mlflow_key"]) == {ident})
+        out.append(entry)
+    return {"schema_version": SCHEMA_VERSION, "kind": "configuration", "distfair_version": __version__,
+            "config": dict(config), "seeds": [r["seed"] for r in records],
+            "errors": [{"seed": int(s), "error": str(e)} for s, e in sorted((errors or {}).items())],
+            "entries": out}
+
+
+def find_entry(record: Mapping, **fields) -> dict:
+    """The one entry (or seed-record row) whose fields equal ``fields`` (unnamed identity
+    fields must be null, ``epoch`` included). Raises KeyError if there is none."""
+    wanted = {**{f: None for f in IDENTITY}, **fields}
+    for entry in record.get("entries", record.get("values", [])):
+        if all(entry.get(f) == v for f, v in wanted.items()):
+            return entry
+    raise KeyError(f"no entry with {fields}")
+
+
+# ------------------------------------------------------------------------------- JSON Schemas
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+_IDENTITY_PROPS = {
+    "split": {"enum": ["train", "val", "test"]},
+    "evaluation": {**_NULLABLE_STR, "description": "clean, an eval.attacks entry name, train_attack, or null"},
+    "metric": {"type": "string"},
+    "attribute": _NULLABLE_STR, "group": _NULLABLE_STR, "stage": _NULLABLE_STR,
+    "epoch": {"type": ["integer", "null"], "minimum": 0},
+    "mlflow_key": {"type": "string"},
+    "mlflow_aliases": {"type": "array", "items": {"type": "string"}},
+}
+_COMMON = {"schema_version": {"const": SCHEMA_VERSION}, "distfair_version": {"type": "string"},
+           "config": {"type": "object"}}
+
+SEED_RECORD_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "distfair seed result record",
+    "type": "object",
+    "required": ["schema_version", "kind", "distfair_version", "seed", "config", "class_names", "evaluations",
+                 "primary_evaluation", "values", "per_class_acc", "confusion_matrices", "checks", "tags", "errors"],
+    "properties": {
+        **_COMMON, "kind": {"const": "seed"}, "seed": {"type": "integer"},
+        "class_names": {"type": "array", "items": {"type": "string"}},
+        "evaluations": {"type": "array", "items": {"type": "object", "required": ["name", "attack"]}},
+        "primary_evaluation": _NULLABLE_STR,
+        "values": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": [*IDENTITY, "step", "value", "mlflow_key", "mlflow_aliases"],
+            "properties": {**_IDENTITY_PROPS, "step": {"type": "integer", "minimum": 0}, "value": _NULLABLE_NUM}}},
+        "per_class_acc": {"type": "object", "additionalProperties": {
+            "type": "object", "additionalProperties": {"type": "array", "items": _NULLABLE_NUM}}},
+        "confusion_matrices": {"type": "object", "properties": {"test": {"type": "object", "additionalProperties": {
+            "type": "array", "items": {"type": "array", "items": {"type": "integer"}}}}}},
+        "subgroups": {"type": "object", "description": "evaluation -> subgroup report (subgroups.json)"},
+        "target_success": {"type": "object", "description": "'every target' entries: K x K success rates"},
+        "abstentions": {"type": "object", "description": "abstaining predictors: abstained, per_class_rejection"},
+        "checks": {"type": "array", "items": {"type": "object"}},
+        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+        "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+CONFIGURATION_RECORD_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "distfair configuration result record",
+    "type": "object",
+    "required": ["schema_version", "kind", "distfair_version", "config", "seeds", "errors", "entries"],
+    "properties": {
+        **_COMMON, "kind": {"const": "configuration"},
+        "seeds": {"type": "array", "items": {"type": "integer"}},
+        "errors": {"type": "array", "items": {"type": "object", "required": ["seed", "error"],
+                                              "properties": {"seed": {"type": "integer"},
+                                                             "error": {"type": "string"}}}},
+        "entries": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": [*IDENTITY, "mlflow_key", "mlflow_aliases", "seed_values", *STATS, "n", "parent_summary"],
+            "properties": {
+                **_IDENTITY_PROPS, **{s: _NULLABLE_NUM for s in STATS},
+                "n": {"type": "integer", "minimum": 0}, "parent_summary": {"type": "boolean"},
+                "seed_values": {"type": "array", "items": {
+                    "type": "object", "required": ["seed", "value"], "additionalProperties": False,
+                    "properties": {"seed": {"type": "integer"}, "value": _NULLABLE_NUM}}}}}},
+    },
+}
