@@ -38,6 +38,9 @@ TAG_SEED = "distfair.seed"
 TAG_PARENT = "mlflow.parentRunId"
 MAX_BATCH = 100
 MAX_PARAM_LEN = 6000
+# distfair downloads a few small files (result records, checkpoints) between its own progress
+# lines; MLflow's per-download progress bars only clutter the command's output
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
