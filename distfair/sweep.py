@@ -43,6 +43,9 @@ class TrialOutcome:
     #: "validation" (val_*: what the sweep selects on) and "test" (reported, never selected on)
     validation: dict[str, dict[str, float | None]] = field(default_factory=dict)
     test: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    #: each objective target's statistic of the matching test metric (``val_robust_acc`` →
+    #: ``robust_acc``), reported beside the validation value; None where there is none
+    objective_test: dict[str, float | None] = field(default_factory=dict)    # target name -> value
 
     def to_json(self, targets: list[Target]) -> dict:
         return {"params": self.params, "parent_run_id": self.parent_run_id, "status": self.status,
@@ -146,8 +149,15 @@ def collect_trials(uri: str, experiment_id: str, sweep_run_id: str, targets: lis
         out.append(TrialOutcome(
             trial_id=run.data.tags.get("distfair.trial_id", ""), parent_run_id=run.info.run_id,
             params=json.loads(run.data.tags.get("distfair.trial_params", "{}")), status=run.info.status,
-            metrics=metrics, objective=[metrics[t.name] for t in targets], **split))
+            metrics=metrics, objective=[metrics[t.name] for t in targets], **split,
+            objective_test={t.name: _on_test(t).value(summary) if matching_test_metric(t.metric) else None
+                            for t in targets}))
     return out
+
+
+def _on_test(target: Target) -> Target:
+    """The same statistic of the test metric that matches the target's validation metric."""
+    return Target(matching_test_metric(target.metric), target.stat, target.mode, target.k)
 
 
 def best_metrics(best: TrialOutcome, targets: list[Target]) -> dict[str, float | None]:
@@ -167,16 +177,7 @@ def best_metrics(best: TrialOutcome, targets: list[Target]) -> dict[str, float |
 def objective_on_test(target: Target, trial: TrialOutcome) -> float | None:
     """The target's statistic of the matching test metric (``val_robust_acc`` → ``robust_acc``),
     to show beside the validation value it was chosen on; None where there is none."""
-    name = matching_test_metric(target.metric)
-    stats = trial.test.get(name) if name else None
-    if not stats:
-        return None
-    if target.stat in stats:
-        return stats[target.stat]
-    if target.stat in ("mean_minus_std", "mean_plus_std") and stats.get("std") is not None:
-        sign = -1.0 if target.stat == "mean_minus_std" else 1.0
-        return stats["mean"] + sign * target.k * stats["std"]
-    return None
+    return trial.objective_test.get(target.name)
 
 
 def choose(trials: list[TrialOutcome], targets: list[Target]) -> tuple[TrialOutcome | None, list[TrialOutcome]]:

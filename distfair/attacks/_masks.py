@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distfair.attacks._base import Attack, _check_int, _check_real
+from distfair.attacks._objectives import cw_margin
 
 
 def _grid(height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -172,12 +173,7 @@ def goal_margin(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
     Untargeted: z_y − max_{j≠y} z_j (the true class's lead); targeted: max_{j≠t} z_j − z_t
     (how far the target trails). The Carlini–Wagner margin (IEEE S&P 2017, §V).
     """
-    def lead(labels: Tensor) -> Tensor:
-        own = logits.gather(1, labels[:, None]).squeeze(1)
-        others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
-        return own - others.amax(dim=1)
-
-    return lead(y) if target is None else -lead(target)
+    return cw_margin(logits, y) if target is None else -cw_margin(logits, target)
 
 
 def goal_reached(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from distfair.attacks import Attack
+from distfair.attacks import Attack, cw_margin
 from distfair.metrics import confusion_matrix
 
 
@@ -188,13 +188,6 @@ class Predictions:
         return self.preds == self.labels
 
 
-def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """logit of the true class minus the largest other logit (< 0: misclassified)."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return true - others.max(dim=1).values
-
-
 def _every_target(model, attack: Attack, x, y, num_classes: int, generator, success: torch.Tensor,
                   predictor: Predictor | None = None):
     """Attack toward each wrong class in turn; return the worst case per sample (the
@@ -208,7 +201,7 @@ def _every_target(model, attack: Attack, x, y, num_classes: int, generator, succ
         x_adv = attack(model, x, y, target=target, generator=generator)
         with torch.no_grad():
             logits = model(x_adv)
-        margin = _margin(logits, y)
+        margin = cw_margin(logits, y)       # < 0: misclassified
         if predictor is None or type(predictor) is ArgmaxPredictor:      # no second forward pass
             pred, score = ArgmaxPredictor.from_logits(logits)
         else:
