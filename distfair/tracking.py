@@ -259,7 +259,11 @@ def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *
             path = Path(tmp) / result_record.CONFIGURATION_RECORD_NAME
             path.write_text(json.dumps(configuration_record, indent=1, allow_nan=False, default=str))
             client.log_artifact(parent_run_id, str(path))
-    client.set_terminated(parent_run_id, status)
+    # A parent the driver already closed as KILLED (a trial stopped early by the scheduler, or
+    # Ctrl-C) keeps that status: its configuration thread may still be finishing (as seed runs
+    # closed by the driver are never reopened, see SeedRunLogger)
+    if client.get_run(parent_run_id).info.status != "KILLED":
+        client.set_terminated(parent_run_id, status)
 
 
 def mark_runs(uri: str, run_ids: Iterable[str], status: str) -> None:

@@ -173,3 +173,19 @@ def test_configuration_record_artifact_and_seed_records(tmp_path):
     tracking.log_parent_summary(uri, parent, {}, n_seeds=1, configuration_record=config_doc)
     path = client.download_artifacts(parent, record.CONFIGURATION_RECORD_NAME, str(tmp_path / "dl"))
     assert json.loads(Path(path).read_text()) == config_doc
+
+
+def test_parent_closed_killed_by_the_driver_stays_killed(tmp_path):
+    """A sweep trial stopped early: the driver closes the parent KILLED while the trial's
+    configuration thread is still finishing; its summary must not turn the parent FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.prepare_experiment(uri, "e")
+    parent = tracking.start_parent_run(uri, exp, {"a": 1}, run_name="p")
+    tracking.mark_runs(uri, [parent], "KILLED")
+    tracking.log_parent_summary(uri, parent, {}, n_seeds=0, status="FAILED")
+    assert MlflowClient(uri).get_run(parent).info.status == "KILLED"
+    other = tracking.start_parent_run(uri, exp, {"a": 1}, run_name="q")
+    tracking.log_parent_summary(uri, other, {}, n_seeds=0, status="FAILED")
+    assert MlflowClient(uri).get_run(other).info.status == "FAILED"
