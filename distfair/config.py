@@ -17,7 +17,9 @@ A YAML file with these top-level blocks (see tune_spaces/quickstart.yaml for a c
     name, ``random`` (a random wrong class per sample) or ``every`` (each wrong class in turn,
     worst case per sample, targeted success matrix). Default: one PGD-20 at the training ε.
     ``subgroups``: ``{<attribute>: metadata | {<class name or index>: <group>, ...}}``, see
-    ``distfair.evaluation.subgroups``.
+    ``distfair.evaluation.subgroups``. ``summaries``: ``{<summary>: {<option>: ...}}``, the
+    evaluation summaries to run beyond the default ones, with their options (e.g.
+    ``auc_acc: {entries: [<eval.attacks names>]}``); see ``distfair.evaluation.summaries``.
 ``scaling``
     Ray Train resources of one seed run (``SCALING_FIELDS``).
 ``seeds``
@@ -45,6 +47,7 @@ from distfair._schema import ConfigError, _fixed_block, _Problems, _registry_blo
 from distfair.attacks import ATTACKS
 from distfair.data import DATASETS
 from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES
+from distfair.evaluation.summaries import check_summaries
 from distfair.models import MODEL_DATA_ARGS, MODELS
 
 TOP_LEVEL = ("description", "defense", "dataset", "model", "attack", "train", "eval", "scaling",
@@ -97,7 +100,7 @@ SCALING_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
     "max_failures": (int, 0, _non_negative),
 }
 
-EVAL_FIELDS = ("attacks", "subgroups")
+EVAL_FIELDS = ("attacks", "subgroups", "summaries")
 DEFAULT_EVAL_ATTACK = {"name": "pgd20", "attack": "pgd", "steps": 20}
 
 
@@ -180,7 +183,7 @@ def _eval_block(raw, train_attack: dict | None, problems: _Problems) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         problems.add("eval", f"must be a mapping, got {type(raw).__name__}")
-        return {"attacks": [], "subgroups": {}}
+        return {"attacks": [], "subgroups": {}, "summaries": {}}
     for key in raw:
         if key not in EVAL_FIELDS:
             problems.add(f"eval.{key}", f"unknown key; known: {', '.join(EVAL_FIELDS)}")
@@ -188,7 +191,7 @@ def _eval_block(raw, train_attack: dict | None, problems: _Problems) -> dict:
     entries = raw.get("attacks", [dict(DEFAULT_EVAL_ATTACK)])
     if not isinstance(entries, list):
         problems.add("eval.attacks", f"must be a list, got {type(entries).__name__}")
-        return {"attacks": [], "subgroups": subgroups}
+        return {"attacks": [], "subgroups": subgroups, "summaries": {}}
     attacks, seen = [], set()
     for i, entry in enumerate(entries):
         prefix = f"eval.attacks[{i}]"
@@ -212,7 +215,14 @@ def _eval_block(raw, train_attack: dict | None, problems: _Problems) -> dict:
                                 extra=("name", "target"))
         if block is not None:
             attacks.append(block)
-    return {"attacks": attacks, "subgroups": subgroups}
+    summaries = raw.get("summaries") or {}
+    for key, message in check_summaries(summaries, attacks):
+        problems.add(key, message)
+    if not isinstance(summaries, dict):
+        summaries = {}
+    return {"attacks": attacks, "subgroups": subgroups,
+            "summaries": {name: dict(options) if isinstance(options, dict) else {}
+                          for name, options in summaries.items()}}
 
 
 def _eps_required(attack_name) -> bool:
@@ -271,6 +281,13 @@ def _cached_dataset(block_json: str):
 
     block = json.loads(block_json)
     return build_dataset(block.pop("name"), **block)
+
+
+def dataset_spec(cfg: dict) -> tuple[int, tuple[int, ...]]:
+    """(number of classes, input shape) of a validated configuration's dataset (built once
+    and cached, as for validation)."""
+    data = _cached_dataset(json.dumps(cfg["dataset"], sort_keys=True, default=str))
+    return data.num_classes, tuple(data.in_shape)
 
 
 def _check_buildable(cfg: dict, problems: _Problems) -> None:

@@ -1,4 +1,6 @@
-"""Figures saved as PNG (matplotlib, headless Agg). Plain functions: no MLflow, no Ray.
+"""Figures saved as PNG (matplotlib, headless Agg). Plain drawing functions: no MLflow, no Ray,
+and no knowledge of evaluation modes: ``distfair.evaluation.figures`` and the evaluation
+summaries decide which figures a seed run gets and call these.
 
 Sy-FAR figure styles: per-class robust accuracy bars (Fig. 1), asymmetry heatmap (Fig. 4),
 confusion heatmap (Fig. 5), per-group bars (Fig. 7). Counts follow ``fairness_metrics``:
@@ -273,49 +275,28 @@ def target_success_heatmap(matrix, class_names: list[str], title: str, path: str
                     cbar_label="targeted success rate", xlabel="target class", ylabel="true class")
 
 
-def _file_safe(name: str) -> str:
+def file_safe(name: str) -> str:
+    """``name`` usable in a file name (letters, digits, ``-_.``; anything else ``_``)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
-def seed_figures(result: dict, title: str, outdir: str | Path) -> list[Path]:
-    """Every figure of one seed run (a ``SeedResult.to_dict()``) written into ``outdir``:
-
-    per evaluation (``clean`` and each attack) ``confusion_<e>.png``, ``asymmetry_<e>.png``
-    and ``target_shares_<e>.png``; ``per_class_acc.png`` (all evaluations); per subgroup
-    attribute ``groups_<attr>.png`` (all evaluations); per "every target" evaluation
-    ``target_success_<e>.png``; with abstentions ``per_class_rejection.png``. ``title`` names
-    the defense and seed; each figure adds its evaluation. An evaluation with abstentions
-    (``result["abstentions"]``) draws them as the confusion heatmap's "abstained" column and
-    divides every rate by the class totals.
-    """
-    outdir = Path(outdir)
-    names = result["class_names"]
-    paths = []
-    abstentions = result.get("abstentions") or {}
-    for name, counts in result["confusion"].items():
-        label = f"{title} — {name}"
-        abstained = (abstentions.get(name) or {}).get("abstained")
-        paths.append(confusion_heatmap(counts, names, label, outdir / f"confusion_{_file_safe(name)}.png",
-                                       abstained=abstained))
-        paths.append(asymmetry_heatmap(counts, names, f"{label}: |C_ij − C_ji|",
-                                       outdir / f"asymmetry_{_file_safe(name)}.png", abstained=abstained))
-        paths.append(target_share_bars(counts, names, f"{label}: target shares",
-                                       outdir / f"target_shares_{_file_safe(name)}.png", abstained=abstained))
-    paths.append(per_class_bars(result["per_class_acc"], names, f"{title}: per-class accuracy",
-                                outdir / "per_class_acc.png"))
-    if abstentions:
-        paths.append(per_class_bars({n: v["per_class_rejection"] for n, v in abstentions.items()}, names,
-                                    f"{title}: per-class rejection rate", outdir / "per_class_rejection.png",
-                                    ylabel="per-class rejection rate"))
-    attributes: dict[str, dict[str, dict[str, float]]] = {}
-    for evaluation, report in (result.get("subgroups") or {}).items():
-        for attr, info in report.get("attributes", {}).items():
-            attributes.setdefault(attr, {})[evaluation] = {g: v for g, v in info["group_acc"].items()
-                                                           if v is not None}
-    for attr, groups in attributes.items():
-        paths.append(group_bars(groups, f"{title}: accuracy by {attr}", outdir / f"groups_{_file_safe(attr)}.png"))
-    for name, matrix in (result.get("target_success") or {}).items():
-        rates = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
-        paths.append(target_success_heatmap(rates, names, f"{title} — {name}: every target",
-                                            outdir / f"target_success_{_file_safe(name)}.png"))
-    return paths
+def accuracy_curves(x: list[float], curves: dict[str, list[float | None]], title: str, path: str | Path, *,
+                    xlabel: str = "attack budget ε", ylabel: str = "accuracy") -> Path:
+    """Accuracy against a grid (e.g. the speech paper's AUC_acc, §3 Eq. 1): one line with
+    markers per curve on a linear x axis, y in [0, 1]; a ``None`` point is left out."""
+    plt = _pyplot()
+    if not curves:
+        raise ValueError("curves: need at least one curve, got none")
+    for name, values in curves.items():
+        if len(values) != len(x):
+            raise ValueError(f"curves[{name!r}]: need {len(x)} values, got {len(values)}")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for s, (name, values) in enumerate(curves.items()):
+        have = [i for i, v in enumerate(values) if v is not None]
+        ax.plot([x[i] for i in have], [values[i] for i in have], marker="o", color=f"C{s}", label=name)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)

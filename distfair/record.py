@@ -14,15 +14,17 @@ is in fields, never in a name to parse:
 
   ``split``: ``train``, ``val`` or ``test``; ``evaluation``: ``clean``, an ``eval.attacks``
   entry name, ``train_attack`` (the per-epoch validation under the cheap training attack)
-  or null (training values, timings); ``metric``: the evaluation's own metric name (``acc``
+  or null (training values, timings, and the evaluation summaries' metrics that span
+  evaluations, e.g. ``auc_acc``); ``metric``: the evaluation's own metric name (``acc``
   for clean and attacked accuracy alike); subgroup metrics carry ``attribute`` (and
   ``group`` for ``group_acc``), ensemble stages carry ``stage`` (metric-safe names, as in
   the MLflow keys); ``epoch`` is set on per-epoch rows and null on final ones; ``step`` is
   the MLflow step; ``mlflow_key`` the MLflow metric name and ``mlflow_aliases`` the other
   names the same value is logged under (the primary evaluation attack is logged bare too).
   Besides the rows: class names, the evaluations, and per test evaluation its per-class
-  accuracies, confusion matrix, subgroup report, targeted success rates and abstentions; self-checks,
-  tags and evaluation errors.
+  accuracies, confusion matrix and abstentions; every evaluation summary's document under
+  ``summaries`` (subgroup reports, targeted success rates, self-checks, ...); the
+  summaries' findings (``checks``), tags and evaluation errors.
 * **configuration record** (:func:`configuration_record`, artifact
   ``configuration_result.json`` of the parent run): the seeds, and one *entry* per row
   identity (split, evaluation, metric, attribute, group, stage, epoch) with the value of
@@ -42,9 +44,12 @@ import numbers
 from collections.abc import Mapping, Sequence
 
 from distfair import __version__
+from distfair.evaluation.summaries import nested_families
 from distfair.metrics import summarize
 
-SCHEMA_VERSION = 1
+#: 2: the evaluation summaries' documents under ``summaries`` (1 had ``subgroups`` and
+#: ``target_success`` at the top) and their cross-evaluation metrics as rows
+SCHEMA_VERSION = 2
 SEED_RECORD_NAME = "result.json"
 CONFIGURATION_RECORD_NAME = "configuration_result.json"
 #: the per-epoch validation under the training attack (``val_robust_acc`` & co. with step=epoch)
@@ -55,9 +60,9 @@ STATS = ("mean", "std", "min", "max", "ci95_low", "ci95_high")
 _EPOCH_VAL = {"val_clean_acc": ("clean", "acc"), "val_robust_acc": (TRAIN_ATTACK, "acc"),
               "val_sym": (TRAIN_ATTACK, "sym_loss"), "val_soft_sym": (TRAIN_ATTACK, "soft_sym_loss"),
               "val_asym_gap": (TRAIN_ATTACK, "max_asym_gap")}
-#: metric families whose keys nest ``<family>/<field>[/<field>]`` inside an evaluation's dict
-_NESTED = {"group_acc": ("attribute", "group"), "group_gap": ("attribute",), "max_group_asym": ("attribute",),
-           "group_rejection": ("attribute", "group"), "stage_acc": ("stage",)}
+#: metric families whose keys nest ``<family>/<field>[/<field>]`` (an ensemble's stages, and
+#: the families every evaluation summary declares: ``group_acc/<attr>/<group>``, ...)
+_NESTED = {"stage_acc": ("stage",), **nested_families()}
 #: timings of the final step: metric -> split
 _TIMINGS = {"train_time_s": "train", "val_time_s": "val", "eval_time_s": "test"}
 
@@ -118,6 +123,19 @@ def evaluation_rows(split: str, per_eval: Mapping[str, Mapping], primary: str | 
     return rows
 
 
+def summary_rows(summary_metrics: Mapping[str, Mapping], *, step: int) -> list[dict]:
+    """Rows of the evaluation summaries' cross-evaluation metrics (``{"test": {...}, "val":
+    {...}}``): ``evaluation`` null, the key's family as ``metric`` with its nested fields;
+    logged bare on the test split and ``val_<key>`` on the validation split."""
+    rows = []
+    for split, metrics in summary_metrics.items():
+        for key, value in (metrics or {}).items():
+            family, fields = _fields(key)
+            rows.append(_row(split, None, family, value, step=step, key=key if split == "test" else f"val_{key}",
+                             **fields))
+    return rows
+
+
 def history_rows(history: Sequence[Mapping]) -> list[dict]:
     """Rows of the per-epoch curves (``step = epoch``): training values on split ``train``
     (``train_<m>`` as metric ``<m>``; ``lr``, ``defense_*``, ``epoch_time_s`` as they are),
@@ -147,6 +165,7 @@ def seed_record(result: Mapping) -> dict:
     rows = history_rows(history)
     rows += evaluation_rows("val", result.get("val_per_eval") or {}, primary, step=step)
     rows += evaluation_rows("test", result.get("per_eval") or {}, primary, step=step)
+    rows += summary_rows(result.get("summary_metrics") or {}, step=step)
     for metric, value in (result.get("timings") or {}).items():
         rows.append(_row(_TIMINGS.get(metric), None, metric, value, step=step, key=metric))
     return {
@@ -157,9 +176,9 @@ def seed_record(result: Mapping) -> dict:
         "per_class_acc": {"test": dict(result.get("per_class_acc") or {})},
         "confusion_matrices": {"rows": "true class", "columns": "predicted class",
                                "test": dict(result.get("confusion") or {})},
-        "subgroups": {"test": dict(result.get("subgroups") or {})},
-        "target_success": {"rows": "true class", "columns": "target class",
-                           "test": dict(result.get("target_success") or {})},
+        # every evaluation summary's document (the seed run's artifact of the same content)
+        "summaries": {name: {"artifact": s["artifact"], "test": s["document"]}
+                      for name, s in (result.get("summaries") or {}).items()},
         # a predictor that can abstain: per evaluation the abstentions per true class and the rates
         "abstentions": {"test": dict(result.get("abstentions") or {})},
         "checks": list(result.get("checks") or []), "tags": dict(result.get("tags") or {}),
@@ -259,8 +278,9 @@ SEED_RECORD_SCHEMA = {
             "type": "object", "additionalProperties": {"type": "array", "items": _NULLABLE_NUM}}},
         "confusion_matrices": {"type": "object", "properties": {"test": {"type": "object", "additionalProperties": {
             "type": "array", "items": {"type": "array", "items": {"type": "integer"}}}}}},
-        "subgroups": {"type": "object", "description": "evaluation -> subgroup report (subgroups.json)"},
-        "target_success": {"type": "object", "description": "'every target' entries: K x K success rates"},
+        "summaries": {"type": "object", "description": "evaluation summary -> {artifact: its file on the seed "
+                      "run, test: its document} (subgroups, target_success, self_checks, auc_acc, ...)",
+                      "additionalProperties": {"type": "object", "required": ["artifact", "test"]}},
         "abstentions": {"type": "object", "description": "abstaining predictors: abstained, per_class_rejection"},
         "checks": {"type": "array", "items": {"type": "object"}},
         "tags": {"type": "object", "additionalProperties": {"type": "string"}},

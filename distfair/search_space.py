@@ -39,6 +39,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from distfair.evaluation.summaries import nested_families
+
 STATS = ("mean", "std", "min", "max", "median", "mean_minus_std", "mean_plus_std", "ci95_low", "ci95_high")
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 DIM_TYPES = ("float", "int", "categorical")
@@ -51,10 +53,11 @@ VAL_PREFIX = "val_"
 #: metrics of training itself (neither validation nor test)
 _TRAINING_PREFIXES = ("train_", "defense_")
 _TRAINING_NAMES = ("lr", "epoch_time_s", "train_time_s", "val_time_s", "eval_time_s")
-#: further per-evaluation metrics: the bipartition audit, targeted success (targeted entries),
-#: and families named by the configuration (subgroup attributes/groups, ensemble stages)
-_EVAL_EXTRA = ("max_bipartition_asym", "target_success_rate")
-_EVAL_NESTED = ("group_acc/", "group_gap/", "max_group_asym/", "stage_acc/")
+#: further metrics: the evaluation summaries' families (``distfair.evaluation.summaries``: the
+#: bipartition audit, targeted success, subgroup families named by the configuration, AUC_acc,
+#: ...) and ensemble stages; a family with fields nests exactly those (``group_gap/<attr>``)
+_EVAL_EXTRA = tuple(f for f, fields in nested_families().items() if not fields)
+_EVAL_NESTED = ("stage_acc/", *(f"{f}/" for f, fields in nested_families().items() if fields))
 
 
 @dataclass(frozen=True)

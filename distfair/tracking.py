@@ -6,10 +6,11 @@ Record layout of one configuration (``distfair run``):
   every metric its children report ``<name>_mean``, ``<name>_std`` (ddof=1), ``<name>_min``,
   ``<name>_max``, ``<name>_ci95_low``/``_high`` plus ``n_seeds``;
 * one **child run per seed** (tag ``mlflow.parentRunId``), param ``seed``, per-epoch training
-  curves with ``step=epoch``, the final metrics (subgroup metrics included), self-check tags
-  ``distfair.check.*``, and artifacts: confusion matrices, per-class accuracies, subgroup
-  reports, targeted success rates (JSON), per-sample robust flags (.npz), the figures under
-  ``plots/`` (PNG) and the final checkpoint;
+  curves with ``step=epoch``, the final metrics (the evaluation summaries' included),
+  self-check tags ``distfair.check.*``, and artifacts: confusion matrices, per-class
+  accuracies, each evaluation summary's document (subgroup reports, targeted success rates,
+  self-checks, ...; JSON), per-sample robust flags (.npz), the figures under ``plots/`` (PNG)
+  and the final checkpoint;
 * the versioned result records of ``distfair.record``: ``result.json`` on each seed run,
   ``configuration_result.json`` on the parent.
 
@@ -188,14 +189,15 @@ class SeedRunLogger:
         _log(self.client, self.run_id, metrics=_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch))
 
     def log_result(self, result: dict, *, title: str) -> None:
-        """Final metrics, self-check tags and artifacts of a ``SeedResult.to_dict()``; marks
-        the run FINISHED. Artifacts: confusion matrices, per-class accuracies, subgroup
-        reports (incl. the worst bipartition) and targeted success matrices as JSON (with an
-        abstaining predictor, ``confusion_matrices.json`` adds ``abstained``, the abstentions per
-        true class that are in no cell, and ``per_class_acc.json`` ``per_class_rejection``), the
-        per-sample robust flags (.npz), every figure of ``distfair.plots.seed_figures`` under
-        ``plots/``, and the final checkpoint."""
-        from distfair.plots import seed_figures
+        """Final metrics, tags and artifacts of a ``SeedResult.to_dict()``; marks the run
+        FINISHED. Artifacts: ``confusion_matrices.json`` and ``per_class_acc.json`` (with an
+        abstaining predictor the abstentions per true class, in no cell, and
+        ``per_class_rejection``), the document of every evaluation summary under its own name
+        (``subgroups.json``, ``target_success.json``, ``self_checks.json``, ...), the result
+        record ``result.json``, the per-sample robust flags (.npz), every figure of
+        ``distfair.evaluation.figures.seed_figures`` under ``plots/``, and the final
+        checkpoint. The summaries' findings become tags ``distfair.check.<id>``."""
+        from distfair.evaluation.figures import seed_figures
 
         _log(self.client, self.run_id, metrics=_metrics(result["metrics"], step=len(result["history"])))
         found = result.get("checks") or []
@@ -208,8 +210,7 @@ class SeedRunLogger:
             "confusion_matrices.json": {"rows": "true class", "columns": "predicted class",
                                         "class_names": result["class_names"], "matrices": result["confusion"]},
             "per_class_acc.json": {"class_names": result["class_names"], "per_class_acc": result["per_class_acc"]},
-            "subgroups.json": result.get("subgroups") or {},
-            "self_checks.json": found,
+            **{s["artifact"]: s["document"] for s in (result.get("summaries") or {}).values()},
             # the versioned result record: every value above, with its meaning in fields
             result_record.SEED_RECORD_NAME: result_record.seed_record(result),
         }
@@ -218,10 +219,6 @@ class SeedRunLogger:
                 name: v["abstained"] for name, v in result["abstentions"].items()}
             documents["per_class_acc.json"]["per_class_rejection"] = {
                 name: v["per_class_rejection"] for name, v in result["abstentions"].items()}
-        if result.get("target_success"):
-            documents["target_success.json"] = {"rows": "true class", "columns": "target class",
-                                                "class_names": result["class_names"],
-                                                "rates": result["target_success"]}
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             for filename, document in documents.items():
@@ -310,8 +307,10 @@ def finished_seed_records(uri: str, experiment_id: str, parent_run_id: str) -> d
     return out
 
 
-def seed_checkpoints(uri: str, run_id: str, seeds: list[int], dest: Path) -> dict[int, Path]:
-    """Local copies of the final checkpoints ``train.init_from`` names by run id.
+def seed_checkpoints(uri: str, run_id: str, seeds: list[int], dest: Path, *,
+                     key: str = "train.init_from") -> dict[int, Path]:
+    """Local copies of the final checkpoints a configuration key (``train.init_from``,
+    ``defense.teacher``) names by run id.
 
     A seed run gives its own checkpoint to every seed; a configuration run gives each seed the
     checkpoint of its child run with the same seed. Raises ValueError saying what is missing.
@@ -322,7 +321,7 @@ def seed_checkpoints(uri: str, run_id: str, seeds: list[int], dest: Path) -> dic
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
-        raise ValueError(f"train.init_from: {run_id!r} is neither a file nor a run in {uri}") from err
+        raise ValueError(f"{key}: {run_id!r} is neither a file nor a run in {uri}") from err
 
     def fetch(source_id: str) -> Path:
         target = dest / source_id
@@ -330,13 +329,13 @@ def seed_checkpoints(uri: str, run_id: str, seeds: list[int], dest: Path) -> dic
         try:
             return Path(client.download_artifacts(source_id, "checkpoint/last.pt", str(target)))
         except (MlflowException, OSError) as err:
-            raise ValueError(f"train.init_from: run {source_id} has no checkpoint/last.pt artifact") from err
+            raise ValueError(f"{key}: run {source_id} has no checkpoint/last.pt artifact") from err
 
     if run.data.tags.get(TAG_ROLE) == "configuration":
         children = seed_run_states(uri, run.info.experiment_id, run_id)
         missing = [s for s in seeds if children.get(s, (None, None))[1] != "FINISHED"]
         if missing:
-            raise ValueError(f"train.init_from: configuration run {run_id} has no finished seed run for seeds "
+            raise ValueError(f"{key}: configuration run {run_id} has no finished seed run for seeds "
                              f"{missing} (it has {sorted(s for s, (_, st) in children.items() if st == 'FINISHED')})")
         return {s: fetch(children[s][0]) for s in seeds}
     path = fetch(run_id)

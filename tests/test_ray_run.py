@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from distfair import tracking
+from distfair import record, tracking
 
 
 pytestmark = pytest.mark.ray
@@ -117,7 +117,7 @@ def test_shipped_quickstart_runs_end_to_end(tmp_path):
     for child in children:
         with open(client.download_artifacts(child.info.run_id, "result.json", str(tmp_path / child.info.run_id))) as f:
             doc = json.load(f)
-        assert doc["schema_version"] == 1 and doc["seed"] == int(child.data.params["seed"])
+        assert doc["schema_version"] == record.SCHEMA_VERSION and doc["seed"] == int(child.data.params["seed"])
         logged = [r for r in doc["values"] if r["value"] is not None]
         assert {k for r in logged for k in [r["mlflow_key"], *r["mlflow_aliases"]]} == set(child.data.metrics)
         for r in logged:

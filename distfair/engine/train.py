@@ -35,6 +35,7 @@ from distfair.attacks import build_attack
 from distfair.data import DataBundle, build_dataset
 from distfair.defenses import Defense, DefenseContext, build_defense
 from distfair.evaluation import confusion_counts, final_evaluation, validation_evaluation
+from distfair.evaluation.summaries import SummaryDocuments
 from distfair.metrics import symmetry_loss
 from distfair.models import build_model, unwrap_model
 from distfair.seeding import generator, rng_state, seed_everything, set_rng_state
@@ -44,7 +45,7 @@ EpochCallback = Callable[[int, dict, "Path | None"], None]
 
 
 @dataclass
-class SeedResult:
+class SeedResult(SummaryDocuments):
     seed: int
     metrics: dict[str, float | None]
     confusion: dict[str, list[list[int]]]                 # "clean" and each eval attack name
@@ -53,9 +54,10 @@ class SeedResult:
     class_names: list[str]
     final_model_path: str | None       # the last epoch checkpoint (model, optimiser, RNG, ...)
     param_fingerprints: list[str] = field(default_factory=list)   # one per DDP rank
-    subgroups: dict[str, dict] = field(default_factory=dict)       # evaluation -> subgroup report
-    target_success: dict[str, list] = field(default_factory=dict)  # "every target" entries: K x K rates
-    checks: list[dict] = field(default_factory=list)               # self-check findings
+    # evaluation summaries (distfair.evaluation.summaries): name -> {"artifact": file name,
+    # "document": JSON} (subgroup reports, targeted success rates, self-checks, AUC_acc, ...)
+    summaries: dict[str, dict] = field(default_factory=dict)
+    checks: list[dict] = field(default_factory=list)               # the summaries' findings (self-checks)
     flags_path: str | None = None                                  # per-sample robust flags (.npz)
     evaluations: list[dict] = field(default_factory=list)          # eval.attacks: name, attack, target
     eval_errors: dict[str, str] = field(default_factory=dict)      # failed evaluation -> error (no metrics)
@@ -67,7 +69,9 @@ class SeedResult:
     # the test evaluations' and the validation pass's metric dicts, the timings of the final step
     config: dict = field(default_factory=dict)
     per_eval: dict[str, dict] = field(default_factory=dict)        # "clean" and each entry -> metrics
-    val_per_eval: dict[str, dict] = field(default_factory=dict)    # "clean" and the primary entry
+    val_per_eval: dict[str, dict] = field(default_factory=dict)    # "clean", the primary entry (and grid entries)
+    # the summaries' metrics across evaluations per split ("test" logged bare, "val" as val_<m>)
+    summary_metrics: dict[str, dict] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)        # train_time_s, val_time_s, eval_time_s
 
     def to_dict(self) -> dict:
@@ -287,7 +291,8 @@ def save_checkpoint(run: SeedTraining, epoch: int) -> Path | None:
         return None
     state = {"seed": run.seed, "epoch": epoch, "model": run.model.state_dict(),
              "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng_state(),
-             "history": run.history, "model_name": run.cfg["model"]["name"], "num_classes": run.data.num_classes,
+             "history": run.history, "model_name": run.cfg["model"]["name"], "model_config": dict(run.cfg["model"]),
+             "num_classes": run.data.num_classes,
              "in_shape": tuple(run.data.in_shape), "defense": defense_states}
     tmp = run.workdir / (CHECKPOINT_NAME + ".tmp")
     torch.save(state, tmp)
@@ -415,7 +420,10 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
         return None
     metrics = metric_record(final.per_eval["clean"], [(e["name"], final.per_eval[e["name"]])
                                                       for e in cfg["eval"]["attacks"]])
-    metrics.update(validation_record(val_final, cfg["eval"]["attacks"][0]["name"] if cfg["eval"]["attacks"] else None))
+    metrics.update(final.metrics)
+    metrics.update(validation_record(val_final.per_eval,
+                                     cfg["eval"]["attacks"][0]["name"] if cfg["eval"]["attacks"] else None))
+    metrics.update({f"val_{k}": v for k, v in val_final.metrics.items()})
     metrics["val_time_s"] = val_time
     metrics["train_time_s"] = float(sum(h["epoch_time_s"] for h in history))
     metrics["eval_time_s"] = final.eval_time_s
@@ -423,9 +431,9 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
     return SeedResult(
         seed=seed, metrics=metrics, confusion=final.confusion, per_class_acc=final.per_class_acc,
         history=history, class_names=list(data.class_names), final_model_path=str(run.checkpoint_path),
-        param_fingerprints=fingerprints, subgroups=final.subgroups, target_success=final.target_success,
-        checks=final.checks, flags_path=final.flags_path, eval_errors=final.errors, tags=final.tags,
-        abstentions=final.abstentions,
+        param_fingerprints=fingerprints, summaries=final.summaries, checks=final.checks, flags_path=final.flags_path,
+        eval_errors=final.errors, tags=final.tags, abstentions=final.abstentions,
         evaluations=[{"name": e["name"], "attack": e["attack"], "target": e.get("target")}
                      for e in cfg["eval"]["attacks"]],
-        config=cfg, per_eval=final.per_eval, val_per_eval=val_final, timings=timings)
+        config=cfg, per_eval=final.per_eval, val_per_eval=val_final.per_eval, timings=timings,
+        summary_metrics={"test": final.metrics, "val": val_final.metrics})

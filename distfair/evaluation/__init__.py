@@ -1,25 +1,33 @@
 """Evaluation of a trained model: plain PyTorch, DDP-aware, no Ray and no MLflow.
 
 - ``predict.py``: the predict step (``Predictor``: a class or an abstention, ``ABSTAIN`` = -1,
-  and a score per sample; default arg-max), per-sample predictions and confusion counts, clean and under attack,
-  sharded over DDP ranks (also SpecNorm's per-epoch confusion matrix and the engine's
-  per-epoch validation metrics).
+  and a score per sample; default arg-max), per-sample predictions and confusion counts,
+  clean and under attack, sharded over DDP ranks (also SpecNorm's per-epoch confusion matrix
+  and the engine's per-epoch validation metrics).
 - ``suite.py``: the test-set evaluation of one seed (every ``eval.attacks`` entry, flags,
-  targeted modes, self-checks) and the validation evaluation sweeps select on.
+  targeted modes) and the validation evaluation sweeps select on; each evaluation yields its
+  per-sample records and core metrics (``entry_result``).
+- ``summaries/``: the evaluation summaries, plug-ins that read every evaluation's records
+  (subgroup fairness, targeted success, self-checks, AUC_acc over a budget grid, ...): one
+  module and one registry line each, shared contract tests.
 - ``subgroups.py``: ``eval.subgroups`` resolved against a dataset, and the subgroup report.
-- ``checks.py``: the self-checks (AutoAttack's sanity checks).
+- ``checks.py``: the self-check functions (AutoAttack's sanity checks).
+- ``figures.py``: every figure of a seed run, from its result (the drawing is ``distfair.plots``).
 
-Sits with the other math packages: it imports ``attacks``, ``data``, ``metrics`` and
-``distfair.seeding``, never the engine, the configuration, Ray or MLflow
+Sits with the other math packages: it imports ``attacks``, ``data``, ``metrics``, ``plots``
+and ``distfair.seeding``, never the engine, the configuration, Ray or MLflow
 (``tests/test_import_direction.py``).
 """
 from distfair.evaluation import checks
 from distfair.evaluation.predict import (ABSTAIN, ArgmaxPredictor, EvaluationError, Predictions, Predictor,
                                          confusion_counts, predict, predict_dataset, shard)
 from distfair.evaluation.subgroups import Grouping, metric_safe, resolve_groupings, subgroup_report
-from distfair.evaluation.suite import (FinalEvaluation, build_eval_attack, evaluation_metrics, final_evaluation,
-                                       validation_evaluation)
+from distfair.evaluation.suite import (EvaluationMetrics, FinalEvaluation, ValidationEvaluation, build_eval_attack,
+                                       entry_result, evaluation_metrics, final_evaluation, validation_evaluation)
+from distfair.evaluation.summaries import SUMMARIES, EntryResult, Summary, SummaryContext, SummaryOutput
 
-__all__ = ["ABSTAIN", "ArgmaxPredictor", "EvaluationError", "Predictor", "predict", "FinalEvaluation", "Grouping", "Predictions", "build_eval_attack", "checks",
-           "confusion_counts", "evaluation_metrics", "final_evaluation", "metric_safe", "predict_dataset",
+__all__ = ["ABSTAIN", "ArgmaxPredictor", "EntryResult", "EvaluationError", "EvaluationMetrics", "FinalEvaluation",
+           "Grouping", "Predictions", "Predictor", "SUMMARIES", "Summary", "SummaryContext", "SummaryOutput",
+           "ValidationEvaluation", "build_eval_attack", "checks", "confusion_counts", "entry_result",
+           "evaluation_metrics", "final_evaluation", "metric_safe", "predict", "predict_dataset",
            "resolve_groupings", "shard", "subgroup_report", "validation_evaluation"]

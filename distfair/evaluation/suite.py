@@ -1,8 +1,10 @@
 """The evaluation suite of one trained model: :func:`final_evaluation` on the test set, clean
-and under every ``eval.attacks`` entry, with per-sample flags, ensembles' stages, targeted
-modes, subgroup fairness (``subgroups.py``) and the self-checks (``checks.py``); and
-:func:`validation_evaluation`, the same metric set on the validation split (what sweeps select
-on). Plain PyTorch, DDP-aware (sharded over ranks by ``predict.py``, merged by all-reduce), no
+and under every ``eval.attacks`` entry, with per-sample flags, ensembles' stages and targeted
+modes; and :func:`validation_evaluation`, the same metric set on the validation split (what
+sweeps select on). Each evaluation gives its per-sample records and core metrics
+(:func:`entry_result`); everything that spans evaluations or groups (subgroup fairness,
+targeted success, the self-checks, AUC_acc over a budget grid) is a summary plug-in of
+``summaries/``, run over all of them. Plain PyTorch, DDP-aware (sharded over ranks by ``predict.py``, merged by all-reduce), no
 Ray, no MLflow. The engine (``distfair.engine.train``) calls it at the end of training.
 """
 from __future__ import annotations
@@ -16,14 +18,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from distfair.attacks import Attack, build_attack
 from distfair.attacks.autoattack import pin_versions
 from distfair.data import DataBundle
-from distfair.evaluation import checks
 from distfair.evaluation.predict import Predictions, Predictor, predict_dataset
-from distfair.evaluation.subgroups import METADATA, metric_safe, resolve_groupings, subgroup_report
+from distfair.evaluation.subgroups import METADATA, metric_safe, resolve_groupings
+from distfair.evaluation.summaries import (EntryResult, SummaryContext, SummaryDocuments, run_summaries,
+                                           validation_entries)
 from distfair.metrics import fairness_metrics
 from distfair.seeding import generator
 
@@ -35,17 +37,20 @@ ENTRY_KEYS = ("name", "attack", "target")
 
 
 @dataclass
-class FinalEvaluation:
+class FinalEvaluation(SummaryDocuments):
     per_eval: dict[str, dict]                      # "clean" and each entry name -> metric dict
     confusion: dict[str, list[list[int]]]
     per_class_acc: dict[str, list[float | None]]
-    subgroups: dict[str, dict]                     # evaluation name -> subgroup report (JSON-able)
-    target_success: dict[str, list[list[float | None]]] = field(default_factory=dict)
-    checks: list[dict] = field(default_factory=list)
+    #: the summaries' metrics across evaluations (``auc_acc``, ``defense_parity/<attr>``, ...)
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    #: summary name -> {"artifact": file name, "document": JSON} (``summaries/``)
+    summaries: dict[str, dict] = field(default_factory=dict)
+    checks: list[dict] = field(default_factory=list)          # every summary's findings
     flags_path: str | None = None
     eval_time_s: float = 0.0
     #: evaluation name -> "ExceptionType: message" for an evaluation that failed (its metrics are
-    #: absent: ``per_eval[name] == {}``); the other evaluations and the artifacts still land
+    #: absent: ``per_eval[name] == {}``) or a summary that failed (``summaries.<name>``); the other
+    #: evaluations and the artifacts still land
     errors: dict[str, str] = field(default_factory=dict)
     #: run tags for the seed run: ``distfair.autoattack_version.<entry>[.<member>]`` (the
     #: version every batch and rank ran) and ``distfair.eval_error.<entry>`` (see ``errors``)
@@ -74,65 +79,10 @@ def build_eval_attack(entry: dict, data: DataBundle) -> tuple[Attack, int | str 
     return build_attack(entry["attack"], bounds=data.bounds, **options), target
 
 
-def black_box_stages(attack: Attack) -> set[str]:
-    """Labels of an ensemble's black-box stages (empty for a plain attack)."""
-    marked = getattr(attack, "black_box_stages", None)
-    if callable(marked):
-        marked = marked()
-    if isinstance(marked, dict):
-        return {k for k, v in marked.items() if v}
-    return set(marked or ())
-
-
-def _success_rates(success: torch.Tensor, labels: torch.Tensor, k: int) -> list[list[float | None]]:
-    per_class = torch.bincount(labels, minlength=k).double()
-    rates = success.double() / per_class.clamp(min=1)[:, None]
-    return [[None if i == j or per_class[i] == 0 else float(rates[i, j]) for j in range(k)] for i in range(k)]
-
-
-def _self_checks(model, data: DataBundle, results: dict[str, Predictions], attacks: dict[str, Attack],
-                 per_eval: dict[str, dict], device, batch_size: int) -> list[dict]:
-    found = checks.robust_above_clean(per_eval["clean"]["acc"],
-                                      {n: per_eval[n]["acc"] for n in attacks})
-    if attacks:
-        x, y = next(iter(DataLoader(data.test, batch_size=batch_size, shuffle=False)))
-        found += checks.zero_gradients(checks.zero_gradient_fraction(model, x.to(device), y.to(device)), len(y))
-    white, black = [], {}
-    for name, attack in attacks.items():
-        pred = results[name]
-        if attack.black_box:
-            black[name] = pred.correct
-            continue
-        bb = black_box_stages(attack)
-        stages = list(pred.stages.items())
-        for i, (label, flags) in enumerate(stages):
-            if label in bb:     # broken at this stage = robust before it, not after it
-                before = stages[i - 1][1] if i else results["clean"].correct
-                black[f"{name}:{label}"] = ~(before & ~flags)
-            else:
-                white.append(flags)
-        if not bb:
-            white.append(pred.correct)
-    found += checks.black_box_beats_white_box(results["clean"].correct, white, black)
-    return found
-
-
-@dataclass
-class EvaluationMetrics:
-    """What one evaluation (clean or one ``eval.attacks`` entry) reports, from its predictions."""
-    metrics: dict[str, float | None]               # fairness metrics, subgroup metrics, success, stages
-    counts: torch.Tensor                           # K×K confusion counts
-    per_class_acc: list[float | None]
-    subgroups: dict                                # the JSON subgroup report
-    target_success: list[list[float | None]] | None = None   # "every target" entries: K×K rates
-    abstained: list[int] | None = None             # (K,) abstentions per true class (can_abstain only)
-    per_class_rejection: list[float | None] | None = None
-
-
-def evaluation_metrics(pred: Predictions, k: int, groupings: list, class_names: list[str],
-                       target: int | str | None, *, clean: bool = False) -> EvaluationMetrics:
-    """Metrics of one evaluation from its per-sample predictions (shared by the test-set
-    evaluation and the end-of-training validation pass, so both report the same things).
+def entry_result(name: str, pred: Predictions, k: int, target: int | str | None, *, spec: dict | None = None,
+                 attack: Attack | None = None) -> EntryResult:
+    """The records and core metrics of one evaluation (clean when ``name == "clean"``) from its
+    per-sample predictions: what every summary reads (``summaries/_base.py``).
 
     A fixed target class (``target`` an int) is not attacked: its samples are left clean, so
     their row would be clean accuracy among attacked rows. That row is treated as absent
@@ -146,11 +96,11 @@ def evaluation_metrics(pred: Predictions, k: int, groupings: list, class_names: 
     cell of ``counts``; it counts as not correct in ``acc``, in ``per_class_acc`` (correct /
     all samples of the class) and in the subgroup accuracies. Added keys, only then:
     ``rejection_rate`` (fraction of the evaluation's samples abstained on; of all samples,
-    as ``acc``, for a fixed target), ``group_rejection/<attr>/<group>``, and on the clean
-    evaluation (``clean=True``) ``false_rejection_rate``: the fraction of clean samples
-    rejected (every clean sample is benign, so every rejection of one is false: the speech
-    paper's FPR of a rejection defense at its operating point, §4.3). The per-class
-    rejection rates go to ``per_class_rejection`` (an artifact, as ``per_class_acc``).
+    as ``acc``, for a fixed target) and on the clean evaluation ``false_rejection_rate``:
+    the fraction of clean samples rejected (every clean sample is benign, so every rejection
+    of one is false: the speech paper's FPR of a rejection defense at its operating point,
+    §4.3). The per-class rejection rates go to ``per_class_rejection`` (an artifact, as
+    ``per_class_acc``). Ensembles add ``stage_acc/<member>``.
     """
     counts = pred.counts(k)
     abstained = pred.abstained_counts(k) if pred.can_abstain else None
@@ -165,43 +115,87 @@ def evaluation_metrics(pred: Predictions, k: int, groupings: list, class_names: 
         metrics["acc"] = float(pred.correct.double().mean())
         if abstained is not None:
             metrics["rejection_rate"] = float(pred.abstained.double().mean())
-    if abstained is not None and clean:
+    if abstained is not None and name == "clean":
         metrics["false_rejection_rate"] = metrics["rejection_rate"]
     per_class = metrics.pop("per_class_acc")
     per_class_rejection = metrics.pop("per_class_rejection", None)
-    group_metrics, report = subgroup_report(
-        groupings, counts.numpy(), pred.correct.numpy(), class_names, included=included,
-        abstained=None if abstained is None else abstained.numpy(),
-        rejected=None if abstained is None else pred.abstained.numpy())
-    metrics.update(group_metrics)
-    success = None
-    if pred.target_success is not None:
-        success = _success_rates(pred.target_success, pred.labels, k)
-        metrics["target_success_rate"] = float(pred.target_success.sum()) / float(len(pred.labels) * (k - 1))
-    elif isinstance(target, int):
-        aimed = pred.labels != target
-        metrics["target_success_rate"] = float((pred.preds[aimed] == target).double().mean()) \
-            if aimed.any() else None
     for label, flags in pred.stages.items():
         metrics[f"stage_acc/{label}"] = float(flags.double().mean())
-    return EvaluationMetrics(metrics, counts, per_class, report, success,
-                             None if abstained is None else abstained.tolist(), per_class_rejection)
+    return EntryResult(name=name, spec=spec, target=target, predictions=pred, included=included, counts=counts,
+                       abstained=abstained, metrics=metrics, per_class_acc=per_class,
+                       per_class_rejection=per_class_rejection, attack=attack)
+
+
+@dataclass
+class EvaluationMetrics:
+    """What one evaluation (clean or one ``eval.attacks`` entry) reports, from its predictions."""
+    metrics: dict[str, float | None]               # core metrics + the summaries' metrics of this evaluation
+    counts: torch.Tensor                           # K×K confusion counts
+    per_class_acc: list[float | None]
+    subgroups: dict                                # the JSON subgroup report
+    target_success: list[list[float | None]] | None = None   # "every target" entries: K×K rates
+    abstained: list[int] | None = None             # (K,) abstentions per true class (can_abstain only)
+    per_class_rejection: list[float | None] | None = None
+
+
+def evaluation_metrics(pred: Predictions, k: int, groupings: list, class_names: list[str],
+                       target: int | str | None, *, clean: bool = False) -> EvaluationMetrics:
+    """Everything one evaluation reports on its own: :func:`entry_result`'s core metrics plus
+    the metrics the default summaries add to a single evaluation (subgroups, targeted
+    success; not the self-checks, which need the model and the other evaluations)."""
+    name = "clean" if clean else "evaluation"
+    entry = entry_result(name, pred, k, target)
+    ctx = SummaryContext(split="test", entries={name: entry}, groupings=groupings, class_names=list(class_names),
+                         num_classes=k)
+
+    def raise_it(_: str, err: Exception):
+        raise err
+
+    added, _, documents, _ = run_summaries(lambda options: dataclasses.replace(ctx, options=options), None, "test",
+                                           failed=raise_it, with_model=False)
+    success = documents.get("target_success", {}).get("document", {}).get("rates", {}).get(name)
+    return EvaluationMetrics({**entry.metrics, **added.get(name, {})}, entry.counts, entry.per_class_acc,
+                             documents["subgroups"]["document"][name], success,
+                             None if entry.abstained is None else entry.abstained.tolist(),
+                             entry.per_class_rejection)
+
+
+def _entry_metrics(results: dict[str, Predictions], specs: dict[str, dict | None], targets: dict, attacks: dict,
+                   k: int, failed: Callable[[str, Exception], None]) -> dict[str, EntryResult]:
+    entries = {}
+    for name, pred in results.items():
+        try:
+            entries[name] = entry_result(name, pred, k, targets.get(name), spec=specs.get(name),
+                                         attack=attacks.get(name))
+        except Exception as err:
+            failed(name, err)
+    return entries
+
+
+@dataclass
+class ValidationEvaluation:
+    """The validation pass: ``per_eval`` ("clean", the primary entry and any entry a summary
+    needs -> metric dict; ``{}`` for a failed one) and ``metrics``, the summaries' metrics
+    across evaluations (logged ``val_``-prefixed)."""
+    per_eval: dict[str, dict]
+    metrics: dict[str, float | None] = field(default_factory=dict)
 
 
 def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, seed: int, *,
                           device: torch.device, batch_size: int, rank: int = 0, world: int = 1,
                           log: Callable[[str], None] = lambda m: None,
-                          predictor: Predictor | None = None) -> dict[str, dict] | None:
+                          predictor: Predictor | None = None) -> ValidationEvaluation | None:
     """The end-of-training validation pass that sweeps select on (methods.md "Conventions":
     selection uses the validation split carved from the training data, never the test set).
 
     Evaluates ``data.val`` clean and under the *primary* evaluation attack (the first
-    ``eval.attacks`` entry, with its target mode), with the full metric set of the test-set
-    evaluation and the subgroup metrics of ``eval.subgroups`` (class-level attributes, and
-    per-sample attributes the dataset gives for its validation samples; others are skipped
-    with a log line). No flags, figures or self-checks. Returns ``{"clean": metrics,
-    <primary name>: metrics}`` on rank 0 and None elsewhere; every rank must call it.
-    ``predictor``: the predict step (the defense's; default arg-max).
+    ``eval.attacks`` entry, with its target mode), plus the entries that the validation
+    summaries need (``Summary.entries_needed``, e.g. an ``auc_acc`` grid), with the full
+    metric set of the test-set evaluation and the subgroup metrics of ``eval.subgroups``
+    (class-level attributes, and per-sample attributes the dataset gives for its validation
+    samples; others are skipped with a log line), then the summaries that run on ``val``. No
+    flags, figures, documents or self-checks. Returns the result on rank 0 and None
+    elsewhere; every rank must call it. ``predictor``: the predict step (default arg-max).
     """
     k = data.num_classes
     results = {}
@@ -210,8 +204,12 @@ def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: di
                                            rank=rank, world=world, predictor=predictor)
     except Exception as err:
         log(f"seed {seed}: validation: the clean pass failed, its metrics are skipped: {type(err).__name__}: {err}")
+    configured = eval_cfg.get("summaries") or {}
+    needed = validation_entries(configured)
+    chosen = [(i, e) for i, e in enumerate(eval_cfg["attacks"]) if i == 0 or e["name"] in needed]
     targets: dict[str, int | str | None] = {}
-    for i, entry in enumerate(eval_cfg["attacks"][:1]):
+    attacks: dict[str, Attack] = {}
+    for i, entry in chosen:
         try:                       # a failing attack never loses the seed (it fails alike on every rank)
             attack, targets[entry["name"]] = build_eval_attack(entry, data)
             pin_versions(attack, model)
@@ -219,6 +217,7 @@ def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: di
                 model, data.val, k, device=device, batch_size=batch_size, attack=attack,
                 target=targets[entry["name"]], generator=generator(seed, "val-final-attack", i, rank, device=device),
                 rank=rank, world=world, predictor=predictor)
+            attacks[entry["name"]] = attack
         except Exception as err:
             log(f"seed {seed}: validation: {entry['name']!r} failed, its validation metrics are skipped: "
                 f"{type(err).__name__}: {err}")
@@ -236,15 +235,20 @@ def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: di
     except ValueError as err:      # never lose a trained seed to a subgroup definition
         log(f"seed {seed}: validation: subgroups skipped: {err}")
         groupings = []
-    out = {name: {} for name in ["clean", *(e["name"] for e in eval_cfg["attacks"][:1])]}   # {}: failed
+
+    def failed(name: str, err: Exception) -> None:
+        log(f"seed {seed}: validation: {name!r} failed, skipped: {type(err).__name__}: {err}")
+
+    out = ValidationEvaluation({name: {} for name in ["clean", *(e["name"] for _, e in chosen)]})   # {}: failed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for name, pred in results.items():
-            try:
-                out[name] = evaluation_metrics(pred, k, groupings, list(data.class_names), targets.get(name),
-                                               clean=name == "clean").metrics
-            except Exception as err:
-                log(f"seed {seed}: validation: metrics of {name!r} failed, skipped: {type(err).__name__}: {err}")
+        entries = _entry_metrics(results, {e["name"]: e for _, e in chosen}, targets, attacks, k, failed)
+        ctx = SummaryContext(split="val", entries=entries, groupings=groupings, class_names=list(data.class_names),
+                             num_classes=k)
+        added, out.metrics, _, _ = run_summaries(lambda options: dataclasses.replace(ctx, options=options),
+                                                 configured, "val", failed=failed, with_model=False)
+        for name, entry in entries.items():
+            out.per_eval[name] = {**entry.metrics, **added.get(name, {})}
     for w in caught:
         log(f"seed {seed}: validation warning: {w.message}")
     return out
@@ -256,13 +260,19 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
                      predictor: Predictor | None = None) -> FinalEvaluation | None:
     """Evaluate ``model`` on ``data.test``; returns the result on rank 0, None elsewhere.
 
+    Each evaluation (clean, every ``eval.attacks`` entry) yields its per-sample records and
+    core metrics (:func:`entry_result`); then every active summary (``summaries/``: the
+    default ones and those named in ``eval.summaries``) reads them all and adds its metrics,
+    document and findings.
+
     A trained seed is never lost to one evaluation: an exception inside an evaluation (its
     attack, on any rank: ``predict_dataset`` raises it on every rank alike, or its metrics
-    on rank 0) is recorded in ``errors`` and as a ``distfair.eval_error.<name>`` tag, that
-    evaluation's metrics are left out (``per_eval[name] == {}``), and the other evaluations,
-    the self-checks and the flags still land. Every AutoAttack runs one version, fixed once
-    per evaluation (``pin_versions``) and recorded as a ``distfair.autoattack_version.<name>``
-    tag (a member of an ensemble: ``<name>.<member>``).
+    on rank 0) or inside a summary is recorded in ``errors`` and as a
+    ``distfair.eval_error.<name>`` tag (a summary: ``summaries.<name>``), that evaluation's
+    metrics are left out (``per_eval[name] == {}``), and the other evaluations, summaries
+    and the flags still land. Every AutoAttack runs one version, fixed once per evaluation
+    (``pin_versions``) and recorded as a ``distfair.autoattack_version.<name>`` tag (a
+    member of an ensemble: ``<name>.<member>``).
 
     Every prediction goes through ``predictor`` (the defense's ``Defense.predictor()``;
     default arg-max). The flags file holds, per evaluation, the correctness flags (``<name>``,
@@ -311,39 +321,29 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
     except Exception as err:                       # every evaluation still gets its other metrics
         failed("subgroups", err)
         groupings = []
-    per_eval, confusion, per_class, reports, success, abstentions = {}, {}, {}, {}, {}, {}
     with warnings.catch_warnings(record=True) as caught:   # absent test classes: surface once, in the log
         warnings.simplefilter("always")
-        for name, pred in list(results.items()):
-            try:
-                one = evaluation_metrics(pred, k, groupings, list(data.class_names), targets.get(name),
-                                         clean=name == "clean")
-            except Exception as err:
-                failed(name, err)
-                del results[name]
-                attacks.pop(name, None)
-                continue
-            per_eval[name], confusion[name], per_class[name], reports[name] = \
-                one.metrics, one.counts.tolist(), one.per_class_acc, one.subgroups
-            if one.target_success is not None:
-                success[name] = one.target_success
-            if one.abstained is not None:
-                abstentions[name] = {"abstained": one.abstained, "per_class_rejection": one.per_class_rejection}
+        entries = _entry_metrics(results, {e["name"]: e for e in eval_cfg["attacks"]}, targets, attacks, k, failed)
+        ctx = SummaryContext(split="test", entries=entries, groupings=groupings, class_names=list(data.class_names),
+                             num_classes=k, model=model, data=data, device=device, batch_size=batch_size)
+        added, metrics, summaries, found = run_summaries(
+            lambda options: dataclasses.replace(ctx, options=options), eval_cfg.get("summaries"), "test",
+            failed=failed)
     for w in caught:
         log(f"seed {seed}: warning: {w.message}")
-    for name in ["clean", *(e["name"] for e in eval_cfg["attacks"])]:
-        per_eval.setdefault(name, {})              # a failed evaluation: no metrics, its error recorded
-
-    found = []
-    if "clean" in results:                         # the checks compare against the clean evaluation
-        try:
-            found = _self_checks(model, data, results, attacks, per_eval, device, batch_size)
-        except Exception as err:
-            failed("self_checks", err)
+    per_eval = {name: {} for name in ["clean", *(e["name"] for e in eval_cfg["attacks"])]}   # {}: failed
+    confusion, per_class, abstentions = {}, {}, {}
+    for name, entry in entries.items():
+        per_eval[name] = {**entry.metrics, **added.get(name, {})}
+        confusion[name], per_class[name] = entry.counts.tolist(), entry.per_class_acc
+        if entry.abstained is not None:
+            abstentions[name] = {"abstained": entry.abstained.tolist(),
+                                 "per_class_rejection": entry.per_class_rejection}
     for f in found:
         log(f"seed {seed}: self-check warning: {f['message']}")
     flags = {"labels": next(iter(results.values())).labels.numpy()} if results else {}
-    for name, pred in results.items():
+    for name in entries:
+        pred = results[name]
         flags[name] = pred.correct.numpy()
         flags.update({f"{name}:{label}": v.numpy() for label, v in pred.stages.items()})
         flags[f"preds/{name}"] = pred.preds.numpy()
@@ -352,6 +352,6 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
     flags_path = Path(workdir) / FLAGS_NAME
     np.savez_compressed(flags_path, **flags)
     tags.update({TAG_ERROR + metric_safe(name): message[:5000] for name, message in errors.items()})
-    return FinalEvaluation(per_eval=per_eval, confusion=confusion, per_class_acc=per_class, subgroups=reports,
-                           target_success=success, checks=found, flags_path=str(flags_path),
+    return FinalEvaluation(per_eval=per_eval, confusion=confusion, per_class_acc=per_class, metrics=metrics,
+                           summaries=summaries, checks=found, flags_path=str(flags_path),
                            eval_time_s=time.perf_counter() - t0, errors=errors, tags=tags, abstentions=abstentions)

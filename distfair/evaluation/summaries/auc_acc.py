@@ -1,0 +1,136 @@
+"""Accuracy over an attack-budget grid and Defense Parity (speech paper, §3, Eq. 1), a summary
+across evaluations and groups.
+
+Named in ``eval.summaries`` with the ``eval.attacks`` entries that form the grid::
+
+    eval:
+      attacks:
+        - {name: pgd_1e-4, attack: pgd, eps: 0.0001, steps: 100, alpha: 0.00002}
+        - {name: pgd_1e-3, attack: pgd, eps: 0.001, steps: 100, alpha: 0.0002}
+        ...
+      summaries:
+        auc_acc: {entries: [pgd_1e-4, pgd_1e-3, ...]}
+
+Each entry's budget is its ``eps`` option. ``AUC_acc(s) = ∫_{ε_min}^{ε_max} acc_s(ε) dε``
+(Eq. 1) by the trapezoid rule over the entries' budgets on a **linear** ε axis, as the
+paper's integral, not normalised by the range (the paper's Table 1/2 values, at most
+ε_max − ε_min, are of this kind). ``acc_s(ε)`` is Eq. 1's fraction of subgroup s's samples
+classified correctly under the entry's attack: sample-weighted for every attribute (also
+class-level ones, unlike the class-balanced ``group_acc``), an abstention is not correct, and
+a fixed-target entry's own target class (not attacked) is left out.
+
+Metrics (bare on the test split, ``val_``-prefixed from the validation pass, which then also
+evaluates every grid entry): ``auc_acc`` over all samples, ``group_auc_acc/<attr>/<group>``
+per ``eval.subgroups`` group, and ``defense_parity/<attr>``: the largest ``AUC_acc`` difference
+between the groups of one attribute (§3: "the largest difference between subgroups").
+Accuracy Parity, the same on clean accuracy, is ``clean_group_gap/<attr>`` for per-sample
+attributes. A group without samples at some budget has no ``AUC_acc`` (a ``UserWarning``)
+and is left out of the parity. Document ``auc_acc.json``; figure: accuracy against ε per
+attribute.
+"""
+from __future__ import annotations
+
+import numbers
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from distfair.evaluation.subgroups import metric_safe
+from distfair.evaluation.summaries._base import Summary, SummaryContext, SummaryOutput
+
+
+def trapezoid_auc(eps: list[float], acc: list[float]) -> float:
+    """``∫ acc dε`` by the trapezoid rule over ascending ``eps`` (linear axis)."""
+    return float(np.trapezoid(np.asarray(acc, dtype=float), np.asarray(eps, dtype=float)))
+
+
+class AccuracyAUC(Summary):
+    name = "auc_acc"
+    artifact = "auc_acc.json"
+    splits = ("val", "test")
+    default = False
+    families = {"auc_acc": (), "group_auc_acc": ("attribute", "group"), "defense_parity": ("attribute",)}
+
+    @classmethod
+    def check_options(cls, options: dict, entries: list[dict]) -> list[tuple[str, str]]:
+        unknown = [(k, "unknown option; known: entries") for k in options if k != "entries"]
+        names = options.get("entries")
+        if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+            return unknown + [("entries", f"must list at least 2 eval.attacks entry names, got {names!r}")]
+        by_name = {e.get("name"): e for e in entries}
+        problems = []
+        for n in names:
+            if n not in by_name:
+                problems.append(("entries", f"{n!r} is not an eval.attacks entry (entries: "
+                                            f"{', '.join(map(str, by_name))})"))
+            elif not isinstance(by_name[n].get("eps"), numbers.Real) or isinstance(by_name[n].get("eps"), bool):
+                problems.append(("entries", f"entry {n!r} has no numeric eps: its budget on the ε axis"))
+        if len(set(names)) != len(names):
+            problems.append(("entries", f"names an entry twice: {names}"))
+        elif not problems and len({float(by_name[n]["eps"]) for n in names}) != len(names):
+            problems.append(("entries", "two entries have the same eps; the grid needs distinct budgets"))
+        return unknown + problems
+
+    @classmethod
+    def entries_needed(cls, options: dict) -> list[str]:
+        return list(options.get("entries") or [])
+
+    def summarize(self, ctx: SummaryContext) -> SummaryOutput:
+        names = list(ctx.options["entries"])
+        missing = [n for n in names if n not in ctx.entries]
+        if missing:
+            raise ValueError(f"the grid entries {missing} have no results (failed or not evaluated); "
+                             "AUC_acc needs every budget")
+        grid = sorted(((float(ctx.entries[n].spec["eps"]), n) for n in names))
+        eps = [e for e, _ in grid]
+        entries = [ctx.entries[n] for _, n in grid]
+        acc = [float(e.robust[e.members].mean()) if e.members.any() else None for e in entries]
+        out = SummaryOutput()
+        doc = {"eps": eps, "entries": [n for _, n in grid], "axis": "linear", "acc": acc,
+               "auc_acc": None if None in acc else trapezoid_auc(eps, acc), "attributes": {}}
+        out.metrics["auc_acc"] = doc["auc_acc"]
+        for grouping in ctx.groupings:
+            attr = metric_safe(grouping.attribute)
+            groups, aucs = {}, {}
+            for g, group in enumerate(grouping.names):
+                curve = []
+                for e in entries:
+                    members = e.members & (e.groups(grouping) == g)
+                    curve.append(float(e.robust[members].mean()) if members.any() else None)
+                auc = None if None in curve else trapezoid_auc(eps, curve)
+                groups[group] = {"acc": curve, "auc_acc": auc}
+                out.metrics[f"group_auc_acc/{attr}/{metric_safe(group)}"] = auc
+                if auc is not None:
+                    aucs[group] = auc
+            empty = [g for g, v in groups.items() if v["auc_acc"] is None]
+            if empty:
+                warnings.warn(f"auc_acc: groups {empty} of attribute {grouping.attribute!r} have no samples at "
+                              "some budget; they have no AUC_acc and are left out of the defense parity",
+                              UserWarning, stacklevel=2)
+            parity = max(aucs.values()) - min(aucs.values()) if len(aucs) >= 2 else None
+            out.metrics[f"defense_parity/{attr}"] = parity
+            doc["attributes"][grouping.attribute] = {"groups": groups, "defense_parity": parity}
+        out.document = doc
+        return out
+
+    def figures(self, document, class_names, title, outdir: Path) -> list[Path]:
+        """``auc_acc.png`` (all samples) and ``auc_acc_<attr>.png``: accuracy against ε."""
+        from distfair.plots import accuracy_curves, file_safe
+
+        if not document:
+            return []
+        eps = document["eps"]
+        paths = [accuracy_curves(eps, {"all samples": document["acc"]},
+                                 f"{title}: accuracy over ε (AUC_acc {_fmt(document['auc_acc'])})",
+                                 Path(outdir) / "auc_acc.png")]
+        for attr, info in document["attributes"].items():
+            curves = {f"{g} (AUC {_fmt(v['auc_acc'])})": v["acc"] for g, v in info["groups"].items()}
+            paths.append(accuracy_curves(eps, curves, f"{title}: accuracy over ε by {attr} "
+                                         f"(defense parity {_fmt(info['defense_parity'])})",
+                                         Path(outdir) / f"auc_acc_{file_safe(attr)}.png"))
+        return paths
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
