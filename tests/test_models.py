@@ -12,7 +12,8 @@ NAMES = sorted(MODELS)
 K = 5
 B = 3
 #: options keeping the tests fast (preact_resnet18 at width 8)
-SMALL = {"preact_resnet18": {"width": 8}}
+SMALL = {"preact_resnet18": {"width": 8}, "resnet18": {"width": 8}, "mobilenet_v2": {"width_mult": 0.25},
+         "wide_resnet": {"depth": 10, "widen_factor": 1}}   # full sizes: tests/test_cifar_models.py
 #: the input each known model is built for; a new model gets the first candidate it accepts
 SHAPES = {"digits_cnn": (1, 8, 8), "cnn1d": (1, 40), "preact_resnet18": (3, 32, 32), "mlp": (8,),
           "vgg16": (3, 32, 32), "vit_b_16": (3, 32, 32)}

@@ -11,7 +11,12 @@ class CNN1D(nn.Module):
     """Three strided 1-D conv layers and a linear head, as in the MNIST-1D reference CNN.
 
     Input (B, 1, L) with values in the dataset's bounds; output logits (B, num_classes).
+
+    ``feature_layer`` = ``"features"``: the convolutional trunk, output (B, channels, L')
+    after its last ReLU (the features FERD's information bottleneck hooks, Eq. 4).
     """
+
+    feature_layer = "features"
 
     def __init__(self, *, num_classes: int, in_shape: tuple, channels: int = 25,
                  mean: float = 0.0, std: float = 1.0):

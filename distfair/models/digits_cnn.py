@@ -12,7 +12,12 @@ class DigitsCNN(nn.Module):
 
     Input (B, 1, 8, 8) in [0, 1]; output logits (B, num_classes). About 25k parameters:
     a PGD training epoch over ~1.1k digits takes a second or two on one CPU core.
+
+    ``feature_layer`` = ``"features"``: the convolutional trunk, output (B, width, 4, 4) after
+    its max-pool (the features FERD's information bottleneck hooks, Eq. 4).
     """
+
+    feature_layer = "features"
 
     def __init__(self, *, num_classes: int, in_shape: tuple, width: int = 32,
                  mean: float = 0.3, std: float = 0.4):

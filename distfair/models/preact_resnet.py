@@ -37,7 +37,14 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    """PreAct-ResNet18; ``width`` scales the channel counts (64 is the standard model)."""
+    """PreAct-ResNet18; ``width`` scales the channel counts (64 is the standard model).
+
+    ``feature_layer`` = ``"layers"``: the residual stages, output (B, 8*width, H/8, W/8) of the
+    last block, before the final BN and ReLU (the features FERD's information bottleneck
+    hooks, Eq. 4).
+    """
+
+    feature_layer = "layers"
 
     def __init__(self, *, num_classes: int, in_shape: tuple, width: int = 64):
         super().__init__()

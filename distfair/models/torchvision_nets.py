@@ -89,7 +89,14 @@ def _load_strict(net: nn.Module, state: dict[str, torch.Tensor], path: str, arch
 
 
 class VGG16(nn.Module):
-    """torchvision VGG-16 (no batch norm), ImageNet normalisation inside, fresh K-way head."""
+    """torchvision VGG-16 (no batch norm), ImageNet normalisation inside, fresh K-way head.
+
+    ``feature_layer`` = ``"net.features"``: the convolutional trunk, output
+    (B, 512, H/32, W/32) after its last max-pool (the features FERD's information bottleneck
+    hooks, Eq. 4).
+    """
+
+    feature_layer = "net.features"
 
     def __init__(self, *, num_classes: int, in_shape: tuple, weights: str | None = None):
         super().__init__()
