@@ -216,13 +216,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from distfair import tracking
     from distfair.distributed import InsufficientResources, ray_session
-    from distfair.run import Interrupted, default_storage_path, resolve_init_from, run_configuration_with_tracking
+    from distfair.run import (Interrupted, default_storage_path, resolve_init_from, resolve_references,
+                              run_configuration_with_tracking)
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
     storage = args.storage_path or default_storage_path()
     try:
         init_paths = resolve_init_from(cfg, uri, storage)
+        references = resolve_references(cfg, uri, storage)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {args.config}: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -236,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"{ {k: v for k, v in resources.items() if k in ('CPU', 'GPU')} }")
                 report = run_configuration_with_tracking(
                     cfg, config_path=args.config, experiment=experiment, tracking_uri=uri,
-                    storage_path=storage, log=log, init_paths=init_paths)
+                    storage_path=storage, log=log, init_paths=init_paths, references=references)
         except InsufficientResources as err:
             print(f"error: {args.config}: scaling: {err}", file=sys.stderr)
             return EXIT_USAGE
@@ -271,7 +273,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from distfair import tracking
     from distfair.distributed import InsufficientResources, ray_session
     from distfair.distributed.sweep import TRIAL_RESOURCE
-    from distfair.run import default_storage_path
+    from distfair.run import default_storage_path, resolve_init_from, resolve_references
     from distfair.sweep import close_interrupted_sweep, run_sweep, sweep_dir_name, sweep_identity
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
@@ -281,6 +283,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         name = sweep_dir_name(sweep_identity(cfg, spec, args.config), storage, args.resume)
     except FileNotFoundError as err:          # --resume with nothing to resume: nothing started
         print(f"error: {args.config}: --resume: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:                                      # a missing or mismatched checkpoint: before any trial
+        resolve_init_from(cfg, uri, storage)
+        resolve_references(cfg, uri, storage)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {args.config}: {err}", file=sys.stderr)
         return EXIT_USAGE
     with stdout_to_stderr(args.json) as out:
         human, log = _human_output(args.json)

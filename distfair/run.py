@@ -60,10 +60,13 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
                                     storage_path: str | Path, log: Callable[[str], None],
                                     extra_tags: dict[str, str] | None = None, lookup: dict[str, str] | None = None,
                                     parent_run_name: str | None = None, ray_run_name: str | None = None,
-                                    init_paths: dict[int, str] | None = None) -> RunReport:
+                                    init_paths: dict[int, str] | None = None,
+                                    references: dict[int, dict[str, str]] | None = None) -> RunReport:
     """Create (or, with ``lookup`` tags, find) the MLflow records, train every seed that has
     no FINISHED run yet on the connected Ray cluster, and aggregate.
 
+    ``init_paths`` / ``references``: ``train.init_from`` and the defense's reference files
+    resolved per seed (``resolve_init_from``, ``resolve_references``); resolved here if None.
     Ray must already be initialised (see ``distfair.distributed.ray_session``). Whatever
     happens, the parent and every child end in a terminal state: FINISHED, or FAILED for a
     seed that produced no result (and then the parent too), or KILLED on Ctrl-C. A seed run
@@ -74,6 +77,8 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     seeds = list(cfg["seeds"])
     if init_paths is None:
         init_paths = resolve_init_from(cfg, tracking_uri, storage_path)
+    if references is None:
+        references = resolve_references(cfg, tracking_uri, storage_path)
     experiment_id = tracking.prepare_experiment(tracking_uri, experiment)
     digest = config_hash(cfg)
     flat = flatten(cfg)
@@ -95,7 +100,7 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     if todo:
         cfg = {**cfg, "seeds": todo}        # the one seed list the runner trains
         try:
-            outcome = run_configuration(cfg, child_run_ids=children, init_paths=init_paths,
+            outcome = run_configuration(cfg, child_run_ids=children, init_paths=init_paths, references=references,
                                         seed_logger=functools.partial(tracking.SeedRunLogger, tracking_uri),
                                         run_name=ray_run_name or _ray_run_name(parent, children),
                                         storage_path=storage_path, log=log)
@@ -132,6 +137,17 @@ def configuration_result(tracking_uri: str, experiment_id: str, parent_run_id: s
     return configuration_record(cfg, [records[s] for s in seeds if s in records], errors=errors)
 
 
+def _checkpoints_per_seed(source: str, seeds: list[int], tracking_uri: str, dest: Path, key: str) -> dict[int, str]:
+    """A checkpoint file (the same for every seed) or an MLflow run id (a seed run: its
+    checkpoint for every seed; a configuration run: each seed its own seed's), downloaded
+    under ``dest``. Raises ValueError naming ``key``."""
+    if Path(source).expanduser().is_file():
+        path = str(Path(source).expanduser().resolve())
+        return {s: path for s in seeds}
+    paths = tracking.seed_checkpoints(tracking_uri, source, list(seeds), dest, key=key)
+    return {s: str(p) for s, p in paths.items()}
+
+
 def resolve_init_from(cfg: dict, tracking_uri: str, storage_path: str | Path) -> dict[int, str]:
     """``train.init_from`` as one local checkpoint path per seed ({} when unset). A file is
     used as it is; an MLflow run id is downloaded under ``storage_path/init_from`` (shared
@@ -139,11 +155,52 @@ def resolve_init_from(cfg: dict, tracking_uri: str, storage_path: str | Path) ->
     source = cfg["train"].get("init_from")
     if not source:
         return {}
-    if Path(source).expanduser().is_file():
-        path = str(Path(source).expanduser().resolve())
-        return {s: path for s in cfg["seeds"]}
-    paths = tracking.seed_checkpoints(tracking_uri, source, list(cfg["seeds"]), Path(storage_path) / "init_from")
-    return {s: str(p) for s, p in paths.items()}
+    return _checkpoints_per_seed(source, cfg["seeds"], tracking_uri, Path(storage_path) / "init_from",
+                                 "train.init_from")
+
+
+def resolve_references(cfg: dict, tracking_uri: str, storage_path: str | Path) -> dict[int, dict[str, str]]:
+    """The files the defense reads (``Defense.reference_options``, e.g. FERD's ``teacher``),
+    per seed: ``{seed: {option: local checkpoint}}`` ({} when the defense reads none). Each is a
+    checkpoint file, an MLflow seed run id (one checkpoint for every seed) or an MLflow
+    configuration run id (each seed reads the same seed's run), downloaded under
+    ``storage_path/<option>``. The checkpoint must hold a model for this dataset (its number
+    of classes and input shape); anything missing or mismatched raises ValueError naming
+    ``defense.<option>``, before anything is trained."""
+    import torch
+
+    from distfair.config import dataset_spec
+    from distfair.defenses import DEFENSES
+    from distfair.models import MODELS, checkpoint_model_spec
+
+    name = cfg["defense"]["name"]
+    options = DEFENSES[name].reference_options
+    if not options:
+        return {}
+    seeds = list(cfg["seeds"])
+    num_classes, in_shape = dataset_spec(cfg)
+    out: dict[int, dict[str, str]] = {s: {} for s in seeds}
+    for option in options:
+        key = f"defense.{option}"
+        source = cfg["defense"].get(option)
+        if not source:
+            raise ValueError(f"{key}: defense {name!r} needs its {option}: a checkpoint file (last.pt), an MLflow "
+                             "seed run id, or an MLflow configuration run id (each seed then reads the same seed)")
+        paths = _checkpoints_per_seed(str(source), seeds, tracking_uri, Path(storage_path) / option, key)
+        for path in sorted(set(paths.values())):
+            try:
+                spec = checkpoint_model_spec(torch.load(path, map_location="cpu", weights_only=False))
+            except Exception as err:
+                raise ValueError(f"{key}: {path} is not a distfair checkpoint: {err}") from err
+            if spec["name"] not in MODELS:
+                raise ValueError(f"{key}: {path} holds a {spec['name']!r} model, which this distfair does not know")
+            if spec["num_classes"] != num_classes or tuple(spec["in_shape"]) != tuple(in_shape):
+                raise ValueError(f"{key}: {path} holds a model for {spec['num_classes']} classes and inputs "
+                                 f"{tuple(spec['in_shape'])}, but dataset {cfg['dataset']['name']!r} has "
+                                 f"{num_classes} classes and inputs {tuple(in_shape)}")
+        for seed, path in paths.items():
+            out[seed][option] = path
+    return out
 
 
 def _ray_run_name(parent: str, children: dict[int, str]) -> str:

@@ -91,6 +91,11 @@ class Defense(abc.ABC):
     #: None: any, because ``loss`` calls the configured attack as is. A defense running its own
     #: inner maximisation declares the norms it implements (TRADES, SpecNorm: {"linf"}).
     attack_norms: ClassVar[frozenset[str] | None] = None
+    #: options whose value names a file this defense reads (a checkpoint file, an MLflow seed
+    #: run id, or an MLflow configuration run id: each seed then reads the same seed's run),
+    #: resolved per seed by the caller of the engine into ``DefenseContext.references[option]``
+    #: (a local path). The option itself reaches ``__init__`` as written (e.g. FERD's ``teacher``).
+    reference_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, attack: Attack | None, num_classes: int):
         if self.needs_attack and attack is None:
