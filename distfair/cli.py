@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--num-seeds", type=_positive_int, metavar="N", help="seeds 0..N-1 per configuration")
     sweep.add_argument("--max-concurrent", type=_positive_int, metavar="N",
                        help="configurations at once (default: as many as the cluster holds with all their seeds)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a value of FILE, parsed as YAML (repeatable), e.g. --set defense.teacher=RUN_ID")
     sweep.add_argument("--resume", action="store_true",
                        help="continue the newest attempt of this sweep after a crash or Ctrl-C: finished "
                             "configurations are kept, unfinished seed runs are redone")
@@ -265,7 +267,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     try:
         cfg, spec = load_sweep(args.config, num_samples=args.num_samples, num_seeds=args.num_seeds,
-                               max_concurrent=args.max_concurrent)
+                               max_concurrent=args.max_concurrent, overrides=args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from distfair import tracking
-from distfair.config import ConfigError, apply_overrides, flatten, read_document, validate
+from distfair.config import ConfigError, apply_overrides, flatten, parse_override, read_document, validate
 from distfair.metrics import aggregate_seed_metrics
 from distfair.run import RunReport, run_configuration_with_tracking
 from distfair.search_space import (SweepSpec, Target, matching_test_metric, metric_role, objective_values,
@@ -80,10 +80,18 @@ class SweepReport:
 
 
 def load_sweep(path: str, *, num_samples: int | None = None, num_seeds: int | None = None,
-               max_concurrent: int | None = None) -> tuple[dict, SweepSpec]:
+               max_concurrent: int | None = None, overrides: list[str] | None = None) -> tuple[dict, SweepSpec]:
     """Validate the file and its ``space`` block; every dimension's extreme values and choices
-    are checked against the config validator too. Raises ConfigError with every problem."""
+    are checked against the config validator too. ``overrides``: ``--set key.path=value``
+    applied to the file first (e.g. ``defense.teacher=<run id>``). Raises ConfigError with
+    every problem."""
     raw = read_document(path)
+    if overrides:
+        try:
+            raw = apply_overrides(raw, [parse_override(o) for o in overrides])
+        except ValueError as err:
+            raise ConfigError(path, [("--set", str(err))]) from err
+        path = f"{path} (with --set {' '.join(overrides)})"
     if num_seeds is not None:
         raw["seeds"] = num_seeds
     cfg = validate(raw, path)

@@ -1,12 +1,16 @@
-"""Attack objectives (issue 10, part 2): the default path bit for bit, the four objectives, the
-second-model objective's hygiene and refusals. (The attacks package's import boundary is
-enforced for every part by tests/test_import_direction.py.)"""
+"""Attack objectives (issue 10, part 2): the default path bit for bit, the objectives (FERD's
+UTAE objective of issue 11 among them), the second-model objective's hygiene and refusals.
+(The attacks package's import boundary is enforced for every part by
+tests/test_import_direction.py.)"""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distfair.attacks import CWLinf, CWMargin, CrossEntropy, FGSM, Objective, PGD, PGDL2, ReferenceKL, SoftTargetKL
+from distfair.attacks import (CWLinf, CWMargin, CrossEntropy, FGSM, Objective, PGD, PGDL2, ReferenceKL, SoftTargetKL,
+                              UniformTargetKL)
 
 
 def tiny_cnn() -> nn.Module:
@@ -177,6 +181,50 @@ def test_a_composed_objective_runs_and_gamma_zero_is_plain_kl_pgd():
     zero = attack(teacher, x, y, objective=UTAE(p, 0.0), generator=torch.Generator().manual_seed(0))
     half = attack(teacher, x, y, objective=UTAE(p, 0.5), generator=torch.Generator().manual_seed(0))
     assert torch.equal(plain, zero) and not torch.equal(plain, half)
+
+
+def test_uniform_target_kl_by_hand_and_gamma_zero_is_plain_kl_pgd():
+    """FERD Eq. 10 as distfair ships it (``UniformTargetKL``): per sample
+    KL(T(x) ‖ T(x')) − γ·KL(U ‖ T(x')), each summed over classes; γ = 0 gives the same x_adv
+    as SoftTargetKL of the reference's log-probabilities, bit for bit."""
+    torch.manual_seed(0)
+    reference, logits = torch.randn(5, 4), torch.randn(5, 4)
+    p, log_q = torch.softmax(reference, dim=1), F.log_softmax(logits, dim=1)
+    away = (p * (p.log() - log_q)).sum(dim=1)
+    to_uniform = (0.25 * (math.log(0.25) - log_q)).sum(dim=1)
+    kw = {"x_adv": torch.zeros(5, 2), "y": torch.zeros(5, dtype=torch.long), "target": None}
+    assert torch.allclose(UniformTargetKL(reference, gamma=0.7)(logits, **kw), away - 0.7 * to_uniform, atol=1e-6)
+    assert torch.allclose(UniformTargetKL(reference)(logits, **kw), away - 0.5 * to_uniform, atol=1e-6)  # γ = 0.5
+    assert not UniformTargetKL.uses_target
+
+    teacher, x, y = tiny_cnn().eval(), torch.rand(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    with torch.no_grad():
+        t = teacher(x)
+    attack = PGD(eps=0.1, steps=5)
+    plain = attack(teacher, x, y, objective=SoftTargetKL(F.log_softmax(t, dim=1), log_target=True),
+                   generator=torch.Generator().manual_seed(0))
+    zero = attack(teacher, x, y, objective=UniformTargetKL(t, gamma=0.0), generator=torch.Generator().manual_seed(0))
+    half = attack(teacher, x, y, objective=UniformTargetKL(t, gamma=0.5), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain, zero) and not torch.equal(plain, half)
+    with torch.no_grad():   # the γ term keeps the teacher's prediction closer to uniform
+        uniform = torch.full((8, 3), 1 / 3)
+        assert SoftTargetKL(uniform)(teacher(half), **{**kw, "y": y}).mean() < \
+            SoftTargetKL(uniform)(teacher(plain), **{**kw, "y": y}).mean()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"reference_logits": torch.ones(3), "gamma": 0.5}, "shape"),
+    ({"reference_logits": torch.ones(3, 2, dtype=torch.long), "gamma": 0.5}, "floating-point"),
+    ({"reference_logits": torch.tensor([[0.0, float("inf")]]), "gamma": 0.5}, "finite"),
+    ({"reference_logits": torch.zeros(2, 3), "gamma": -0.1}, "gamma"),
+    ({"reference_logits": torch.zeros(2, 3), "gamma": float("nan")}, "gamma"),
+])
+def test_uniform_target_kl_is_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UniformTargetKL(**kwargs)
+    with pytest.raises(ValueError, match="does not use a target"):
+        PGD(eps=0.1)(nn.Linear(4, 3), torch.rand(2, 4), torch.tensor([0, 1]), target=torch.tensor([1, 2]),
+                     objective=UniformTargetKL(torch.zeros(2, 3)))
 
 
 # ---- the second-model objective leaves that model as it found it

@@ -3,10 +3,17 @@ defense-specific checks against losses computed by hand.
 
 Adding a defense to the registry adds it here; its constructor must accept
 ``cls(attack=..., num_classes=K)`` with every other option defaulting.
+
+A defense that reads a teacher (``"teacher" in reference_options``: the data-free FERD and
+DFRD) is set up with a tiny BatchNorm teacher checkpoint (:class:`ContractTeacher`, registered
+as a model for this module only) before its per-batch ``loss`` is checked, with small options
+(:data:`SMALL_DATAFREE`). Defenses with their own lifecycle (their own ``batches`` or
+``train_step``) run through the data-free lifecycle checks instead of the default one.
 """
 import copy
 import inspect
 import math
+import zlib
 
 import pytest
 import torch
@@ -17,11 +24,57 @@ from distfair.attacks import ATTACKS, PGD, build_attack
 from distfair.config import ConfigError, validate
 from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES, Defense, DefenseContext, build_defense
 from distfair.defenses.syfar import SyFAR
+from distfair.models import MODELS
 
 NAMES = sorted(DEFENSES)
 NEEDS_ATTACK = [n for n in NAMES if DEFENSES[n].needs_attack]
+#: defenses whose batches are the engine's loader and whose step is loss -> backward -> step
+DEFAULT_LIFECYCLE = [n for n in NAMES if DEFENSES[n].batches is Defense.batches
+                     and DEFENSES[n].train_step is Defense.train_step]
+OWN_LIFECYCLE = [n for n in NAMES if n not in DEFAULT_LIFECYCLE]
+WITH_TEACHER = [n for n in NAMES if "teacher" in DEFENSES[n].reference_options]
 K = 3
 BATCH = 12
+#: small options of the data-free defenses (each gets those its signature has)
+SMALL_DATAFREE = {"iterations_per_epoch": 2, "batch_size": 6, "z_dim": 4, "generator_width": 2, "steps": 2,
+                  "reweight_steps": 2, "ib_steps": 1}
+TEACHER_MODEL = "contract_teacher"
+TEACHER_PATH: str | None = None       # set by the module fixture below
+
+
+class ContractTeacher(nn.Module):
+    """A frozen teacher for (1, 6, 6) inputs with BatchNorm (so FERD's L_bn exists) and a
+    ``feature_layer`` (FERD's information bottleneck)."""
+
+    feature_layer = "features"
+
+    def __init__(self, *, num_classes: int, in_shape: tuple):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_shape[0], 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.head = nn.Linear(4 * in_shape[1] * in_shape[2], num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def teacher_checkpoint(tmp_path_factory):
+    """An engine-format checkpoint of :class:`ContractTeacher` (BatchNorm statistics of 64
+    random inputs), its model name registered while this module runs."""
+    global TEACHER_PATH
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(MODELS, TEACHER_MODEL, ContractTeacher)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(5)
+            teacher = ContractTeacher(num_classes=K, in_shape=(1, 6, 6))
+            with torch.no_grad():
+                teacher.train()(torch.rand(64, 1, 6, 6))
+        path = tmp_path_factory.mktemp("contract_teacher") / "last.pt"
+        torch.save({"model": teacher.state_dict(), "model_name": TEACHER_MODEL, "model_config": {"name": TEACHER_MODEL},
+                    "num_classes": K, "in_shape": (1, 6, 6)}, path)
+        TEACHER_PATH = str(path)
+        yield path
+        TEACHER_PATH = None
 
 
 def make_attack() -> PGD:
@@ -29,8 +82,16 @@ def make_attack() -> PGD:
 
 
 def make_defense(name: str, **options) -> Defense:
+    """The defense with ``options``; one that reads a teacher is set up with the contract
+    teacher (and small options), so its per-batch ``loss`` can run."""
     cls = DEFENSES[name]
-    return cls(attack=make_attack() if cls.needs_attack else None, num_classes=K, **options)
+    if name in WITH_TEACHER:
+        params = inspect.signature(cls).parameters
+        options = {**{k: v for k, v in SMALL_DATAFREE.items() if k in params}, **options}
+    defense = cls(attack=make_attack() if cls.needs_attack else None, num_classes=K, **options)
+    if name in WITH_TEACHER:
+        defense.setup(context(references={"teacher": TEACHER_PATH}))
+    return defense
 
 
 def tiny_cnn(k: int = K) -> nn.Module:
@@ -142,11 +203,13 @@ def test_num_classes_below_two_raises(name):
 
 
 # ------------------------------------------------------------- lifecycle (simple case)
-def context() -> DefenseContext:
+def context(references: dict | None = None) -> DefenseContext:
     return DefenseContext(num_classes=K, in_shape=(1, 6, 6), bounds=(0.0, 1.0), class_names=("a", "b", "c"),
-                          device=torch.device("cpu"), make_generator=lambda *labels: gen())
+                          device=torch.device("cpu"), make_generator=lambda *labels: gen(),
+                          references=references or {})
 
 
+@pytest.mark.parametrize("name", DEFAULT_LIFECYCLE)
 def test_default_lifecycle_is_the_per_batch_loss(name):
     """setup keeps the context; batches are the engine's loader; train_step is loss -> backward
     -> the engine's optimiser step (the same update as by hand); no state to checkpoint."""
@@ -175,6 +238,7 @@ def test_default_lifecycle_is_the_per_batch_loss(name):
     defense.load_state_dict({})
 
 
+@pytest.mark.parametrize("name", DEFAULT_LIFECYCLE)
 def test_default_train_step_refuses_a_non_finite_loss(name, model):
     defense = make_defense(name)
     defense.loss = lambda model, x, y, generator=None: (model(x).sum() * float("inf"), {})
@@ -183,6 +247,121 @@ def test_default_train_step_refuses_a_non_finite_loss(name, model):
         defense.train_step(model, batch(), torch.optim.SGD(model.parameters(), lr=0.1), generator=gen())
     assert all(p.grad is None for p in model.parameters())        # no backward, no step
     assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
+
+
+# ------------------------------------------------- lifecycle (own batches and train step)
+class _UnreadableLoader:
+    """The engine's loader, which a data-free defense must never iterate."""
+
+    def __iter__(self):
+        raise AssertionError("the defense read the engine's loader (the training set)")
+
+    def __len__(self):
+        return 5
+
+
+def own_context(rank: int = 0) -> DefenseContext:
+    """Rank ``rank`` of two, generators seeded from (labels, rank) as the engine's are, the
+    contract teacher as the reference."""
+    def make_generator(*labels):
+        return torch.Generator().manual_seed(zlib.crc32(repr((labels, rank)).encode()))
+
+    return DefenseContext(num_classes=K, in_shape=(1, 6, 6), bounds=(0.0, 1.0), class_names=("a", "b", "c"),
+                          device=torch.device("cpu"), make_generator=make_generator, rank=rank, world=2,
+                          references={"teacher": TEACHER_PATH})
+
+
+def own_defense(name: str, rank: int = 0) -> Defense:
+    cls = DEFENSES[name]
+    params = inspect.signature(cls).parameters
+    options = {k: v for k, v in SMALL_DATAFREE.items() if k in params} if name in WITH_TEACHER else {}
+    defense = cls(attack=make_attack() if cls.needs_attack else None, num_classes=K, **options)
+    defense.setup(own_context(rank))
+    return defense
+
+
+def _tensors_equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_tensors_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_tensors_equal(u, v) for u, v in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b) or bool(torch.isnan(a).all() and torch.isnan(b).all())
+    return a == b
+
+
+@pytest.mark.parametrize("name", OWN_LIFECYCLE)
+def test_own_batches_never_read_the_loader_and_are_seeded_per_epoch_and_rank(name):
+    """Every rank yields as many batches (DDP), the same ones for the same (epoch, rank) (a
+    resumed epoch draws what the uninterrupted one did), others for another epoch or rank."""
+    defense, other_rank = own_defense(name), own_defense(name, rank=1)
+    epoch0 = list(defense.batches(_UnreadableLoader(), epoch=0))
+    assert len(epoch0) == len(list(other_rank.batches(_UnreadableLoader(), epoch=0))) >= 1
+    assert _tensors_equal(epoch0, list(defense.batches(_UnreadableLoader(), epoch=0)))
+    assert not _tensors_equal(epoch0, list(defense.batches(_UnreadableLoader(), epoch=1)))
+    assert not _tensors_equal(epoch0, list(other_rank.batches(_UnreadableLoader(), epoch=0)))
+
+
+@pytest.mark.parametrize("name", OWN_LIFECYCLE)
+def test_own_train_step_trains_the_student_with_the_engines_optimizer(name, model):
+    defense = own_defense(name)
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    batch = next(iter(defense.batches(_UnreadableLoader(), epoch=0)))
+    logged = defense.train_step(model, batch, optimizer, generator=gen(3))
+    assert "loss" in logged
+    for key, value in logged.items():
+        assert isinstance(value, torch.Tensor) and value.ndim == 0, key
+        assert not value.requires_grad and torch.isfinite(value), key
+    assert all(m.training for m in model.modules())
+    assert optimizer.state                                                   # the engine's optimiser stepped
+    assert not all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", OWN_LIFECYCLE)
+def test_own_train_step_refuses_a_non_finite_loss(name, model):
+    defense = own_defense(name)
+    defense.loss = lambda model, x, y, generator=None: (model(x).sum() * float("inf"), {})
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    batch = next(iter(defense.batches(_UnreadableLoader(), epoch=0)))
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        defense.train_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.1), generator=gen())
+    assert all(p.grad is None for p in model.parameters())                  # no backward, no step
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
+
+
+@pytest.mark.parametrize("name", OWN_LIFECYCLE)
+def test_own_state_dict_resumes_exactly(name, model):
+    """What ``state_dict`` returns after an epoch, loaded into a fresh set-up defense, makes
+    the next epoch's step exactly what the uninterrupted defense's is."""
+    torch.manual_seed(0)
+    straight = own_defense(name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    straight.start_epoch(model, None, epoch=0, device=torch.device("cpu"), batch_size=8, generator=gen())
+    for batch in straight.batches(_UnreadableLoader(), epoch=0):
+        straight.train_step(model, batch, opt, generator=gen(1))
+    state = copy.deepcopy(straight.state_dict())
+    resumed = own_defense(name)
+    resumed.load_state_dict(state)
+    model_b, opt_state = copy.deepcopy(model), copy.deepcopy(opt.state_dict())
+    opt_b = torch.optim.SGD(model_b.parameters(), lr=0.1, momentum=0.9)
+    opt_b.load_state_dict(opt_state)
+    results = []
+    for defense, net, optimizer in ((straight, model, opt), (resumed, model_b, opt_b)):
+        defense.start_epoch(net, None, epoch=1, device=torch.device("cpu"), batch_size=8, generator=gen())
+        results.append([defense.train_step(net, batch, optimizer, generator=gen(2))
+                        for batch in defense.batches(_UnreadableLoader(), epoch=1)])
+    assert _tensors_equal(*results)
+    assert _tensors_equal(model.state_dict(), model_b.state_dict())
+    assert _tensors_equal(straight.state_dict(), resumed.state_dict())
+
+
+@pytest.mark.parametrize("name", WITH_TEACHER)
+def test_a_defense_reading_a_teacher_needs_it_at_setup(name):
+    cls = DEFENSES[name]
+    defense = cls(attack=make_attack() if cls.needs_attack else None, num_classes=K)
+    with pytest.raises(ValueError, match="teacher"):
+        defense.setup(context())
 
 
 def test_context_generators_are_seeded_per_labels():

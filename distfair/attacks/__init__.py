@@ -7,7 +7,8 @@ attacks maximise is an ``Objective`` (``_objectives.py``), given per call.
 import inspect
 
 from distfair.attacks._base import Attack
-from distfair.attacks._objectives import CrossEntropy, CWMargin, Objective, ReferenceKL, SoftTargetKL, cw_margin
+from distfair.attacks._objectives import (CrossEntropy, CWMargin, Objective, ReferenceKL, SoftTargetKL, UniformTargetKL,
+                                         cw_margin)
 from distfair.attacks.autoattack import AutoAttack
 from distfair.attacks.cw_linf import CWLinf
 from distfair.attacks.ensemble import Ensemble
@@ -21,7 +22,7 @@ from distfair.attacks.square import Square
 
 __all__ = ["ATTACKS", "Attack", "AutoAttack", "CWLinf", "CWMargin", "CrossEntropy", "Ensemble", "EyeglassAttack",
            "FGSM", "FaceMaskAttack", "Objective", "PGD", "PGDL2", "ROA", "ReferenceKL", "SoftTargetKL", "Square",
-           "build_attack", "cw_margin"]
+           "UniformTargetKL", "build_attack", "cw_margin"]
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM,

@@ -1,4 +1,4 @@
-"""What a gradient attack maximises: the ``Objective`` contract and its four implementations.
+"""What a gradient attack maximises: the ``Objective`` contract and its five implementations.
 
 An objective is called once per attack step as ``objective(logits, x_adv=..., y=..., target=...)``
 with the attacked model's logits (B, K) at the current iterate x_adv (B, ...), the labels y
@@ -10,6 +10,7 @@ size), by ``torch.autograd.grad`` w.r.t. x_adv only.
 - :class:`CWMargin` — the Carlini–Wagner margin, capped at κ (CW-ℓ∞'s default).
 - :class:`SoftTargetKL` — KL(p ‖ softmax(z)) to fixed soft targets p (TRADES, RSLAD, FERD's UTAE).
 - :class:`ReferenceKL` — KL(R(x) ‖ R(x_adv)) through a second, frozen model R.
+- :class:`UniformTargetKL` — FERD's UTAE objective KL(T(x) ‖ T(x_adv)) − γ·KL(U ‖ T(x_adv)).
 
 Only the first two use the target; an attack refuses a target (explicit or
 ``target_mode="random"``) with an objective whose ``uses_target`` is False. An objective is a
@@ -20,6 +21,7 @@ KL reductions (methods.md "Conventions"): every KL here is summed over the class
 (``F.kl_div(..., reduction="none").sum(1)``), never divided by K.
 """
 import abc
+import math
 from typing import ClassVar
 
 import torch
@@ -173,3 +175,49 @@ class ReferenceKL(Objective):
 
     def __repr__(self) -> str:
         return f"ReferenceKL(reference={type(self.reference).__name__}, x={tuple(self.log_p_clean.shape)})"
+
+
+class UniformTargetKL(Objective):
+    """FERD's Uniform-Target Adversarial Example objective, per sample (paper 002, §"Label-Space
+    Attack Diversification for Fairness Optimization", Eq. 10):
+
+        KL(T(x) ‖ T(x_U)) − γ · KL(U ‖ T(x_U))
+
+    with T(x) the fixed reference logits of the clean batch, T(x_U) the attacked model's logits
+    at the iterate and U the uniform distribution over the K classes. The first term pushes the
+    prediction away from the clean one; the second (subtracted, so the attack *decreases* it)
+    keeps the adversarial prediction close to uniform, spreading the attack targets over all
+    classes instead of the few "easily confused" ones. γ = 0 is plain KL-PGD (identical to
+    ``SoftTargetKL`` of the reference's log-probabilities); the paper uses γ = 0.5 and finds
+    0.1-0.5 best (Fig. 6). Eq. 10 attacks the *teacher* f^T (both terms through f^T): give the
+    attack the teacher, with ``reference_logits`` = teacher(x).
+
+    Both KLs are summed over the K classes per sample (module docstring); KL(U ‖ q) =
+    Σ_k (1/K)·log((1/K) / q_k).
+
+    Args:
+        reference_logits: (B, K) finite logits T(x) of the clean batch the attack will be called
+            on; detached and held fixed.
+        gamma: γ >= 0, weight of the uniformity term; default 0.5.
+    """
+
+    def __init__(self, reference_logits: Tensor, *, gamma: float = 0.5):
+        if not isinstance(reference_logits, Tensor) or reference_logits.ndim != 2 \
+                or not reference_logits.is_floating_point():
+            got = (f"{reference_logits.dtype} tensor of shape {tuple(reference_logits.shape)}"
+                   if isinstance(reference_logits, Tensor) else type(reference_logits).__name__)
+            raise ValueError(f"reference_logits must be a floating-point tensor of shape (B, K), got {got}")
+        if not torch.isfinite(reference_logits).all():
+            raise ValueError("reference_logits must be finite")
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        self.log_p_reference = F.log_softmax(reference_logits.detach(), dim=1)
+        self.gamma = float(gamma)
+
+    def __call__(self, logits: Tensor, *, x_adv: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+        away = _kl_to(self.log_p_reference.to(logits.device), logits, log_target=True)
+        log_uniform = torch.full_like(logits, -math.log(logits.shape[1]))
+        return away - self.gamma * _kl_to(log_uniform, logits, log_target=True)
+
+    def __repr__(self) -> str:
+        return f"UniformTargetKL(reference_logits={tuple(self.log_p_reference.shape)}, gamma={self.gamma!r})"

@@ -9,6 +9,8 @@ from distfair.defenses.standard import Standard
 from distfair.defenses.specnorm import SpecNorm
 from distfair.defenses.syfar import SyFAR
 from distfair.defenses.faal import FAAL
+from distfair.defenses.dfrd import DFRD
+from distfair.defenses.ferd import FERD
 from distfair.defenses.trades import TRADES
 
 DEFENSES: dict[str, type[Defense]] = {
@@ -18,6 +20,8 @@ DEFENSES: dict[str, type[Defense]] = {
     "specnorm": SpecNorm,
     "faal": FAAL,
     "trades": TRADES,
+    "ferd": FERD,       # data-free: generator + frozen teacher (defense.teacher), FERD paper 002
+    "dfrd": DFRD,       # data-free baseline of FERD Table 1: Fast-style generator + PGD + RSLAD
 }
 
 #: constructor arguments the engine supplies (not user options)

@@ -1,0 +1,44 @@
+"""DFRD: the data-free robustness distillation baseline of FERD Table 1 (paper 002,
+§"Experimental Settings", Baselines; methods.md "FERD").
+
+FERD compares against data-free knowledge distillation methods (DeepInv, CMI, Fast, ...)
+"turned into DFRD" by making PGD adversarial examples of the synthetic samples and training
+the student with RSLAD's loss (Zi et al., ICCV 2021). This is that baseline with a
+Fast/DeepInversion-style generator (``_datafree.py``, the same generator class as FERD):
+
+- labels in equal class proportions (FERD §"Class-Aware Sample Reweighting": "in traditional
+  DFRD, the labels y_i of synthetic samples are sampled from a uniform distribution");
+- generator loss −λ_adv·L_adv + λ_bn·L_bn + λ_oh·L_oh (FERD Eq. 8-9 without L_uni; Fast's
+  loss, with L_adv maximised; defaults 1, 5, 1 as FERD's, for a like-for-like comparison);
+- adversarial examples by PGD-ℓ∞ against the *student* (unwrapped, eval mode inside the
+  attack, mode restored) on RSLAD's inner objective KL(T(x) ‖ S(x_adv))
+  (:class:`distfair.attacks.SoftTargetKL` of the teacher's clean prediction), ``eps``,
+  ``alpha``, ``steps``, from a uniform random start (RSLAD starts at x + 0.001·N(0, 1));
+- student loss RSLAD 5/6·KL(T(x) ‖ S(x_adv)) + 1/6·KL(T(x) ‖ S(x)), batchmean
+  (:func:`distfair.defenses._datafree.rslad_loss`, direction and reduction documented there).
+
+Options: those of ``DataFreeDistillation`` (teacher, iterations_per_epoch 400, batch_size 256,
+z_dim 100, generator_width 64, generator_lr 2e-3, lambda_adv 1, lambda_bn 5, lambda_oh 1,
+eps 8/255, alpha 2/255, steps 10). Logged per step: ``loss``, ``kl_adv``, ``kl_clean``,
+``generator_loss``, ``gen_adv``, ``gen_bn``, ``gen_oh``.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from distfair.attacks import SoftTargetKL
+from distfair.defenses._datafree import DataFreeDistillation, rslad_loss
+from distfair.models import unwrap_model
+
+
+class DFRD(DataFreeDistillation):
+    name = "dfrd"
+
+    def loss(self, model, x, y, *, generator=None):
+        """RSLAD on the synthetic batch x (B, ...) (``y`` (B,) only shapes the attack call):
+        PGD on the student towards KL(T(x) ‖ S(x_adv)), then 5/6·KL(T(x) ‖ S(x_adv)) +
+        1/6·KL(T(x) ‖ S(x)) through ``model``."""
+        teacher_logits = self.teacher_logits(x)
+        objective = SoftTargetKL(F.log_softmax(teacher_logits, dim=1), log_target=True)
+        x_adv = self.adversarial(unwrap_model(model), x, y, objective, generator)
+        return rslad_loss(teacher_logits, model(x_adv), model(x))

@@ -1,0 +1,378 @@
+"""FERD: Fairness-Enhanced data-free Robustness Distillation (Li, Lu, Zheng, Liang, Chen, Zhou &
+Pang, 2025; paper 002, §"Methodology"; methods.md "FERD").
+
+A data-free defense (shared machinery and conventions in ``_datafree.py``): a label-conditioned
+generator and the student are trained in alternation against a frozen robust teacher T,
+without ever reading the training split. On top of the DFRD baseline (``dfrd.py``) FERD adds:
+
+1. **Robustness-guided class reweighting** (§"Class-Aware Sample Reweighting", Eq. 1-2): at the
+   start of every epoch after the first, ``reweight_samples`` synthetic samples in equal class
+   proportions are made by the generator as trained so far, attacked with PGD-``reweight_steps``
+   (CE of the requested class y_i, ``eps``/``alpha``) against the *teacher*; m_i =
+   T(x_i^adv)_{y_i} − max_{j≠y_i} T(x_i^adv)_j (Eq. 1, :func:`distfair.attacks.cw_margin`),
+   D_c = mean of −m_i over the samples of class c (Eq. 2) and the class probabilities p from
+   :func:`reweighted_probabilities` (``reweight``): ``softmax`` p = softmax(D) (the paper's
+   rule, default); ``official_rescale`` the official code's rule, D min-max rescaled into
+   [0.05, 0.2] and normalised to sum 1 (the official code applies it to the per-class CE of
+   the teacher on clean synthetic samples; here to D_c, so only the mapping differs);
+   ``none`` D is measured and logged, p stays uniform. A class with no sample keeps its
+   previous probability (the others share the rest). Epoch 0 samples uniformly: an untrained
+   generator's samples say nothing about a class. Labels are then drawn i.i.d. from p.
+   Under DDP the per-class sums are all-reduced, so every rank samples with the same p.
+2. **Fairness-aware examples (FAEs)** (§"Non-Robust Feature Suppression", Eq. 4-7): an
+   information bottleneck at the teacher's ``ib_layer`` (default: its ``feature_layer``, the
+   last convolutional stage; Implementation Details) with a learnable per-channel noise scale
+   σ = softplus(λ) (:class:`InformationBottleneck`) finds the non-robust channels (Eq. 6), and
+   the generator minimises L_uni = KL(U ‖ f_{l+}(Z_nr)) (Eq. 7), the teacher's prediction
+   from the non-robust features Z_nr = mask·f_l(x), weighted by ``lambda_uni``. The
+   generator's loss is Eq. 9: −λ_adv·L_adv + λ_bn·L_bn + λ_oh·L_oh + λ_uni·L_uni (L_adv
+   maximised, ``_datafree.py``).
+3. **Uniform-target adversarial examples (UTAEs)** (§"Label-Space Attack Diversification",
+   Eq. 10): x_U = PGD from the FAE x_F on KL(T(x_F) ‖ T(x_U)) − γ·KL(U ‖ T(x_U))
+   (:class:`distfair.attacks.UniformTargetKL`), ℓ∞ radius ``eps``, ``steps`` steps of ``alpha``.
+   Eq. 10 attacks the *teacher* f^T (both terms are f^T's): followed as written.
+4. **Student loss** (Eq. 11): λ1·KL(T(x_F) ‖ S(x_F)) + λ2·KL(T(x_F) ‖ S(x_U)), batchmean, the
+   teacher's prediction the target distribution, λ1 = 5/6, λ2 = 1/6 (Implementation Details).
+   The official release distils 5/6·KL on clean + 1/6·KL on adversarial examples made against
+   the student, with the UTAE term commented out; methods.md lists its bugs (PGD arguments in
+   the wrong order, teacher left in train mode after PGD, degenerate student loss): none of
+   them is reproduced here.
+
+What the UTAE term does, measured on digits (not a claim of the paper that holds everywhere):
+against a standard-trained digits_cnn teacher on synthetic samples, γ = 0.5 spreads the
+teacher's predicted classes on the UTAEs over more classes than γ = 0 (entropy of their
+histogram about 1.3 -> 1.8-1.95 at ε = 0.2, three seeds; tests/test_ferd.py); on real digits
+test images, and against a PGD-trained teacher, it mostly did not (entropy equal or 0.05-0.2
+lower at ε 0.1-0.3): pushing T(x_U) towards uniform can also send the arg-max to one
+"default" class.
+
+Ablations (Table 3), each removing its part for real: ``reweighting: false`` no Eq. 1-2 pass,
+labels in equal class proportions as DFRD, no ``class_prob_*`` logged; ``faes: false`` no
+information bottleneck and no L_uni (``gen_uni``/``ib_*`` not logged); ``utaes: false`` the
+γ term is dropped (x_U is plain KL-PGD against the teacher, the paper's γ = 0, "the same as
+the standard PGD method"; ``utae_uniform_kl`` not logged).
+
+Options (keyword-only; the common ones are documented in ``DataFreeDistillation``):
+    lambda_uni: weight of L_uni (Eq. 9: 5). lambda_bn default 5, lambda_adv 1, lambda_oh 1.
+    gamma: γ of Eq. 10 (>= 0, default 0.5).
+    lambda1, lambda2: weights of the student's clean and UTAE KL (Eq. 11: 5/6 and 1/6);
+        lambda2 null means 1 − lambda1.
+    reweight: "softmax" (default), "official_rescale" or "none"; reweight_steps: the PGD
+        steps of the reweighting attack (paper PGD-20); reweight_samples: synthetic samples
+        per reweighting pass (null: ``batch_size``; take >= K so that every class is measured).
+    ib_layer: dotted module name of the teacher's layer l (null: the teacher's
+        ``feature_layer``); ib_beta: β of Eq. 5; ib_lr, ib_steps: Adam learning rate and
+        steps of the bottleneck per iteration. The paper gives no β, learning rate or steps:
+        β 0.3 and lr 0.1 are the official code's; it re-fits a fresh per-sample λ for 50
+        steps per batch, we keep one per-channel λ (Eq. 4-6 index λ by channel) across
+        iterations and epochs, warm-started, and fit it ``ib_steps`` (5) times per iteration.
+    reweighting, faes, utaes: the ablation switches above (default true).
+Shapes: synthetic batches (B, *in_shape) in the data's bounds, labels (B,).
+Logged per step: ``loss``, ``kl_benign``, ``kl_adv``, ``utae_uniform_kl``, ``generator_loss``,
+``gen_adv``, ``gen_bn``, ``gen_oh``, ``gen_uni``, ``ib_loss``, ``ib_nonrobust_fraction``;
+per epoch: ``class_prob_max``, ``class_prob_min``, ``vulnerability_max``, ``vulnerability_min``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distfair.attacks import PGD, UniformTargetKL, cw_margin
+from distfair.defenses._base import check_weight
+from distfair.defenses._datafree import (DataFreeDistillation, _check_int, _check_positive, balanced_labels,
+                                         channel_statistics, check_teacher_eval, kl_to_teacher, sample_labels,
+                                         uniform_kl)
+
+REWEIGHT_RULES = ("softmax", "official_rescale", "none")
+#: the official code's range of the rescaled class weights
+OFFICIAL_RANGE = (0.05, 0.2)
+#: floor of a channel variance in Eq. 5 (a dead channel would make log(σ²/v) infinite)
+VARIANCE_FLOOR = 1e-8
+
+
+# ----------------------------------------------------------------------- reweighting (Eq. 1-2)
+def class_vulnerability(margins: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(Σ_{i: y_i=c} −m_i, N_c) per class c, each (K,) float: Eq. 2's numerator and count, kept
+    apart so that ranks can add theirs before dividing."""
+    sums = torch.zeros(num_classes, dtype=margins.dtype, device=margins.device).index_add_(0, labels, -margins)
+    counts = torch.bincount(labels, minlength=num_classes).to(margins.dtype)
+    return sums, counts
+
+
+def reweighted_probabilities(vulnerability: Tensor, present: Tensor, previous: Tensor, rule: str) -> Tensor:
+    """New class sampling probabilities from D_c (Eq. 2) of the ``present`` classes (bool (K,)).
+
+    ``softmax``: softmax of D over the present classes (FERD Eq. 2 and the sentence after it);
+    ``official_rescale``: w_c = 0.05 + 0.15·(D_c − min D)/(max D − min D + 1e-8), normalised (the
+    official code's rule); ``none``: ``previous``. Absent classes keep their ``previous``
+    probability; the present ones share the remaining mass in those proportions.
+    """
+    if rule not in REWEIGHT_RULES:
+        raise ValueError(f"reweight must be one of {', '.join(REWEIGHT_RULES)}, got {rule!r}")
+    if rule == "none" or not present.any():
+        return previous.clone()
+    d = vulnerability[present]
+    if rule == "softmax":
+        shares = torch.softmax(d, dim=0)
+    else:
+        low, high = OFFICIAL_RANGE
+        w = low + (high - low) * (d - d.min()) / (d.max() - d.min() + 1e-8)
+        shares = w / w.sum()
+    out = previous.clone()
+    out[present] = shares * previous[present].sum()
+    return out
+
+
+# ---------------------------------------------------------------- information bottleneck (Eq. 4-7)
+def ib_objective(logits: Tensor, y: Tensor, noise_scale: Tensor, variances: Tensor, beta: float) -> Tensor:
+    """FERD Eq. 5: CE(f_{l+}(Z_I), y) + β·Σ_c (v_c/σ_c² + log(σ_c²/v_c) − 1), σ = softplus(λ) the
+    injected noise scale per channel, v the clean features' per-channel variances (floored at
+    1e-8); CE averaged over the batch. (The official code halves the sum and averages it.)"""
+    v = variances.clamp_min(VARIANCE_FLOOR)
+    s2 = noise_scale.square()
+    return F.cross_entropy(logits, y) + beta * (v / s2 + torch.log(s2 / v) - 1).sum()
+
+
+def nonrobust_mask(noise_scale: Tensor, variances: Tensor) -> Tensor:
+    """FERD Eq. 6: channel k is non-robust iff σ_k² < max_c v_c; a float 0/1 mask (C,)."""
+    return (noise_scale.square() < variances.max()).to(variances.dtype)
+
+
+class InformationBottleneck:
+    """The learnable per-channel noise scale at one layer l of the teacher (FERD Eq. 4-7).
+
+    Z = f_l(x) is the layer's output (B, C, ...), channel dim 1. :meth:`fit` runs ``steps``
+    Adam steps (lr ``lr``) on λ (C,) of Eq. 5 with Z_I = Z + softplus(λ)·ε, ε ~ N(0, I) of Z's
+    shape (Eq. 4, a forward hook adds it and the teacher's layers after l give f_{l+}(Z_I)),
+    then sets the mask of Eq. 6. v_c = Var(z_r^{(c)}): the biased variance of channel c of
+    the *clean* features Z over the batch and every spatial dim (Kim et al., NeurIPS 2021's
+    z_r, the official code's ``latent_r``: the variance of Z_I would count the injected noise
+    itself); Eq. 5 and Eq. 6 use the same v of the batch being fitted. λ starts at 0
+    (σ = log 2) and is carried across iterations with its Adam state. :meth:`uniform_loss` is
+    Eq. 7, L_uni = KL(U ‖ f_{l+}(mask·Z)), through a hook that masks the layer's output; the
+    teacher's parameters are frozen, so gradients reach λ (fit) or the input (L_uni) only.
+    """
+
+    def __init__(self, teacher: nn.Module, layer: str, *, in_shape: tuple, bounds: tuple[float, float],
+                 beta: float, lr: float, steps: int, device: torch.device):
+        try:
+            self.module = teacher.get_submodule(layer)
+        except AttributeError:
+            names = ", ".join(name for name, _ in teacher.named_modules() if name)
+            raise ValueError(f"ib_layer {layer!r} is not a module of the teacher ({type(teacher).__name__}); "
+                             f"its modules: {names}") from None
+        self.layer, self.beta, self.steps = layer, beta, steps
+        captured: list[Tensor] = []
+        with torch.no_grad(), self._hooked(lambda out: captured.append(out)):
+            teacher(torch.full((1, *in_shape), float(bounds[0]), device=device))
+        out = captured[0] if captured else None
+        if not isinstance(out, Tensor) or out.ndim < 2:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"ib_layer {layer!r} must output a (B, C, ...) tensor with channels in dim 1, got {got}")
+        self.channels = out.shape[1]
+        self.raw_scale = torch.zeros(self.channels, device=device, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.raw_scale], lr=lr)
+        self.mask = torch.ones(self.channels, device=device)
+
+    @contextlib.contextmanager
+    def _hooked(self, transform: Callable[[Tensor], Tensor | None]) -> Iterator[None]:
+        """Inside the block, the layer's output goes through ``transform`` (None: unchanged)."""
+        handle = self.module.register_forward_hook(lambda module, inputs, out: transform(out))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @staticmethod
+    def _per_channel(values: Tensor, like: Tensor) -> Tensor:
+        return values.view(1, -1, *([1] * (like.ndim - 2)))
+
+    def noise_scale(self) -> Tensor:
+        """σ = softplus(λ), (C,)."""
+        return F.softplus(self.raw_scale)
+
+    def fit(self, teacher: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """``steps`` Adam steps of Eq. 5 on the (detached) batch x with labels y, then the mask of
+        Eq. 6. Returns detached ``ib_loss`` (the last step's Eq. 5) and ``ib_nonrobust_fraction``."""
+        x = x.detach()
+        captured: list[Tensor] = []
+        with torch.no_grad(), self._hooked(lambda out: captured.append(out)):
+            teacher(x)
+        clean = captured[0]
+        _, variances = channel_statistics(clean)
+        logs: dict[str, Tensor] = {}
+        for _ in range(self.steps):
+            device = generator.device if generator is not None else clean.device
+            noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype).to(clean.device)
+            scale = self.noise_scale()
+            with self._hooked(lambda out: out + self._per_channel(scale, out) * noise):
+                logits = teacher(x)
+            loss = ib_objective(logits, y, scale, variances, self.beta)
+            (grad,) = torch.autograd.grad(loss, [self.raw_scale])
+            self.raw_scale.grad = grad
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            logs["ib_loss"] = loss.detach()
+        self.mask = nonrobust_mask(self.noise_scale().detach(), variances)
+        check_teacher_eval(teacher, "after the information-bottleneck fit")
+        logs["ib_nonrobust_fraction"] = self.mask.mean()
+        return logs
+
+    def uniform_loss(self, teacher: nn.Module, x: Tensor) -> Tensor:
+        """L_uni = KL(U ‖ softmax(f_{l+}(mask·f_l(x)))) (Eq. 7), batchmean, gradient to x."""
+        mask = self.mask
+        with self._hooked(lambda out: out * self._per_channel(mask, out)):
+            logits = teacher(x)
+        return uniform_kl(logits)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"raw_scale": self.raw_scale.detach().clone(), "optimizer": self.optimizer.state_dict(),
+                "mask": self.mask.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.raw_scale.copy_(state["raw_scale"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.mask = state["mask"].to(self.raw_scale.device)
+
+
+# ------------------------------------------------------------------------------------ FERD
+class FERD(DataFreeDistillation):
+    name = "ferd"
+
+    def __init__(self, *, attack=None, num_classes: int, teacher: str | None = None,
+                 iterations_per_epoch: int = 400, batch_size: int = 256, z_dim: int = 100,
+                 generator_width: int = 64, generator_lr: float = 2e-3, lambda_adv: float = 1.0,
+                 lambda_bn: float = 5.0, lambda_oh: float = 1.0, lambda_uni: float = 5.0, gamma: float = 0.5,
+                 lambda1: float = 5 / 6, lambda2: float | None = None, eps: float = 8 / 255,
+                 alpha: float = 2 / 255, steps: int = 10, reweight: str = "softmax", reweight_steps: int = 20,
+                 reweight_samples: int | None = None, ib_layer: str | None = None, ib_beta: float = 0.3,
+                 ib_lr: float = 0.1, ib_steps: int = 5, reweighting: bool = True, faes: bool = True,
+                 utaes: bool = True):
+        super().__init__(attack=attack, num_classes=num_classes, teacher=teacher,
+                         iterations_per_epoch=iterations_per_epoch, batch_size=batch_size, z_dim=z_dim,
+                         generator_width=generator_width, generator_lr=generator_lr, lambda_adv=lambda_adv,
+                         lambda_bn=lambda_bn, lambda_oh=lambda_oh, eps=eps, alpha=alpha, steps=steps)
+        for name, value in (("lambda_uni", lambda_uni), ("gamma", gamma), ("lambda1", lambda1), ("ib_beta", ib_beta)):
+            check_weight(name, value)
+        self.weights["uni"] = float(lambda_uni)
+        self.gamma, self.lambda1 = float(gamma), float(lambda1)
+        if lambda2 is None:
+            if lambda1 > 1:
+                raise ValueError(f"lambda2 defaults to 1 - lambda1, which is negative for lambda1 {lambda1}: "
+                                 "set lambda2")
+            lambda2 = 1.0 - lambda1
+        check_weight("lambda2", lambda2)
+        self.lambda2 = float(lambda2)
+        if reweight not in REWEIGHT_RULES:
+            raise ValueError(f"reweight must be one of {', '.join(REWEIGHT_RULES)}, got {reweight!r}")
+        self.reweight = reweight
+        self.reweight_steps = _check_int("reweight_steps", reweight_steps, 1)
+        self.reweight_samples = (None if reweight_samples is None
+                                 else _check_int("reweight_samples", reweight_samples, 2))
+        if ib_layer is not None and (not isinstance(ib_layer, str) or not ib_layer.strip()):
+            raise ValueError(f"ib_layer must be a dotted module name of the teacher, got {ib_layer!r}")
+        self.ib_layer, self.ib_beta = ib_layer, float(ib_beta)
+        self.ib_lr, self.ib_steps = _check_positive("ib_lr", ib_lr), _check_int("ib_steps", ib_steps, 1)
+        for name, value in (("reweighting", reweighting), ("faes", faes), ("utaes", utaes)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool, got {value!r}")
+        self.reweighting, self.faes, self.utaes = reweighting, faes, utaes
+
+    def setup(self, ctx) -> None:
+        """The common setup (``_datafree.py``), then uniform class probabilities, the reweighting
+        PGD and, with ``faes``, the information bottleneck at ``ib_layer`` (default: the
+        teacher's ``feature_layer``; ValueError if neither is set)."""
+        super().setup(ctx)
+        self.class_probs = torch.full((self.num_classes,), 1 / self.num_classes, device=ctx.device)
+        self.vulnerability = torch.full((self.num_classes,), float("nan"), device=ctx.device)
+        self.reweight_attack = PGD(eps=self.eps, alpha=self.alpha, steps=self.reweight_steps, bounds=ctx.bounds)
+        self.ib = None
+        if self.faes:
+            layer = self.ib_layer or getattr(self.teacher, "feature_layer", None)
+            if not layer:
+                raise ValueError(f"defense 'ferd': the teacher ({type(self.teacher).__name__}) declares no "
+                                 "`feature_layer`: set `defense.ib_layer` to the dotted name of its last convolutional "
+                                 "stage (FERD Eq. 4), or disable the FAEs (`faes: false`)")
+            self.ib = InformationBottleneck(self.teacher, layer, in_shape=ctx.in_shape, bounds=ctx.bounds,
+                                            beta=self.ib_beta, lr=self.ib_lr, steps=self.ib_steps, device=ctx.device)
+
+    # ----------------------------------------------------------------- reweighting (Eq. 1-2)
+    def start_epoch(self, model, train_set, *, epoch, device, batch_size, generator, rank=0, world=1):
+        """Once per epoch: recompute the class probabilities (Eq. 1-2) from epoch 1 on; the
+        training set is never read. Logs the probabilities' range (and D's when measured)."""
+        if not self.reweighting:
+            return {}
+        logs = self.update_class_probabilities(epoch, world) if epoch > 0 else {}
+        return {"class_prob_max": float(self.class_probs.max()), "class_prob_min": float(self.class_probs.min()),
+                **logs}
+
+    def update_class_probabilities(self, epoch: int, world: int = 1) -> dict[str, float]:
+        """Eq. 1-2 on ``reweight_samples`` fresh synthetic samples in equal class proportions
+        (randomness from ``context.generator("reweight", epoch)``), then ``reweight``'s rule."""
+        teacher = self._require_setup()
+        g = self.context.generator("reweight", epoch)
+        n = self.reweight_samples or self.batch_size
+        y = balanced_labels(n, self.num_classes, g)
+        x = self.synthesize(torch.randn(n, self.z_dim, generator=g, device=g.device), y)
+        x_adv = self.reweight_attack(teacher, x, y, generator=g)
+        check_teacher_eval(teacher, "after the reweighting attack")
+        margins = cw_margin(self.teacher_logits(x_adv), y)
+        sums, counts = class_vulnerability(margins, y, self.num_classes)
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(counts)
+        present = counts > 0
+        self.vulnerability = torch.where(present, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
+        self.class_probs = reweighted_probabilities(self.vulnerability, present, self.class_probs, self.reweight)
+        measured = self.vulnerability[present]
+        return {"vulnerability_max": float(measured.max()), "vulnerability_min": float(measured.min())}
+
+    def draw_labels(self, n: int, generator: torch.Generator) -> Tensor:
+        """Reweighted: i.i.d. from the class probabilities; ablated: equal class proportions."""
+        if not self.reweighting:
+            return super().draw_labels(n, generator)
+        return sample_labels(self.class_probs, n, generator)
+
+    # --------------------------------------------------------------------- FAEs (Eq. 4-9)
+    def generator_terms(self, x, y, student, generator):
+        """Eq. 8's terms and, with ``faes``, the bottleneck fit on x and L_uni (Eq. 7)."""
+        terms, logs = super().generator_terms(x, y, student, generator)
+        if self.faes:
+            logs = {**logs, **self.ib.fit(self.teacher, x, y, generator)}
+            terms["uni"] = self.ib.uniform_loss(self.teacher, x)
+            check_teacher_eval(self.teacher, "after L_uni")
+        return terms, logs
+
+    # ------------------------------------------------------------------ student (Eq. 10-11)
+    def loss(self, model, x, y, *, generator=None):
+        """Eq. 11 on the FAEs x = x_F (B, ...) with labels y (B,): UTAEs x_U against the teacher
+        (Eq. 10, γ = ``gamma``, 0 with ``utaes: false``), then
+        λ1·KL(T(x_F) ‖ S(x_F)) + λ2·KL(T(x_F) ‖ S(x_U)) through ``model``. Components
+        ``kl_benign``, ``kl_adv`` and, with UTAEs, ``utae_uniform_kl`` = KL(U ‖ T(x_U))."""
+        teacher_logits = self.teacher_logits(x)
+        objective = UniformTargetKL(teacher_logits, gamma=self.gamma if self.utaes else 0.0)
+        x_u = self.adversarial(self.teacher, x, y, objective, generator)
+        kl_benign = kl_to_teacher(teacher_logits, model(x))
+        kl_adv = kl_to_teacher(teacher_logits, model(x_u))
+        loss = self.lambda1 * kl_benign + self.lambda2 * kl_adv
+        parts = {"kl_benign": kl_benign.detach(), "kl_adv": kl_adv.detach()}
+        if self.utaes:
+            parts["utae_uniform_kl"] = uniform_kl(self.teacher_logits(x_u))
+        return loss, parts
+
+    # ---------------------------------------------------------------------------- state
+    def extra_state(self) -> dict[str, Any]:
+        return {"class_probs": self.class_probs.clone(), "vulnerability": self.vulnerability.clone(),
+                "ib": None if self.ib is None else self.ib.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        device = self.context.device
+        self.class_probs = state["class_probs"].to(device)
+        self.vulnerability = state["vulnerability"].to(device)
+        if self.ib is not None:
+            self.ib.load_state_dict(state["ib"])
