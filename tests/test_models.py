@@ -16,7 +16,8 @@ SMALL = {"preact_resnet18": {"width": 8}, "resnet18": {"width": 8}, "mobilenet_v
          "wide_resnet": {"depth": 10, "widen_factor": 1}}   # full sizes: tests/test_cifar_models.py
 #: the input each known model is built for; a new model gets the first candidate it accepts
 SHAPES = {"digits_cnn": (1, 8, 8), "cnn1d": (1, 40), "preact_resnet18": (3, 32, 32), "mlp": (8,),
-          "vgg16": (3, 32, 32), "vit_b_16": (3, 32, 32)}
+          "vgg16": (3, 32, 32), "vit_b_16": (3, 32, 32),
+          "m5": (1, 8000), "m5_tricks": (1, 8000)}   # 0.5 s at 16 kHz (M5 needs >= 6,848 samples)
 CANDIDATE_SHAPES = [(1, 8, 8), (1, 40), (3, 32, 32), (8,), (1, 28, 28), (3, 64, 64), (1, 16000)]
 #: models documented as taking flat features without a normalisation layer
 NO_NORMALIZE: set[str] = set()   # every model normalises inside

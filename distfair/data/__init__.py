@@ -7,10 +7,13 @@ from __future__ import annotations
 from typing import Callable
 
 from distfair.data._base import DataBundle, stratified_split
+from distfair.data.audiomnist import audiomnist
 from distfair.data.cifar import cifar10, cifar100
+from distfair.data.common_voice import common_voice_clips
 from distfair.data.digits import digits
 from distfair.data.faces import faces
 from distfair.data.mnist1d import mnist1d
+from distfair.data.spoken_words import spoken_words
 from distfair.data.synthetic import synthetic
 
 DATASETS: dict[str, Callable[..., DataBundle]] = {
@@ -20,6 +23,9 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {
     "cifar100": cifar100,
     "synthetic": synthetic,
     "faces": faces,
+    "spoken_words": spoken_words,
+    "audiomnist": audiomnist,
+    "common_voice_clips": common_voice_clips,
 }
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from distfair.models._base import Normalize, unwrap_model
 from distfair.models.cnn1d import CNN1D
 from distfair.models.digits_cnn import DigitsCNN
+from distfair.models.m5 import M5, M5Tricks
 from distfair.models.mlp import MLP
 from distfair.models.mobilenet_v2_cifar import MobileNetV2
 from distfair.models.preact_resnet import PreActResNet18
@@ -28,6 +29,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "resnet18": ResNet18,
     "mobilenet_v2": MobileNetV2,
     "wide_resnet": WideResNet,
+    "m5": M5,
+    "m5_tricks": M5Tricks,
 }
 
 #: arguments supplied by the dataset, not by the user's config
