@@ -286,7 +286,9 @@ def weak_on_3_teacher(teacher_path, tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("rule", ["softmax", "official_rescale"])
 def test_reweighting_favours_the_class_the_teacher_is_weak_on(weak_on_3_teacher, rule):
-    defense = ferd(weak_on_3_teacher, reweight=rule, reweight_samples=60)
+    # logit margins: lowering a logit shows in them whatever the teacher's confidence (the
+    # probability margins of this barely trained teacher saturate: see the test below)
+    defense = ferd(weak_on_3_teacher, reweight=rule, reweight_samples=60, reweight_margin="logit")
     uniform = torch.full((K,), 1 / K)
     logged = defense.start_epoch(None, None, epoch=0, device=torch.device("cpu"), batch_size=16, generator=None)
     assert torch.equal(defense.class_probs, uniform) and "vulnerability_max" not in logged   # epoch 0: uniform
@@ -303,10 +305,58 @@ def test_reweighting_favours_the_class_the_teacher_is_weak_on(weak_on_3_teacher,
 
 
 def test_reweight_none_measures_but_keeps_uniform(weak_on_3_teacher):
-    defense = ferd(weak_on_3_teacher, reweight="none", reweight_samples=60)
+    defense = ferd(weak_on_3_teacher, reweight="none", reweight_samples=60, reweight_margin="logit")
     logged = defense.start_epoch(None, None, epoch=1, device=torch.device("cpu"), batch_size=16, generator=None)
     assert torch.equal(defense.class_probs, torch.full((K,), 1 / K))
     assert int(defense.vulnerability.argmax()) == 3 and "vulnerability_max" in logged
+
+
+def _margins_by_hand(defense, epoch: int, on_probabilities: bool) -> torch.Tensor:
+    """D_c (Eq. 1-2) recomputed from the same reweighting pass (same generator, same attack)."""
+    from distfair.defenses._datafree import balanced_labels
+    g = defense.context.generator("reweight", epoch)
+    n = defense.reweight_samples
+    y = balanced_labels(n, K, g)
+    x = defense.synthesize(torch.randn(n, defense.z_dim, generator=g), y)
+    x_adv = defense.reweight_attack(defense.teacher, x, y, generator=g)
+    with torch.no_grad():
+        scores = defense.teacher(x_adv)
+    if on_probabilities:
+        scores = scores.softmax(1)
+    own = scores.gather(1, y[:, None]).squeeze(1)
+    other = scores.masked_fill(torch.nn.functional.one_hot(y, K).bool(), float("-inf")).amax(1)
+    return torch.stack([(other - own)[y == c].mean() for c in range(K)])
+
+
+@pytest.fixture(scope="module")
+def soft_weak_on_3_teacher(teacher_path, tmp_path_factory) -> str:
+    """The teacher's head scaled by 1/4 (probabilities far from 0 and 1), class 3's logit then
+    lowered by 2: class 3's margins shrink in probabilities too."""
+    state = torch.load(teacher_path, weights_only=False)
+    state["model"]["head.weight"] *= 0.25
+    state["model"]["head.bias"] *= 0.25
+    state["model"]["head.bias"][3] -= 2.0
+    path = tmp_path_factory.mktemp("soft_weak") / CHECKPOINT_NAME
+    torch.save(state, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("rule", ["softmax", "official_rescale"])
+@pytest.mark.parametrize("margin", ["probability", "logit"])
+def test_reweighting_margin_is_on_the_teachers_probabilities_by_default(soft_weak_on_3_teacher, margin, rule):
+    """Eq. 1 on f^T's probabilities (the paper's f^T is a distribution in Eq. 7-11; "confidence"):
+    D in [-1, 1], so softmax(D) favours no class more than e^2 times another; ``logit`` keeps the
+    margin on logits (the official code's, before its min-max rescale)."""
+    options = {} if margin == "probability" else {"reweight_margin": "logit"}
+    defense = ferd(soft_weak_on_3_teacher, reweight_samples=60, reweight=rule, **options)
+    assert defense.reweight_margin == margin
+    defense.start_epoch(None, None, epoch=1, device=torch.device("cpu"), batch_size=16, generator=None)
+    expected = _margins_by_hand(defense, 1, on_probabilities=margin == "probability")
+    assert torch.allclose(defense.vulnerability, expected, atol=1e-5)
+    if margin == "probability":
+        assert defense.vulnerability.abs().max() <= 1.0
+        assert defense.class_probs.max() / defense.class_probs.min() <= math.exp(2.0) + 1e-4
+    assert int(defense.vulnerability.argmax()) == 3 and int(defense.class_probs.argmax()) == 3
 
 
 # ------------------------------------------------------------------------------- UTAEs
@@ -445,6 +495,7 @@ def test_setup_needs_the_teacher_and_a_bottleneck_layer(teacher_path, mlp_teache
     ("reweight", "uniform", "reweight must be one of"), ("gamma", -0.5, "gamma"), ("lambda1", 2.0, "lambda2"),
     ("batch_size", 1, "batch_size"), ("ib_steps", 0, "ib_steps"), ("eps", 0.0, "eps"), ("faes", "yes", "faes"),
     ("lambda_uni", -1.0, "lambda_uni"), ("reweight_samples", 1, "reweight_samples"),
+    ("reweight_margin", "margin", "reweight_margin must be one of"),
 ])
 def test_impossible_options_are_refused(option, value, message):
     with pytest.raises(ValueError, match=message):
@@ -457,6 +508,7 @@ def test_defaults_are_the_papers():
     assert (d.gamma, d.lambda1, d.lambda2) == (0.5, 5 / 6, pytest.approx(1 / 6))
     assert (d.iterations_per_epoch, d.batch_size, d.generator_lr, d.reweight_steps) == (400, 256, 2e-3, 20)
     assert (d.reweight, d.reweighting, d.faes, d.utaes) == ("softmax", True, True, True)
+    assert d.reweight_margin == "probability"
     assert FERD.reference_options == DFRD.reference_options == ("teacher",)
     assert not FERD.needs_attack and not DFRD.needs_attack
     assert FERD(num_classes=K, lambda1=0.5, lambda2=2.0).lambda2 == 2.0
@@ -464,7 +516,8 @@ def test_defaults_are_the_papers():
 
 def test_configuration_validates_with_every_option():
     cfg = validate({"defense": {"name": "ferd", "teacher": "t.pt", "lambda2": None, "reweight": "official_rescale",
-                                "ib_layer": "features", "faes": False, "reweight_samples": 64},
+                                "ib_layer": "features", "faes": False, "reweight_samples": 64,
+                                "reweight_margin": "logit"},
                     "dataset": {"name": "digits"}, "model": {"name": "digits_cnn"}, "eval": EVAL, "seeds": [0]},
                    "ferd.yaml")
     assert cfg["defense"]["reweight"] == "official_rescale" and cfg["defense"]["faes"] is False

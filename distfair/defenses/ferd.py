@@ -9,13 +9,25 @@ without ever reading the training split. On top of the DFRD baseline (``dfrd.py`
    start of every epoch after the first, ``reweight_samples`` synthetic samples in equal class
    proportions are made by the generator as trained so far, attacked with PGD-``reweight_steps``
    (CE of the requested class y_i, ``eps``/``alpha``) against the *teacher*; m_i =
-   T(x_i^adv)_{y_i} − max_{j≠y_i} T(x_i^adv)_j (Eq. 1, :func:`distfair.attacks.cw_margin`),
-   D_c = mean of −m_i over the samples of class c (Eq. 2) and the class probabilities p from
-   :func:`reweighted_probabilities` (``reweight``): ``softmax`` p = softmax(D) (the paper's
-   rule, default); ``official_rescale`` the official code's rule, D min-max rescaled into
-   [0.05, 0.2] and normalised to sum 1 (the official code applies it to the per-class CE of
-   the teacher on clean synthetic samples; here to D_c, so only the mapping differs);
-   ``none`` D is measured and logged, p stays uniform. A class with no sample keeps its
+   f^T(x_i^adv)_{y_i} − max_{j≠y_i} f^T(x_i^adv)_j (Eq. 1, :func:`distfair.attacks.cw_margin`)
+   on the teacher's softmax *probabilities* (``reweight_margin: probability``, default) or on
+   its logits (``logit``), D_c = mean of −m_i over the samples of class c (Eq. 2) and the class
+   probabilities p from :func:`reweighted_probabilities` (``reweight``): ``softmax`` p =
+   softmax(D) (the paper's rule, default); ``official_rescale`` the official code's rule, D
+   min-max rescaled into [0.05, 0.2] and normalised to sum 1 (the official code applies it to
+   the per-class CE of the teacher on clean synthetic samples; here to D_c, so only the
+   mapping differs); ``none`` D is measured and logged, p stays uniform.
+   Why probabilities: Eq. 1 does not say, but the paper writes f^T for the teacher's output
+   *distribution* in every other equation (KL(f^T(x), ·) in Eq. 7, 8, 10, 11), and calls m_i
+   "the gap between the model's confidence in the correct category and the strongest
+   confusable category". The choice matters only under the softmax rule, whose output depends
+   exponentially on D's scale: probability margins keep D in [−1, 1], so no class is sampled
+   more than e² ≈ 7.4 times as often as another (the official [0.05, 0.2] allows 4); logit
+   margins of a confident teacher span several units (measured on digits with a PGD-trained
+   digits_cnn teacher: D from −3.2 to 7.4), and softmax(D) then put up to 95 % of an epoch's
+   labels on one class (that run's student ended at chance; with probability margins the
+   same run's class probabilities stayed within [0.03, 0.14]). The official code computes
+   the margin on logits, but then min-max rescales it, where the scale is irrelevant. A class with no sample keeps its
    previous probability (the others share the rest). Epoch 0 samples uniformly: an untrained
    generator's samples say nothing about a class. Labels are then drawn i.i.d. from p.
    Under DDP the per-class sums are all-reduced, so every rank samples with the same p.
@@ -27,6 +39,21 @@ without ever reading the training split. On top of the DFRD baseline (``dfrd.py`
    from the non-robust features Z_nr = mask·f_l(x), weighted by ``lambda_uni``. The
    generator's loss is Eq. 9: −λ_adv·L_adv + λ_bn·L_bn + λ_oh·L_oh + λ_uni·L_uni (L_adv
    maximised, ``_datafree.py``).
+   What Eq. 5-6 select in practice (a property of the method, not of this code): Eq. 5's
+   regulariser is minimised at σ_c² = v_c and its CE term only pushes σ down (always, when
+   f_{l+} is affine in Z, as after digits_cnn's ``features``: E[CE] is then convex in the
+   noise), so a fitted σ_c² stays near or below v_c ≤ max_c v_c and Eq. 6 marks (nearly) every
+   channel non-robust. Measured with the PGD-trained digits_cnn teacher on real test digits:
+   99-100 % of the channels, also with the official code's procedure (Kim et al.'s: a fresh
+   per-sample λ, 50 Adam steps, the KL halved and averaged, noise per sample and channel,
+   per-sample spatial variances, non-robust iff softplus(λ)² <= their maximum), and also at
+   the last convolution's or its BatchNorm's output instead of the trunk's. Then Z_nr = Z and
+   L_uni = KL(U ‖ T(x)) opposes L_oh: the minimiser of λ_oh·CE(T(x), y) + λ_uni·KL(U ‖ T(x))
+   is T(x)_y = (λ_oh + λ_uni/K)/(λ_oh + λ_uni), 0.25 at the paper's 1 and 5 and K = 10 (the
+   digits run above: L_oh 1.41 = −log 0.244), so the generator makes samples on which the
+   teacher is unsure and the student distils near-uniform targets. Eq. 6's λ_k² is the noise
+   variance softplus(λ_k)² (Eq. 5 uses the same symbol for it; Kim et al.'s and the official
+   FERD code compare softplus(λ)² with the largest variance), as here.
 3. **Uniform-target adversarial examples (UTAEs)** (§"Label-Space Attack Diversification",
    Eq. 10): x_U = PGD from the FAE x_F on KL(T(x_F) ‖ T(x_U)) − γ·KL(U ‖ T(x_U))
    (:class:`distfair.attacks.UniformTargetKL`), ℓ∞ radius ``eps``, ``steps`` steps of ``alpha``.
@@ -57,9 +84,11 @@ Options (keyword-only; the common ones are documented in ``DataFreeDistillation`
     gamma: γ of Eq. 10 (>= 0, default 0.5).
     lambda1, lambda2: weights of the student's clean and UTAE KL (Eq. 11: 5/6 and 1/6);
         lambda2 null means 1 − lambda1.
-    reweight: "softmax" (default), "official_rescale" or "none"; reweight_steps: the PGD
-        steps of the reweighting attack (paper PGD-20); reweight_samples: synthetic samples
-        per reweighting pass (null: ``batch_size``; take >= K so that every class is measured).
+    reweight: "softmax" (default), "official_rescale" or "none"; reweight_margin:
+        "probability" (default) or "logit", what the margin m_i of Eq. 1 is computed on (see
+        1. above); reweight_steps: the PGD steps of the reweighting attack (paper PGD-20);
+        reweight_samples: synthetic samples per reweighting pass (null: ``batch_size``; take
+        >= K so that every class is measured).
     ib_layer: dotted module name of the teacher's layer l (null: the teacher's
         ``feature_layer``); ib_beta: β of Eq. 5; ib_lr, ib_steps: Adam learning rate and
         steps of the bottleneck per iteration. The paper gives no β, learning rate or steps:
@@ -88,6 +117,8 @@ from distfair.defenses._datafree import (DataFreeDistillation, _check_int, _chec
                                          uniform_kl)
 
 REWEIGHT_RULES = ("softmax", "official_rescale", "none")
+#: what the adversarial margin of Eq. 1 is computed on: the teacher's probabilities or logits
+REWEIGHT_MARGINS = ("probability", "logit")
 #: the official code's range of the rescaled class weights
 OFFICIAL_RANGE = (0.05, 0.2)
 #: floor of a channel variance in Eq. 5 (a dead channel would make log(σ²/v) infinite)
@@ -249,7 +280,8 @@ class FERD(DataFreeDistillation):
                  generator_width: int = 64, generator_lr: float = 2e-3, lambda_adv: float = 1.0,
                  lambda_bn: float = 5.0, lambda_oh: float = 1.0, lambda_uni: float = 5.0, gamma: float = 0.5,
                  lambda1: float = 5 / 6, lambda2: float | None = None, eps: float = 8 / 255,
-                 alpha: float = 2 / 255, steps: int = 10, reweight: str = "softmax", reweight_steps: int = 20,
+                 alpha: float = 2 / 255, steps: int = 10, reweight: str = "softmax",
+                 reweight_margin: str = "probability", reweight_steps: int = 20,
                  reweight_samples: int | None = None, ib_layer: str | None = None, ib_beta: float = 0.3,
                  ib_lr: float = 0.1, ib_steps: int = 5, reweighting: bool = True, faes: bool = True,
                  utaes: bool = True):
@@ -271,6 +303,9 @@ class FERD(DataFreeDistillation):
         if reweight not in REWEIGHT_RULES:
             raise ValueError(f"reweight must be one of {', '.join(REWEIGHT_RULES)}, got {reweight!r}")
         self.reweight = reweight
+        if reweight_margin not in REWEIGHT_MARGINS:
+            raise ValueError(f"reweight_margin must be one of {', '.join(REWEIGHT_MARGINS)}, got {reweight_margin!r}")
+        self.reweight_margin = reweight_margin
         self.reweight_steps = _check_int("reweight_steps", reweight_steps, 1)
         self.reweight_samples = (None if reweight_samples is None
                                  else _check_int("reweight_samples", reweight_samples, 2))
@@ -313,7 +348,8 @@ class FERD(DataFreeDistillation):
 
     def update_class_probabilities(self, epoch: int, world: int = 1) -> dict[str, float]:
         """Eq. 1-2 on ``reweight_samples`` fresh synthetic samples in equal class proportions
-        (randomness from ``context.generator("reweight", epoch)``), then ``reweight``'s rule."""
+        (randomness from ``context.generator("reweight", epoch)``), margins on the teacher's
+        probabilities or logits (``reweight_margin``), then ``reweight``'s rule."""
         teacher = self._require_setup()
         g = self.context.generator("reweight", epoch)
         n = self.reweight_samples or self.batch_size
@@ -321,7 +357,10 @@ class FERD(DataFreeDistillation):
         x = self.synthesize(torch.randn(n, self.z_dim, generator=g, device=g.device), y)
         x_adv = self.reweight_attack(teacher, x, y, generator=g)
         check_teacher_eval(teacher, "after the reweighting attack")
-        margins = cw_margin(self.teacher_logits(x_adv), y)
+        scores = self.teacher_logits(x_adv)
+        if self.reweight_margin == "probability":
+            scores = torch.softmax(scores, dim=1)
+        margins = cw_margin(scores, y)
         sums, counts = class_vulnerability(margins, y, self.num_classes)
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)
