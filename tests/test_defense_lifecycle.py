@@ -17,7 +17,7 @@ from distfair.config import validate
 from distfair.defenses import DEFENSES
 from distfair.engine import run_seed
 from distfair.engine.train import CHECKPOINT_NAME
-from toy_defenses import NAME, DataFreeDistill, make_teacher, save_teacher
+from toy_defenses import NAME, DataFreeDistill, NoSamples, make_teacher, save_teacher, untimed
 
 TOY = {
     "defense": {"name": NAME, "steps_per_epoch": 4, "batch_size": 16},
@@ -45,21 +45,6 @@ def cfg(toy_registered):
     return validate(copy.deepcopy(TOY), "toy.yaml")
 
 
-def _untimed(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.endswith("time_s")} for row in history]
-
-
-class _NoSamples(torch.utils.data.Dataset):
-    """A training set that may be sized (the sampler) but never read."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, index):
-        raise AssertionError("a data-free defense read the training set")
 
 
 def test_toy_trains_without_the_training_set_and_checkpoints_its_state(cfg, teacher_path, tmp_path, monkeypatch):
@@ -69,7 +54,7 @@ def test_toy_trains_without_the_training_set_and_checkpoints_its_state(cfg, teac
 
     real = train.build_dataset
     monkeypatch.setattr(train, "build_dataset", lambda *a, **k: (lambda d: dataclasses.replace(
-        d, train=_NoSamples(len(d.train))))(real(*a, **k)))
+        d, train=NoSamples(len(d.train))))(real(*a, **k)))
     result = run_seed(cfg, 0, workdir=tmp_path / "run", references={"teacher": teacher_path})
     assert [row["defense_steps_done"] for row in result.history] == [0.0, 4.0]     # state carried over
     assert all({"train_loss", "train_disagreement", "train_student_ce"} <= row.keys() for row in result.history)
@@ -96,7 +81,7 @@ def test_toy_resume_matches_uninterrupted_run(cfg, teacher_path, tmp_path):
     resumed = run_seed(cfg3, 5, workdir=tmp_path / "resumed", references=refs,
                        on_epoch=lambda e, row, p: seen.append(e))
     assert seen == [1, 2]
-    assert _untimed(resumed.history) == _untimed(straight.history)
+    assert untimed(resumed.history) == untimed(straight.history)
     assert resumed.confusion == straight.confusion
     assert {k: v for k, v in resumed.metrics.items() if not k.endswith("time_s")} == \
         {k: v for k, v in straight.metrics.items() if not k.endswith("time_s")}

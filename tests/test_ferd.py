@@ -28,6 +28,7 @@ from distfair.engine import run_seed
 from distfair.engine.train import CHECKPOINT_NAME
 from distfair.models import build_model
 from distfair.models.generator import Generator
+from toy_defenses import NoSamples, untimed
 
 K = 10
 DIGITS = (1, 8, 8)
@@ -37,32 +38,28 @@ SMALL_FERD = {**SMALL, "reweight_steps": 3, "ib_steps": 2}
 EVAL = {"attacks": [{"name": "fgsm", "attack": "fgsm", "eps": 0.1}]}
 
 
-def _untimed(rows):
-    return [{k: v for k, v in row.items() if not k.endswith("time_s")} for row in rows]
-
-
 def _engine_run(cfg: dict, workdir, seed: int = 0, **kwargs):
     return run_seed(validate(copy.deepcopy(cfg), "cfg.yaml"), seed, workdir=workdir, **kwargs)
+
+
+def _trained_teacher(tmp_path_factory, model: dict, name: str) -> str:
+    cfg = {"defense": {"name": "standard"}, "dataset": {"name": "digits"}, "model": model,
+           "train": {"epochs": 1, "batch_size": 64, "lr": 0.05}, "eval": EVAL, "seeds": [0]}
+    workdir = tmp_path_factory.mktemp(name)
+    _engine_run(cfg, workdir)
+    return str(workdir / CHECKPOINT_NAME)
 
 
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory) -> str:
     """A digits_cnn (with BatchNorm and ``feature_layer``) trained one epoch by the engine."""
-    cfg = {"defense": {"name": "standard"}, "dataset": {"name": "digits"}, "model": {"name": "digits_cnn", "width": 8},
-           "train": {"epochs": 1, "batch_size": 64, "lr": 0.05}, "eval": EVAL, "seeds": [0]}
-    workdir = tmp_path_factory.mktemp("teacher")
-    _engine_run(cfg, workdir)
-    return str(workdir / CHECKPOINT_NAME)
+    return _trained_teacher(tmp_path_factory, {"name": "digits_cnn", "width": 8}, "teacher")
 
 
 @pytest.fixture(scope="module")
 def mlp_teacher_path(tmp_path_factory) -> str:
     """A teacher without BatchNorm and without ``feature_layer`` (an mlp on digits)."""
-    cfg = {"defense": {"name": "standard"}, "dataset": {"name": "digits"}, "model": {"name": "mlp", "hidden": 16},
-           "train": {"epochs": 1, "batch_size": 64, "lr": 0.05}, "eval": EVAL, "seeds": [0]}
-    workdir = tmp_path_factory.mktemp("mlp_teacher")
-    _engine_run(cfg, workdir)
-    return str(workdir / CHECKPOINT_NAME)
+    return _trained_teacher(tmp_path_factory, {"name": "mlp", "hidden": 16}, "mlp_teacher")
 
 
 def context(teacher: str | None, rank: int = 0) -> DefenseContext:
@@ -532,16 +529,6 @@ def ferd_cfg(teacher_path) -> dict:
             "eval": EVAL, "seeds": [0]}
 
 
-class _NoSamples(torch.utils.data.Dataset):
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, index):
-        raise AssertionError("a data-free defense read the training set")
-
 
 @pytest.mark.parametrize("name", ["ferd", "dfrd"])
 def test_trains_through_the_engine_without_reading_the_training_set(name, ferd_cfg, teacher_path, tmp_path,
@@ -550,7 +537,7 @@ def test_trains_through_the_engine_without_reading_the_training_set(name, ferd_c
 
     real = train.build_dataset
     monkeypatch.setattr(train, "build_dataset", lambda *a, **k: (lambda d: dataclasses.replace(
-        d, train=_NoSamples(len(d.train))))(real(*a, **k)))
+        d, train=NoSamples(len(d.train))))(real(*a, **k)))
     cfg = copy.deepcopy(ferd_cfg)
     cfg["train"]["epochs"] = 2
     if name == "dfrd":
@@ -568,7 +555,7 @@ def test_resume_equals_the_uninterrupted_run(ferd_cfg, teacher_path, tmp_path):
     first["train"]["epochs"] = 1
     _engine_run(first, tmp_path / "resumed", references=refs)                # "crash" after epoch 1
     resumed = _engine_run(ferd_cfg, tmp_path / "resumed", references=refs)
-    assert _untimed(resumed.history) == _untimed(straight.history)
+    assert untimed(resumed.history) == untimed(straight.history)
     assert resumed.param_fingerprints == straight.param_fingerprints
     assert resumed.confusion == straight.confusion
     a, b = (torch.load(tmp_path / d / CHECKPOINT_NAME, weights_only=False)["defense"][0]

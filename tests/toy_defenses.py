@@ -134,6 +134,25 @@ class DataFreeDistill(Defense):
         self.steps_done = state["steps_done"]
 
 
+class NoSamples(torch.utils.data.Dataset):
+    """A training set that may be sized (the sampler) but never read: swapped in for a
+    data-free defense's training split, reading a sample fails the test."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        raise AssertionError("a data-free defense read the training set")
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    """Per-epoch history rows without their wall-clock timings (which differ run to run)."""
+    return [{k: v for k, v in row.items() if not k.endswith("time_s")} for row in history]
+
+
 def register() -> None:
     """Add the toy defense to the registry of this process (the Ray workers' setup hook)."""
     DEFENSES.setdefault(NAME, DataFreeDistill)
