@@ -6,7 +6,9 @@ teacher of its own seed (``defense.teacher`` = the teacher's configuration run, 
 teacher seed s) without reading the training split, and is evaluated on the real test set.
 Reported per method and evaluation (clean, FGSM, PGD-20, AutoAttack): Avg (accuracy), Worst
 (worst-class accuracy) and NSD, mean ± std over the seeds, read from each configuration's
-result record; FERD vs the baseline with Welch's t-test per metric (SciPy). Ablations: γ ∈
+result record; FERD vs the baseline with Welch's t-test per metric (SciPy); with ``student`` also FERD with its UTAEs made against
+the student (an option, not the paper as written; README "Data-free robustness
+distillation"). Ablations: γ ∈
 {0, 0.1, 0.5, 0.9} (Fig. 6) and the components (Table 3: without reweighting, without FAEs,
 without UTAEs, without both). Every run goes to MLflow (``--experiment``).
 
@@ -90,7 +92,10 @@ def table(rows: dict[str, dict], reference: str | None = None, against: str | No
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--ablations", nargs="*", default=["gamma", "components"], choices=["gamma", "components"])
+    p.add_argument("--ablations", nargs="*", default=["gamma", "components", "student"],
+                   choices=["gamma", "components", "student"],
+                   help="gamma: Fig. 6's γ grid; components: Table 3; student: UTAEs against the student "
+                        "(utae_network: student, not Eq. 10 as written: the reading that f^T(x_U) means f^S)")
     p.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs, no AutoAttack: a check of the script")
     p.add_argument("--experiment", default="ferd_comparison")
     p.add_argument("--tracking-uri", default=None)
@@ -132,6 +137,9 @@ def main() -> int:
         teacher = runs["teacher"]
         rows["FERD"] = run("FERD", prepare(STUDENT, teacher=teacher), STUDENT)
         rows["DFRD baseline"] = run("DFRD", prepare(BASELINE, teacher=teacher), BASELINE)
+        if "student" in args.ablations:
+            rows["FERD, UTAEs vs student (not Eq. 10)"] = run(
+                "FERD utae_network=student", prepare(STUDENT, teacher=teacher, utae_network="student"), STUDENT)
         tables["main"] = table(rows, "FERD", "DFRD baseline")
         if "gamma" in args.ablations:
             gamma_rows = {f"FERD γ={g}": run(f"FERD gamma={g}", prepare(STUDENT, teacher=teacher, gamma=g), STUDENT)

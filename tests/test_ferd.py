@@ -450,6 +450,25 @@ def test_without_utaes_the_adversarial_examples_are_plain_kl_pgd(teacher_path):
     assert torch.equal(ablated_parts["kl_adv"], gamma0_parts["kl_adv"])
 
 
+def test_utae_network_student_ascends_the_student_not_the_teacher(teacher_path):
+    """``utae_network: student`` (an investigation option, not Eq. 10 as written) runs the same
+    UTAE objective through the student: the PGD gets the student; the default gets the teacher."""
+    y = torch.arange(16) % K
+    net = student()
+    seen = {}
+    for choice in ("teacher", "student"):
+        defense = ferd(teacher_path, utae_network=choice)
+        x = defense.synthesize(torch.randn(16, 8, generator=torch.Generator().manual_seed(1)), y)
+        calls = []
+        real = defense.adversarial
+        defense.adversarial = lambda network, *a, **k: calls.append(network) or real(network, *a, **k)
+        seen[choice] = defense.loss(net, x, y, generator=torch.Generator().manual_seed(0))[1]["kl_adv"]
+        assert calls == [defense.teacher if choice == "teacher" else net]
+    assert seen["teacher"] != seen["student"]
+    with pytest.raises(ValueError, match="utae_network must be one of teacher, student"):
+        ferd(teacher_path, utae_network="both")
+
+
 def test_without_reweighting_there_is_no_reweighting_pass_and_labels_are_balanced(weak_on_3_teacher):
     on, off = ferd(weak_on_3_teacher), ferd(weak_on_3_teacher, reweighting=False)
     kwargs = {"device": torch.device("cpu"), "batch_size": 16, "generator": None}

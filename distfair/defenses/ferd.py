@@ -89,6 +89,8 @@ Options (keyword-only; the common ones are documented in ``DataFreeDistillation`
         1. above); reweight_steps: the PGD steps of the reweighting attack (paper PGD-20);
         reweight_samples: synthetic samples per reweighting pass (null: ``batch_size``; take
         >= K so that every class is measured).
+    utae_network: "teacher" (Eq. 10 as written, default) or "student": which network the UTAE
+        PGD ascends (see :meth:`FERD.loss`; "student" is an investigation option, README).
     ib_layer: dotted module name of the teacher's layer l (null: the teacher's
         ``feature_layer``); ib_beta: β of Eq. 5; ib_lr, ib_steps: Adam learning rate and
         steps of the bottleneck per iteration. The paper gives no β, learning rate or steps:
@@ -112,6 +114,7 @@ from torch import Tensor, nn
 
 from distfair.attacks import PGD, UniformTargetKL, cw_margin
 from distfair.defenses._base import check_weight
+from distfair.models import unwrap_model
 from distfair.defenses._datafree import (DataFreeDistillation, _check_int, _check_positive, balanced_labels,
                                          channel_statistics, check_teacher_eval, kl_to_teacher, sample_labels,
                                          uniform_kl)
@@ -119,6 +122,8 @@ from distfair.defenses._datafree import (DataFreeDistillation, _check_int, _chec
 REWEIGHT_RULES = ("softmax", "official_rescale", "none")
 #: what the adversarial margin of Eq. 1 is computed on: the teacher's probabilities or logits
 REWEIGHT_MARGINS = ("probability", "logit")
+#: the network Eq. 10's PGD ascends: the teacher (as written, default) or the student
+UTAE_NETWORKS = ("teacher", "student")
 #: the official code's range of the rescaled class weights
 OFFICIAL_RANGE = (0.05, 0.2)
 #: floor of a channel variance in Eq. 5 (a dead channel would make log(σ²/v) infinite)
@@ -284,7 +289,7 @@ class FERD(DataFreeDistillation):
                  reweight_margin: str = "probability", reweight_steps: int = 20,
                  reweight_samples: int | None = None, ib_layer: str | None = None, ib_beta: float = 0.3,
                  ib_lr: float = 0.1, ib_steps: int = 5, reweighting: bool = True, faes: bool = True,
-                 utaes: bool = True):
+                 utaes: bool = True, utae_network: str = "teacher"):
         super().__init__(attack=attack, num_classes=num_classes, teacher=teacher,
                          iterations_per_epoch=iterations_per_epoch, batch_size=batch_size, z_dim=z_dim,
                          generator_width=generator_width, generator_lr=generator_lr, lambda_adv=lambda_adv,
@@ -303,6 +308,9 @@ class FERD(DataFreeDistillation):
         if reweight not in REWEIGHT_RULES:
             raise ValueError(f"reweight must be one of {', '.join(REWEIGHT_RULES)}, got {reweight!r}")
         self.reweight = reweight
+        if utae_network not in UTAE_NETWORKS:
+            raise ValueError(f"utae_network must be one of {', '.join(UTAE_NETWORKS)}, got {utae_network!r}")
+        self.utae_network = utae_network
         if reweight_margin not in REWEIGHT_MARGINS:
             raise ValueError(f"reweight_margin must be one of {', '.join(REWEIGHT_MARGINS)}, got {reweight_margin!r}")
         self.reweight_margin = reweight_margin
@@ -390,12 +398,16 @@ class FERD(DataFreeDistillation):
     # ------------------------------------------------------------------ student (Eq. 10-11)
     def loss(self, model, x, y, *, generator=None):
         """Eq. 11 on the FAEs x = x_F (B, ...) with labels y (B,): UTAEs x_U against the teacher
-        (Eq. 10, γ = ``gamma``, 0 with ``utaes: false``), then
+        (Eq. 10, γ = ``gamma``, 0 with ``utaes: false``; with ``utae_network: student`` the same
+        objective through the unwrapped student, KL(T(x_F) ‖ S(x_U)) − γ·KL(U ‖ S(x_U)): not
+        the paper as written, an option to test the reading that "f^T(x_U)" means the student,
+        whose own adversarial examples RSLAD-style distillation trains on), then
         λ1·KL(T(x_F) ‖ S(x_F)) + λ2·KL(T(x_F) ‖ S(x_U)) through ``model``. Components
         ``kl_benign``, ``kl_adv`` and, with UTAEs, ``utae_uniform_kl`` = KL(U ‖ T(x_U))."""
         teacher_logits = self.teacher_logits(x)
         objective = UniformTargetKL(teacher_logits, gamma=self.gamma if self.utaes else 0.0)
-        x_u = self.adversarial(self.teacher, x, y, objective, generator)
+        network = self.teacher if self.utae_network == "teacher" else unwrap_model(model)
+        x_u = self.adversarial(network, x, y, objective, generator)
         kl_benign = kl_to_teacher(teacher_logits, model(x))
         kl_adv = kl_to_teacher(teacher_logits, model(x_u))
         loss = self.lambda1 * kl_benign + self.lambda2 * kl_adv
