@@ -12,6 +12,8 @@ from distfair.defenses.faal import FAAL
 from distfair.defenses.dfrd import DFRD
 from distfair.defenses.ferd import FERD
 from distfair.defenses.trades import TRADES
+from distfair.defenses.noise_aug import NoiseAug
+from distfair.defenses.waveform_at import WaveformAT
 
 DEFENSES: dict[str, type[Defense]] = {
     "standard": Standard,
@@ -22,6 +24,8 @@ DEFENSES: dict[str, type[Defense]] = {
     "trades": TRADES,
     "ferd": FERD,       # data-free: generator + frozen teacher (defense.teacher), FERD paper 002
     "dfrd": DFRD,       # data-free baseline of FERD Table 1: Fast-style generator + PGD + RSLAD
+    "noise_aug": NoiseAug,        # Gaussian noise augmentation, speech paper 003 §4.2
+    "waveform_at": WaveformAT,    # clean + adversarial in one batch, λ = 0.5, speech paper 003 §4.2
 }
 
 #: constructor arguments the engine supplies (not user options)
