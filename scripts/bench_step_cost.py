@@ -6,6 +6,10 @@ training attack (PGD-ℓ∞, 5 steps) for every defense. One *step* = ``defense.
 confusion matrix of the training set) have that pass timed separately and amortised over the
 steps of one epoch of a ``--train-size`` training set. Sy-FAR is also measured at K = 100
 and 1000 classes, and its symmetry term alone (soft confusion + Eq. 2, forward + backward).
+Data-free defenses (FERD, DFRD: a ``teacher`` reference) get a digits-CNN teacher of the same
+size and their own step (``train_step``: one generator step and one student step on a
+synthetic batch of ``--batch`` samples, PGD-ℓ∞ 5 steps); FERD's per-epoch reweighting pass
+(PGD-20 on the teacher) is amortised over ``--datafree-iterations`` steps (the paper's 400).
 
 Measurements are interleaved (round robin over the cases, ``--reps`` rounds) so that drift of
 the machine hits every case alike; the table shows medians, the interquartile range and the
@@ -19,14 +23,16 @@ import argparse
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch.utils.data import TensorDataset
 
 from distfair.attacks import build_attack
-from distfair.defenses import DEFENSES, Defense, build_defense
+from distfair.defenses import DEFENSES, Defense, DefenseContext, build_defense
 from distfair.metrics import soft_confusion_matrix, symmetry_loss
 from distfair.models import build_model
 
@@ -36,10 +42,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def make_datafree_case(defense_name: str, k: int, args, device, model, optimizer):
+    """A data-free defense (a ``teacher`` reference): set up with a digits-CNN teacher saved as
+    an epoch checkpoint; its step is ``train_step`` on one of its own synthetic batches."""
+    teacher = build_model("digits_cnn", num_classes=k, in_shape=(1, 8, 8))
+    path = Path(tempfile.mkdtemp()) / "teacher.pt"
+    torch.save({"model": teacher.state_dict(), "model_name": "digits_cnn", "model_config": {"name": "digits_cnn"},
+                "num_classes": k, "in_shape": (1, 8, 8)}, path)
+    options = {"batch_size": args.batch, "iterations_per_epoch": args.datafree_iterations, "eps": 0.1,
+               "alpha": 0.025, "steps": 5}
+    defense = build_defense(defense_name, attack=None, num_classes=k, **options)
+    seeds = {}
+
+    def make_generator(*labels):
+        return torch.Generator(device=device).manual_seed(seeds.setdefault(labels, len(seeds)))
+
+    defense.setup(DefenseContext(num_classes=k, in_shape=(1, 8, 8), bounds=(0.0, 1.0), class_names=(),
+                                 device=device, make_generator=make_generator, references={"teacher": str(path)}))
+    batch = tuple(t.to(device) for t in next(iter(defense.batches(None, epoch=1))))
+    attack_gen = torch.Generator(device=device).manual_seed(1)
+
+    def step() -> None:
+        model.train()
+        defense.train_step(model, batch, optimizer, generator=attack_gen)
+
+    if type(defense).start_epoch is Defense.start_epoch:
+        return step, None, 1
+
+    def epoch_pass() -> None:
+        defense.start_epoch(model, None, epoch=1, device=device, batch_size=args.batch, generator=attack_gen)
+    return step, epoch_pass, args.datafree_iterations
+
+
 def make_case(defense_name: str, k: int, args, device) -> tuple[Callable[[], None], Callable[[], None] | None, int]:
     """(one training step, one per-epoch pass or None, steps per epoch) for a defense at K classes."""
     g = torch.Generator().manual_seed(0)
     model = build_model("digits_cnn", num_classes=k, in_shape=(1, 8, 8)).to(device)
+    if "teacher" in DEFENSES[defense_name].reference_options:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return make_datafree_case(defense_name, k, args, device, model, optimizer)
     attack = build_attack("pgd", bounds=(0.0, 1.0), eps=0.1, steps=5)
     defense = build_defense(defense_name, attack=attack if DEFENSES[defense_name].needs_attack else None,
                             num_classes=k)
@@ -90,6 +131,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--train-size", type=int, default=1024)
+    p.add_argument("--datafree-iterations", type=int, default=400,
+                   help="steps per epoch over which FERD's reweighting pass is amortised (paper: 400)")
     p.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000], help="K values for Sy-FAR")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args()
