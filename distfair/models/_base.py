@@ -29,6 +29,17 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def check_image_classifier(name: str, in_shape, num_classes: int) -> tuple:
+    """``in_shape`` as a tuple, checked to be (3, H, W) RGB images, and ``num_classes`` >= 1;
+    ValueError naming the model otherwise (the CIFAR-form models share this)."""
+    in_shape = tuple(in_shape)
+    if len(in_shape) != 3 or in_shape[0] != 3 or min(in_shape[1:]) < 1:
+        raise ValueError(f"{name} expects inputs of shape (3, H, W), got {in_shape}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return in_shape
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module inside a DistributedDataParallel (or DataParallel) wrapper.
 

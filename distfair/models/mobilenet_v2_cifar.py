@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distfair.models._base import Normalize
+from distfair.models._base import Normalize, check_image_classifier
 from distfair.models.preact_resnet import CIFAR_MEAN, CIFAR_STD
 
 #: (expansion t, output channels c, repeats n, first stride s); stage 2's s is 1 for CIFAR
@@ -73,11 +73,7 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, *, num_classes: int, in_shape: tuple, width_mult: float = 1.0):
         super().__init__()
-        in_shape = tuple(in_shape)
-        if len(in_shape) != 3 or in_shape[0] != 3 or min(in_shape[1:]) < 1:
-            raise ValueError(f"mobilenet_v2 expects inputs of shape (3, H, W), got {in_shape}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        in_shape = check_image_classifier("mobilenet_v2", in_shape, num_classes)
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
         self.normalize = Normalize(CIFAR_MEAN, CIFAR_STD, channel_dims=2)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distfair.models._base import Normalize
+from distfair.models._base import Normalize, check_image_classifier
 from distfair.models.preact_resnet import CIFAR_MEAN, CIFAR_STD
 
 
@@ -49,11 +49,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, *, num_classes: int, in_shape: tuple, width: int = 64):
         super().__init__()
-        in_shape = tuple(in_shape)
-        if len(in_shape) != 3 or in_shape[0] != 3 or min(in_shape[1:]) < 1:
-            raise ValueError(f"resnet18 expects inputs of shape (3, H, W), got {in_shape}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        in_shape = check_image_classifier("resnet18", in_shape, num_classes)
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         self.normalize = Normalize(CIFAR_MEAN, CIFAR_STD, channel_dims=2)

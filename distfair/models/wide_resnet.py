@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distfair.models._base import Normalize
+from distfair.models._base import Normalize, check_image_classifier
 from distfair.models.preact_resnet import CIFAR_MEAN, CIFAR_STD
 
 
@@ -72,11 +72,7 @@ class WideResNet(nn.Module):
     def __init__(self, *, num_classes: int, in_shape: tuple, depth: int = 34, widen_factor: int = 10,
                  dropout: float = 0.0):
         super().__init__()
-        in_shape = tuple(in_shape)
-        if len(in_shape) != 3 or in_shape[0] != 3 or min(in_shape[1:]) < 1:
-            raise ValueError(f"wide_resnet expects inputs of shape (3, H, W), got {in_shape}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        in_shape = check_image_classifier("wide_resnet", in_shape, num_classes)
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {depth}")
         if widen_factor < 1:
