@@ -30,6 +30,7 @@ examples:
   distfair run tune_spaces/quickstart.yaml --num-seeds 5 --set defense.lambda_sym=2.0
   distfair run cfg.yaml --address auto --tracking-uri http://mlflow:5000 --experiment cifar
   distfair run cfg.yaml --json | jq .metrics.worst_class_acc
+  distfair run tune_spaces/speech_rejection.yaml      # its `configurations:` one after another
 
 exit codes: 0 all seeds finished, 1 a seed failed (the others are still recorded),
 2 bad arguments or configuration (nothing was started).
@@ -48,6 +49,26 @@ from the training data). The chosen configuration's test metrics are reported be
 
 exit codes: 0 finished, 1 a configuration failed (the others are recorded), 2 bad arguments or
 configuration (nothing was started), 130 interrupted (resume with --resume).
+"""
+
+
+ANALYZE_EPILOG = """\
+examples:
+  distfair analyze --experiment speech_interventions
+  distfair analyze --experiment speech_interventions --sweep 3f2a...      # one sweep's configurations
+  distfair analyze --experiment speech_interventions --metric defense_parity --json | jq .counts
+
+interventions (from each configuration's params): at (1 if an adversarial-training defense with
+attack.eps > 0 and a weight λ > 0), tricks (1 if model.name is m5_tricks), noise (1 if
+defense.sigma > 0), budget (attack.eps if at, else 0), sigma (defense.sigma). Parity metrics, per attribute, seed-mean:
+defense_parity (AUC_acc), clean_group_gap (accuracy parity), fpr_parity (rejection; when recorded).
+
+chance exclusion: a seed run whose clean correct count does not beat 1/K in a one-sided binomial
+test (p >= 0.05; n and K from its clean confusion matrix) is left out; a configuration without
+any other seed run is excluded. Exclusions are listed in the output.
+
+exit codes: 0 analysed and logged, 2 unknown experiment or sweep, no configuration runs, an
+unwritable --output-dir, or bad arguments (nothing was logged).
 """
 
 
@@ -102,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="train one configuration over several seeds and record it in MLflow",
         description="Train ONE configuration over several seeds (concurrently when the cluster has room), "
                     "evaluate each model clean and under the eval attacks, and record a parent MLflow run "
-                    "with one child run per seed. Ends with a mean ± std table.",
+                    "with one child run per seed. Ends with a mean ± std table. A file with a "
+                    "`configurations:` block (e.g. tune_spaces/speech_rejection.yaml) runs each of its "
+                    "configurations in turn, one parent run each, over the same seeds.",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("config", metavar="FILE", help="configuration YAML (see tune_spaces/quickstart.yaml)")
     seeds = run.add_mutually_exclusive_group()
@@ -134,6 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
                             "configurations are kept, unfinished seed runs are redone")
     add_cluster_args(sweep)
     sweep.set_defaults(handler=cmd_sweep)
+
+    analyze = sub.add_parser(
+        "analyze", help="correlate interventions with parity per attribute across an experiment's configurations",
+        description="The speech paper's meta-analysis (paper 003 §5.1): over the configuration runs of an MLflow "
+                    "experiment (or of one sweep), the Pearson correlation between each intervention (AT, Tricks, "
+                    "noise; budget ε, σ) and each parity metric per attribute, with its spread over seed sets. "
+                    "Writes a table, heatmaps, a CSV and a JSON, and logs them as one analysis run in the "
+                    "experiment. Reads MLflow only: no Ray, no training.",
+        epilog=ANALYZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    analyze.add_argument("--experiment", metavar="NAME", required=True,
+                         help="MLflow experiment to analyse (the --experiment of distfair run/sweep, by default "
+                              "the config file's stem, e.g. speech_interventions)")
+    analyze.add_argument("--sweep", metavar="SWEEP_RUN_ID",
+                         help="only the configurations of this sweep (its MLflow sweep run id, printed by "
+                              "distfair sweep); default: every configuration run of the experiment")
+    analyze.add_argument("--metric", dest="metrics", action="append", metavar="NAME",
+                         help="parity metric to correlate (repeatable): defense_parity, clean_group_gap, "
+                              "fpr_parity; default: every one the runs recorded")
+    analyze.add_argument("--output-dir", metavar="DIR",
+                         help="where the files go (default: ./distfair_analysis/<experiment>[-sweep-<id>])")
+    analyze.add_argument("--tracking-uri", metavar="URI",
+                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    analyze.add_argument("--json", action="store_true",
+                         help="print exactly one JSON object on stdout; human-readable output goes to stderr")
+    analyze.set_defaults(handler=cmd_analyze)
     return parser
 
 
@@ -204,61 +252,85 @@ def format_table(metrics: dict[str, dict], extra_attacks: list[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from distfair.config import ConfigError, load_config
+    from distfair.config import ConfigError, load_configurations
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        configurations = load_configurations(args.config, args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    if args.seeds is not None:
-        cfg["seeds"] = args.seeds
-    elif args.num_seeds is not None:
-        cfg["seeds"] = list(range(args.num_seeds))
+    for _, cfg in configurations:
+        if args.seeds is not None:
+            cfg["seeds"] = args.seeds
+        elif args.num_seeds is not None:
+            cfg["seeds"] = list(range(args.num_seeds))
 
     from distfair import tracking
     from distfair.distributed import InsufficientResources, ray_session
-    from distfair.run import (Interrupted, default_storage_path, resolve_init_from, resolve_references,
+    from distfair.run import (Interrupted, config_hash, default_storage_path, resolve_init_from, resolve_references,
                               run_configuration_with_tracking)
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
     storage = args.storage_path or default_storage_path()
-    try:
-        init_paths = resolve_init_from(cfg, uri, storage)
-        references = resolve_references(cfg, uri, storage)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {args.config}: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    resolved = []
+    for name, cfg in configurations:
+        try:
+            resolved.append((name, cfg, resolve_init_from(cfg, uri, storage), resolve_references(cfg, uri, storage)))
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {args.config}: {'' if name is None else f'configurations.{name}: '}{err}", file=sys.stderr)
+            return EXIT_USAGE
+    reports = []
     with stdout_to_stderr(args.json) as out:
         human, log = _human_output(args.json)
-        log(f"{cfg['defense']['name']} on {cfg['dataset']['name']} with {cfg['model']['name']}, "
-            f"seeds {cfg['seeds']}, {cfg['train']['epochs']} epoch(s)")
+        if len(resolved) > 1:
+            log(f"{len(resolved)} configurations: {', '.join(name for name, *_ in resolved)}")
         try:
             with ray_session(args.address, num_cpus=args.num_cpus) as resources:
                 log(f"Ray: {'joined ' + args.address if args.address else 'local instance'} with "
                     f"{ {k: v for k, v in resources.items() if k in ('CPU', 'GPU')} }")
-                report = run_configuration_with_tracking(
-                    cfg, config_path=args.config, experiment=experiment, tracking_uri=uri,
-                    storage_path=storage, log=log, init_paths=init_paths, references=references)
+                for name, cfg, init_paths, references in resolved:
+                    label = "" if name is None else f"[{name}] "
+                    log(f"{label}{cfg['defense']['name']} on {cfg['dataset']['name']} with {cfg['model']['name']}, "
+                        f"seeds {cfg['seeds']}, {cfg['train']['epochs']} epoch(s)")
+                    named = {} if name is None else {
+                        "parent_run_name": f"{Path(args.config).stem}-{name}-{config_hash(cfg)[:8]}",
+                        "extra_tags": {"distfair.configuration": name}}
+                    report = run_configuration_with_tracking(
+                        cfg, config_path=args.config, experiment=experiment, tracking_uri=uri,
+                        storage_path=storage, log=log, init_paths=init_paths, references=references, **named)
+                    reports.append((name, cfg, report))
+                    _print_run_report(report, cfg, label, uri, human, final=len(reports) == len(resolved))
         except InsufficientResources as err:
             print(f"error: {args.config}: scaling: {err}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt as err:
             if isinstance(err, Interrupted):
                 err.close_again()            # Ray is down now: no worker can reopen a run
-            print("interrupted: the runs were marked KILLED in MLflow", file=sys.stderr)
+            print("interrupted: the runs were marked KILLED in MLflow"
+                  + (f" (configurations finished before: {', '.join(str(n) for n, *_ in reports)})" if reports else ""),
+                  file=sys.stderr)
             return 130
-        extra = [a["name"] for a in cfg["eval"]["attacks"][1:]]
-        print(f"\n{len(report.seeds)}/{len(cfg['seeds'])} seeds finished. Mean ± std across seeds:\n"
-              + format_table(report.metrics, extra), file=human)
-        for seed, why in sorted(report.errors.items()):
-            print(f"seed {seed} FAILED: {why}", file=human)
-        print(f"\nMLflow: experiment {report.experiment!r}, parent run {report.parent_run_id}\n"
-              f"Look at it: {tracking.ui_command(uri)}", file=human, flush=True)
         if args.json:
-            out.write(json.dumps(_json_safe(report.to_json())) + "\n")
-    return EXIT_FAILED if report.errors else EXIT_OK
+            if configurations[0][0] is None:
+                out.write(json.dumps(_json_safe(reports[0][2].to_json())) + "\n")
+            else:
+                out.write(json.dumps(_json_safe({"configurations": {name: report.to_json()
+                                                                    for name, _, report in reports}})) + "\n")
+    return EXIT_FAILED if any(report.errors for *_, report in reports) else EXIT_OK
+
+
+def _print_run_report(report, cfg: dict, label: str, uri: str, human, *, final: bool) -> None:
+    """The seeds' mean ± std table of one configuration, its failures and where to look."""
+    from distfair import tracking
+
+    extra = [a["name"] for a in cfg["eval"]["attacks"][1:]]
+    print(f"\n{label}{len(report.seeds)}/{len(cfg['seeds'])} seeds finished. Mean ± std across seeds:\n"
+          + format_table(report.metrics, extra), file=human)
+    for seed, why in sorted(report.errors.items()):
+        print(f"{label}seed {seed} FAILED: {why}", file=human)
+    print(f"\n{label}MLflow: experiment {report.experiment!r}, parent run {report.parent_run_id}"
+          + (f"\nLook at it: {tracking.ui_command(uri)}" if final else ""), file=human, flush=True)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -313,6 +385,87 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.json:
             out.write(json.dumps(_json_safe(report.to_json()), default=str) + "\n")
     return EXIT_FAILED if any(t.status == "FAILED" for t in report.trials) else EXIT_OK
+
+
+def _analysis_inputs(uri: str, experiment_id: str, configurations: list[dict], log) -> list:
+    """``distfair.analysis.ConfigurationInput`` of each configuration run: its FINISHED seed
+    runs' metrics and clean counts (from their ``confusion_matrices.json``)."""
+    from distfair import tracking
+    from distfair.analysis import ConfigurationInput, SeedInput, clean_counts
+
+    out = []
+    for i, config in enumerate(configurations, 1):
+        seeds = []
+        finished = tracking.finished_seed_runs(uri, experiment_id, config["run_id"])
+        for seed, (run_id, metrics) in sorted(finished.items()):
+            document = tracking.run_json_artifact(uri, run_id, "confusion_matrices.json")
+            counts, missing = None, "the seed run has no confusion_matrices.json artifact"
+            if document is not None:
+                try:
+                    counts, missing = clean_counts(document), None
+                except ValueError as err:
+                    missing = str(err)
+            seeds.append(SeedInput(seed=seed, run_id=run_id, metrics=metrics, counts=counts, counts_missing=missing))
+        out.append(ConfigurationInput(run_id=config["run_id"], name=config["name"], params=config["params"],
+                                      seeds=seeds))
+        if i % 10 == 0 or i == len(configurations):
+            log(f"read {i}/{len(configurations)} configuration(s)")
+    return out
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from distfair import tracking
+    from distfair.analysis import PARITY_METRICS, analyze, format_exclusions, format_table, write_outputs
+    from distfair.plots import file_safe
+
+    unknown = [m for m in args.metrics or [] if m not in PARITY_METRICS]
+    if unknown:
+        print(f"error: --metric: unknown parity metric(s) {', '.join(unknown)}; known: {', '.join(PARITY_METRICS)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    try:
+        experiment_id = tracking.find_experiment(uri, args.experiment)
+        if args.sweep:
+            tracking.check_sweep_run(uri, experiment_id, args.sweep)
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    configurations = tracking.configuration_params(uri, experiment_id, args.sweep)
+    if not configurations:
+        where = f"sweep run {args.sweep}" if args.sweep else f"experiment {args.experiment!r}"
+        print(f"error: {where} has no configuration runs (distfair run / distfair sweep record them)", file=sys.stderr)
+        return EXIT_USAGE
+    scope = f"{args.experiment}" + (f"-sweep-{args.sweep[:8]}" if args.sweep else "")
+    outdir = Path(args.output_dir or Path("distfair_analysis") / file_safe(scope)).resolve()
+    with stdout_to_stderr(args.json) as out:
+        human, log = _human_output(args.json)
+        log(f"experiment {args.experiment!r}" + (f", sweep run {args.sweep}" if args.sweep else "")
+            + f": {len(configurations)} configuration run(s) ({uri})")
+        result = analyze(_analysis_inputs(uri, experiment_id, configurations, log), parity_metrics=args.metrics)
+        try:
+            files = write_outputs(result, outdir, title=f"{args.experiment}" + (f" (sweep {args.sweep[:8]})"
+                                                                                  if args.sweep else ""))
+        except OSError as err:
+            print(f"error: --output-dir: cannot write {outdir}: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        run_id = tracking.log_analysis_run(
+            uri, experiment_id, run_name=f"analysis-{scope}",
+            params={"sweep_run_id": args.sweep or "all", "parity_metrics": result.parity_metrics,
+                    "interventions": list(result.interventions), "chance_alpha": result.alpha,
+                    "method": "speech paper 003 §5.1: Pearson over configurations of the seed-mean metric; "
+                              "spread over per-seed-set r's (mean, std, 95% t-interval)"},
+            metrics=result.mlflow_metrics(), tags={"distfair.analysis.sweep": args.sweep or "all"},
+            artifacts=list(files.values()))
+        print("\nPearson correlation, intervention vs parity, across configurations (speech paper 003 §5.1)\n"
+              + format_exclusions(result) + "\n\n" + format_table(result), file=human)
+        print(f"\nFiles: {outdir}/\n" + "\n".join(f"  {p.name}" for p in files.values())
+              + f"\nMLflow: experiment {args.experiment!r}, analysis run {run_id}\n"
+              f"Look at it: {tracking.ui_command(uri)}", file=human, flush=True)
+        if args.json:
+            out.write(json.dumps(_json_safe({"analysis_run_id": run_id, "files": {k: str(v) for k, v in files.items()},
+                                             **result.to_json()})) + "\n")
+    return EXIT_OK
 
 
 def format_sweep(report) -> str:

@@ -26,6 +26,13 @@ A YAML file with these top-level blocks (see tune_spaces/quickstart.yaml for a c
     a list of integers, or an integer n meaning 0..n-1.
 ``space``
     the search space used by ``distfair sweep``; ``distfair run`` ignores it.
+``configurations``
+    several configurations in one file for ``distfair run`` (a comparison, e.g. randomized
+    smoothing at several N against neural rejection): ``{<name>: {<dotted key>: <value>, ...}}``,
+    each entry's values replacing those of the file (a mapping value replaces the whole block:
+    ``defense: {name: neural_rejection}``), ``--set`` applied last. ``distfair run`` runs each
+    as its own configuration (a parent run named after it) over the same seeds; see
+    :func:`load_configurations`. ``distfair sweep`` refuses it (a sweep searches ``space``).
 
 Loading resolves every default, so the resolved dict records everything a run used. Every
 problem is reported as ``<file>: <dotted key>: <reason>``; :class:`ConfigError` carries all of
@@ -37,6 +44,7 @@ import copy
 import functools
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,7 +59,9 @@ from distfair.evaluation.summaries import check_summaries
 from distfair.models import MODEL_DATA_ARGS, MODELS
 
 TOP_LEVEL = ("description", "defense", "dataset", "model", "attack", "train", "eval", "scaling",
-             "seeds", "space")
+             "seeds", "space", "configurations")
+#: what a configuration name may contain (it becomes part of MLflow run names and tags)
+CONFIGURATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # field: (type, default, check or None). A check returns an error text or None.
 _positive = lambda v: None if v > 0 else f"must be > 0, got {v}"           # noqa: E731
@@ -152,6 +162,9 @@ def validate(raw: Any, source: str) -> dict:
     if not isinstance(space, dict):
         problems.add("space", f"must be a mapping, got {type(space).__name__}")
     cfg["space"] = space or {}
+    if "configurations" in raw:            # resolved per entry by load_configurations, not kept here
+        for key, reason in configuration_problems(raw["configurations"]):
+            problems.add(key, reason)
     cfg["eval"] = _eval_block(raw.get("eval"), cfg["attack"], problems)
     if cfg["scaling"].get("use_gpu") is False and cfg["scaling"].get("resources_per_worker", {}).get("GPU"):
         problems.add("scaling.resources_per_worker.GPU", "set scaling.use_gpu: true to request GPUs")
@@ -375,6 +388,63 @@ def read_document(path: str | Path) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(source, [("(top level)", f"must be a mapping, got {type(raw).__name__}")])
     return raw
+
+
+def configuration_problems(raw: Any) -> list[tuple[str, str]]:
+    """Structural problems of a ``configurations`` block: a non-empty mapping of names
+    (:data:`CONFIGURATION_NAME`) to non-empty mappings of dotted keys (top-level blocks other
+    than ``seeds``, ``space`` and ``configurations``)."""
+    if not isinstance(raw, dict) or not raw:
+        return [("configurations", f"must be a non-empty mapping of name -> {{dotted key: value}}, got {raw!r}")]
+    problems = []
+    for name, items in raw.items():
+        where = f"configurations.{name}"
+        if not isinstance(name, str) or not CONFIGURATION_NAME.match(name):
+            problems.append((where, "a name must be 1-64 letters, digits, '_', '.' or '-', starting with a "
+                                    "letter or digit"))
+        if not isinstance(items, dict) or not items:
+            problems.append((where, f"must be a non-empty mapping of dotted key -> value, got {items!r}"))
+            continue
+        for key in items:
+            top = str(key).split(".")[0]
+            if top not in TOP_LEVEL or top in ("seeds", "space", "configurations"):
+                known = ", ".join(k for k in TOP_LEVEL if k not in ("seeds", "space", "configurations"))
+                problems.append((f"{where}.{key}", f"must address a config value under {known} (every "
+                                                   "configuration runs the file's seeds)"))
+    return problems
+
+
+def load_configurations(path: str | Path, overrides: list[str] | None = None) -> list[tuple[str | None, dict]]:
+    """The configurations of a file for ``distfair run``: ``[(None, cfg)]`` for a file without
+    a ``configurations`` block (as :func:`load_config`), else ``[(name, cfg), ...]`` in file
+    order, each the file with that entry's values applied, then ``--set`` ``overrides``, then
+    validated. Raises ConfigError with every problem of every configuration, each key
+    prefixed ``configurations.<name>:``."""
+    source = str(path)
+    raw = read_document(path)
+    parsed: list[tuple[str, Any]] = []
+    if overrides:
+        try:
+            parsed = [parse_override(o) for o in overrides]
+        except ValueError as err:
+            raise ConfigError(source, [("--set", str(err))]) from err
+        source = f"{source} (with --set {' '.join(overrides)})"
+    if "configurations" not in raw:
+        return [(None, validate(apply_overrides(raw, parsed) if parsed else raw, source))]
+    structural = configuration_problems(raw["configurations"])
+    if structural:
+        raise ConfigError(source, structural)
+    base = {k: v for k, v in raw.items() if k != "configurations"}
+    out, problems = [], []
+    for name, items in raw["configurations"].items():
+        try:
+            variant = apply_overrides(apply_overrides(base, list(items.items())), parsed)
+            out.append((name, validate(variant, source)))
+        except ConfigError as err:
+            problems += [(f"configurations.{name}: {key}", reason) for key, reason in err.problems]
+    if problems:
+        raise ConfigError(source, problems)
+    return out
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:

@@ -300,3 +300,40 @@ def accuracy_curves(x: list[float], curves: dict[str, list[float | None]], title
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
+
+
+def heatmap(values, row_labels: list[str], col_labels: list[str], title: str, path: str | Path, *,
+            vmin: float, vmax: float, cmap: str = "RdBu_r", cbar_label: str = "", xlabel: str = "",
+            ylabel: str = "", fmt: str = ".2f", column_split: int | None = None) -> Path:
+    """A labelled R x C heatmap (e.g. correlations, speech paper 003 Figs. 2-5): rows and
+    columns named, the value as colour between ``vmin`` and ``vmax``, every cell annotated with
+    its value (``fmt``); a NaN cell (undefined) is blank and marked "n/a". ``column_split``:
+    a vertical line before that column (e.g. binary interventions | levels)."""
+    plt = _pyplot()
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2 or values.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"values: need shape ({len(row_labels)}, {len(col_labels)}) for the labels, "
+                         f"got {values.shape}")
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(min(14.0, 2.5 + 1.1 * cols), min(12.0, 1.8 + 0.55 * rows)))
+    colours = plt.get_cmap(cmap).with_extremes(bad="white")
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=vmin, vmax=vmax, aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=cbar_label)
+    ax.set_xticks(range(cols), [str(c) for c in col_labels])
+    ax.set_yticks(range(rows), [str(r) for r in row_labels])
+    if column_split is not None:
+        ax.axvline(column_split - 0.5, color="black", linewidth=1.5)
+    span = vmax - vmin
+    for i in range(rows):
+        for j in range(cols):
+            v = values[i, j]
+            if np.isfinite(v):
+                strong = span > 0 and abs(v - (vmin + vmax) / 2) > 0.3 * span
+                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=9,
+                        color="white" if strong else "black")
+            else:
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="0.4")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, path)

@@ -51,8 +51,8 @@ _METRIC_FAMILY = ("acc", "worst_class_acc", "acc_gap", "nsd", "worst10_acc", "ma
 _CURVES = ("val_clean_acc", "val_robust_acc")
 VAL_PREFIX = "val_"
 #: metrics of training itself (neither validation nor test)
-_TRAINING_PREFIXES = ("train_", "defense_")
-_TRAINING_NAMES = ("lr", "epoch_time_s", "train_time_s", "val_time_s", "eval_time_s")
+_TRAINING_PREFIXES = ("train_", "defense_", "finish_")
+_TRAINING_NAMES = ("lr", "epoch_time_s", "train_time_s", "val_time_s", "eval_time_s", "finish_time_s")
 #: further metrics: the evaluation summaries' families (``distfair.evaluation.summaries``: the
 #: bipartition audit, targeted success, subgroup families named by the configuration, AUC_acc,
 #: ...) and ensemble stages; a family with fields nests exactly those (``group_gap/<attr>``)

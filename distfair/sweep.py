@@ -86,6 +86,9 @@ def load_sweep(path: str, *, num_samples: int | None = None, num_seeds: int | No
     applied to the file first (e.g. ``defense.teacher=<run id>``). Raises ConfigError with
     every problem."""
     raw = read_document(path)
+    if "configurations" in raw:
+        raise ConfigError(path, [("configurations", "lists configurations for `distfair run` to compare; a sweep "
+                                                    "searches `space` instead (remove one of the two)")])
     if overrides:
         try:
             raw = apply_overrides(raw, [parse_override(o) for o in overrides])

@@ -394,3 +394,94 @@ def close_trial_runs(uri: str, experiment_id: str, sweep_run_id: str, trial_id: 
             if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
                 client.set_tag(run_id, "distfair.closed_because", reason)
                 client.set_terminated(run_id, status)
+
+
+# ---------------------------------------------------------------------- analyses (distfair analyze)
+def find_experiment(uri: str, name: str) -> str:
+    """The id of the active experiment ``name``. Never creates a store: a local SQLite file
+    that does not exist is reported. Raises LookupError saying what exists instead."""
+    from mlflow.exceptions import MlflowException
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise LookupError(f"no MLflow store at {uri[len('sqlite:///'):]} (give --tracking-uri or set "
+                          "MLFLOW_TRACKING_URI to where distfair run/sweep recorded)")
+    try:
+        client = _client(uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None or experiment.lifecycle_stage != "active":
+            known = sorted(e.name for e in client.search_experiments())
+            state = "is deleted" if experiment is not None else "does not exist"
+            raise LookupError(f"MLflow experiment {name!r} {state} in {uri}; experiments there: "
+                              f"{', '.join(known) or 'none'}")
+    except MlflowException as err:
+        raise LookupError(f"cannot read the MLflow store {uri}: {str(err).splitlines()[0]}") from None
+    return experiment.experiment_id
+
+
+def check_sweep_run(uri: str, experiment_id: str, run_id: str) -> None:
+    """Raises LookupError unless ``run_id`` is an active sweep run of the experiment."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = _client(uri).get_run(run_id)
+    except MlflowException:
+        raise LookupError(f"no MLflow run {run_id!r} in {uri}") from None
+    role = run.data.tags.get(TAG_ROLE)
+    if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+        raise LookupError(f"run {run_id} is not an active run of this experiment")
+    if role != "sweep":
+        raise LookupError(f"run {run_id} is a {role or 'non-distfair'} run, not a sweep run (the top run of "
+                          "`distfair sweep`, printed as 'sweep run <id>')")
+
+
+def configuration_params(uri: str, experiment_id: str, sweep_run_id: str | None = None) -> list[dict]:
+    """``[{"run_id", "name", "status", "params"}]`` of the experiment's active configuration
+    runs (``distfair run`` parents and sweep trials), or of one sweep's, in start order."""
+    query = f"tags.`{TAG_ROLE}` = 'configuration'"
+    if sweep_run_id:
+        query += f" and tags.`{TAG_PARENT}` = '{sweep_run_id}'"
+    runs = _client(uri).search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"],
+                                    max_results=10000)
+    return [{"run_id": r.info.run_id, "name": r.info.run_name or r.info.run_id, "status": r.info.status,
+             "params": dict(r.data.params)} for r in runs]
+
+
+def finished_seed_runs(uri: str, experiment_id: str, parent_run_id: str) -> dict[int, tuple[str, dict[str, float]]]:
+    """``{seed: (run id, {metric: latest value})}`` of the parent's FINISHED, active child runs
+    (retired runs are deleted, failed or killed ones are not FINISHED: both left out)."""
+    runs = _client(uri).search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                                    max_results=10000)
+    return {int(r.data.tags[TAG_SEED]): (r.info.run_id, dict(r.data.metrics)) for r in runs
+            if r.info.status == "FINISHED" and TAG_SEED in r.data.tags}
+
+
+def run_json_artifact(uri: str, run_id: str, path: str) -> dict | None:
+    """A run's JSON artifact (e.g. ``confusion_matrices.json``), or None when it has none."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = _client(uri).download_artifacts(run_id, path, tmp)
+            return json.loads(Path(local).read_text())
+        except (MlflowException, OSError, ValueError):
+            return None
+
+
+def log_analysis_run(uri: str, experiment_id: str, *, run_name: str, params: dict, metrics: dict[str, float],
+                     tags: dict[str, str], artifacts: list[Path]) -> str:
+    """One FINISHED analysis run (tags ``distfair.kind=analysis``, ``distfair.role=analysis``
+    plus ``tags``) with params, finite metrics and files; returns its id."""
+    client = _client(uri)
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={"distfair.kind": "analysis", TAG_ROLE: "analysis", **tags})
+    run_id = run.info.run_id
+    try:
+        _log(client, run_id, metrics=_metrics(metrics),
+             params=[Param(k, _param_value(v)) for k, v in sorted(params.items())])
+        for path in artifacts:
+            client.log_artifact(run_id, str(path))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -21,6 +21,9 @@ The layers, bottom to top (a part may import what is below it):
   no MLflow: ``tracking`` logs them);
 - the configuration: ``_schema``, ``config`` (validates by building the math's registries
   and ``evaluation``'s eval attacks and subgroups), ``search_space``;
+- ``analysis`` (the speech paper's §5.1 meta-analysis across configurations: numpy/scipy over
+  result values, seed statistics from ``metrics``, its heatmap from ``plots``; no MLflow, no Ray:
+  ``cli`` reads the runs through ``tracking`` and logs the result);
 - ``tracking`` (the only module that imports MLflow);
 - ``distributed`` (the only package that imports Ray): runs ``engine`` on Ray Train and
   Tune, reads ``config`` and ``search_space``; what writes the MLflow record is passed in by
@@ -54,6 +57,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "engine": {"record", "_schema", "config", "search_space", "tracking", "distributed", "run", "sweep", "cli",
                "plots"},
     "record": DRIVERS | {"defenses", "plots", "models", "data", "attacks"},
+    "analysis": DRIVERS | {"defenses", "evaluation", "models", "data", "attacks"},
     "_schema": {"engine", "tracking", "distributed", "run", "sweep", "cli"},
     "config": {"engine", "tracking", "distributed", "run", "sweep", "cli"},
     "search_space": {"engine", "tracking", "distributed", "run", "sweep", "cli"},

@@ -49,12 +49,16 @@ CORE_ARTIFACTS = {"confusion_matrices.json", "per_class_acc.json", "result.json"
 
 
 class AbstainAboveHalf(Predictor):
+    """Rejects by thresholding its score (the rejection summaries sweep the threshold)."""
     can_abstain = True
+    reject_rule = "below"
+    threshold = 0.5
 
     def __call__(self, model, x):
         logits = model(x)
         pred = logits.argmax(dim=1)
-        return torch.where(x[:, 0] > 0.8, torch.full_like(pred, ABSTAIN), pred), logits.softmax(1).amax(1)
+        score = logits.softmax(1).amax(1)
+        return torch.where(score < self.threshold, torch.full_like(pred, ABSTAIN), pred), score
 
 
 def problem() -> tuple[nn.Module, DataBundle]:

@@ -14,6 +14,8 @@ from distfair.defenses.ferd import FERD
 from distfair.defenses.trades import TRADES
 from distfair.defenses.noise_aug import NoiseAug
 from distfair.defenses.waveform_at import WaveformAT
+from distfair.defenses.randomized_smoothing import RandomizedSmoothing
+from distfair.defenses.neural_rejection import NeuralRejection
 
 DEFENSES: dict[str, type[Defense]] = {
     "standard": Standard,
@@ -26,6 +28,8 @@ DEFENSES: dict[str, type[Defense]] = {
     "dfrd": DFRD,       # data-free baseline of FERD Table 1: Fast-style generator + PGD + RSLAD
     "noise_aug": NoiseAug,        # Gaussian noise augmentation, speech paper 003 §4.2
     "waveform_at": WaveformAT,    # clean + adversarial in one batch, λ = 0.5, speech paper 003 §4.2
+    "randomized_smoothing": RandomizedSmoothing,   # noisy training, smoothed prediction that abstains, 003 §4.3
+    "neural_rejection": NeuralRejection,           # RBF SVM on penultimate features that rejects, 003 §4.3
 }
 
 #: constructor arguments the engine supplies (not user options)

@@ -16,9 +16,12 @@ Lifecycle, for one (configuration, seed), on every DDP rank:
    :meth:`Defense.batches` with the model in train mode; after the epoch the engine steps its
    schedule, validates and checkpoints, and the checkpoint holds every rank's
    :meth:`Defense.state_dict`.
-5. Every evaluation (the per-epoch validation counts, the end-of-training validation pass and
-   the test-set evaluation) classifies through :meth:`Defense.predictor`: a class or an
-   abstention per sample, and a score. Default: the arg-max of the model's logits.
+5. After the last epoch: :meth:`Defense.finish_training` once (fit what the predict step needs
+   on the training set, e.g. neural rejection's SVM).
+6. The end-of-training validation pass and the test-set evaluation classify through
+   :meth:`Defense.predictor`, the per-epoch validation counts through
+   :meth:`Defense.epoch_predictor` (default: the same): a class or an abstention per sample,
+   and a score. Default: the arg-max of the model's logits.
 
 The simple case, all of today's per-batch losses, implements :meth:`Defense.loss` only: the
 batches are the engine's loader over the training set and the step is loss → backward → the
@@ -168,6 +171,23 @@ class Defense(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, after :meth:`setup`, before the next epoch."""
+
+    def finish_training(self, model: nn.Module, train_set, *, device: torch.device, batch_size: int,
+                        rank: int = 0, world: int = 1) -> dict[str, float]:
+        """Called once after the last training epoch (also when a resumed run had nothing left
+        to train), with the plain trained model in eval mode, before the validation pass and
+        the test-set evaluation: fit what the predict step needs on the training set (neural
+        rejection's SVM). Every rank calls it and must reach the same state. Must not change
+        the model. Returns numbers to log on the seed run (``finish_<name>``). Default: nothing."""
+        return {}
+
+    def epoch_predictor(self, epoch: int):
+        """The predict step of the per-epoch validation counts after ``epoch`` (what the
+        logged ``val_*`` epoch curves measure). Default: :meth:`predictor`. A defense whose
+        final predictor is costly or exists only after :meth:`finish_training` returns a
+        cheaper one here (randomized smoothing: the base classifier on one noisy copy, the
+        speech paper's noisy validation, §4.3; neural rejection: the network's arg-max)."""
+        return self.predictor()
 
     def predictor(self):
         """The predict step every evaluation of the trained model uses: a

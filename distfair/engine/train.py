@@ -354,7 +354,7 @@ def train_epoch(run: SeedTraining, epoch: int) -> dict[str, float]:
     row = {f"train_{k}": v / max(batches, 1) for k, v in sums.items()}
     row["lr"] = lr
     row.update({f"defense_{k}": float(v) for k, v in prepared.items()})
-    predictor = defense.predictor()        # abstentions are in no cell: accuracies divide by len(val)
+    predictor = defense.epoch_predictor(epoch)    # abstentions are in no cell: accuracies divide by len(val)
     val_clean = confusion_counts(run.model, data.val, data.num_classes, device=device, batch_size=eval_bs,
                                  rank=rank, world=world, predictor=predictor)
     row["val_clean_acc"] = float(val_clean.trace()) / float(len(data.val))
@@ -407,7 +407,13 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
     train_epochs(run, on_epoch=on_epoch, log=log)
     model, data, history, eval_bs = run.model, run.data, run.history, cfg["train"]["eval_batch_size"]
 
-    # ---- the validation pass that selection uses, then the final evaluation on the test set
+    # ---- what the predict step needs (fitted on the training set), the validation pass that
+    # selection uses, then the final evaluation on the test set
+    t_finish = time.perf_counter()
+    model.eval()
+    finished = run.defense.finish_training(model, data.train, device=device, batch_size=eval_bs, rank=rank,
+                                           world=world)
+    finish_time = time.perf_counter() - t_finish
     t_val = time.perf_counter()
     predictor = run.defense.predictor()
     val_final = validation_evaluation(model, data, cfg["eval"], seed, device=device, batch_size=eval_bs,
@@ -424,6 +430,9 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
     metrics.update(validation_record(val_final.per_eval,
                                      cfg["eval"]["attacks"][0]["name"] if cfg["eval"]["attacks"] else None))
     metrics.update({f"val_{k}": v for k, v in val_final.metrics.items()})
+    metrics.update({f"finish_{k}": float(v) for k, v in finished.items()})
+    if finished:
+        metrics["finish_time_s"] = finish_time
     metrics["val_time_s"] = val_time
     metrics["train_time_s"] = float(sum(h["epoch_time_s"] for h in history))
     metrics["eval_time_s"] = final.eval_time_s

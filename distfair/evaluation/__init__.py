@@ -19,15 +19,15 @@ and ``distfair.seeding``, never the engine, the configuration, Ray or MLflow
 (``tests/test_import_direction.py``).
 """
 from distfair.evaluation import checks
-from distfair.evaluation.predict import (ABSTAIN, ArgmaxPredictor, EvaluationError, Predictions, Predictor,
-                                         confusion_counts, predict, predict_dataset, shard)
+from distfair.evaluation.predict import (ABSTAIN, REJECT_RULES, ArgmaxPredictor, EvaluationError, Predictions,
+                                         Predictor, confusion_counts, predict, predict_dataset, rejected_at, shard)
 from distfair.evaluation.subgroups import Grouping, metric_safe, resolve_groupings, subgroup_report
 from distfair.evaluation.suite import (EvaluationMetrics, FinalEvaluation, ValidationEvaluation, build_eval_attack,
                                        entry_result, evaluation_metrics, final_evaluation, validation_evaluation)
 from distfair.evaluation.summaries import SUMMARIES, EntryResult, Summary, SummaryContext, SummaryOutput
 
-__all__ = ["ABSTAIN", "ArgmaxPredictor", "EntryResult", "EvaluationError", "EvaluationMetrics", "FinalEvaluation",
+__all__ = ["ABSTAIN", "REJECT_RULES", "ArgmaxPredictor", "EntryResult", "EvaluationError", "EvaluationMetrics", "FinalEvaluation",
            "Grouping", "Predictions", "Predictor", "SUMMARIES", "Summary", "SummaryContext", "SummaryOutput",
            "ValidationEvaluation", "build_eval_attack", "checks", "confusion_counts", "entry_result",
            "evaluation_metrics", "final_evaluation", "metric_safe", "predict", "predict_dataset",
-           "resolve_groupings", "shard", "subgroup_report", "validation_evaluation"]
+           "rejected_at", "resolve_groupings", "shard", "subgroup_report", "validation_evaluation"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -39,22 +40,55 @@ def shard(dataset: Dataset, rank: int, world: int) -> Dataset:
 ABSTAIN = -1
 
 
+#: threshold rules of a rejecting predictor: the sample is rejected at threshold t when
+#: ``score > t`` ("above": a p-value, randomized smoothing) or ``score < t`` ("below": a
+#: confidence, neural rejection)
+REJECT_RULES = ("above", "below")
+
+
+def rejected_at(scores, rule: str, thresholds) -> np.ndarray:
+    """(T, N) bool: sample n rejected at threshold ``thresholds[t]`` under ``rule`` (see
+    :data:`REJECT_RULES`); ``scores`` (N,), ``thresholds`` (T,). Strict comparisons: a score
+    equal to the threshold is accepted (Cohen et al. 2019 PREDICT abstains when p > α)."""
+    scores = np.asarray(scores, dtype=np.float64)[None, :]
+    thresholds = np.asarray(thresholds, dtype=np.float64)[:, None]
+    if rule == "above":
+        return scores > thresholds
+    if rule == "below":
+        return scores < thresholds
+    raise ValueError(f"unknown rejection rule {rule!r}; known: {', '.join(REJECT_RULES)}")
+
+
 class Predictor:
     """The predict step every evaluation goes through.
 
     ``predictor(model, x) -> (pred, score)``: ``model`` in eval mode, ``x`` (B, ...) inputs
     (clean or adversarial); ``pred`` (B,) long, a class in ``[0, K)`` or :data:`ABSTAIN`;
-    ``score`` (B,) float, the predictor's confidence in its decision (kept per sample so a
-    rejection threshold can be swept afterwards; its meaning is the predictor's own).
+    ``score`` (B,) float, the predictor's confidence in its decision (kept per sample, in
+    float64, so a rejection threshold can be swept afterwards; its meaning is the predictor's own).
     ``can_abstain``: whether ``pred`` may hold :data:`ABSTAIN`; only then do the evaluations
     report abstention metrics (``rejection_rate``, ...), so a run whose predictor cannot
     abstain keeps exactly the metric set it had before abstention existed.
+    ``reject_rule`` / ``threshold``: a predictor that rejects by thresholding its score sets
+    the rule (:data:`REJECT_RULES`) and its operating threshold; then ``pred`` is
+    :data:`ABSTAIN` exactly where ``rejected_at(score, reject_rule, [threshold])`` and the
+    rejection summaries sweep other thresholds over the stored scores (speech paper §3 Eq. 2).
+    :meth:`attack_model`: the differentiable module evaluation attacks run against (default
+    the model itself; a randomised predictor returns its EOT form).
     Called under ``torch.no_grad()``; must not change the model's mode.
     """
     can_abstain: bool = False
+    reject_rule: str | None = None
+    threshold: float | None = None
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def attack_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What white-box evaluation attacks differentiate: ``model`` for a deterministic
+        predictor; a randomised one (randomized smoothing) returns an expectation-over-
+        transformation wrapper, so attacks see the classifier the predictor actually uses."""
+        return model
 
 
 class ArgmaxPredictor(Predictor):
@@ -94,7 +128,7 @@ def predict(predictor: Predictor | None, model, x, num_classes: int | None = Non
             raise ValueError(f"predictor {type(predictor).__name__}: preds must lie in [{low}, {high}) "
                              f"(abstain = {ABSTAIN}{'' if low < 0 else ', and it has can_abstain False'}), got "
                              f"{int(pred.min())}..{int(pred.max())}")
-    return pred.long(), score.float()
+    return pred.long(), score.double()
 
 
 def confusion_counts(model: torch.nn.Module, dataset: Dataset, num_classes: int, *, device: torch.device,
@@ -111,6 +145,7 @@ def confusion_counts(model: torch.nn.Module, dataset: Dataset, num_classes: int,
     forward pass, so ``soft_sums / counts.sum(1)`` is Sy-FAR's soft confusion matrix (§4.2)
     of the whole dataset.
     """
+    attacked = model if predictor is None else predictor.attack_model(model)
     was_training = model.training
     model.eval()
     counts = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
@@ -119,7 +154,7 @@ def confusion_counts(model: torch.nn.Module, dataset: Dataset, num_classes: int,
         for x, y in DataLoader(shard(dataset, rank, world), batch_size=batch_size, shuffle=False):
             x, y = x.to(device), y.to(device)
             if attack is not None:
-                x = attack(model, x, y, generator=generator)
+                x = attack(attacked, x, y, generator=generator)
             if predictor is None:
                 with torch.no_grad():
                     logits = model(x)
@@ -155,9 +190,10 @@ class Predictions:
     """Per-sample outcome of one evaluation over a whole dataset (every rank's shard merged).
 
     ``labels``/``preds``: (N,) true classes and final predictions, :data:`ABSTAIN` (-1) where
-    the predictor abstained; ``scores``: (N,) float, the predictor's score of each final
+    the predictor abstained; ``scores``: (N,) float64, the predictor's score of each final
     prediction; ``can_abstain``: the predictor's flag (abstention metrics are reported only
-    when it is set). ``stages``: for an
+    when it is set); ``reject_rule``/``threshold``: how the scores are thresholded, for a
+    predictor that rejects by its score (:meth:`rejected`). ``stages``: for an
     ensemble (an attack with ``run_stages``), member label -> (N,) bool, still robust after
     that member (cumulative). ``target_success``: "every target" mode only, (K, K) counts of
     samples of true class i that the attack aimed at class t drove to t.
@@ -168,6 +204,10 @@ class Predictions:
     target_success: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     can_abstain: bool = False
+    #: the predictor's threshold rule and operating threshold (``Predictor.reject_rule``), None
+    #: for a predictor that does not reject by thresholding its score
+    reject_rule: str | None = None
+    threshold: float | None = None
 
     def counts(self, num_classes: int) -> torch.Tensor:
         """K×K confusion counts of the samples not abstained on (an abstention is no column)."""
@@ -182,6 +222,14 @@ class Predictions:
     def abstained(self) -> torch.Tensor:
         return self.preds == ABSTAIN
 
+    def rejected(self, thresholds) -> np.ndarray:
+        """(T, N) bool: which samples the predictor would reject at each of ``thresholds``
+        (its ``reject_rule`` applied to the stored scores); ValueError for a predictor that
+        does not reject by thresholding its score."""
+        if self.reject_rule is None or self.scores is None:
+            raise ValueError("these predictions come from a predictor without a score threshold rule")
+        return rejected_at(self.scores.numpy(), self.reject_rule, thresholds)
+
     @property
     def correct(self) -> torch.Tensor:
         """(N,) bool; an abstention is never correct."""
@@ -189,20 +237,22 @@ class Predictions:
 
 
 def _every_target(model, attack: Attack, x, y, num_classes: int, generator, success: torch.Tensor,
-                  predictor: Predictor | None = None):
+                  predictor: Predictor | None = None, attacked: torch.nn.Module | None = None):
     """Attack toward each wrong class in turn; return the worst case per sample (the
-    adversarial example with the lowest true-class margin), its (pred, score), and count
-    targeted successes (the predictor's prediction equal to the target)."""
+    adversarial example with the lowest true-class margin of ``attacked``, the module the
+    attack differentiates), its (pred, score), and count targeted successes (the predictor's
+    prediction equal to the target)."""
+    attacked = model if attacked is None else attacked
     worst_margin = torch.full(y.shape, float("inf"), device=y.device)
     worst_pred = y.clone()
     worst_score = torch.zeros(y.shape, device=y.device)
     for shift in range(1, num_classes):
         target = (y + shift) % num_classes
-        x_adv = attack(model, x, y, target=target, generator=generator)
+        x_adv = attack(attacked, x, y, target=target, generator=generator)
         with torch.no_grad():
-            logits = model(x_adv)
+            logits = attacked(x_adv)
         margin = cw_margin(logits, y)       # < 0: misclassified
-        if predictor is None or type(predictor) is ArgmaxPredictor:      # no second forward pass
+        if attacked is model and (predictor is None or type(predictor) is ArgmaxPredictor):   # no second pass
             pred, score = ArgmaxPredictor.from_logits(logits)
         else:
             pred, score = predict(predictor, model, x_adv, num_classes)
@@ -216,13 +266,14 @@ def _every_target(model, attack: Attack, x, y, num_classes: int, generator, succ
 
 
 def _fixed_target(model, attack: Attack, x, y, target_class: int, generator, predictor: Predictor | None = None,
-                  num_classes: int | None = None):
+                  num_classes: int | None = None, attacked: torch.nn.Module | None = None):
     """Targeted toward one class; samples of that class are left clean (nothing to aim at)."""
+    attacked = model if attacked is None else attacked
     pred, score = predict(predictor, model, x, num_classes)
     aim = y != target_class
     if aim.any():
         target = torch.full_like(y[aim], target_class)
-        pred[aim], score[aim] = predict(predictor, model, attack(model, x[aim], y[aim], target=target,
+        pred[aim], score[aim] = predict(predictor, model, attack(attacked, x[aim], y[aim], target=target,
                                                                  generator=generator), num_classes)
     return pred, score
 
@@ -235,7 +286,8 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
 
     Every prediction (clean, each adversarial example, each targeted try) goes through
     ``predictor`` (default: arg-max, never abstains); abstentions stay :data:`ABSTAIN` and
-    the scores are kept per sample.
+    the scores are kept per sample. Attacks differentiate ``predictor.attack_model(model)``
+    (the model itself, or the EOT form of a randomised predictor).
     ``target``: None (the attack's own mode), an int class index (targeted toward that
     class; its own samples stay clean), or "every" (each wrong class in turn, the worst case
     per sample kept, targeted success counted in ``target_success``). "random" is an
@@ -248,9 +300,10 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
     indices = torch.arange(rank, n, world)
     labels = torch.zeros(n, dtype=torch.long, device=device)
     preds = torch.zeros(n, dtype=torch.long, device=device)
-    scores = torch.zeros(n, dtype=torch.float32, device=device)
+    scores = torch.zeros(n, dtype=torch.float64, device=device)
     stages: dict[str, torch.Tensor] = {}
     success = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device) if target == "every" else None
+    attacked = model if predictor is None else predictor.attack_model(model)
     was_training = model.training
     model.eval()
     start = 0
@@ -263,22 +316,24 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
             if attack is None:
                 pred, score = predict(predictor, model, x, num_classes)
             elif target == "every":
-                pred, score = _every_target(model, attack, x, y, num_classes, generator, success, predictor)
+                pred, score = _every_target(model, attack, x, y, num_classes, generator, success, predictor,
+                                            attacked)
             elif target is not None:
-                pred, score = _fixed_target(model, attack, x, y, int(target), generator, predictor, num_classes)
+                pred, score = _fixed_target(model, attack, x, y, int(target), generator, predictor, num_classes,
+                                            attacked)
             elif hasattr(attack, "run_stages"):
-                x_adv, batch_stages = attack.run_stages(model, x, y, generator=generator)
+                x_adv, batch_stages = attack.run_stages(attacked, x, y, generator=generator)
                 pred, score = predict(predictor, model, x_adv, num_classes)
                 for label, flags in batch_stages.items():
                     stages.setdefault(label, torch.zeros(n, dtype=torch.long, device=device))[at] = \
                         flags.to(device=device, dtype=torch.long)
             else:
-                pred, score = predict(predictor, model, attack(model, x, y, generator=generator), num_classes)
+                pred, score = predict(predictor, model, attack(attacked, x, y, generator=generator), num_classes)
             # +1: the all-reduce below sums the ranks' disjoint shards (every index is written by
             # exactly one rank, the others hold 0); an abstention (-1) is 0 here and -1 again after
             labels[at] = y + 1
             preds[at] = pred + 1
-            scores[at] = score.to(device=device, dtype=torch.float32)
+            scores[at] = score.to(device=device, dtype=torch.float64)
     except Exception as err:         # other ranks wait in the collectives below: tell them first
         if world == 1:
             raise
@@ -292,7 +347,9 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
     return Predictions(labels=(labels - 1).cpu(), preds=(preds - 1).cpu(),
                        stages={k: v.cpu().bool() for k, v in stages.items()},
                        target_success=None if success is None else success.cpu(), scores=scores.cpu(),
-                       can_abstain=bool(getattr(predictor, "can_abstain", False)))
+                       can_abstain=bool(getattr(predictor, "can_abstain", False)),
+                       reject_rule=getattr(predictor, "reject_rule", None),
+                       threshold=getattr(predictor, "threshold", None))
 
 
 def _agree_on_stages(stages: dict[str, torch.Tensor], error: BaseException | None, n: int, device, rank: int,

@@ -14,6 +14,7 @@ from typing import Callable
 
 from distfair.evaluation.summaries._base import EntryResult, Summary, SummaryContext, SummaryDocuments, SummaryOutput
 from distfair.evaluation.summaries.auc_acc import AccuracyAUC
+from distfair.evaluation.summaries.auc_fpr import FalseRejectionAUC
 from distfair.evaluation.summaries.self_checks import SelfChecks
 from distfair.evaluation.summaries.subgroups import Subgroups
 from distfair.evaluation.summaries.target_success import TargetSuccess
@@ -23,6 +24,7 @@ SUMMARIES: dict[str, type[Summary]] = {
     "target_success": TargetSuccess,      # targeted success rates and "every target" matrices
     "self_checks": SelfChecks,            # AutoAttack's sanity checks
     "auc_acc": AccuracyAUC,               # speech paper §3 Eq. 1: AUC_acc over an ε grid, defense parity
+    "auc_fpr": FalseRejectionAUC,         # speech paper §3.2 Eq. 2: AUC_FPR over a threshold grid, FPR parity
 }
 
 __all__ = ["SUMMARIES", "EntryResult", "Summary", "SummaryContext", "SummaryDocuments", "SummaryOutput", "active_summaries",

@@ -1,0 +1,495 @@
+"""The speech paper's meta-analysis: Pearson correlation between training interventions and
+parity per attribute, across the configurations of an experiment (speech paper 003 §5.1, Figs.
+2-5; methods.md "Speech equality study").
+
+§5.1: "We use Pearson correlation to measure how security defenses have implications for the
+fairness of performance across subgroups. We encode all defenses as a binary value (defense
+applied or not) [...] We then analyze how varying levels of defense relate to defense parity."
+Each configuration (one model of the paper's Tables 1-2) contributes one point per
+(intervention, parity metric, attribute):
+
+* **interventions** (:data:`INTERVENTIONS`), computed from the configuration's flat params
+  (``defense.name``, ``attack.eps``, ``defense.sigma``, ``model.name``): binary ``at``,
+  ``tricks``, ``noise`` (Figs. 2 and 4) and the levels ``budget`` (ε) and ``sigma`` (σ)
+  (Figs. 3 and 5);
+* **parity metrics** (:data:`PARITY_METRICS`), per attribute: the mean over the
+  configuration's kept seed runs of ``<metric>/<attribute>``. Every one is a largest
+  difference between an attribute's groups, so a positive r means the intervention goes with
+  *more disparity* (the paper's reading of its figures).
+
+**Chance-level exclusion** (§4.2, §5.1.1-2: 15 of 40 and 6 of 40 models removed): a seed run
+is at chance when a one-sided binomial test of its clean correct count against 1/K
+(``scipy.stats.binomtest(correct, n, 1/K, alternative="greater")``) does not reject at
+``alpha`` = 0.05, i.e. its p-value is >= 0.05. Such seed runs are left out; a configuration
+left with no seed run is excluded. ``correct``, ``n`` (the test set, abstentions included) and K
+come from the seed run's clean confusion matrix (:func:`clean_counts`); a seed run without it
+cannot be tested and is kept, and the output says so.
+
+**Statistics**: the point estimate is ``scipy.stats.pearsonr`` over the configurations of the
+seed-mean metric (r, two-sided p, n = configurations with the metric). The seed spread is the
+same correlation *per seed set* (seed s of every configuration that kept it), summarised by the
+mean, sample std and 95% Student-t interval of those r's (``distfair.metrics.summarize``; not
+clipped to [-1, 1], so with 2-3 seed sets it can reach past ±1 and says how little they pin r). A
+constant intervention or metric (e.g. no configuration has noise), or fewer than 3 points,
+gives no r: it is *undefined*, with the reason, never NaN.
+
+Pure computation (numpy/scipy, figures through ``distfair.plots``): no MLflow, no Ray. The
+command ``distfair analyze`` reads the runs (``distfair.tracking``) and logs the result.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+from scipy import stats
+
+from distfair.metrics import summarize
+
+#: significance level of the chance-level test (speech paper 003 §5.1)
+CHANCE_ALPHA = 0.05
+#: fewer points than this give no correlation (two points always lie on a line)
+MIN_POINTS = 3
+
+#: parity metric family (logged per attribute as ``<family>/<attr>`` on each seed run) -> meaning.
+#: Every one is a largest difference between groups: larger = more disparity.
+PARITY_METRICS: dict[str, str] = {
+    "defense_parity": "Defense Parity: largest AUC_acc difference between the attribute's groups (§3.1, Eq. 1)",
+    "clean_group_gap": "Accuracy Parity: largest clean-accuracy difference between the attribute's groups (§3.1)",
+    "fpr_parity": "FPR parity: largest AUC_FPR difference between the attribute's groups (§3.2, rejection)",
+}
+
+#: defenses that train on the configuration's ``attack`` (``Defense.needs_attack``): adversarial
+#: training whenever that attack's budget ``attack.eps`` is > 0 (tests keep this in step)
+ADVERSARIAL_TRAINING_DEFENSES = frozenset({"pgd_at", "waveform_at", "trades", "syfar", "faal", "specnorm"})
+#: the model with the paper's robustness "tricks": no BatchNorm, SiLU (§4.2, "M5-Tricks")
+TRICKS_MODELS = frozenset({"m5_tricks"})
+
+
+def _number(params: Mapping[str, object], key: str, default: float = 0.0) -> float:
+    """``params[key]`` as a float; ``default`` when absent or None (MLflow holds None as
+    "None"). Raises ValueError naming the key for anything else that is not a finite number."""
+    value = params.get(key)
+    if value is None or value == "None":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"param {key}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"param {key}: expected a finite number, got {value!r}")
+    return number
+
+
+def adversarial_training(params: Mapping[str, object]) -> bool:
+    """Whether a configuration does adversarial training: an AT defense with ``attack.eps`` > 0
+    (``waveform_at`` with ε = 0 is plain training: the tables' budget-0 rows) whose adversarial
+    loss has weight (``waveform_at``'s λ = ``defense.adv_weight`` > 0 where the param exists)."""
+    return (str(params.get("defense.name")) in ADVERSARIAL_TRAINING_DEFENSES and _number(params, "attack.eps") > 0
+            and _number(params, "defense.adv_weight", default=1.0) > 0)
+
+
+class Intervention(NamedTuple):
+    kind: str                                         # "binary" (Figs. 2, 4) or "level" (Figs. 3, 5)
+    description: str
+    value: Callable[[Mapping[str, object]], float]    # flat params -> the configuration's value
+
+
+#: name -> intervention (speech paper 003 §5.1); adding one is one line here
+INTERVENTIONS: dict[str, Intervention] = {
+    "at": Intervention("binary", "1 if adversarial training: an AT defense with attack.eps > 0 (and λ > 0)",
+                       lambda p: float(adversarial_training(p))),
+    "tricks": Intervention("binary", "1 if the model has the robustness tricks (model.name m5_tricks)",
+                           lambda p: float(str(p.get("model.name")) in TRICKS_MODELS)),
+    "noise": Intervention("binary", "1 if noise augmentation: defense.sigma > 0",
+                          lambda p: float(_number(p, "defense.sigma") > 0)),
+    "budget": Intervention("level", "the AT budget: attack.eps with adversarial training, else 0",
+                           lambda p: _number(p, "attack.eps") if adversarial_training(p) else 0.0),
+    "sigma": Intervention("level", "the noise augmentation std: defense.sigma (0 if absent)",
+                          lambda p: _number(p, "defense.sigma")),
+}
+
+
+def intervention_values(params: Mapping[str, object],
+                        interventions: Mapping[str, Intervention] = INTERVENTIONS) -> dict[str, float]:
+    """``{intervention: value}`` of one configuration's flat params. Raises ValueError."""
+    return {name: float(i.value(params)) for name, i in interventions.items()}
+
+
+# ----------------------------------------------------------------------------- chance level
+@dataclass(frozen=True)
+class ChanceTest:
+    """One seed run's one-sided binomial test of its clean correct count against 1/K."""
+    correct: int
+    n: int
+    k: int
+    p_value: float
+    alpha: float
+
+    @property
+    def at_chance(self) -> bool:
+        """The test does not reject "accuracy <= 1/K" at ``alpha`` (p >= alpha)."""
+        return not self.p_value < self.alpha
+
+    def describe(self) -> str:
+        return (f"{self.correct}/{self.n} correct, K={self.k}, chance {1 / self.k:.3g}, "
+                f"one-sided binomial p={self.p_value:.3g}")
+
+
+def chance_test(correct: int, n: int, k: int, alpha: float = CHANCE_ALPHA) -> ChanceTest:
+    """``binomtest(correct, n, 1/k, alternative="greater")`` (speech paper 003 §5.1's
+    "random guessing"). Raises ValueError for counts that are not 0 <= correct <= n, n >= 1, k >= 2."""
+    for name, v in (("correct", correct), ("n", n), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{name}: expected an integer, got {v!r}")
+    if not (n >= 1 and 0 <= correct <= n and k >= 2):
+        raise ValueError(f"need 0 <= correct <= n, n >= 1 and k >= 2, got correct={correct}, n={n}, k={k}")
+    p = float(stats.binomtest(int(correct), int(n), 1.0 / int(k), alternative="greater").pvalue)
+    return ChanceTest(int(correct), int(n), int(k), p, alpha)
+
+
+def clean_counts(confusion_document: Mapping) -> tuple[int, int, int]:
+    """``(correct, n, K)`` of the clean test evaluation from a seed run's
+    ``confusion_matrices.json``: the trace of ``matrices.clean``, all its cells plus the clean
+    abstentions (``abstained.clean``, a rejecting predictor's; an abstention is never correct),
+    and the number of classes. Raises ValueError when the document has no clean matrix."""
+    matrix = (confusion_document.get("matrices") or {}).get("clean")
+    if matrix is None:
+        raise ValueError("confusion_matrices.json has no clean matrix")
+    counts = np.asarray(matrix, dtype=np.int64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] < 2:
+        raise ValueError(f"confusion_matrices.json: the clean matrix must be K x K with K >= 2, got {counts.shape}")
+    abstained = (confusion_document.get("abstained") or {}).get("clean") or []
+    n = int(counts.sum()) + int(np.sum(np.asarray(abstained, dtype=np.int64)))
+    return int(np.trace(counts)), n, int(counts.shape[0])
+
+
+# ------------------------------------------------------------------------------- correlation
+@dataclass(frozen=True)
+class Pearson:
+    """``scipy.stats.pearsonr`` of n points, or ``undefined`` (the reason) with r and p None."""
+    r: float | None
+    p: float | None
+    n: int
+    undefined: str | None = None
+
+
+def pearson(x: Sequence[float], y: Sequence[float], *, x_name: str = "x", y_name: str = "y") -> Pearson:
+    """Pearson r and its two-sided p-value; undefined for fewer than 3 points or a constant
+    ``x`` or ``y`` (no variance: r is 0/0), never NaN."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(xs)
+    if n < MIN_POINTS:
+        return Pearson(None, None, n, f"only {n} point(s); a correlation needs at least {MIN_POINTS}")
+    for name, values in ((x_name, xs), (y_name, ys)):
+        if np.all(values == values[0]):
+            return Pearson(None, None, n, f"{name} is constant ({values[0]:.4g}) over all {n} points")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")           # near-constant input: scipy warns, the value stands
+        result = stats.pearsonr(xs, ys)
+    r, p = float(result.statistic), float(result.pvalue)
+    if not (math.isfinite(r) and math.isfinite(p)):
+        return Pearson(None, None, n, f"{x_name} or {y_name} has too little variance for a correlation")
+    return Pearson(r, p, n)
+
+
+# ------------------------------------------------------------------------------------ inputs
+@dataclass
+class SeedInput:
+    """One FINISHED seed run: its final metrics and the clean counts of the chance test."""
+    seed: int
+    run_id: str
+    metrics: Mapping[str, float]
+    counts: tuple[int, int, int] | None = None      # (correct, n, K) of the clean test evaluation
+    counts_missing: str | None = None               # why ``counts`` is None
+
+
+@dataclass
+class ConfigurationInput:
+    """One configuration run: its flat params and its FINISHED seed runs."""
+    run_id: str
+    name: str
+    params: Mapping[str, object]
+    seeds: list[SeedInput] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------- result
+@dataclass
+class Correlation:
+    parity: str
+    intervention: str
+    attribute: str
+    pearson: Pearson
+    #: per seed set: "seeds", "r" {seed: r or None}, "undefined" {seed: reason}, "n" (defined
+    #: r's) and their "mean", "std", "ci95_low", "ci95_high" (None where undefined)
+    seed_sets: dict
+
+    @property
+    def key(self) -> str:
+        return f"{self.parity}/{self.intervention}/{self.attribute}"
+
+
+@dataclass
+class Analysis:
+    parity_metrics: list[str]
+    interventions: dict[str, Intervention]
+    attributes: dict[str, list[str]]               # parity metric -> attributes found
+    configurations: list[dict]                     # analysed: run_id, name, interventions, seeds, means
+    excluded: list[dict]                           # run_id, name, reason ("chance", "no_seeds", "params"), detail
+    seed_runs_at_chance: list[dict]                # run_id, name, seed, seed_run_id, test
+    seed_runs_untested: list[dict]                 # run_id, name, seed, seed_run_id, reason
+    correlations: list[Correlation]
+    missing_metrics: list[str]                     # asked for but recorded by no analysed configuration
+    alpha: float = CHANCE_ALPHA
+    n_found: int = 0
+
+    @property
+    def n_excluded_chance(self) -> int:
+        return sum(e["reason"] == "chance" for e in self.excluded)
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        """Counts, then per correlation ``pearson_r|pearson_p|pearson_n/<parity>/<intervention>/
+        <attribute>`` and ``seed_r_mean|seed_r_std|seed_r_ci95_low|seed_r_ci95_high|seed_sets_n/...``;
+        an undefined value is left out (its reason is in the JSON), never NaN."""
+        out: dict[str, float] = {
+            "n_configurations_found": self.n_found, "n_configurations": len(self.configurations),
+            "n_excluded_chance": self.n_excluded_chance,
+            "n_excluded_no_seeds": sum(e["reason"] == "no_seeds" for e in self.excluded),
+            "n_excluded_params": sum(e["reason"] == "params" for e in self.excluded),
+            "n_seed_runs_at_chance": len(self.seed_runs_at_chance),
+            "n_seed_runs_untested": len(self.seed_runs_untested),
+            "n_correlations": len(self.correlations),
+            "n_correlations_undefined": sum(c.pearson.undefined is not None for c in self.correlations)}
+        for c in self.correlations:
+            values = {"pearson_r": c.pearson.r, "pearson_p": c.pearson.p, "pearson_n": c.pearson.n,
+                      "seed_sets_n": c.seed_sets["n"], "seed_r_mean": c.seed_sets["mean"],
+                      "seed_r_std": c.seed_sets["std"], "seed_r_ci95_low": c.seed_sets["ci95_low"],
+                      "seed_r_ci95_high": c.seed_sets["ci95_high"]}
+            out.update({f"{name}/{c.key}": float(v) for name, v in values.items()
+                        if v is not None and math.isfinite(v)})
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "method": "speech paper 003 §5.1: Pearson r between each intervention and each parity metric per "
+                      "attribute across configurations (seed-mean metric); spread over per-seed-set r's "
+                      "(mean, sample std, 95% t-interval)",
+            "chance_rule": f"a seed run is at chance when binomtest(correct, n, 1/K, alternative='greater') has "
+                           f"p >= {self.alpha}; configurations left without seed runs are excluded",
+            "parity_metrics": {m: PARITY_METRICS.get(m, "") for m in self.parity_metrics},
+            "missing_metrics": self.missing_metrics,
+            "interventions": {n: {"kind": i.kind, "description": i.description} for n, i in self.interventions.items()},
+            "attributes": self.attributes,
+            "counts": {k: v for k, v in self.mlflow_metrics().items() if k.startswith("n_")},
+            "configurations": self.configurations, "excluded": self.excluded,
+            "seed_runs_at_chance": self.seed_runs_at_chance, "seed_runs_untested": self.seed_runs_untested,
+            "correlations": [{"parity": c.parity, "intervention": c.intervention, "attribute": c.attribute,
+                              "kind": self.interventions[c.intervention].kind, "r": c.pearson.r, "p": c.pearson.p,
+                              "n": c.pearson.n, "undefined": c.pearson.undefined, "per_seed_set": c.seed_sets}
+                             for c in self.correlations],
+        }
+
+
+def _seed_chance(seed: SeedInput, alpha: float) -> tuple[ChanceTest | None, str | None]:
+    """(the chance test, None) or (None, why the seed run cannot be tested)."""
+    if seed.counts is None:
+        return None, seed.counts_missing or "no clean counts"
+    try:
+        return chance_test(*seed.counts, alpha=alpha), None
+    except ValueError as err:
+        return None, f"bad clean counts {seed.counts}: {err}"
+
+
+def _attributes(configurations: Sequence[dict], family: str) -> list[str]:
+    prefix = f"{family}/"
+    return sorted({k[len(prefix):] for c in configurations for s in c["seed_metrics"].values()
+                   for k in s if k.startswith(prefix) and "/" not in k[len(prefix):]})
+
+
+def _value(metrics: Mapping[str, float], key: str) -> float | None:
+    v = metrics.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _seed_sets(kept: Sequence[dict], intervention: str, key: str) -> dict:
+    """The correlation per seed set (seed s of every configuration that kept it) and the
+    mean, sample std and 95% t-interval of the defined r's (``summarize``)."""
+    seeds = sorted({s for c in kept for s in c["seed_metrics"]})
+    rs: dict[int, float | None] = {}
+    undefined: dict[int, str] = {}
+    for seed in seeds:
+        points = [(c["interventions"][intervention], v) for c in kept
+                  if seed in c["seed_metrics"] and (v := _value(c["seed_metrics"][seed], key)) is not None]
+        result = pearson([x for x, _ in points], [y for _, y in points], x_name="the intervention",
+                         y_name="the metric")
+        rs[seed] = result.r
+        if result.undefined:
+            undefined[seed] = result.undefined
+    spread = summarize([r for r in rs.values() if r is not None])
+    return {"seeds": seeds, "r": rs, "undefined": undefined, "n": spread["n"],
+            **{s: spread[s] for s in ("mean", "std", "ci95_low", "ci95_high")}}
+
+
+def analyze(configurations: Sequence[ConfigurationInput], *, parity_metrics: Sequence[str] | None = None,
+            interventions: Mapping[str, Intervention] = INTERVENTIONS, alpha: float = CHANCE_ALPHA) -> Analysis:
+    """The §5.1 meta-analysis of ``configurations`` (speech paper 003 §5.1).
+
+    ``parity_metrics``: families of :data:`PARITY_METRICS` to correlate (default: every one
+    some analysed configuration recorded). Configurations are excluded, with the reason, when
+    their params give no intervention value (``params``), they have no FINISHED seed run
+    (``no_seeds``), or every seed run is at chance (``chance``)."""
+    kept: list[dict] = []
+    excluded: list[dict] = []
+    at_chance: list[dict] = []
+    untested: list[dict] = []
+    for config in configurations:
+        ident = {"run_id": config.run_id, "name": config.name}
+        try:
+            values = intervention_values(config.params, interventions)
+        except ValueError as err:
+            excluded.append({**ident, "reason": "params", "detail": str(err)})
+            continue
+        if not config.seeds:
+            excluded.append({**ident, "reason": "no_seeds", "detail": "no FINISHED seed run"})
+            continue
+        seed_metrics: dict[int, Mapping[str, float]] = {}
+        for seed in sorted(config.seeds, key=lambda s: s.seed):
+            test, why = _seed_chance(seed, alpha)
+            where = {**ident, "seed": seed.seed, "seed_run_id": seed.run_id}
+            if test is None:
+                untested.append({**where, "reason": why})
+            elif test.at_chance:
+                at_chance.append({**where, "correct": test.correct, "n": test.n, "k": test.k,
+                                  "p_value": test.p_value, "describe": test.describe()})
+                continue
+            seed_metrics[seed.seed] = seed.metrics
+        if not seed_metrics:
+            excluded.append({**ident, "reason": "chance",
+                             "detail": f"all {len(config.seeds)} seed run(s) at chance (p >= {alpha})"})
+            continue
+        kept.append({**ident, "interventions": values, "seeds": sorted(seed_metrics), "seed_metrics": seed_metrics})
+
+    found = [m for m in PARITY_METRICS if _attributes(kept, m)]
+    wanted = list(parity_metrics) if parity_metrics is not None else found
+    unknown = [m for m in wanted if m not in PARITY_METRICS]
+    if unknown:
+        raise ValueError(f"unknown parity metric(s) {unknown}; known: {', '.join(PARITY_METRICS)}")
+    attributes = {m: _attributes(kept, m) for m in wanted}
+    missing = [m for m in wanted if not attributes[m]]
+    correlations: list[Correlation] = []
+    for family in wanted:
+        for attribute in attributes[family]:
+            key = f"{family}/{attribute}"
+            for config in kept:
+                per_seed = [v for s in config["seed_metrics"].values() if (v := _value(s, key)) is not None]
+                config.setdefault("means", {})[key] = float(np.mean(per_seed)) if per_seed else None
+            for name in interventions:
+                points = [(c["interventions"][name], c["means"][key]) for c in kept if c["means"][key] is not None]
+                result = pearson([x for x, _ in points], [y for _, y in points],
+                                 x_name=f"intervention {name!r}", y_name=f"{key}")
+                correlations.append(Correlation(family, name, attribute, result, _seed_sets(kept, name, key)))
+    analysed = [{k: c.get(k, {}) for k in ("run_id", "name", "interventions", "seeds", "means")} for c in kept]
+    return Analysis(parity_metrics=wanted, interventions=dict(interventions), attributes=attributes,
+                    configurations=analysed, excluded=excluded, seed_runs_at_chance=at_chance,
+                    seed_runs_untested=untested, correlations=correlations, missing_metrics=missing,
+                    alpha=alpha, n_found=len(configurations))
+
+
+# ----------------------------------------------------------------------------------- output
+def _fmt(value, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def format_exclusions(analysis: Analysis) -> str:
+    """The chance-level exclusion and every other exclusion, named."""
+    lines = [f"{analysis.n_found} configuration(s) found, {len(analysis.configurations)} analysed; "
+             f"{analysis.n_excluded_chance} excluded at chance (every seed run's clean accuracy not above 1/K: "
+             f"one-sided binomial test, p >= {analysis.alpha})"]
+    by_run: dict[str, list[dict]] = {}
+    for s in analysis.seed_runs_at_chance:
+        by_run.setdefault(s["run_id"], []).append(s)
+    for e in analysis.excluded:
+        lines.append(f"  excluded ({e['reason']}): {e['name']} ({e['run_id']}): {e['detail']}")
+        for s in by_run.pop(e["run_id"], []):
+            lines.append(f"      seed {s['seed']}: {s['describe']}")
+    for run_id, seeds in by_run.items():
+        lines.append(f"  seed run(s) at chance left out of {seeds[0]['name']} ({run_id}): "
+                     + "; ".join(f"seed {s['seed']}: {s['describe']}" for s in seeds))
+    if analysis.seed_runs_untested:
+        lines.append(f"  {len(analysis.seed_runs_untested)} seed run(s) could not be tested for chance and were "
+                     f"KEPT (fallback: no clean confusion matrix to count correct, n and K):")
+        lines += [f"    {s['name']} seed {s['seed']} ({s['seed_run_id']}): {s['reason']}"
+                  for s in analysis.seed_runs_untested]
+    return "\n".join(lines)
+
+
+def format_table(analysis: Analysis) -> str:
+    """One block per parity metric: a row per (attribute, intervention) with r, p, n and the
+    spread per seed set; undefined correlations say why."""
+    if not analysis.parity_metrics:
+        return ("nothing to correlate: no analysed configuration recorded a parity metric ("
+                + ", ".join(f"{m}/<attribute>" for m in PARITY_METRICS) + ")")
+    lines = []
+    for family in analysis.parity_metrics:
+        lines.append(f"\n{family}: {PARITY_METRICS[family]}; r > 0: the intervention goes with more disparity")
+        if family in analysis.missing_metrics:
+            lines.append("  not recorded by any analysed configuration")
+            continue
+        lines.append(f"  {'attribute':<12} {'intervention':<12} {'r':>7} {'p':>8} {'n':>4}   "
+                     "per seed set: mean r ± std [95% t-interval] (sets)")
+        for c in (c for c in analysis.correlations if c.parity == family):
+            s = c.seed_sets
+            spread = (f"{_fmt(s['mean'])} ± {_fmt(s['std'])} [{_fmt(s['ci95_low'])}, {_fmt(s['ci95_high'])}] "
+                      f"({s['n']})" if s["n"] else "—")
+            if c.pearson.undefined:
+                lines.append(f"  {c.attribute:<12} {c.intervention:<12} {'undefined':>7}          {c.pearson.n:>4}"
+                             f"   {spread}   ({c.pearson.undefined})")
+            else:
+                lines.append(f"  {c.attribute:<12} {c.intervention:<12} {c.pearson.r:>7.3f} {c.pearson.p:>8.3g} "
+                             f"{c.pearson.n:>4}   {spread}")
+    return "\n".join(lines).lstrip("\n")
+
+
+CSV_COLUMNS = ("parity", "attribute", "intervention", "kind", "r", "p", "n", "undefined", "seed_sets_n",
+               "seed_r_mean", "seed_r_std", "seed_r_ci95_low", "seed_r_ci95_high", "seed_r_per_seed")
+
+
+def write_outputs(analysis: Analysis, outdir: str | Path, *, title: str) -> dict[str, Path]:
+    """``correlations.csv``, ``analysis.json`` and one heatmap per parity metric
+    (``pearson_<metric>.png``: attributes x interventions, r as colour, paper Figs. 2-5) in
+    ``outdir``. Returns ``{label: path}``."""
+    from distfair.plots import heatmap
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    files = {"csv": outdir / "correlations.csv", "json": outdir / "analysis.json"}
+    with files["csv"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for c in analysis.correlations:
+            s = c.seed_sets
+            per_seed = ";".join(f"{seed}:{'' if r is None else f'{r:.6g}'}" for seed, r in s["r"].items())
+            writer.writerow([c.parity, c.attribute, c.intervention, analysis.interventions[c.intervention].kind,
+                             c.pearson.r, c.pearson.p, c.pearson.n, c.pearson.undefined or "", s["n"], s["mean"],
+                             s["std"], s["ci95_low"], s["ci95_high"], per_seed])
+    files["json"].write_text(json.dumps(analysis.to_json(), indent=1, allow_nan=False))
+    names = list(analysis.interventions)
+    binary = sum(i.kind == "binary" for i in analysis.interventions.values())
+    for family in analysis.parity_metrics:
+        attrs = analysis.attributes[family]
+        if not attrs:
+            continue
+        cells = {(c.attribute, c.intervention): c.pearson.r for c in analysis.correlations if c.parity == family}
+        values = np.array([[np.nan if cells[(a, n)] is None else cells[(a, n)] for n in names] for a in attrs])
+        n = max((c.pearson.n for c in analysis.correlations if c.parity == family), default=0)
+        files[f"heatmap_{family}"] = heatmap(
+            values, attrs, names, f"{title}\nPearson r: intervention vs {family} ({n} configurations)",
+            outdir / f"pearson_{family}.png", vmin=-1.0, vmax=1.0, cmap="RdBu_r",
+            cbar_label="Pearson r (> 0: more disparity)", xlabel="intervention", ylabel="attribute",
+            column_split=binary if 0 < binary < len(names) else None)
+    return files

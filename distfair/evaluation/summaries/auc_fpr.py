@@ -1,0 +1,146 @@
+"""False rejection over a threshold grid and FPR Parity (speech paper 003, §3.2, Eq. 2), a
+summary over the clean evaluation's stored scores and groups.
+
+For a predictor that rejects by thresholding its score (``Predictor.reject_rule``:
+randomized smoothing's binomial p-value, rejected above α; neural rejection's SVM
+probability, rejected below t), every clean sample is benign, so every rejection of one is a
+false positive. ``FPR_s(α)`` = the fraction of subgroup s's clean samples rejected at
+threshold α, recomputed from the per-sample scores for each α of the grid (the predictor ran
+once; its operating threshold plays no role here), and
+
+    AUC_FPR(s) = ∫_{α_min}^{α_max} FPR_s(α) dα        (Eq. 2)
+
+by the trapezoid rule on a linear α axis over the grid α_min, α_min + step, ..., α_max (the
+paper's [0.001, 1] in steps of 0.001, 1000 points), not normalised by the range. FPR parity
+of an attribute = the largest AUC_FPR difference between its subgroups (§3.2: "the largest
+difference between subgroups"; the paper plots it as "parity", lower = more equal).
+
+Options (``eval.summaries.auc_fpr``): ``alpha_min`` (0.001), ``alpha_max`` (1.0), ``step``
+(0.001). Runs by default on both splits; it reports nothing for a predictor without a
+threshold rule. Metrics (bare on test, ``val_``-prefixed from the validation pass, so a sweep
+can select on them): ``auc_fpr`` over all clean samples, ``group_auc_fpr/<attr>/<group>``,
+``fpr_parity/<attr>``. Document ``auc_fpr.json`` (the grid, each curve); figures: FPR against
+the threshold, overall and per attribute.
+"""
+from __future__ import annotations
+
+import numbers
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from distfair.evaluation.subgroups import metric_safe
+from distfair.evaluation.summaries._base import Summary, SummaryContext, SummaryOutput
+from distfair.evaluation.summaries.auc_acc import _fmt, trapezoid_auc
+
+DEFAULTS = {"alpha_min": 0.001, "alpha_max": 1.0, "step": 0.001}
+#: points of each curve drawn in the figures (the document keeps every grid point)
+FIGURE_POINTS = 101
+
+
+def threshold_grid(alpha_min: float, alpha_max: float, step: float) -> np.ndarray:
+    """α_min, α_min + step, ..., α_max (inclusive; computed as α_min + i·step, rounded to 12
+    decimals so 0.001-steps are exact decimals)."""
+    n = int(round((alpha_max - alpha_min) / step)) + 1
+    return np.round(alpha_min + step * np.arange(n), 12)
+
+
+def fpr_curve(rejected: np.ndarray, members: np.ndarray) -> list[float] | None:
+    """FPR at each threshold over ``members`` from the (T, N) rejection matrix; None without members."""
+    if not members.any():
+        return None
+    return rejected[:, members].mean(axis=1).astype(float).tolist()
+
+
+class FalseRejectionAUC(Summary):
+    name = "auc_fpr"
+    artifact = "auc_fpr.json"
+    splits = ("val", "test")
+    default = True
+    families = {"auc_fpr": (), "group_auc_fpr": ("attribute", "group"), "fpr_parity": ("attribute",)}
+
+    @classmethod
+    def check_options(cls, options: dict, entries: list[dict]) -> list[tuple[str, str]]:
+        problems = [(k, f"unknown option; known: {', '.join(DEFAULTS)}") for k in options if k not in DEFAULTS]
+        values = {**DEFAULTS, **{k: v for k, v in options.items() if k in DEFAULTS}}
+        for key in DEFAULTS:
+            value = values[key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+                problems.append((key, f"must be a number, got {value!r}"))
+        if problems:
+            return problems
+        if not 0 <= values["alpha_min"] < values["alpha_max"]:
+            problems.append(("alpha_min", f"need 0 <= alpha_min < alpha_max, got {values['alpha_min']} and "
+                                          f"{values['alpha_max']}"))
+        elif not 0 < values["step"] <= values["alpha_max"] - values["alpha_min"]:
+            problems.append(("step", f"must be > 0 and at most alpha_max - alpha_min, got {values['step']}"))
+        else:
+            n = (values["alpha_max"] - values["alpha_min"]) / values["step"]
+            if abs(n - round(n)) > 1e-6:
+                problems.append(("step", f"must divide alpha_max - alpha_min into whole steps, got {values['step']}"))
+            elif n > 1e6:
+                problems.append(("step", f"gives {int(n) + 1} thresholds; at most 1,000,001"))
+        return problems
+
+    def summarize(self, ctx: SummaryContext) -> SummaryOutput:
+        out = SummaryOutput()
+        clean = ctx.entries.get("clean")
+        if clean is None or clean.predictions.reject_rule is None:
+            return out                      # no clean results or a predictor without a threshold rule
+        opts = {**DEFAULTS, **ctx.options}
+        grid = threshold_grid(float(opts["alpha_min"]), float(opts["alpha_max"]), float(opts["step"]))
+        rejected = clean.predictions.rejected(grid)                 # (T, N)
+        members = clean.members
+        overall = fpr_curve(rejected, members)
+        doc = {"rule": clean.predictions.reject_rule, "operating_threshold": clean.predictions.threshold,
+               "grid": {k: float(opts[k]) for k in DEFAULTS}, "axis": "linear", "thresholds": grid.tolist(),
+               "fpr": overall, "auc_fpr": None if overall is None else trapezoid_auc(grid.tolist(), overall),
+               "attributes": {}}
+        out.metrics["auc_fpr"] = doc["auc_fpr"]
+        for grouping in ctx.groupings:
+            attr = metric_safe(grouping.attribute)
+            labels = clean.groups(grouping)
+            groups, aucs = {}, {}
+            for g, group in enumerate(grouping.names):
+                curve = fpr_curve(rejected, members & (labels == g))
+                auc = None if curve is None else trapezoid_auc(grid.tolist(), curve)
+                groups[group] = {"n": int((members & (labels == g)).sum()), "fpr": curve, "auc_fpr": auc}
+                out.metrics[f"group_auc_fpr/{attr}/{metric_safe(group)}"] = auc
+                if auc is not None:
+                    aucs[group] = auc
+            empty = [g for g, v in groups.items() if v["auc_fpr"] is None]
+            if empty:
+                warnings.warn(f"auc_fpr: groups {empty} of attribute {grouping.attribute!r} have no clean samples; "
+                              "they have no AUC_FPR and are left out of the FPR parity", UserWarning, stacklevel=2)
+            parity = max(aucs.values()) - min(aucs.values()) if len(aucs) >= 2 else None
+            out.metrics[f"fpr_parity/{attr}"] = parity
+            doc["attributes"][grouping.attribute] = {"groups": groups, "fpr_parity": parity}
+        out.document = doc
+        return out
+
+    def figures(self, document, class_names, title, outdir: Path) -> list[Path]:
+        """``auc_fpr.png`` (all clean samples) and ``auc_fpr_<attr>.png``: FPR against the threshold."""
+        from distfair.plots import accuracy_curves, file_safe
+
+        if not document or document.get("fpr") is None:
+            return []
+        thresholds = document["thresholds"]
+        pick = np.unique(np.linspace(0, len(thresholds) - 1, min(FIGURE_POINTS, len(thresholds))).round().astype(int))
+
+        def sub(values):
+            return [values[i] for i in pick]
+
+        xs = sub(thresholds)
+        label = "threshold α (reject p > α)" if document["rule"] == "above" else "threshold t (reject score < t)"
+        paths = [accuracy_curves(xs, {"all clean samples": sub(document["fpr"])},
+                                 f"{title}: false rejection (AUC_FPR {_fmt(document['auc_fpr'])})",
+                                 Path(outdir) / "auc_fpr.png", xlabel=label, ylabel="false rejection rate")]
+        for attr, info in document["attributes"].items():
+            curves = {f"{g} (AUC {_fmt(v['auc_fpr'])})": (sub(v["fpr"]) if v["fpr"] is not None else [None] * len(xs))
+                      for g, v in info["groups"].items()}
+            paths.append(accuracy_curves(xs, curves, f"{title}: false rejection by {attr} "
+                                         f"(FPR parity {_fmt(info['fpr_parity'])})",
+                                         Path(outdir) / f"auc_fpr_{file_safe(attr)}.png", xlabel=label,
+                                         ylabel="false rejection rate"))
+        return paths
