@@ -234,11 +234,16 @@ HEADLINE = ("clean_acc", "robust_acc", "clean_worst_class_acc", "worst_class_acc
             "worst10_acc", "max_asym_gap", "sym_loss", "tgt_max", "tgt_min", "tgt_std", "max_bipartition_asym")
 #: the primary attack's subgroup summaries, one row per attribute
 SUBGROUP_HEADLINE = ("group_gap/", "max_group_asym/")
+#: cross-evaluation summaries' headline metrics, shown when a run has them (speech paper §3)
+SUMMARY_HEADLINE = ("auc_acc", "clean_false_rejection_rate", "auc_fpr")
+SUMMARY_HEADLINE_FAMILIES = ("defense_parity/", "fpr_parity/")
 
 
 def format_table(metrics: dict[str, dict], extra_attacks: list[str]) -> str:
     names = [n for n in HEADLINE if n in metrics]
     names += sorted(n for n in metrics if n.startswith(SUBGROUP_HEADLINE))
+    names += [n for n in SUMMARY_HEADLINE if n in metrics]
+    names += sorted(n for n in metrics if n.startswith(SUMMARY_HEADLINE_FAMILIES))
     for attack in extra_attacks:
         names += [n for n in (f"{attack}/robust_acc", f"{attack}/worst_class_acc") if n in metrics]
     names += [n for n in ("train_time_s",) if n in metrics]
@@ -436,6 +441,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         where = f"sweep run {args.sweep}" if args.sweep else f"experiment {args.experiment!r}"
         print(f"error: {where} has no configuration runs (distfair run / distfair sweep record them)", file=sys.stderr)
         return EXIT_USAGE
+    from distfair.data import DATASET_NOTICES
+
+    notices = sorted({DATASET_NOTICES[c["params"].get("dataset.name")] for c in configurations
+                      if c["params"].get("dataset.name") in DATASET_NOTICES})
     scope = f"{args.experiment}" + (f"-sweep-{args.sweep[:8]}" if args.sweep else "")
     outdir = Path(args.output_dir or Path("distfair_analysis") / file_safe(scope)).resolve()
     with stdout_to_stderr(args.json) as out:
@@ -455,16 +464,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                     "interventions": list(result.interventions), "chance_alpha": result.alpha,
                     "method": "speech paper 003 §5.1: Pearson over configurations of the seed-mean metric; "
                               "spread over per-seed-set r's (mean, std, 95% t-interval)"},
-            metrics=result.mlflow_metrics(), tags={"distfair.analysis.sweep": args.sweep or "all"},
+            metrics=result.mlflow_metrics(), tags={"distfair.analysis.sweep": args.sweep or "all",
+                                                   **({tracking.TAG_DESCRIPTION: "\n\n".join(notices)}
+                                                      if notices else {})},
             artifacts=list(files.values()))
         print("\nPearson correlation, intervention vs parity, across configurations (speech paper 003 §5.1)\n"
+              + "".join(f"NOTE: {n}\n" for n in notices)
               + format_exclusions(result) + "\n\n" + format_table(result), file=human)
         print(f"\nFiles: {outdir}/\n" + "\n".join(f"  {p.name}" for p in files.values())
               + f"\nMLflow: experiment {args.experiment!r}, analysis run {run_id}\n"
               f"Look at it: {tracking.ui_command(uri)}", file=human, flush=True)
         if args.json:
             out.write(json.dumps(_json_safe({"analysis_run_id": run_id, "files": {k: str(v) for k, v in files.items()},
-                                             **result.to_json()})) + "\n")
+                                             "notices": notices, **result.to_json()})) + "\n")
     return EXIT_OK
 
 

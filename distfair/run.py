@@ -56,6 +56,16 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def run_description(cfg: dict) -> str:
+    """The parent run's MLflow description: the file's ``description`` and what its dataset
+    requires every result to say (``distfair.data.DATASET_NOTICES``: spoken_words' voices are
+    synthetic, not people)."""
+    from distfair.data import DATASET_NOTICES
+
+    parts = [str(cfg.get("description") or "").strip(), DATASET_NOTICES.get(cfg["dataset"]["name"], "")]
+    return "\n\n".join(p for p in parts if p)
+
+
 def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: str, tracking_uri: str,
                                     storage_path: str | Path, log: Callable[[str], None],
                                     extra_tags: dict[str, str] | None = None, lookup: dict[str, str] | None = None,
@@ -85,6 +95,7 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     flat["seeds"] = seeds
     parent = tracking.start_parent_run(
         tracking_uri, experiment_id, flat, run_name=parent_run_name or f"{Path(config_path).stem}-{digest[:8]}",
+        description=run_description(cfg),
         tags={"distfair.config_file": str(config_path), "distfair.config_hash": digest,
               "distfair.defense": cfg["defense"]["name"], "distfair.dataset": cfg["dataset"]["name"],
               **(extra_tags or {})}, lookup=lookup)

@@ -108,10 +108,17 @@ def prepare_experiment(uri: str, name: str) -> str:
     return client.create_experiment(name)
 
 
+#: MLflow's run description (shown as "Description" in the UI)
+TAG_DESCRIPTION = "mlflow.note.content"
+
+
 def start_parent_run(uri: str, experiment_id: str, flat_config: dict, *, run_name: str,
-                     tags: dict[str, str] | None = None, lookup: dict[str, str] | None = None) -> str:
+                     tags: dict[str, str] | None = None, lookup: dict[str, str] | None = None,
+                     description: str | None = None) -> str:
     """A configuration's parent run. With ``lookup`` tags, an existing active run carrying them
-    is reused (a resumed sweep); otherwise a new run is created with ``tags`` and the params."""
+    is reused (a resumed sweep); otherwise a new run is created with ``tags`` and the params.
+    ``description``: the run's MLflow description (the UI's "Description", tag
+    ``mlflow.note.content``)."""
     client = _client(uri)
     if lookup:
         found = find_runs(uri, experiment_id, lookup)
@@ -119,6 +126,8 @@ def start_parent_run(uri: str, experiment_id: str, flat_config: dict, *, run_nam
             client.update_run(found[0], status="RUNNING")
             return found[0]
     all_tags = {TAG_ROLE: "configuration", **(tags or {}), **(lookup or {})}
+    if description:
+        all_tags[TAG_DESCRIPTION] = description
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     _log(client, run.info.run_id, params=[Param(k, _param_value(v)) for k, v in sorted(flat_config.items())])
     return run.info.run_id

@@ -25,6 +25,15 @@ TINY = {
 }
 
 
+
+def tiny_spoken_words(root: str | Path) -> dict:
+    """A ``spoken_words`` dataset block small enough for a Ray end-to-end test: 3 words x 12
+    synthetic voices (2 accents x 2 variants x 3 speeds), half-second clips, 4 voices per split."""
+    return {"name": "spoken_words", "root": str(root), "words": ["one", "two", "three"], "accents": ["en", "en-us"],
+            "variants": ["m3", "f3"], "speeds": [140, 180, 220], "length": 8000, "test_fraction": 0.34,
+            "val_fraction": 0.33}
+
+
 @pytest.fixture
 def tiny_cfg_dict() -> dict:
     import copy

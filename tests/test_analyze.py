@@ -329,6 +329,7 @@ def test_analyze_command_end_to_end(store, tmp_path, capsys):
     r = _expected("defense_parity", "at", "gender")
     assert f"gender       at           {r:>7.3f}" in printed
     assert "per seed set" in printed and "clean_group_gap" in printed
+    assert "NOTE: spoken_words subgroups (gender, accent, age) are synthetic eSpeak NG voices, not people" in printed
     # where to look
     run_id = printed.split("analysis run ")[1].split()[0]
     assert str(out_dir) in printed and "Look at it: mlflow ui --backend-store-uri" in printed
@@ -349,6 +350,7 @@ def test_analyze_command_end_to_end(store, tmp_path, capsys):
     assert run.info.status == "FINISHED" and run.info.experiment_id == tracking.find_experiment(
         store["uri"], "speech_interventions")
     assert run.data.tags["distfair.kind"] == "analysis" and run.data.params["sweep_run_id"] == store["sweep"]
+    assert "not people" in run.data.tags["mlflow.note.content"]          # the run's MLflow description
     m = run.data.metrics
     assert m["n_configurations"] == 5 and m["n_excluded_chance"] == 1 and m["n_seed_runs_at_chance"] == 3
     for metric, intervention, attribute in (("defense_parity", "at", "gender"), ("defense_parity", "budget", "accent"),
@@ -371,6 +373,7 @@ def test_analyze_without_sweep_takes_every_configuration_and_prints_json(store, 
     assert doc["counts"]["n_configurations_found"] == 7 and doc["counts"]["n_configurations"] == 6
     assert "single" in {c["name"] for c in doc["configurations"]}
     assert list(doc["parity_metrics"]) == ["defense_parity"] and doc["analysis_run_id"] in err
+    assert len(doc["notices"]) == 1 and "not people" in doc["notices"][0]
     assert "Pearson correlation" in err
 
 

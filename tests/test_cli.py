@@ -72,6 +72,16 @@ def test_format_table_lists_the_primary_subgroup_summaries():
     assert rows == ["robust_acc", "group_gap/gender", "max_group_asym/gender"]
 
 
+def test_format_table_lists_the_speech_summaries_when_present():
+    row = {"mean": 0.1, "std": 0.01, "min": 0.09, "max": 0.11, "n": 2}
+    table = cli.format_table({"clean_acc": row, "auc_fpr": row, "fpr_parity/gender": row, "fpr_parity/age": row,
+                              "group_auc_fpr/age/slow": row, "clean_false_rejection_rate": row, "auc_acc": row,
+                              "defense_parity/accent": row, "val_auc_fpr": row}, [])
+    rows = [line.split()[0] for line in table.splitlines()[1:]]
+    assert rows == ["clean_acc", "auc_acc", "clean_false_rejection_rate", "auc_fpr", "defense_parity/accent",
+                    "fpr_parity/age", "fpr_parity/gender"]
+
+
 def test_json_safe_replaces_nan():
     assert cli._json_safe({"a": float("nan"), "b": [1.0, float("inf")]}) == {"a": None, "b": [1.0, None]}
 

@@ -31,6 +31,8 @@ from distfair.evaluation.summaries.auc_fpr import FalseRejectionAUC, threshold_g
 from distfair.models.m5 import M5
 from distfair.sweep import load_sweep
 
+from conftest import tiny_spoken_words
+
 #: tiny hand problems leave classes without samples, which the metrics announce (as designed)
 pytestmark = pytest.mark.filterwarnings("ignore:.*have no samples.*:UserWarning")
 REPO = Path(__file__).resolve().parent.parent
@@ -369,9 +371,7 @@ def test_tiny_rejection_comparison_through_the_cli_ray_and_mlflow(tmp_path):
 
     raw = read_document(REPO / "tune_spaces" / "speech_rejection.yaml")
     raw.update({
-        "dataset": {"name": "spoken_words", "root": str(tmp_path / "words"), "words": ["one", "two", "three"],
-                    "accents": ["en", "en-us"], "variants": ["m3", "f3"], "speeds": [140, 180, 220], "length": 8000,
-                    "test_fraction": 0.34, "val_fraction": 0.33},
+        "dataset": tiny_spoken_words(tmp_path / "words"),
         "model": {"name": "m5", "width": 4},
         "train": {"epochs": 1, "batch_size": 8, "optimizer": "adam", "lr": 0.001},
         "seeds": [0, 1],
@@ -396,6 +396,7 @@ def test_tiny_rejection_comparison_through_the_cli_ray_and_mlflow(tmp_path):
     for name, rep in report.items():
         parent = client.get_run(rep["parent_run_id"])
         assert parent.data.tags["distfair.configuration"] == name and parent.info.run_name.startswith(f"rejection-{name}-")
+        assert "synthetic eSpeak NG voices, not people" in parent.data.tags["mlflow.note.content"]   # its description
         children = client.search_runs([exp.experiment_id],
                                       filter_string=f"tags.`mlflow.parentRunId` = '{rep['parent_run_id']}'")
         assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)

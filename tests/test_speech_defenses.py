@@ -20,6 +20,8 @@ from distfair.defenses.noise_aug import NoiseAug, gaussian_augment
 from distfair.defenses.waveform_at import WaveformAT
 from distfair.sweep import load_sweep
 
+from conftest import tiny_spoken_words
+
 REPO = Path(__file__).resolve().parent.parent
 K = 3
 BOUNDS = (-1.0, 1.0)
@@ -277,9 +279,7 @@ def test_tiny_speech_quickstart_through_ray_and_mlflow(ray_local, tmp_path):
     raw = load_config(REPO / "tune_spaces" / "speech_quickstart.yaml")
     raw = {k: v for k, v in raw.items() if k in ("description", "defense", "model", "attack", "scaling")}
     raw.update({
-        "dataset": {"name": "spoken_words", "root": str(tmp_path / "words"), "words": ["one", "two", "three"],
-                    "accents": ["en", "en-us"], "variants": ["m3", "f3"], "speeds": [140, 180, 220], "length": 8000,
-                    "test_fraction": 0.34, "val_fraction": 0.33},
+        "dataset": tiny_spoken_words(tmp_path / "words"),
         "model": {"name": "m5", "width": 4},
         "train": {"epochs": 1, "batch_size": 8, "optimizer": "adam", "lr": 0.001},
         "attack": {"name": "pgd", "eps": 0.005, "alpha": 0.001, "steps": 2},

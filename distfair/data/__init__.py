@@ -13,6 +13,7 @@ from distfair.data.common_voice import common_voice_clips
 from distfair.data.digits import digits
 from distfair.data.faces import faces
 from distfair.data.mnist1d import mnist1d
+from distfair.data.spoken_words import NOTICE as SPOKEN_WORDS_NOTICE
 from distfair.data.spoken_words import spoken_words
 from distfair.data.synthetic import synthetic
 
@@ -28,6 +29,11 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {
     "common_voice_clips": common_voice_clips,
 }
 
+#: dataset -> what every result on it must say (the run's MLflow description, reports)
+DATASET_NOTICES: dict[str, str] = {
+    "spoken_words": SPOKEN_WORDS_NOTICE,
+}
+
 
 def build_dataset(name: str, **params) -> DataBundle:
     if name not in DATASETS:
@@ -35,4 +41,4 @@ def build_dataset(name: str, **params) -> DataBundle:
     return DATASETS[name](**params)
 
 
-__all__ = ["DATASETS", "DataBundle", "build_dataset", "stratified_split"]
+__all__ = ["DATASETS", "DATASET_NOTICES", "DataBundle", "build_dataset", "stratified_split"]

@@ -90,6 +90,12 @@ _SPEED_RANGE = (80, 450)      # espeakRATE limits, words per minute
 _PITCH_RANGE = (0, 99)
 
 
+#: what every result on this data must say about its subgroups (README, MLflow run descriptions,
+#: reports): ``distfair.data.DATASET_NOTICES``
+NOTICE = ("spoken_words subgroups (gender, accent, age) are synthetic eSpeak NG voices, not people: "
+          "parity gaps say how a model treats engine settings, not any human group")
+
+
 class EngineMissing(FileNotFoundError):
     """eSpeak NG (library or voice data) is not where the options say; the text says what to
     install or set. A FileNotFoundError, so configuration checks report it as a config problem."""
@@ -379,7 +385,7 @@ def _waveforms(engine_options: tuple[str | None, str | None], words: list[str], 
                     "engine": {"version": engine.version(), "library": engine.library, "data": engine.data},
                     "sample_rate": SAMPLE_RATE, "length": length, "words": words,
                     "voices": [{"id": v.id, **v.attributes()} for v in voices],
-                    "note": "synthetic eSpeak NG voices, not people"}
+                    "note": NOTICE}
         tmp = os.path.join(folder, f"manifest.{os.getpid()}.json")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
