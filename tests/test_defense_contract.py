@@ -15,6 +15,7 @@ import inspect
 import math
 import zlib
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -379,6 +380,40 @@ def test_context_generators_are_seeded_per_labels():
     assert not torch.equal(draw(a, "batches", 0), draw(b, "batches", 0))     # per rank
     assert (a.num_classes, a.in_shape, a.bounds, a.rank, a.world) == (K, tuple(data.in_shape), data.bounds, 0, 2)
     assert a.class_names == tuple(data.class_names) and a.references == {"t": "f"}
+
+
+# ------------------------------------------- after training: finish_training and the predictors
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_finish_training_and_predictors_keep_the_contract(name):
+    """After training: ``finish_training`` leaves the model's weights and mode alone and returns
+    finite numbers; every predictor (per epoch and final) gives (B,) classes or ABSTAIN with
+    float scores, abstains only if it may, and a predictor with a threshold rule abstains
+    exactly where its rule rejects its own score; ``attack_model`` is differentiable."""
+    from distfair.evaluation import ABSTAIN, predict, rejected_at
+
+    torch.manual_seed(0)
+    model = tiny_cnn().train()
+    before = copy.deepcopy(model.state_dict())
+    defense = make_defense(name)
+    defense.setup(context({"teacher": TEACHER_PATH} if name in WITH_TEACHER else None))
+    train = torch.utils.data.TensorDataset(*batch(labels=[0, 1, 2] * 8))
+    numbers = defense.finish_training(model, train, device=torch.device("cpu"), batch_size=5)
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers.values())
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x, _ = batch(seed=3)
+    model.eval()
+    for predictor in (defense.epoch_predictor(0), defense.predictor()):
+        pred, score = predict(predictor, model, x, K)
+        assert pred.shape == score.shape == (len(x),) and not model.training
+        assert ((pred >= 0) & (pred < K) | (pred == ABSTAIN)).all()
+        if not predictor.can_abstain:
+            assert (pred != ABSTAIN).all()
+        if predictor.reject_rule is not None:
+            rejected = rejected_at(score.numpy(), predictor.reject_rule, [predictor.threshold])[0]
+            assert np.array_equal(pred.numpy() == ABSTAIN, rejected)
+        x_grad = x.clone().requires_grad_(True)
+        predictor.attack_model(model)(x_grad).sum().backward()
+        assert x_grad.grad is not None and torch.isfinite(x_grad.grad).all()
 
 
 # ------------------------------------------------------- threat models: defense × attack
