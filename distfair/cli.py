@@ -72,6 +72,25 @@ unwritable --output-dir, or bad arguments (nothing was logged).
 """
 
 
+REPORT_EPILOG = """\
+examples:
+  distfair report --experiment stability_digits                     # every configuration of an experiment
+  distfair report --sweep SWEEP_RUN_ID --baseline pgd_at            # a sweep, against a named configuration
+  distfair report --runs RUN_ID RUN_ID --metrics robust_acc,worst_class_acc,nsd --ci
+  distfair report --experiment stability_digits --json | jq .rows
+
+rows are configuration runs labelled by the params they differ in (or their distfair.configuration
+tag); columns each --metrics entry per evaluation (clean, then each eval attack); cells mean ± std (n)
+over the FINISHED seed runs. Comparisons (against --baseline, else each column's best against the
+others): Welch's t-test, paired t and Wilcoxon signed-rank when the seeds match, Cohen's d and
+Hedges' g, Holm's correction across the report; bold = best and significant after correction;
+n <= 5 seeds = low evidence; seeds needed for 80% power at the observed difference.
+
+exit codes: 0 written (and logged), 2 unknown experiment, sweep or run, no configuration runs, an
+unknown metric, evaluation or baseline, an unwritable --output-dir, or bad arguments.
+"""
+
+
 def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
@@ -97,6 +116,13 @@ def _positive(kind: type):
 
 
 _positive_int, _positive_float = _positive(int), _positive(float)
+
+
+def _name_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return list(dict.fromkeys(names))
 
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -182,6 +208,51 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true",
                          help="print exactly one JSON object on stdout; human-readable output goes to stderr")
     analyze.set_defaults(handler=cmd_analyze)
+
+    report = sub.add_parser(
+        "report", help="paper-style tables with seed statistics and significance tests, plots, one HTML report",
+        description="Compare configurations from their seed runs in MLflow (no Ray, no training): a table of "
+                    "mean ± std (n) per configuration and metric, tests against a baseline with Holm's correction, "
+                    "the seeds needed for 80% power, and figures (per-class accuracy, stability, seed strips, "
+                    "Pareto set, confusion and asymmetry averaged over seeds, per-group values). Writes "
+                    "report.html (self-contained), report.md, tables.csv and tables.json, and logs them to the "
+                    "sweep run (--sweep) or to a new report run in the experiment.",
+        epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    scope = report.add_mutually_exclusive_group()
+    scope.add_argument("--sweep", metavar="SWEEP_RUN_ID", help="the configurations of this sweep (its MLflow sweep "
+                                                                "run id, printed by distfair sweep)")
+    scope.add_argument("--runs", nargs="+", metavar="RUN_ID", help="these configuration runs (parent runs of "
+                                                                   "distfair run, or a sweep's configuration runs)")
+    report.add_argument("--experiment", metavar="NAME", help="every configuration run of this MLflow experiment "
+                                                             "(required unless --sweep or --runs is given)")
+    report.add_argument("--metrics", type=_name_list, metavar="M1,M2",
+                        help="metrics to tabulate, each per evaluation where it has one (default: robust_acc, "
+                             "worst_class_acc, acc_gap, nsd, and auc_acc, defense_parity, auc_fpr, fpr_parity when "
+                             "recorded); a full key such as fgsm/worst_class_acc or val_worst_class_acc is one column")
+    report.add_argument("--evaluations", type=_name_list, metavar="E1,E2",
+                        help="evaluations to show (clean and eval attack names; default: all)")
+    report.add_argument("--baseline", metavar="NAME",
+                        help="compare against this configuration: a label, key (C1), distfair.configuration tag, "
+                             "run id or a differing param value such as a defense name (pgd_at); default: each "
+                             "column's best against the others")
+    report.add_argument("--ci", action="store_true", help="add the 95%% t-interval of the mean to every cell")
+    report.add_argument("--test", choices=("welch", "paired"), default="welch",
+                        help="the test whose p-values are Holm-corrected: welch (default) or paired (the paired "
+                             "t-test where both configurations ran the same seeds, else Welch)")
+    report.add_argument("--alpha", type=_positive_float, default=0.05, metavar="A",
+                        help="family-wise significance level (default 0.05)")
+    report.add_argument("--output-dir", metavar="DIR", default="report", help="where the files go (default: ./report)")
+    report.add_argument("--no-log", action="store_true", help="write the files only; log nothing to MLflow")
+    report.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    report.add_argument("--json", action="store_true",
+                        help="print exactly one JSON object (tables and paths) on stdout; human-readable output goes "
+                             "to stderr")
+    report.set_defaults(handler=cmd_report)
+
+    from distfair.cluster import add_subparser as add_cluster_parser
+
+    add_cluster_parser(sub)
     return parser
 
 
@@ -477,6 +548,158 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if args.json:
             out.write(json.dumps(_json_safe({"analysis_run_id": run_id, "files": {k: str(v) for k, v in files.items()},
                                              "notices": notices, **result.to_json()})) + "\n")
+    return EXIT_OK
+
+
+def _report_scope(args: argparse.Namespace, uri: str) -> tuple[dict, list[dict], list[dict]]:
+    """(scope, configuration runs, sweep runs) of a report's arguments, read through
+    ``distfair.tracking``. Raises LookupError (or ValueError) with a one-line reason."""
+    from distfair import tracking
+
+    if args.sweep:
+        sweep = tracking.run_overview(uri, args.sweep)
+        if sweep["role"] != "sweep":
+            raise LookupError(f"run {args.sweep} is a {sweep['role'] or 'non-distfair'} run, not a sweep run (the top "
+                              "run of `distfair sweep`, printed as 'sweep run <id>')")
+        if args.experiment and args.experiment != sweep["experiment"]:
+            raise LookupError(f"sweep run {args.sweep} is in experiment {sweep['experiment']!r}, not "
+                              f"{args.experiment!r}")
+        experiment_id = sweep["experiment_id"]
+        scope = {"kind": "sweep", "experiment": sweep["experiment"], "experiment_id": experiment_id,
+                 "sweep_run_id": args.sweep, "description": f"Sweep {sweep['name']} ({args.sweep}) of experiment "
+                                                            f"{sweep['experiment']!r}"}
+        return (scope, tracking.report_configurations(uri, experiment_id, args.sweep),
+                tracking.sweep_runs(uri, experiment_id, args.sweep))
+    if args.runs:
+        runs = []
+        for run_id in dict.fromkeys(args.runs):
+            run = tracking.run_overview(uri, run_id)
+            if run["role"] == "seed":
+                raise LookupError(f"run {run_id} is a seed run; give its configuration run "
+                                  f"{run['tags'].get(tracking.TAG_PARENT)} instead")
+            if run["role"] == "sweep":
+                raise LookupError(f"run {run_id} is a sweep run; report it with --sweep {run_id}")
+            if run["role"] != "configuration":
+                raise LookupError(f"run {run_id} is a {run['role'] or 'non-distfair'} run, not a configuration run "
+                                  "(the parent run of distfair run, or a sweep's configuration run)")
+            runs.append(run)
+        experiments = list(dict.fromkeys(r["experiment"] for r in runs))
+        sweeps = []
+        for experiment_id in dict.fromkeys(r["experiment_id"] for r in runs):
+            parents = {r["tags"].get(tracking.TAG_PARENT) for r in runs}
+            sweeps += [s for s in tracking.sweep_runs(uri, experiment_id) if s["run_id"] in parents]
+        scope = {"kind": "runs", "experiment": runs[0]["experiment"], "experiment_id": runs[0]["experiment_id"],
+                 "run_ids": [r["run_id"] for r in runs],
+                 "description": f"{len(runs)} configuration run(s) of experiment(s) "
+                                + ", ".join(repr(e) for e in experiments)}
+        return scope, runs, sweeps
+    experiment_id = tracking.find_experiment(uri, args.experiment)
+    scope = {"kind": "experiment", "experiment": args.experiment, "experiment_id": experiment_id,
+             "description": f"Every configuration run of experiment {args.experiment!r}"}
+    return (scope, tracking.report_configurations(uri, experiment_id), tracking.sweep_runs(uri, experiment_id))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import datetime
+    import shutil
+    import tempfile
+
+    from distfair import __version__, tracking
+    from distfair.data import DATASET_NOTICES
+    from distfair.plots import file_safe
+    from distfair.report import (FIGURES_DIR, ConfigurationInput, Figure, Report, SweepInput, build_tables,
+                                 draw_figures, markdown_tables, report_json, write_report)
+    from distfair.report.tables import seed_input
+
+    if not (args.experiment or args.sweep or args.runs):
+        print("error: give --experiment NAME, --sweep SWEEP_RUN_ID or --runs RUN_ID ...", file=sys.stderr)
+        return EXIT_USAGE
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    try:
+        scope, configurations, sweeps = _report_scope(args, uri)
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if not configurations:
+        where = f"sweep run {args.sweep}" if args.sweep else f"experiment {scope['experiment']!r}"
+        print(f"error: {where} has no configuration runs (distfair run / distfair sweep record them)", file=sys.stderr)
+        return EXIT_USAGE
+    outdir = Path(args.output_dir).resolve()
+    with stdout_to_stderr(args.json) as out:
+        human, log = _human_output(args.json)
+        log(f"{scope['description']}: {len(configurations)} configuration run(s) ({uri})")
+        inputs = []
+        for i, c in enumerate(configurations, 1):
+            seeds = [seed_input(s["seed"], s["run_id"], s["metrics"], record=s["record"],
+                                per_class_acc=s["per_class_acc"], confusion=s["confusion"])
+                     for s in tracking.report_seed_runs(uri, c["experiment_id"], c["run_id"])]
+            inputs.append(ConfigurationInput(run_id=c["run_id"], name=c["name"], status=c["status"],
+                                             params=c["params"], tags=c["tags"], seeds=seeds,
+                                             experiment=c["experiment"]))
+            if i % 10 == 0 or i == len(configurations):
+                log(f"read {i}/{len(configurations)} configuration(s)")
+        try:
+            tables = build_tables(inputs, metrics=args.metrics, evaluations=args.evaluations, baseline=args.baseline,
+                                  test=args.test, alpha=args.alpha,
+                                  sweeps=[SweepInput(run_id=s["run_id"], name=s["name"], objective=s["objective"],
+                                                     best_params=s["best_params"], pareto_run_ids=s["pareto_run_ids"])
+                                          for s in sweeps])
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            (outdir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            print(f"error: --output-dir: cannot write {outdir}: {err.strerror or err}", file=sys.stderr)
+            return EXIT_USAGE
+        figures = draw_figures(tables, outdir / FIGURES_DIR)
+        with tempfile.TemporaryDirectory() as tmp:
+            analysis = tracking.latest_analysis_images(uri, scope["experiment_id"], Path(tmp))
+            if analysis is not None:
+                analysis_id, paths = analysis
+                for path in paths:
+                    name = f"analysis_{file_safe(path.name)}"
+                    shutil.copyfile(path, outdir / FIGURES_DIR / name)
+                    figures.append(Figure(name, f"Meta-analysis: {path.stem}",
+                                          f"From the newest analysis run {analysis_id} of the experiment (distfair "
+                                          "analyze: Pearson r between interventions and parity per attribute, speech "
+                                          "paper 003 §5.1).", outdir / FIGURES_DIR / name))
+        notices = sorted({DATASET_NOTICES[c.params.get("dataset.name")] for c in inputs
+                          if c.params.get("dataset.name") in DATASET_NOTICES})
+        title = ("distfair report: " + (f"sweep {args.sweep[:8]} of {scope['experiment']}" if args.sweep else
+                                        f"{len(inputs)} runs" if args.runs else f"experiment {scope['experiment']}"))
+        report = Report(title=title, scope={k: v for k, v in scope.items() if k != "experiment_id"}, tables=tables,
+                        figures=figures, created=datetime.datetime.now(datetime.timezone.utc).strftime(
+                            "%Y-%m-%d %H:%M UTC"), tracking_uri=uri, notices=notices, show_ci=args.ci,
+                        distfair_version=__version__)
+        try:
+            files = write_report(report, outdir)
+        except OSError as err:
+            print(f"error: --output-dir: cannot write {outdir}: {err.strerror or err}", file=sys.stderr)
+            return EXIT_USAGE
+        logged = None
+        if not args.no_log:
+            run_id, folder = tracking.log_report(
+                uri, scope["experiment_id"], list(files.values()), [f.path for f in figures],
+                sweep_run_id=args.sweep, run_name=f"report-{file_safe(scope['experiment'])}"
+                + (f"-{len(inputs)}-runs" if args.runs else ""),
+                params={"scope": scope["kind"], "baseline": args.baseline or "none (best vs others)",
+                        "metrics": [c.name for c in tables.columns], "test": args.test, "alpha": args.alpha,
+                        "n_configurations": len(inputs), **({"run_ids": scope["run_ids"]} if args.runs else {})},
+                tags={"distfair.report.scope": scope["kind"]}, description=markdown_tables(report))
+            logged = {"run_id": run_id, "artifact_path": folder}
+        print("\n" + markdown_tables(report), file=human)
+        print(f"\nFiles: {outdir}/\n" + "\n".join(f"  {p.name}" for p in files.values())
+              + f"\n  {FIGURES_DIR}/ ({len(figures)} figure(s))", file=human)
+        if logged:
+            where = (f"sweep run {logged['run_id']}, artifacts under report/" if args.sweep
+                     else f"report run {logged['run_id']}")
+            print(f"MLflow: experiment {scope['experiment']!r}, {where}\nLook at it: {tracking.ui_command(uri)}",
+                  file=human, flush=True)
+        if args.json:
+            out.write(json.dumps(_json_safe({"files": {k: str(v) for k, v in files.items()},
+                                             "figures_dir": str(outdir / FIGURES_DIR), "logged": logged,
+                                             **report_json(report)}), allow_nan=False) + "\n")
     return EXIT_OK
 
 

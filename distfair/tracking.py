@@ -494,3 +494,139 @@ def log_analysis_run(uri: str, experiment_id: str, *, run_name: str, params: dic
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+# ---------------------------------------------------------------------------- reports (distfair report)
+#: the tags of a report run (``distfair report`` over an experiment or a list of runs)
+REPORT_TAGS = {"distfair.kind": "report", TAG_ROLE: "report"}
+
+
+def run_overview(uri: str, run_id: str) -> dict:
+    """``{"run_id", "name", "status", "experiment_id", "experiment", "role", "params", "tags"}``
+    of an active run. Raises LookupError when there is none (or the store cannot be read)."""
+    from mlflow.exceptions import MlflowException
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise LookupError(f"no MLflow store at {uri[len('sqlite:///'):]} (give --tracking-uri or set "
+                          "MLFLOW_TRACKING_URI to where distfair run/sweep recorded)")
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+        experiment = client.get_experiment(run.info.experiment_id)
+    except MlflowException:
+        raise LookupError(f"no MLflow run {run_id!r} in {uri}") from None
+    if run.info.lifecycle_stage != "active":
+        raise LookupError(f"run {run_id} is deleted")
+    return {"run_id": run.info.run_id, "name": run.info.run_name or run.info.run_id, "status": run.info.status,
+            "experiment_id": run.info.experiment_id, "experiment": experiment.name,
+            "role": run.data.tags.get(TAG_ROLE), "params": dict(run.data.params), "tags": dict(run.data.tags)}
+
+
+def report_configurations(uri: str, experiment_id: str, sweep_run_id: str | None = None) -> list[dict]:
+    """As :func:`configuration_params`, with each run's ``tags`` (``distfair.configuration``,
+    the sweep's ``distfair.trial_params``, ``mlflow.parentRunId``) and ``experiment`` name."""
+    query = f"tags.`{TAG_ROLE}` = 'configuration'"
+    if sweep_run_id:
+        query += f" and tags.`{TAG_PARENT}` = '{sweep_run_id}'"
+    client = _client(uri)
+    name = client.get_experiment(experiment_id).name
+    runs = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"],
+                              max_results=10000)
+    return [{"run_id": r.info.run_id, "name": r.info.run_name or r.info.run_id, "status": r.info.status,
+             "experiment_id": experiment_id, "experiment": name, "role": "configuration",
+             "params": dict(r.data.params), "tags": dict(r.data.tags)} for r in runs]
+
+
+def report_seed_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
+    """The FINISHED, active seed runs of a configuration run, by seed: ``[{"seed", "run_id",
+    "metrics": {name: latest value}, "record": result.json or None, "per_class_acc":
+    per_class_acc.json or None, "confusion": confusion_matrices.json or None}]``. The result
+    record holds per-class accuracies and confusion matrices; the two older artifacts are
+    downloaded only for seed runs recorded before it existed."""
+    out = []
+    for seed, (run_id, metrics) in sorted(finished_seed_runs(uri, experiment_id, parent_run_id).items()):
+        record = run_json_artifact(uri, run_id, result_record.SEED_RECORD_NAME)
+        per_class = confusion = None
+        if record is None:
+            per_class = run_json_artifact(uri, run_id, "per_class_acc.json")
+            confusion = run_json_artifact(uri, run_id, "confusion_matrices.json")
+        out.append({"seed": seed, "run_id": run_id, "metrics": metrics, "record": record,
+                    "per_class_acc": per_class, "confusion": confusion})
+    return out
+
+
+def sweep_runs(uri: str, experiment_id: str, sweep_run_id: str | None = None) -> list[dict]:
+    """The experiment's active sweep runs (or the one given), oldest first: ``[{"run_id",
+    "name", "status", "objective": [{metric, stat, mode, k}], "best_params": {key: value} or
+    None, "pareto_run_ids": [configuration run ids] or None}]`` (``best.*`` params as the
+    sweep logged them, the Pareto set from its ``pareto.json``)."""
+    query = f"tags.`{TAG_ROLE}` = 'sweep'"
+    runs = _client(uri).search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"],
+                                    max_results=10000)
+    out = []
+    for r in runs:
+        if sweep_run_id and r.info.run_id != sweep_run_id:
+            continue
+        params = dict(r.data.params)
+        try:
+            objective = json.loads(params.get("objective", "[]"))
+        except ValueError:
+            objective = []
+        best = {k[len("best."):]: v for k, v in params.items() if k.startswith("best.")} or None
+        pareto = run_json_artifact(uri, r.info.run_id, "pareto.json") if len(objective) > 1 else None
+        out.append({"run_id": r.info.run_id, "name": r.info.run_name or r.info.run_id, "status": r.info.status,
+                    "objective": objective if isinstance(objective, list) else [], "best_params": best,
+                    "pareto_run_ids": [p["parent_run_id"] for p in pareto if isinstance(p, dict)
+                                       and "parent_run_id" in p] if isinstance(pareto, list) else None})
+    return out
+
+
+def latest_analysis_images(uri: str, experiment_id: str, dest: Path) -> tuple[str, list[Path]] | None:
+    """The newest FINISHED analysis run of the experiment (``distfair analyze``, tag
+    ``distfair.kind=analysis``) and its PNG artifacts downloaded under ``dest``; None when
+    there is none."""
+    client = _client(uri)
+    runs = client.search_runs([experiment_id], filter_string="tags.`distfair.kind` = 'analysis' and "
+                              "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = [Path(client.download_artifacts(run_id, a.path, str(dest)))
+             for a in client.list_artifacts(run_id) if not a.is_dir and a.path.endswith(".png")]
+    return run_id, sorted(paths)
+
+
+def log_report(uri: str, experiment_id: str, files: list[Path], figures: list[Path], *,
+               sweep_run_id: str | None = None, run_name: str, params: dict, tags: dict[str, str],
+               description: str | None = None) -> tuple[str, str | None]:
+    """Log a report's ``files`` (``report.html``, ``report.md``, ``tables.csv``,
+    ``tables.json``) and its ``figures`` (under ``figures/``). With ``sweep_run_id`` into that
+    sweep run under the artifact folder ``report/`` (its status is left as it is); otherwise
+    as a new FINISHED report run in the experiment (tags ``distfair.kind=report``,
+    ``distfair.role=report`` plus ``tags``; the params; ``description`` as its MLflow
+    description), at the artifact root. Returns (run id, artifact folder or None for the root)."""
+    client = _client(uri)
+
+    def upload(run_id: str, folder: str | None) -> None:
+        for path in files:
+            client.log_artifact(run_id, str(path), folder)
+        for path in figures:
+            client.log_artifact(run_id, str(path), f"{folder}/figures" if folder else "figures")
+
+    if sweep_run_id:
+        upload(sweep_run_id, "report")
+        return sweep_run_id, "report"
+    all_tags = {**REPORT_TAGS, **tags}
+    if description:
+        all_tags[TAG_DESCRIPTION] = description[:5000]
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run_id = run.info.run_id
+    try:
+        _log(client, run_id, params=[Param(k, _param_value(v)) for k, v in sorted(params.items())])
+        upload(run_id, None)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id, None

@@ -7,7 +7,6 @@ FPR parity on a 4-sample, 5-threshold grid worked out in the comments.
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 

@@ -1,0 +1,380 @@
+"""`distfair cluster validate`: every shipped cluster definition passes; broken ones (generated
+from the shipped files, one defect each) give `file: key.path: reason` and exit 2. Fast: Ray is
+imported for its packaged launcher schema and offline checks, never started."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distfair import cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = ROOT / "cluster"
+SHIPPED = sorted({*CLUSTER.rglob("*.yaml"), *CLUSTER.rglob("*.yml")})
+
+
+def validate(capsys, *files: str) -> tuple[int, str, str]:
+    """Run the `cluster validate` handler exactly as the CLI wires it (through add_subparser)."""
+    parser = argparse.ArgumentParser(prog="distfair")
+    cluster.add_subparser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["cluster", "validate", *files])
+    code = args.handler(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def write(tmp_path: Path, name: str, doc) -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False) if not isinstance(doc, str) else doc)
+    return str(path)
+
+
+# ------------------------------------------------------------------------- shipped files
+def test_the_shipped_definitions_are_there():
+    names = {str(p.relative_to(CLUSTER)) for p in SHIPPED}
+    assert {"aws.yaml", "gcp.yaml", "onprem.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml"} <= names
+
+
+def test_every_shipped_file_validates(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, err = validate(capsys)                     # default: every YAML under cluster/
+    assert code == 0, err
+    assert err == ""
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(p.relative_to(ROOT)) for p in SHIPPED]
+    assert all(": ok: " in line for line in lines), out
+    assert "Ray 2.60.0's schema" in out and "KubeRay v1.7.0 CRD schema (strict)" in out
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(CLUSTER)))
+def test_each_shipped_file_validates_by_name(capsys, path):
+    code, out, err = validate(capsys, str(path))
+    assert (code, err) == (0, ""), err
+    assert out.startswith(f"{path}: ok: ")
+
+
+def test_shipped_launcher_configs_keep_the_safe_defaults():
+    """What the rules check, spelled out on the shipped files themselves."""
+    for name in ("aws.yaml", "gcp.yaml"):
+        doc = load(name)
+        head = doc["available_node_types"][doc["head_node_type"]]
+        assert head["resources"][cluster.TRIAL_RESOURCE] >= 1
+        workers = [t for n, t in doc["available_node_types"].items() if n != doc["head_node_type"]]
+        assert workers and all(t["resources"].get("GPU", 0) >= 1 and t["resources"]["CPU"] >= 1 for t in workers)
+        assert all(0 <= t["min_workers"] <= t["max_workers"] for t in workers)
+    onprem = load("onprem.yaml")
+    assert onprem["provider"]["type"] == "local" and onprem["provider"]["head_ip"] and onprem["provider"]["worker_ips"]
+    for name in ("aws.yaml", "gcp.yaml", "onprem.yaml"):
+        text = (CLUSTER / name).read_text()
+        assert "0.0.0.0/0" not in text.split("\ncluster_name")[1]        # only the comments may name it
+        assert "/mnt/distfair" in text and "pip install" in text and "RAY_AUTH_MODE=token" in text
+
+
+def test_kuberay_credentials_come_from_secrets():
+    for name in ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml"):
+        doc = load(name)
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        groups = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+        for group in groups:
+            container = group["template"]["spec"]["containers"][0]
+            env = {e["name"]: e for e in container["env"]}
+            assert {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(env)
+            assert all("value" not in e and e["valueFrom"]["secretKeyRef"]["name"] for e in env.values())
+            assert any(v.get("persistentVolumeClaim") for v in group["template"]["spec"]["volumes"])
+        worker = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]
+        assert worker["limits"]["nvidia.com/gpu"] == worker["requests"]["nvidia.com/gpu"] == "1"
+        assert spec["authOptions"]["mode"] == "token" and spec["headGroupSpec"]["serviceType"] == "ClusterIP"
+
+
+# ------------------------------------------------------------------------- broken corpus
+def _aws_worker(doc):
+    return doc["available_node_types"]["ray.worker.gpu"]
+
+
+def _rc_worker(doc):
+    return doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+
+
+def _rj_worker(doc):
+    return doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+
+
+BROKEN = {
+    # name: (shipped file, mutation, expected key path, reason fragment)
+    "typo_top_level_key": ("aws.yaml", lambda d: d.update(max_worker=d.pop("max_workers")),
+                           "max_worker", "unknown key (did you mean 'max_workers'?)"),
+    "typo_node_type_key": ("aws.yaml", lambda d: _aws_worker(d).update(min_worker=_aws_worker(d).pop("min_workers")),
+                           "available_node_types[ray.worker.gpu].min_worker", "did you mean 'min_workers'?"),
+    "typo_provider_key": ("aws.yaml", lambda d: d["provider"].update(use_internal_ip=True), "provider.use_internal_ip",
+                          "unknown key for provider aws (did you mean 'use_internal_ips'?)"),
+    "typo_docker_key": ("gcp.yaml", lambda d: d["docker"].update(imagee="x"),
+                        "docker.imagee", "unknown key (did you mean 'image'?)"),
+    "wrong_type_max_workers": ("aws.yaml", lambda d: d.update(max_workers="four"),
+                               "max_workers", "expected integer, got string 'four'"),
+    "wrong_type_commands": ("gcp.yaml", lambda d: d.update(setup_commands="pip install -e ~/distfair"),
+                            "setup_commands", "expected array, got string"),
+    "wrong_type_resources": ("aws.yaml", lambda d: _aws_worker(d)["resources"].update(GPU="one"),
+                             "available_node_types[ray.worker.gpu].resources.GPU", "expected integer"),
+    "worker_type_without_resources": ("aws.yaml", lambda d: _aws_worker(d).update(resources={}),
+                                      "available_node_types[ray.worker.gpu].resources",
+                                      "a worker type without resources"),
+    "worker_type_resources_missing": ("gcp.yaml",
+                                      lambda d: d["available_node_types"]["ray_worker_gpu"].pop("resources"),
+                                      "available_node_types.ray_worker_gpu.resources", "required key missing"),
+    "open_dashboard_port": ("aws.yaml", lambda d: d["provider"]["security_group"]["IpPermissions"].append(
+        {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}),
+        "provider.security_group.IpPermissions[1]", "opens port 8265 (dashboard) to 0.0.0.0/0 (the whole internet)"),
+    "open_range_covering_gcs": ("aws.yaml", lambda d: d["provider"]["security_group"]["IpPermissions"].append(
+        {"IpProtocol": "tcp", "FromPort": 6000, "ToPort": 7000, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}),
+        "provider.security_group.IpPermissions[1]", "opens port 6379 (GCS) to ::/0"),
+    "open_all_traffic": ("aws.yaml", lambda d: d["provider"]["security_group"]["IpPermissions"].append(
+        {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}),
+        "provider.security_group.IpPermissions[1]", "8265 (dashboard), 6379 (GCS), 10001 (Ray client)"),
+    "dashboard_open_to_public_range": ("aws.yaml", lambda d: d["provider"]["security_group"]["IpPermissions"][0].update(
+        IpRanges=[{"CidrIp": "52.94.76.0/24"}]),
+        "provider.security_group.IpPermissions[0]", "outside the private network"),
+    "head_without_trial_resource": ("gcp.yaml", lambda d: d["available_node_types"]["ray_head_cpu"]["resources"].pop(
+                                        "distfair_trial"),
+                                    "available_node_types.ray_head_cpu.resources.distfair_trial",
+                                    "the head must declare the `distfair_trial` resource"),
+    "onprem_head_without_trial_resource": ("onprem.yaml", lambda d: d.update(head_start_ray_commands=[
+        c.replace("--resources='{\"distfair_trial\": 1000}'", "") for c in d["head_start_ray_commands"]]),
+        "head_start_ray_commands", "must declare the `distfair_trial` resource"),
+    "no_token_auth_on_workers": ("gcp.yaml", lambda d: d.update(
+        setup_commands=[c for c in d["setup_commands"] if "RAY_AUTH_MODE" not in c],
+        worker_start_ray_commands=[c.replace("export RAY_AUTH_MODE=token", "export X=1")
+                                   for c in d["worker_start_ray_commands"]]),
+        "worker_start_ray_commands", "token auth is not on for the worker's `ray start`"),
+    "token_auth_disabled": ("aws.yaml",
+                            lambda d: d["head_start_ray_commands"].insert(0, "export RAY_AUTH_MODE=disabled"),
+                            "head_start_ray_commands[0]", "RAY_AUTH_MODE=disabled turns Ray's token auth off"),
+    "launcher_literal_credential": ("onprem.yaml", lambda d: d["setup_commands"].append(
+        "echo 'export MLFLOW_TRACKING_PASSWORD=hunter2' >> ~/.bashrc"),
+        "setup_commands[5]", "MLFLOW_TRACKING_PASSWORD is written literally"),
+    "image_with_another_ray": ("aws.yaml", lambda d: d["docker"].update(image="rayproject/ray:2.50.0-py311-gpu"),
+                               "docker.image", "the image has Ray 2.50.0, but distfair pins ray 2.60.0"),
+    # Ray's own prepare_config / validate_config
+    "ray_head_type_not_a_node_type": ("aws.yaml", lambda d: d.update(head_node_type="ray.head.gpu"),
+                                      "head_node_type", "must be one of `available_node_types`"),
+    "ray_min_workers_over_max": ("aws.yaml", lambda d: _aws_worker(d).update(min_workers=9, max_workers=9),
+                                 "max_workers", "smaller than the sum of `min_workers`"),
+    "ray_onprem_without_head_ip": ("onprem.yaml", lambda d: d["provider"].pop("head_ip"),
+                                   "provider.head_ip", "Please supply a `head_ip`"),
+    # KubeRay manifests
+    "kuberay_unknown_key": ("kuberay/raycluster.yaml",
+                            lambda d: d["spec"]["headGroupSpec"].update(serviceTyp="ClusterIP"),
+                            "spec.headGroupSpec.serviceTyp", "unknown key (did you mean 'serviceType'?)"),
+    "kuberay_unknown_key_in_pod": ("kuberay/raycluster.yaml", lambda d: _rc_worker(d).update(volumeMount=[]),
+                                   "spec.workerGroupSpecs[0].template.spec.containers[0].volumeMount",
+                                   "unknown key (did you mean 'volumeMounts'?)"),
+    "kuberay_unknown_key_in_metadata": ("kuberay/rayjob.yaml", lambda d: d["metadata"].update(lables={"a": "b"}),
+                                        "metadata.lables", "unknown key (did you mean 'labels'?)"),
+    "kuberay_unknown_key_in_job": ("kuberay/rayjob.yaml", lambda d: d["spec"].update(entrypiont="x"),
+                                   "spec.entrypiont", "did you mean 'entrypoint'?"),
+    "kuberay_wrong_type": ("kuberay/raycluster.yaml",
+                           lambda d: d["spec"]["workerGroupSpecs"][0].update(maxReplicas="4"),
+                           "spec.workerGroupSpecs[0].maxReplicas", "expected integer, got string '4'"),
+    "kuberay_wrong_enum": ("kuberay/raycluster.yaml", lambda d: d["spec"]["authOptions"].update(mode="on"),
+                           "spec.authOptions.mode", "must be one of disabled, token"),
+    "kuberay_literal_credential": ("kuberay/raycluster.yaml", lambda d: _rc_worker(d)["env"].append(
+        {"name": "MLFLOW_TRACKING_PASSWORD", "value": "hunter2"}),
+        "spec.workerGroupSpecs[0].template.spec.containers[0].env[3].value",
+        "MLFLOW_TRACKING_PASSWORD is a credential written literally: take it from a Secret"),
+    "kuberay_password_in_uri": ("kuberay/rayjob.yaml", lambda d: _rj_worker(d)["env"].__setitem__(
+        0, {"name": "MLFLOW_TRACKING_URI", "value": "http://user:pw@mlflow:5000"}),
+        "spec.rayClusterSpec.workerGroupSpecs[0].template.spec.containers[0].env[0].value",
+        "holds a password in its URI"),
+    "kuberay_literal_credential_in_runtime_env": ("kuberay/rayjob.yaml", lambda d: d["spec"].update(
+        runtimeEnvYAML="env_vars:\n  MLFLOW_TRACKING_TOKEN: abc123\n"),
+        "spec.runtimeEnvYAML.env_vars.MLFLOW_TRACKING_TOKEN", "a credential written literally"),
+    "kuberay_worker_group_without_resources": ("kuberay/raycluster.yaml", lambda d: _rc_worker(d).pop("resources"),
+                                               "spec.workerGroupSpecs[0].template.spec.containers[0].resources.limits",
+                                               "a worker group without resources"),
+    "kuberay_dashboard_exposed": ("kuberay/rayjob.yaml", lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"].update(
+                                      serviceType="LoadBalancer"),
+                                  "spec.rayClusterSpec.headGroupSpec.serviceType",
+                                  "LoadBalancer exposes the dashboard"),
+    "kuberay_no_token_auth": ("kuberay/raycluster.yaml", lambda d: d["spec"].pop("authOptions"),
+                              "spec.authOptions.mode", "token auth is not on"),
+    "kuberay_head_without_trial_resource": ("kuberay/raycluster.yaml",
+                                            lambda d: d["spec"]["headGroupSpec"]["resources"].pop("distfair_trial"),
+                                            "spec.headGroupSpec.resources.distfair_trial",
+                                            "must declare the `distfair_trial` resource"),
+    "kuberay_other_ray_version": ("kuberay/rayjob.yaml",
+                                  lambda d: d["spec"]["rayClusterSpec"].update(rayVersion="2.55.0"),
+                                  "spec.rayClusterSpec.rayVersion", "'2.55.0', but distfair pins ray 2.60.0"),
+    "kuberay_min_over_max_replicas": ("kuberay/raycluster.yaml",
+                                      lambda d: d["spec"]["workerGroupSpecs"][0].update(minReplicas=5),
+                                      "spec.workerGroupSpecs[0].minReplicas", "5 is greater than maxReplicas 4"),
+    "kuberay_wrong_api_version": ("kuberay/raycluster.yaml", lambda d: d.update(apiVersion="ray.io/v1alpha1"),
+                                  "apiVersion", "RayCluster must be ray.io/v1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_a_broken_file_gives_file_key_reason_and_exit_2(capsys, tmp_path, name):
+    source, mutate, key, fragment = BROKEN[name]
+    doc = copy.deepcopy(load(source))
+    mutate(doc)
+    path = write(tmp_path, name, doc)
+    code, out, err = validate(capsys, path)
+    assert code == 2
+    assert out == ""
+    problems = err.splitlines()[:-1]
+    assert err.splitlines()[-1].startswith("error: ")
+    assert all(re.match(rf"^{re.escape(path)}: \S+.*: \S", line) for line in problems), err
+    matching = [line for line in problems if line.startswith(f"{path}: {key}: ")]
+    assert matching, f"no problem at {key}:\n{err}"
+    assert any(fragment in line for line in matching), err
+
+
+def test_the_broken_corpus_covers_what_the_issue_names():
+    reasons = " ".join(fragment for *_, fragment in BROKEN.values())
+    for what in ("unknown key", "expected integer", "a worker type without resources", "opens port 8265",
+                 "unknown key (did you mean 'serviceType'?)", "written literally"):
+        assert what in reasons
+
+
+def test_every_problem_is_reported_at_once_across_files(capsys, tmp_path):
+    doc = load("aws.yaml")
+    doc["max_worker"] = doc.pop("max_workers")
+    _aws_worker(doc)["resources"] = {}
+    doc["provider"]["security_group"]["IpPermissions"].append(
+        {"IpProtocol": "tcp", "FromPort": 10001, "ToPort": 10001, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]})
+    bad_aws = write(tmp_path, "aws", doc)
+    manifest = load("kuberay/raycluster.yaml")
+    manifest["spec"]["headGroupSpec"]["serviceTyp"] = "ClusterIP"
+    manifest["spec"]["workerGroupSpecs"][0]["replicas"] = "1"
+    bad_rc = write(tmp_path, "rc", manifest)
+    good = str(CLUSTER / "gcp.yaml")
+    code, out, err = validate(capsys, bad_aws, good, bad_rc)
+    assert code == 2
+    assert out == f"{good}: ok: Ray cluster launcher config (provider gcp): Ray 2.60.0's schema and " \
+                  f"prepare_config/validate_config, distfair's rules\n"
+    lines = err.splitlines()
+    assert [line.split(": ")[1] for line in lines[:-1]] == [
+        "max_worker", "available_node_types[ray.worker.gpu].resources", "provider.security_group.IpPermissions[1]",
+        "spec.headGroupSpec.serviceTyp", "spec.workerGroupSpecs[0].replicas"]
+    assert lines[-1] == "error: 5 problem(s) in 2 of 3 file(s)"
+
+
+@pytest.mark.parametrize("text, key, fragment", [
+    ("provider: [\n", "(file)", "invalid YAML"),
+    ("", "(file)", "empty file"),
+    ("just: a mapping\n", "(top level)", "neither a Ray cluster launcher config"),
+    ("apiVersion: v1\nkind: Secret\nmetadata: {name: distfair-mlflow}\nstringData: {password: hunter2}\n",
+     "stringData", "credentials in a manifest"),
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n", "metadata.name", "required key missing"),
+])
+def test_files_that_are_not_valid_definitions(capsys, tmp_path, text, key, fragment):
+    path = write(tmp_path, "odd", text)
+    code, _, err = validate(capsys, path)
+    assert code == 2
+    assert f"{path}: {key}: " in err and fragment in err
+
+
+def test_a_missing_file(capsys, tmp_path):
+    path = str(tmp_path / "nope.yaml")
+    code, _, err = validate(capsys, path)
+    assert code == 2 and f"{path}: (file): cannot read: No such file or directory" in err
+
+
+def test_discovery_skips_yaml_that_is_no_cluster_definition(capsys, tmp_path, monkeypatch):
+    (tmp_path / "cluster" / "mlflow").mkdir(parents=True)
+    (tmp_path / "cluster" / "mlflow" / "compose.yaml").write_text("services: {mlflow: {image: x}}\n")
+    (tmp_path / "cluster" / "aws.yaml").write_text((CLUSTER / "aws.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    code, out, err = validate(capsys)
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "cluster/aws.yaml: ok: Ray cluster launcher config (provider aws): Ray 2.60.0's schema and "
+        "prepare_config/validate_config, distfair's rules",
+        "cluster/mlflow/compose.yaml: skipped: neither a Ray cluster launcher config nor a Kubernetes manifest"]
+
+
+def test_help_says_what_is_checked(capsys):
+    parser = argparse.ArgumentParser(prog="distfair")
+    cluster.add_subparser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["cluster", "validate", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for what in ("ray-schema.json", "distfair/schemas/kuberay", "distfair_trial", "8265", "exit codes"):
+        assert what in text
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["cluster"])                   # a subcommand is required
+    assert exit_.value.code == 2
+
+
+# ---------------------------------------------------------------------------- machinery
+def test_validation_never_starts_ray(capsys):
+    validate(capsys, *map(str, SHIPPED))
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_the_trial_resource_is_the_one_sweeps_take():
+    source = (ROOT / "distfair" / "distributed" / "sweep.py").read_text()
+    assert re.search(r'^TRIAL_RESOURCE = "([^"]+)"', source, re.M).group(1) == cluster.TRIAL_RESOURCE
+
+
+def test_the_kuberay_schemas_say_where_they_come_from():
+    for kind, file in cluster.KUBERAY_SCHEMAS.items():
+        raw = json.loads((cluster.SCHEMA_DIR / file).read_text())
+        source = raw["_source"]
+        assert source["repository"] == "ray-project/kuberay" and source["kind"] == kind
+        assert re.fullmatch(r"v\d+\.\d+\.\d+", source["release"]) and source["version"] == "v1"
+        assert source["file"].startswith("ray-operator/config/crd/bases/ray.io_")
+        assert "spec" in raw["properties"]
+
+
+def test_closing_object_schemas_is_strict_but_leaves_values_and_open_objects_alone():
+    schema = {"type": "object", "properties": {
+        "a": {"type": "object", "properties": {"b": {"type": "string", "enum": ["x"]}}},
+        "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"c": {}}},
+        "map": {"type": "object", "additionalProperties": {"type": "string"}},
+        "list": {"type": "array", "items": {"properties": {"d": {}}}},
+        "default": {"default": {"properties": {"e": 1}}}}}
+    closed = cluster.close_object_schemas(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["properties"]["open"]
+    assert closed["properties"]["map"]["additionalProperties"] == {"type": "string"}
+    assert closed["properties"]["list"]["items"]["additionalProperties"] is False
+    assert closed["properties"]["default"]["default"] == {"properties": {"e": 1}}
+    assert "additionalProperties" not in schema                    # the input is not changed
+    problems = cluster.schema_problems(closed, {"a": {"b": "x", "bb": 1}, "open": {"z": 1}, "map": {"k": "v"},
+                                                "list": [{"d": 1, "dd": 2}]})
+    assert problems == [("a.bb", "unknown key (did you mean 'b'?)"), ("list[0].dd", "unknown key (did you mean 'd'?)")]
+
+
+@pytest.mark.parametrize("rule, exposed", [
+    ({"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "10.0.0.0/16"}]}, False),
+    ({"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, False),
+    ({"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, True),
+    ({"IpProtocol": "-1", "FromPort": -1, "ToPort": -1, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, True),
+    ({"IpProtocol": "tcp", "FromPort": 10001, "ToPort": 10001, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}, True),
+    ({"IpProtocol": "tcp", "FromPort": 6379, "ToPort": 6379, "IpRanges": [{"CidrIp": "18.130.0.7/32"}]}, True),
+    ({"IpProtocol": "tcp", "FromPort": 6379, "ToPort": 6379, "UserIdGroupPairs": [{"GroupId": "sg-1"}]}, False),
+])
+def test_which_security_group_rules_expose_rays_ports(rule, exposed):
+    assert bool(cluster._port_exposure(rule)) is exposed
+
+
+def test_key_paths_read_like_the_file():
+    assert cluster.key_path(["available_node_types", "ray.worker.gpu", "resources", "GPU"]) == \
+        "available_node_types[ray.worker.gpu].resources.GPU"
+    assert cluster.key_path(["spec", "workerGroupSpecs", 0, "template"]) == "spec.workerGroupSpecs[0].template"
+    assert cluster.key_path(["limits", "nvidia.com/gpu"]) == "limits[nvidia.com/gpu]"
+    assert cluster.key_path([]) == "(top level)"
