@@ -160,7 +160,12 @@ def test_ctrl_c_marks_every_run_killed_and_exits_promptly(tmp_path, write_config
         proc.kill()
         pytest.fail("no epoch was logged in time")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:       # say where it hung (the command's own last lines)
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"no exit within 120 s of Ctrl-C; stdout tail:\n{out[-1500:]}\nstderr tail:\n{err[-3000:]}")
     assert proc.returncode == 130, err[-2000:]
     assert "marked KILLED" in err
     statuses = _statuses(db)
