@@ -420,15 +420,8 @@ def load_configurations(path: str | Path, overrides: list[str] | None = None) ->
     order, each the file with that entry's values applied, then ``--set`` ``overrides``, then
     validated. Raises ConfigError with every problem of every configuration, each key
     prefixed ``configurations.<name>:``."""
-    source = str(path)
     raw = read_document(path)
-    parsed: list[tuple[str, Any]] = []
-    if overrides:
-        try:
-            parsed = [parse_override(o) for o in overrides]
-        except ValueError as err:
-            raise ConfigError(source, [("--set", str(err))]) from err
-        source = f"{source} (with --set {' '.join(overrides)})"
+    parsed, source = _parsed_overrides(str(path), overrides)
     if "configurations" not in raw:
         return [(None, validate(apply_overrides(raw, parsed) if parsed else raw, source))]
     structural = configuration_problems(raw["configurations"])
@@ -449,16 +442,21 @@ def load_configurations(path: str | Path, overrides: list[str] | None = None) ->
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
     """Read, override and validate a config file. Raises ConfigError (all problems at once)."""
-    source = str(path)
     raw = read_document(path)
-    if overrides:
-        try:
-            parsed = [parse_override(o) for o in overrides]
-        except ValueError as err:
-            raise ConfigError(source, [("--set", str(err))]) from err
-        raw = apply_overrides(raw, parsed)
-        source = f"{source} (with --set {' '.join(overrides)})"
-    return validate(raw, source)
+    parsed, source = _parsed_overrides(str(path), overrides)
+    return validate(apply_overrides(raw, parsed) if parsed else raw, source)
+
+
+def _parsed_overrides(source: str, overrides: list[str] | None) -> tuple[list[tuple[str, Any]], str]:
+    """``--set`` strings as (dotted key, value) pairs, and the source label naming them.
+    Raises ConfigError (key ``--set``) for one that does not parse."""
+    if not overrides:
+        return [], source
+    try:
+        parsed = [parse_override(o) for o in overrides]
+    except ValueError as err:
+        raise ConfigError(source, [("--set", str(err))]) from err
+    return parsed, f"{source} (with --set {' '.join(overrides)})"
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:

@@ -19,9 +19,8 @@ Threat model: none (no training attack: ``needs_attack = False``); the noise is 
 
 Options: ``sigma`` (≥ 0, in input units: waveform amplitude), the noise std; default 0.0, the
 grid's first level (plain training): set it in the config (the quickstart and the sweep do).
-The default is 0 because clamping needs the context: a defense built without ``setup`` (the
-contract tests' by-hand reference) must compute what the set-up one does, which holds for
-σ = 0 only.
+The default is plain training (the grid's first level); ``RandomizedSmoothing`` trains the same
+way with the paper's σ = 0.1 as its default.
 Shapes: x (B, ...) in the data's bounds, y (B,) class indices, model logits (B, K).
 Components: ``clean_ce`` (CE at the noisy input, the loss itself; "clean" = not adversarial).
 """

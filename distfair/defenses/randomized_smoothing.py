@@ -42,7 +42,7 @@ from scipy.stats import binomtest
 from torch import nn
 
 from distfair.defenses.noise_aug import NoiseAug, gaussian_augment
-from distfair.evaluation.predict import ABSTAIN, Predictor
+from distfair.evaluation.predict import ABSTAIN, ArgmaxPredictor, Predictor
 from distfair.seeding import generator
 
 
@@ -105,9 +105,8 @@ class NoisyArgmax(Predictor):
         self.sigma, self.bounds, self.generator = sigma, bounds, generator
 
     def __call__(self, model, x):
-        logits = model(gaussian_augment(x, self.sigma, bounds=self.bounds, generator=self.generator))
-        pred = logits.argmax(dim=1)
-        return pred, logits.float().softmax(dim=1).gather(1, pred[:, None]).squeeze(1)
+        return ArgmaxPredictor.from_logits(model(gaussian_augment(x, self.sigma, bounds=self.bounds,
+                                                                  generator=self.generator)))
 
 
 class SmoothedPredictor(Predictor):
