@@ -137,6 +137,17 @@ def _statuses(db) -> dict[str, str]:
     return {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])} if exp else {}
 
 
+def _interruptible() -> None:
+    """In the child before exec: SIGINT as a user's terminal delivers it (default disposition,
+    unblocked). A child inherits both from this pytest process, which earlier tests may have
+    changed (a Python started with SIGINT ignored installs no KeyboardInterrupt handler): in the
+    full suite under CI the command once trained on after Ctrl-C, alone it never did."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_marks_every_run_killed_and_exits_promptly(tmp_path, write_config, tiny_cfg_dict):
     import signal
     import time
@@ -148,7 +159,8 @@ def test_ctrl_c_marks_every_run_killed_and_exits_promptly(tmp_path, write_config
     # store races on its schema migration (ray.md), and this test polls it while the CLI runs.
     tracking.prepare_experiment(f"sqlite:///{db}", "itest")
     proc = subprocess.Popen([sys.executable, "-m", "distfair.cli", "run", str(path), "--experiment", "itest"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:                          # wait until a seed has logged an epoch
         time.sleep(2)
