@@ -120,8 +120,10 @@ def _fixed_block(raw, fields, prefix: str, problems: _Problems) -> dict:
 
 
 def _registry_block(raw, registry: dict, prefix: str, problems: _Problems, skip=(),
-                    name_key: str = "name", extra: tuple[str, ...] = ()) -> dict | None:
-    """Validate ``{name_key: <registry name>, **options}`` against the entry's signature."""
+                    name_key: str = "name", extra: tuple[str, ...] = (), options: bool = True) -> dict | None:
+    """Validate ``{name_key: <registry name>, **options}`` against the entry's signature.
+    ``options=False``: the shape and the name only, never importing the entry (the options are
+    returned unchecked)."""
     if isinstance(raw, str):
         raw = {name_key: raw}
     if not isinstance(raw, dict):
@@ -135,6 +137,8 @@ def _registry_block(raw, registry: dict, prefix: str, problems: _Problems, skip=
         kind = name_key if name_key != "name" else prefix.split('.')[0].split('[')[0]  # eval entries: "attack"
         problems.add(f"{prefix}.{name_key}", f"unknown {kind} {name!r}; known: {', '.join(sorted(registry))}")
         return None
+    if not options:
+        return dict(raw)
     fields = _signature_fields(registry[name], skip)
     out = {k: raw[k] for k in (name_key, *extra) if k in raw}
     for key, value in raw.items():

@@ -134,7 +134,26 @@ def _seeds(raw, problems: _Problems) -> list[int]:
 
 
 def validate(raw: Any, source: str) -> dict:
-    """Validate a parsed YAML document; return the fully resolved config or raise ConfigError."""
+    """Validate a parsed YAML document; return the fully resolved config or raise ConfigError.
+
+    Two passes. :func:`check_structure` first: the blocks, the fixed fields, every registry
+    name, without importing PyTorch, torchvision, torchaudio or scikit-learn, so a typo is
+    reported at once (all such problems together) instead of after the seconds those imports
+    take. Only a document without such problems is checked against the registry entries'
+    signatures (their options) and built (impossible values, a missing data root)."""
+    check_structure(raw, source)
+    return _validate(raw, source, deep=True)
+
+
+def check_structure(raw: Any, source: str) -> None:
+    """The first pass of :func:`validate`: raise ConfigError with every problem that shows
+    without importing a registry entry (unknown or missing keys, wrong types of the fixed
+    blocks, unknown registry names, seeds, ``configurations``, ``eval`` shapes)."""
+    _validate(raw, source, deep=False)
+
+
+def _validate(raw: Any, source: str, deep: bool) -> dict:
+    """The resolved config; ``deep=False`` skips everything that imports a registry entry."""
     problems = _Problems()
     if not isinstance(raw, dict):
         raise ConfigError(source, [("(top level)", f"must be a mapping, got {type(raw).__name__}")])
@@ -146,14 +165,15 @@ def validate(raw: Any, source: str) -> dict:
             problems.add(key, "required")
     cfg: dict[str, Any] = {"description": raw.get("description", "")}
 
-    cfg["dataset"] = _registry_block(raw.get("dataset"), DATASETS, "dataset", problems) if "dataset" in raw else None
-    cfg["model"] = _registry_block(raw.get("model"), MODELS, "model", problems, skip=MODEL_DATA_ARGS) \
-        if "model" in raw else None
+    cfg["dataset"] = _registry_block(raw.get("dataset"), DATASETS, "dataset", problems, options=deep) \
+        if "dataset" in raw else None
+    cfg["model"] = _registry_block(raw.get("model"), MODELS, "model", problems, skip=MODEL_DATA_ARGS,
+                                   options=deep) if "model" in raw else None
     cfg["defense"] = _registry_block(raw.get("defense"), DEFENSES, "defense", problems,
-                                     skip=DEFENSE_RUNTIME_ARGS) if "defense" in raw else None
+                                     skip=DEFENSE_RUNTIME_ARGS, options=deep) if "defense" in raw else None
     raw_attack = raw.get("attack")
     cfg["attack"] = None if raw_attack is None else _registry_block(raw_attack, ATTACKS, "attack", problems,
-                                                                    skip=("bounds",))
+                                                                    skip=("bounds",), options=deep)
     cfg["train"] = _fixed_block(raw.get("train"), TRAIN_FIELDS, "train", problems)
     cfg["scaling"] = _fixed_block(raw.get("scaling"), SCALING_FIELDS, "scaling", problems)
     _resources_per_seed(raw.get("scaling"), cfg["scaling"], problems)
@@ -165,14 +185,14 @@ def validate(raw: Any, source: str) -> dict:
     if "configurations" in raw:            # resolved per entry by load_configurations, not kept here
         for key, reason in configuration_problems(raw["configurations"]):
             problems.add(key, reason)
-    cfg["eval"] = _eval_block(raw.get("eval"), cfg["attack"], problems)
+    cfg["eval"] = _eval_block(raw.get("eval"), cfg["attack"], problems, deep)
     if cfg["scaling"].get("use_gpu") is False and cfg["scaling"].get("resources_per_worker", {}).get("GPU"):
         problems.add("scaling.resources_per_worker.GPU", "set scaling.use_gpu: true to request GPUs")
 
     # Build the cheap objects once to catch impossible values (each constructor's ValueError
     # names the option). The dataset is built too: a missing data root fails here, before
     # any Ray or MLflow work starts.
-    if not problems.items:
+    if deep and not problems.items:
         _check_buildable(cfg, problems)
     if problems.items:
         raise ConfigError(source, problems.items)
@@ -191,7 +211,7 @@ def _resources_per_seed(raw, scaling: dict, problems: _Problems) -> None:
     scaling["resources_per_worker"] = {k: float(v) / workers for k, v in per_seed.items()}
 
 
-def _eval_block(raw, train_attack: dict | None, problems: _Problems) -> dict:
+def _eval_block(raw, train_attack: dict | None, problems: _Problems, deep: bool) -> dict:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -219,17 +239,17 @@ def _eval_block(raw, train_attack: dict | None, problems: _Problems) -> dict:
         entry = dict(entry)
         if not _entry_target(entry, prefix, problems):
             continue
-        if "eps" not in entry and _eps_required(entry.get("attack")):
+        if deep and "eps" not in entry and _eps_required(entry.get("attack")):
             if train_attack is None or "eps" not in train_attack:
                 problems.add(f"{prefix}.eps", "required when there is no training attack to inherit it from")
                 continue
             entry["eps"] = train_attack["eps"]
         block = _registry_block(entry, ATTACKS, prefix, problems, skip=("bounds",), name_key="attack",
-                                extra=("name", "target"))
+                                extra=("name", "target"), options=deep)
         if block is not None:
             attacks.append(block)
     summaries = raw.get("summaries") or {}
-    for key, message in check_summaries(summaries, attacks):
+    for key, message in check_summaries(summaries, attacks, with_options=deep):
         problems.add(key, message)
     if not isinstance(summaries, dict):
         summaries = {}
@@ -428,15 +448,22 @@ def load_configurations(path: str | Path, overrides: list[str] | None = None) ->
     if structural:
         raise ConfigError(source, structural)
     base = {k: v for k, v in raw.items() if k != "configurations"}
-    out, problems = [], []
+    variants, problems = [], []
     for name, items in raw["configurations"].items():
         try:
-            variant = apply_overrides(apply_overrides(base, list(items.items())), parsed)
-            out.append((name, validate(variant, source)))
+            variants.append((name, apply_overrides(apply_overrides(base, list(items.items())), parsed)))
         except ConfigError as err:
             problems += [(f"configurations.{name}: {key}", reason) for key, reason in err.problems]
-    if problems:
-        raise ConfigError(source, problems)
+    # every configuration's structure first (no PyTorch import), then each one in full
+    for check in (check_structure, validate):
+        out = []
+        for name, variant in variants:
+            try:
+                out.append((name, check(variant, source)))
+            except ConfigError as err:
+                problems += [(f"configurations.{name}: {key}", reason) for key, reason in err.problems]
+        if problems:
+            raise ConfigError(source, problems)
     return out
 
 

@@ -320,16 +320,27 @@ def test_missing_data_root_is_a_config_error(tmp_path):
 
 
 def test_all_problems_reported_at_once(tmp_path):
+    """All at once, in two passes (``distfair.config.validate``): every structural problem (keys,
+    fixed fields, registry names) together, without importing PyTorch; then, once the structure
+    is right, every problem of the registry entries' options together."""
     raw = changed(foo=1, seeds=[], model=...)
     raw["train"] = {"lr": "fast", "epochs": 1.5, "lrr": 1}
     raw["defense"] = {"name": "syfar", "lambda_foo": 2}
+    raw["eval"] = {"summaries": {"auc_ac": {}}}
     err = errors_of(tmp_path, raw)
-    expected = {"foo", "seeds", "model", "train.lr", "train.epochs", "train.lrr", "defense.lambda_foo"}
-    assert expected <= {k for k, _ in err.problems}
+    expected = {"foo", "seeds", "model", "train.lr", "train.epochs", "train.lrr", "eval.summaries.auc_ac"}
+    assert expected == {k for k, _ in err.problems}       # the options wait for the second pass
     lines = str(err).splitlines()
     assert len(lines) == len(err.problems) >= len(expected)
     assert all(line.startswith(f"{err.source}: ") for line in lines)
     assert isinstance(err, ValueError)
+
+    raw = with_option("defense", lambda_foo=2)           # structure right: every option problem
+    raw["model"] = {"name": "mlp", "hidden": "wide"}
+    raw["attack"] = {"name": "pgd", "eps": 0.1, "stepz": 2}
+    raw["dataset"] = {"name": "synthetic", "num_samplez": 60}
+    err = errors_of(tmp_path, raw)
+    assert {"defense.lambda_foo", "model.hidden", "attack.stepz", "dataset.num_samplez"} == {k for k, _ in err.problems}
 
 
 @pytest.mark.parametrize("text,reason", [("", "empty file"), ("a: [1,\n", "invalid YAML"),

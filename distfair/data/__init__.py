@@ -1,38 +1,33 @@
 """Datasets: each is a function returning a :class:`DataBundle`; adding one is one file plus
 one line in ``DATASETS``. Options are keyword-only arguments, which the config validator
-reads from the signature.
+reads from the signature. Entries are imported on first use (``distfair._blocks.Registry``):
+the configuration checks the names without importing PyTorch or scikit-learn.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING
 
-from distfair.data._base import DataBundle, stratified_split
-from distfair.data.audiomnist import audiomnist
-from distfair.data.cifar import cifar10, cifar100
-from distfair.data.common_voice import common_voice_clips
-from distfair.data.digits import digits
-from distfair.data.faces import faces
-from distfair.data.mnist1d import mnist1d
-from distfair.data.spoken_words import NOTICE as SPOKEN_WORDS_NOTICE
-from distfair.data.spoken_words import spoken_words
-from distfair.data.synthetic import synthetic
+from distfair._blocks import Registry, lazy_package
 
-DATASETS: dict[str, Callable[..., DataBundle]] = {
-    "digits": digits,
-    "mnist1d": mnist1d,
-    "cifar10": cifar10,
-    "cifar100": cifar100,
-    "synthetic": synthetic,
-    "faces": faces,
-    "spoken_words": spoken_words,
-    "audiomnist": audiomnist,
-    "common_voice_clips": common_voice_clips,
-}
+if TYPE_CHECKING:
+    from distfair.data._base import DataBundle
+
+DATASETS = Registry(__name__, {
+    "digits": ".digits:digits",
+    "mnist1d": ".mnist1d:mnist1d",
+    "cifar10": ".cifar:cifar10",
+    "cifar100": ".cifar:cifar100",
+    "synthetic": ".synthetic:synthetic",
+    "faces": ".faces:faces",
+    "spoken_words": ".spoken_words:spoken_words",
+    "audiomnist": ".audiomnist:audiomnist",
+    "common_voice_clips": ".common_voice:common_voice_clips",
+})
 
 #: dataset -> what every result on it must say (the run's MLflow description, reports)
-DATASET_NOTICES: dict[str, str] = {
-    "spoken_words": SPOKEN_WORDS_NOTICE,
-}
+DATASET_NOTICES = Registry(__name__, {
+    "spoken_words": ".spoken_words:NOTICE",
+})
 
 
 def build_dataset(name: str, **params) -> DataBundle:
@@ -42,3 +37,6 @@ def build_dataset(name: str, **params) -> DataBundle:
 
 
 __all__ = ["DATASETS", "DATASET_NOTICES", "DataBundle", "build_dataset", "stratified_split"]
+
+# the dataset functions are not exported by name: most share their module's name (digits.digits)
+lazy_package(__name__, {"DataBundle": "._base:DataBundle", "stratified_split": "._base:stratified_split"})

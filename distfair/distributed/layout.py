@@ -1,6 +1,6 @@
 """How the seeds of one configuration are spread over Ray Train worker groups.
 
-Two forces pull apart (shared/docs/ray.md): on a cluster the seeds must run in parallel
+Two forces pull apart (docs/ray-notes.md, "Seed layout"): on a cluster the seeds must run in parallel
 (5 seeds on 5 GPUs take the time of one); on a small machine every ``TorchTrainer.fit()``
 costs 7-10 s of start-up, so looping seeds inside one worker group wins. The layout serves
 both: as many worker groups as the cluster can hold *at once* (so no group ever waits for

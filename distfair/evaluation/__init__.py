@@ -18,16 +18,25 @@ Sits with the other math packages: it imports ``attacks``, ``data``, ``metrics``
 and ``distfair.seeding``, never the engine, the configuration, Ray or MLflow
 (``tests/test_import_direction.py``).
 """
-from distfair.evaluation import checks
-from distfair.evaluation.predict import (ABSTAIN, REJECT_RULES, ArgmaxPredictor, EvaluationError, Predictions,
-                                         Predictor, confusion_counts, predict, predict_dataset, rejected_at, shard)
-from distfair.evaluation.subgroups import Grouping, metric_safe, resolve_groupings, subgroup_report
-from distfair.evaluation.suite import (EvaluationMetrics, FinalEvaluation, ValidationEvaluation, build_eval_attack,
-                                       entry_result, evaluation_metrics, final_evaluation, validation_evaluation)
-from distfair.evaluation.summaries import SUMMARIES, EntryResult, Summary, SummaryContext, SummaryOutput
+from distfair._blocks import lazy_package
 
 __all__ = ["ABSTAIN", "REJECT_RULES", "ArgmaxPredictor", "EntryResult", "EvaluationError", "EvaluationMetrics", "FinalEvaluation",
            "Grouping", "Predictions", "Predictor", "SUMMARIES", "Summary", "SummaryContext", "SummaryOutput",
            "ValidationEvaluation", "build_eval_attack", "checks", "confusion_counts", "entry_result",
            "evaluation_metrics", "final_evaluation", "metric_safe", "predict", "predict_dataset",
            "rejected_at", "resolve_groupings", "shard", "subgroup_report", "validation_evaluation"]
+
+# imported on first use, so that ``distfair.evaluation.summaries`` (whose names the configuration
+# checks) is importable without PyTorch
+lazy_package(__name__, {
+    "checks": ".checks",
+    **{name: f".predict:{name}" for name in ("ABSTAIN", "REJECT_RULES", "ArgmaxPredictor", "EvaluationError",
+                                              "Predictions", "Predictor", "confusion_counts", "predict",
+                                              "predict_dataset", "rejected_at", "shard")},
+    **{name: f".subgroups:{name}" for name in ("Grouping", "metric_safe", "resolve_groupings", "subgroup_report")},
+    **{name: f".suite:{name}" for name in ("EvaluationMetrics", "FinalEvaluation", "ValidationEvaluation",
+                                            "build_eval_attack", "entry_result", "evaluation_metrics",
+                                            "final_evaluation", "validation_evaluation")},
+    **{name: f".summaries:{name}" for name in ("SUMMARIES", "EntryResult", "Summary", "SummaryContext",
+                                                "SummaryOutput")},
+})

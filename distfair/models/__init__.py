@@ -2,36 +2,31 @@
 
 Adding a model is one file plus one line in ``MODELS``. Every constructor takes keyword-only
 ``num_classes`` and ``in_shape`` (filled in from the dataset) plus its own options, which the
-config validator reads from the signature.
+config validator reads from the signature. Entries are imported on first use
+(``distfair._blocks.Registry``): the configuration checks the names without importing PyTorch.
 """
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from distfair.models._base import Normalize, unwrap_model
-from distfair.models.cnn1d import CNN1D
-from distfair.models.digits_cnn import DigitsCNN
-from distfair.models.m5 import M5, M5Tricks
-from distfair.models.mlp import MLP
-from distfair.models.mobilenet_v2_cifar import MobileNetV2
-from distfair.models.preact_resnet import PreActResNet18
-from distfair.models.resnet_cifar import ResNet18
-from distfair.models.torchvision_nets import VGG16, ViTB16
-from distfair.models.wide_resnet import WideResNet
+from distfair._blocks import Registry, lazy_package
 
-MODELS: dict[str, type[nn.Module]] = {
-    "digits_cnn": DigitsCNN,
-    "cnn1d": CNN1D,
-    "preact_resnet18": PreActResNet18,
-    "mlp": MLP,
-    "vgg16": VGG16,
-    "vit_b_16": ViTB16,
-    "resnet18": ResNet18,
-    "mobilenet_v2": MobileNetV2,
-    "wide_resnet": WideResNet,
-    "m5": M5,
-    "m5_tricks": M5Tricks,
-}
+if TYPE_CHECKING:
+    from torch import nn
+
+MODELS = Registry(__name__, {
+    "digits_cnn": ".digits_cnn:DigitsCNN",
+    "cnn1d": ".cnn1d:CNN1D",
+    "preact_resnet18": ".preact_resnet:PreActResNet18",
+    "mlp": ".mlp:MLP",
+    "vgg16": ".torchvision_nets:VGG16",
+    "vit_b_16": ".torchvision_nets:ViTB16",
+    "resnet18": ".resnet_cifar:ResNet18",
+    "mobilenet_v2": ".mobilenet_v2_cifar:MobileNetV2",
+    "wide_resnet": ".wide_resnet:WideResNet",
+    "m5": ".m5:M5",
+    "m5_tricks": ".m5:M5Tricks",
+})
 
 #: arguments supplied by the dataset, not by the user's config
 MODEL_DATA_ARGS = ("num_classes", "in_shape")
@@ -71,3 +66,6 @@ def model_from_checkpoint(path, device="cpu") -> nn.Module:
 
 __all__ = ["MODELS", "MODEL_DATA_ARGS", "Normalize", "build_model", "checkpoint_model_spec", "model_from_checkpoint",
            "unwrap_model"]
+
+lazy_package(__name__, {"Normalize": "._base:Normalize", "unwrap_model": "._base:unwrap_model",
+                        **{target.split(":")[1]: target for target in MODELS._targets.values()}})

@@ -10,22 +10,20 @@ Order matters only for readability of the outputs; no summary reads another's ou
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from distfair.evaluation.summaries._base import EntryResult, Summary, SummaryContext, SummaryDocuments, SummaryOutput
-from distfair.evaluation.summaries.auc_acc import AccuracyAUC
-from distfair.evaluation.summaries.auc_fpr import FalseRejectionAUC
-from distfair.evaluation.summaries.self_checks import SelfChecks
-from distfair.evaluation.summaries.subgroups import Subgroups
-from distfair.evaluation.summaries.target_success import TargetSuccess
+from distfair._blocks import Registry, lazy_package
 
-SUMMARIES: dict[str, type[Summary]] = {
-    "subgroups": Subgroups,               # Sy-FAR §7: per-group accuracy, gaps, asymmetries
-    "target_success": TargetSuccess,      # targeted success rates and "every target" matrices
-    "self_checks": SelfChecks,            # AutoAttack's sanity checks
-    "auc_acc": AccuracyAUC,               # speech paper §3 Eq. 1: AUC_acc over an ε grid, defense parity
-    "auc_fpr": FalseRejectionAUC,         # speech paper §3.2 Eq. 2: AUC_FPR over a threshold grid, FPR parity
-}
+if TYPE_CHECKING:
+    from distfair.evaluation.summaries._base import Summary, SummaryContext
+
+SUMMARIES = Registry(__name__, {
+    "subgroups": ".subgroups:Subgroups",               # Sy-FAR §7: per-group accuracy, gaps, asymmetries
+    "target_success": ".target_success:TargetSuccess", # targeted success rates and "every target" matrices
+    "self_checks": ".self_checks:SelfChecks",          # AutoAttack's sanity checks
+    "auc_acc": ".auc_acc:AccuracyAUC",                 # speech paper §3 Eq. 1: AUC_acc over an ε grid, defense parity
+    "auc_fpr": ".auc_fpr:FalseRejectionAUC",           # speech paper §3.2 Eq. 2: AUC_FPR over a threshold grid, FPR parity
+})
 
 __all__ = ["SUMMARIES", "EntryResult", "Summary", "SummaryContext", "SummaryDocuments", "SummaryOutput", "active_summaries",
            "check_summaries", "nested_families", "run_summaries", "validation_entries"]
@@ -55,8 +53,9 @@ def validation_entries(configured: dict | None) -> list[str]:
     return out
 
 
-def check_summaries(configured, entries: list[dict]) -> list[tuple[str, str]]:
-    """Problems of an ``eval.summaries`` block as (key, message), keys ``eval.summaries...``."""
+def check_summaries(configured, entries: list[dict], *, with_options: bool = True) -> list[tuple[str, str]]:
+    """Problems of an ``eval.summaries`` block as (key, message), keys ``eval.summaries...``.
+    ``with_options=False``: the names and the block's shape only, without importing any summary."""
     if configured is None:
         return []
     if not isinstance(configured, dict):
@@ -68,7 +67,7 @@ def check_summaries(configured, entries: list[dict]) -> list[tuple[str, str]]:
             problems.append((key, f"unknown summary; known: {', '.join(SUMMARIES)}"))
         elif options is not None and not isinstance(options, dict):
             problems.append((key, f"must be a mapping of options (or empty), got {options!r}"))
-        else:
+        elif with_options:
             problems += [(f"{key}.{k}", m) for k, m in SUMMARIES[name].check_options(dict(options or {}), entries)]
     return problems
 
@@ -102,3 +101,7 @@ def run_summaries(ctx_of: Callable[[dict], SummaryContext], configured: dict | N
             documents[name] = {"artifact": cls.artifact, "document": out.document}
         findings += out.findings
     return entry_metrics, metrics, documents, findings
+
+
+lazy_package(__name__, {name: f"._base:{name}" for name in ("EntryResult", "Summary", "SummaryContext",
+                                                            "SummaryDocuments", "SummaryOutput")})
