@@ -488,3 +488,53 @@ def mean_asymmetry_heatmap(values, class_names: list[str], title: str, path: str
         vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     return _heatmap(values, class_names, title, path, cmap="Reds", vmin=0.0, vmax=vmax,
                     cbar_label=f"|C_ij − C_ji| (mean of {n_seeds} seeds)", xlabel="class j", ylabel="class i")
+
+
+# --------------------------------------------------- one configuration's seeds (its MLflow run)
+def seed_stability(values: dict[str, dict[int, float]], stats: dict[str, dict], title: str, path: str | Path, *,
+                   columns: int = 3) -> Path:
+    """How much one configuration moves with the seed: one panel per metric (``values`` maps a
+    metric to ``{seed: value}``, ``stats`` maps it to ``distfair.metrics.summarize`` of those
+    values). In each panel every seed is a point in its own colour (the figure's legend names
+    the seeds), then the mean with ± one sample std (ddof = 1) and the 95% Student-t interval
+    of the mean as error bars; with one seed the spread is "n/a"."""
+    plt = _pyplot()
+    if not values:
+        raise ValueError("values: need at least one metric, got none")
+    missing = [m for m in values if m not in stats]
+    if missing:
+        raise ValueError(f"stats: no statistics for {', '.join(missing)}")
+    seeds = sorted({s for per in values.values() for s in per})
+    # tab10 / tab20 keep neighbouring seeds apart; beyond 20 seeds a sequential map still orders them
+    cmap = plt.get_cmap("tab10" if len(seeds) <= 10 else "tab20" if len(seeds) <= 20 else "viridis")
+    colour = {s: cmap(i if len(seeds) <= 20 else i / max(len(seeds) - 1, 1)) for i, s in enumerate(seeds)}
+    offset = {s: (np.linspace(-0.25, 0.25, len(seeds))[i] if len(seeds) > 1 else 0.0) for i, s in enumerate(seeds)}
+    n = len(values)
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows + 0.6), squeeze=False)
+    for ax, (metric, per) in zip(axes.flat, values.items()):
+        s = stats[metric]
+        for seed, value in sorted(per.items()):
+            ax.plot([offset[seed]], [value], "o", color=colour[seed], markersize=6, markeredgecolor="0.2")
+        if s.get("mean") is not None:
+            ax.axhline(s["mean"], color="0.6", linestyle=":", linewidth=1)
+            spread = None if s.get("std") is None else [[s["std"]], [s["std"]]]
+            ax.errorbar([1], [s["mean"]], yerr=spread, fmt="D", color="black", capsize=4, markersize=5)
+            if s.get("ci95_low") is not None:
+                ax.errorbar([2], [s["mean"]], yerr=[[s["mean"] - s["ci95_low"]], [s["ci95_high"] - s["mean"]]],
+                            fmt="s", color="C3", capsize=4, markersize=5)
+        if s.get("std") is None:
+            ax.text(1.5, 0.5, "n/a (one seed)", ha="center", va="center", fontsize=8, color="0.3",
+                    transform=ax.get_xaxis_transform())
+        ax.set_xticks([0, 1, 2], ["seeds", "mean ± std", "95% CI"], fontsize=8)
+        ax.set_xlim(-0.5, 2.5)
+        ax.set_title(f"{metric} (n = {s.get('n', len(per))})", fontsize=10)
+    for ax in list(axes.flat)[n:]:
+        ax.set_axis_off()
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colour[s], markeredgecolor="0.2", label=str(s))
+               for s in seeds]
+    fig.legend(handles=handles, title="seed", loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8,
+               ncol=math.ceil(len(seeds) / 20))
+    fig.suptitle(title)
+    return _save(fig, path)

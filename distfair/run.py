@@ -8,9 +8,11 @@ import functools
 import hashlib
 import json
 import os
+import platform
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 from distfair import tracking
 from distfair.config import flatten
@@ -66,6 +68,154 @@ def run_description(cfg: dict) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
+# ------------------------------------------------------------ what every run records about itself
+#: packages whose versions every configuration and seed run records (tags ``distfair.version.<name>``)
+VERSIONED_PACKAGES = ("torch", "torchvision", "torchaudio", "ray", "mlflow", "optuna")
+#: the configuration run's tags that its seed runs carry too, so the UI filters seeds by configuration
+SEED_IDENTITY_TAGS = ("distfair.config_hash", "distfair.config_file", "distfair.configuration", "distfair.defense",
+                      "distfair.dataset", "distfair.sweep_run", "distfair.trial_id", "distfair.trial_params")
+#: name of the resolved configuration artifact on configuration and seed runs
+CONFIG_ARTIFACT = "config.yaml"
+
+
+def _package_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """``git -C root args`` stdout, or None when git is missing, fails or hangs."""
+    try:
+        # --no-optional-locks: reading the state never writes the checkout's index
+        done = subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state(package_dir: str | Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the git checkout distfair runs from, or (None, None) when it is not
+    one (an installed wheel, no git). Only a checkout whose top level holds this very package
+    counts: a virtual environment inside some other repository is not distfair's commit.
+    ``dirty``: tracked files differ from the commit (untracked files such as ``mlflow.db`` do
+    not count)."""
+    root = Path(package_dir or Path(__file__).resolve().parent).parent
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != root.resolve():
+        return None, None
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    if not commit:
+        return None, None
+    return commit, None if status is None else bool(status)
+
+
+@functools.lru_cache(maxsize=1)
+def environment_tags() -> dict[str, str]:
+    """The MLflow tags that say what produced a run: ``distfair.version``, ``distfair.python``,
+    ``distfair.version.<package>`` for :data:`VERSIONED_PACKAGES`, and from a git checkout
+    ``distfair.git_commit``, ``distfair.git_dirty`` and MLflow's own ``mlflow.source.git.commit``
+    (shown in the run's overview). Versions of the driver's environment (the process that
+    creates the runs); read from package metadata, never from environment variables."""
+    from distfair import __version__
+
+    tags = {"distfair.version": __version__, "distfair.python": platform.python_version()}
+    tags.update({f"distfair.version.{name}": _package_version(name) for name in VERSIONED_PACKAGES})
+    commit, dirty = git_state()
+    if commit:
+        tags.update({"distfair.git_commit": commit, "mlflow.source.git.commit": commit})
+        if dirty is not None:
+            tags["distfair.git_dirty"] = str(dirty).lower()
+    return tags
+
+
+def _plain(value):
+    """YAML-safe copy: tuples as lists, anything unknown as its text."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def resolved_config_yaml(cfg: dict) -> str:
+    """The fully resolved configuration (defaults filled in, overrides applied) as YAML that
+    ``distfair run`` reads back."""
+    import yaml
+
+    return yaml.safe_dump(_plain(cfg), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------- the configuration run's own summary
+#: the configuration run's headline metrics, in this order (those its seeds have): accuracy
+#: clean and under the primary attack, the worst class (Sy-FAR §2 / Table 1: worst-class
+#: accuracy, the best-worst gap ``acc_gap``, the normalised std ``nsd`` of the class accuracies
+#: and the largest pairwise confusion asymmetry ``max_asym_gap``), and an abstaining predictor's
+#: rejection rate
+MAIN_METRICS = ("clean_acc", "robust_acc", "clean_worst_class_acc", "worst_class_acc", "acc_gap", "nsd",
+                "max_asym_gap", "rejection_rate")
+#: then, when the evaluation has them, its primary per-attribute and speech (paper 003 §3)
+#: fairness summaries: the subgroup gap per attribute, AUC_acc and the defense parity
+MAIN_FAMILIES = ("group_gap/", "auc_acc", "defense_parity/")
+#: at most this many metrics in the figure and the description's table
+MAX_MAIN_METRICS = 12
+SUMMARY_HEADING = "### Seed summary (distfair)"
+
+
+def main_metrics(names: Sequence[str]) -> list[str]:
+    """The metrics of :data:`MAIN_METRICS` then :data:`MAIN_FAMILIES` among ``names``, at most
+    :data:`MAX_MAIN_METRICS`: what the seed-stability figure and the description show."""
+    have = set(names)
+    out = [m for m in MAIN_METRICS if m in have]
+    for family in MAIN_FAMILIES:
+        out += sorted(n for n in have if n == family or (family.endswith("/") and n.startswith(family)))
+    return out[:MAX_MAIN_METRICS]
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _cell(text: str, limit: int = 300) -> str:
+    """One line of Markdown table or list text: no pipes or line breaks, at most ``limit`` chars."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def summary_markdown(summary: Mapping[str, dict], metrics: Sequence[str], *, seeds: Sequence[int],
+                     planned: Sequence[int], errors: Mapping[int, str], figure: str | None) -> str:
+    """The Markdown section appended to the configuration run's description: the main
+    ``metrics`` as mean ± sample std (n seeds) with the 95% Student-t interval of the mean
+    (``distfair.metrics.summarize``), the failed seeds with why, and where the figure is."""
+    lines = [SUMMARY_HEADING, "",
+             f"{len(seeds)} of {len(planned)} seeds finished ({', '.join(map(str, seeds)) or 'none'}). "
+             "Mean ± sample std (ddof = 1) over the seeds; 95% CI: Student-t interval of the mean.", ""]
+    if metrics:
+        lines += ["| metric | mean ± std | n | 95% CI |", "|---|---|---|---|"]
+        for name in metrics:
+            s = summary[name]
+            spread = "" if s.get("std") is None else f" ± {_number(s['std'])}"
+            interval = "n/a" if s.get("ci95_low") is None else f"[{_number(s['ci95_low'])}, {_number(s['ci95_high'])}]"
+            lines.append(f"| {_cell(name)} | {_number(s.get('mean'))}{spread} | {s.get('n', 0)} | {interval} |")
+        lines.append("")
+    if errors:
+        lines.append("Failed seeds:")
+        lines += [f"- seed {seed}: {_cell(why)}" for seed, why in sorted(errors.items())]
+        lines.append("")
+    if figure:
+        lines.append(f"Figure: `{figure}` (Artifacts): every seed, the mean ± std and the 95% interval per metric.")
+    lines.append("Every metric's statistics: `<metric>_mean`, `_std`, `_min`, `_max`, `_ci95_low`, `_ci95_high` "
+                 "and `seed_summary.json`.")
+    return "\n".join(lines)
+
+
 def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: str, tracking_uri: str,
                                     storage_path: str | Path, log: Callable[[str], None],
                                     extra_tags: dict[str, str] | None = None, lookup: dict[str, str] | None = None,
@@ -93,18 +243,22 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     digest = config_hash(cfg)
     flat = flatten(cfg)
     flat["seeds"] = seeds
+    run_name = parent_run_name or f"{Path(config_path).stem}-{digest[:8]}"
+    if lookup is None:          # not a sweep trial (found again by its lookup tags): a repeat gets "#2", ...
+        run_name = tracking.next_run_name(tracking_uri, experiment_id, run_name, digest)
+    parent_tags = {"distfair.config_file": str(config_path), "distfair.config_hash": digest,
+                   "distfair.defense": cfg["defense"]["name"], "distfair.dataset": cfg["dataset"]["name"],
+                   **environment_tags(), **(extra_tags or {})}
     parent = tracking.start_parent_run(
-        tracking_uri, experiment_id, flat, run_name=parent_run_name or f"{Path(config_path).stem}-{digest[:8]}",
-        description=run_description(cfg),
-        tags={"distfair.config_file": str(config_path), "distfair.config_hash": digest,
-              "distfair.defense": cfg["defense"]["name"], "distfair.dataset": cfg["dataset"]["name"],
-              **(extra_tags or {})}, lookup=lookup)
+        tracking_uri, experiment_id, flat, run_name=run_name, description=run_description(cfg),
+        tags=parent_tags, lookup=lookup, files={CONFIG_ARTIFACT: resolved_config_yaml({**cfg, "seeds": seeds})})
     existing = tracking.seed_run_states(tracking_uri, experiment_id, parent)
     todo = [s for s in seeds if existing.get(s, (None, None))[1] != "FINISHED"]
     for seed in todo:
         if seed in existing:
             tracking.retire_run(tracking_uri, existing[seed][0])
-    children = {s: tracking.get_or_create_seed_run(tracking_uri, experiment_id, parent, s) for s in todo}
+    children = open_seed_runs(tracking_uri, experiment_id, parent, cfg, todo,
+                              configuration_tags={**parent_tags, **(lookup or {})})
     log(f"MLflow: experiment {experiment!r}, parent run {parent} ({tracking_uri})"
         + (f"; seeds {sorted(set(seeds) - set(todo))} already finished" if len(todo) < len(seeds) else ""))
     outcome_errors: dict[int, str] = {}
@@ -130,11 +284,32 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     summary = aggregate_seed_metrics([per_seed[s] for s in sorted(per_seed)])
     record = configuration_result(tracking_uri, experiment_id, parent, cfg={**cfg, "seeds": seeds},
                                   seeds=sorted(per_seed), errors=errors)
-    tracking.log_parent_summary(tracking_uri, parent, summary, n_seeds=len(per_seed),
-                                status="FAILED" if errors else "FINISHED", configuration_record=record)
+    shown = main_metrics(list(summary))
+    seed_values = {m: {s: per_seed[s][m] for s in sorted(per_seed) if m in per_seed[s]} for m in shown}
+    drawn = any(seed_values.values())
+    tracking.log_parent_summary(
+        tracking_uri, parent, summary, n_seeds=len(per_seed), status="FAILED" if errors else "FINISHED",
+        configuration_record=record, seed_values=seed_values,
+        figure_title=f"{run_name}: every seed, mean ± std, 95% CI",
+        description=summary_markdown(summary, shown, seeds=sorted(per_seed), planned=seeds, errors=errors,
+                                     figure=tracking.SEED_STABILITY_FIGURE if drawn else None))
     return RunReport(experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
                      tracking_uri=tracking_uri, seeds=sorted(per_seed), metrics=summary, errors=errors,
                      record=record)
+
+
+def open_seed_runs(tracking_uri: str, experiment_id: str, parent_run_id: str, cfg: dict, seeds: Sequence[int], *,
+                   configuration_tags: Mapping[str, str]) -> dict[int, str]:
+    """``{seed: run id}`` of the seed runs under a configuration run, found or created. A new
+    one carries the configuration's identity (its :data:`SEED_IDENTITY_TAGS` among
+    ``configuration_tags``, and every resolved config value as a param, so the UI filters and
+    compares seeds by configuration or by a sweep's searched values), :func:`environment_tags`,
+    and a ``config.yaml`` that reruns exactly this seed."""
+    tags = {**{k: v for k, v in configuration_tags.items() if k in SEED_IDENTITY_TAGS}, **environment_tags()}
+    params = {k: v for k, v in flatten(cfg).items() if k != "seeds"}
+    return {s: tracking.get_or_create_seed_run(
+        tracking_uri, experiment_id, parent_run_id, s, tags=tags, params=params,
+        files={CONFIG_ARTIFACT: resolved_config_yaml({**cfg, "seeds": [s]})}) for s in seeds}
 
 
 def configuration_result(tracking_uri: str, experiment_id: str, parent_run_id: str, *, cfg: dict,

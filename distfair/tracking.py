@@ -12,10 +12,19 @@ Record layout of one configuration (``distfair run``):
   self-checks, ...; JSON), per-sample robust flags (.npz), the figures under ``plots/`` (PNG)
   and the final checkpoint;
 * the versioned result records of ``distfair.record``: ``result.json`` on each seed run,
-  ``configuration_result.json`` on the parent.
+  ``configuration_result.json`` on the parent;
+* on the parent, at the end: ``plots/seed_stability.png`` (every seed, mean ± std and the 95%
+  interval of the main metrics) and a Markdown summary appended to its description;
+* on both, what reproduces them: the resolved configuration as ``config.yaml`` and tags with
+  the versions and the git commit (``distfair.run.environment_tags``); seed runs also carry
+  the configuration's identity tags and params, so the UI filters them by configuration.
+
+Experiments are tagged ``mlflow.experimentKind = custom_model_development`` (a model
+training experiment, not a GenAI one). Nothing here reads environment variables into a run:
+credentials (``MLFLOW_TRACKING_PASSWORD``, ``MLFLOW_TRACKING_TOKEN``, AWS keys) stay out.
 
 All writes are batched (``log_batch``): against a tracking server one call per value costs
-~40 ms (shared/docs/ray.md). Children are looked up by (parent, seed) before being created, so
+~40 ms (docs/ray-notes.md, "MLflow"). Children are looked up by (parent, seed) before being created, so
 a retried seed never produces a duplicate run.
 """
 from __future__ import annotations
@@ -39,6 +48,7 @@ TAG_SEED = "distfair.seed"
 TAG_PARENT = "mlflow.parentRunId"
 MAX_BATCH = 100
 MAX_PARAM_LEN = 6000
+MAX_TAG_LEN = 8000          # MLflow's limit on a tag's value
 # distfair downloads a few small files (result records, checkpoints) between its own progress
 # lines; MLflow's per-download progress bars only clutter the command's output
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -59,10 +69,14 @@ def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) 
     return uri
 
 
+#: MLflow 3 UI: switch the sidebar's workflow to "Model training" to see runs and metric columns
+_UI_HINT = '(in the UI choose "Model training" in the sidebar switch)'
+
+
 def ui_command(uri: str) -> str:
     if uri.startswith("sqlite:") or "://" not in uri:
-        return f"mlflow ui --backend-store-uri {uri}"
-    return f"open {uri} in a browser"
+        return f"mlflow ui --backend-store-uri {uri}  {_UI_HINT}"
+    return f"open {uri} in a browser  {_UI_HINT}"
 
 
 def _client(uri: str) -> MlflowClient:
@@ -96,16 +110,58 @@ def _param_value(value) -> str:
     return text[:MAX_PARAM_LEN]
 
 
+#: MLflow 3's experiment type: ``custom_model_development`` is a model training experiment
+#: (the UI's "Machine learning" type), ``genai_development`` one of GenAI apps and agents
+#: (mlflow/server/js: ExperimentKind; set through the same tag by the UI's type selector)
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def prepare_experiment(uri: str, name: str) -> str:
     """Create the store and the experiment (if needed) in this process, before any worker
-    writes: several processes creating a fresh SQLite store at once fail (ray.md)."""
+    writes: several processes creating a fresh SQLite store at once fail (ray.md).
+
+    The experiment is marked a model training experiment (``mlflow.experimentKind``), also an
+    existing one without a type (recorded by an older distfair); a type someone chose is kept."""
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage != "active":
             raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or choose another --experiment")
+        if TAG_EXPERIMENT_KIND not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return experiment.experiment_id
-    return client.create_experiment(name)
+    return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+
+
+def next_run_name(uri: str, experiment_id: str, base: str, config_hash: str) -> str:
+    """``base`` for the first configuration run of a configuration, ``base #2``, ``#3``, ...
+    for the next ones (runs tagged ``distfair.config_hash`` with this name or a numbered one,
+    deleted runs included so a number is never given twice). A counter rather than a
+    timestamp: short, ordered, and the same for the same history."""
+    from mlflow.entities import ViewType
+
+    runs = _client(uri).search_runs([experiment_id], filter_string=f"tags.`distfair.config_hash` = '{config_hash}'",
+                                    run_view_type=ViewType.ALL, max_results=10000)
+    taken = [0]
+    for run in runs:
+        name = run.info.run_name or ""
+        if name == base:
+            taken.append(1)
+        elif name.startswith(f"{base} #") and name[len(base) + 2:].isdigit():
+            taken.append(int(name[len(base) + 2:]))
+    number = max(taken) + 1
+    return base if number == 1 else f"{base} #{number}"
+
+
+def _log_texts(client: MlflowClient, run_id: str, files: dict[str, str]) -> None:
+    """Text artifacts (``{file name: content}``) at the run's artifact root."""
+    if not files:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+            client.log_artifact(run_id, str(Path(tmp) / name))
 
 
 #: MLflow's run description (shown as "Description" in the UI)
@@ -114,11 +170,11 @@ TAG_DESCRIPTION = "mlflow.note.content"
 
 def start_parent_run(uri: str, experiment_id: str, flat_config: dict, *, run_name: str,
                      tags: dict[str, str] | None = None, lookup: dict[str, str] | None = None,
-                     description: str | None = None) -> str:
+                     description: str | None = None, files: dict[str, str] | None = None) -> str:
     """A configuration's parent run. With ``lookup`` tags, an existing active run carrying them
-    is reused (a resumed sweep); otherwise a new run is created with ``tags`` and the params.
-    ``description``: the run's MLflow description (the UI's "Description", tag
-    ``mlflow.note.content``)."""
+    is reused (a resumed sweep); otherwise a new run is created with ``tags``, the params and
+    the text artifacts ``files`` (``{"config.yaml": ...}``). ``description``: the run's MLflow
+    description (the UI's "Description", tag ``mlflow.note.content``)."""
     client = _client(uri)
     if lookup:
         found = find_runs(uri, experiment_id, lookup)
@@ -130,6 +186,7 @@ def start_parent_run(uri: str, experiment_id: str, flat_config: dict, *, run_nam
         all_tags[TAG_DESCRIPTION] = description
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     _log(client, run.info.run_id, params=[Param(k, _param_value(v)) for k, v in sorted(flat_config.items())])
+    _log_texts(client, run.info.run_id, files or {})
     return run.info.run_id
 
 
@@ -159,17 +216,22 @@ def retire_run(uri: str, run_id: str) -> None:
 
 
 def get_or_create_seed_run(uri: str, experiment_id: str, parent_run_id: str, seed: int, *,
-                           run_name: str | None = None) -> str:
+                           run_name: str | None = None, tags: dict[str, str] | None = None,
+                           params: dict | None = None, files: dict[str, str] | None = None) -> str:
     """The child run of ``seed`` under ``parent_run_id``: found by tag if it exists (a retry),
-    otherwise created. Never two runs for one (parent, seed)."""
+    otherwise created with the tags ``mlflow.parentRunId``, ``distfair.seed``,
+    ``distfair.role=seed`` plus ``tags``, the param ``seed`` plus ``params`` and the text
+    artifacts ``files``. Never two runs for one (parent, seed)."""
     client = _client(uri)
     found = client.search_runs([experiment_id], filter_string=(
         f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_SEED}` = '{seed}'"), max_results=2)
     if found:
         return found[0].info.run_id
     run = client.create_run(experiment_id, run_name=run_name or f"seed={seed}", tags={
-        TAG_PARENT: parent_run_id, TAG_SEED: str(seed), TAG_ROLE: "seed"})
-    _log(client, run.info.run_id, params=[Param("seed", str(seed))])
+        **(tags or {}), TAG_PARENT: parent_run_id, TAG_SEED: str(seed), TAG_ROLE: "seed"})
+    values = {**(params or {}), "seed": seed}
+    _log(client, run.info.run_id, params=[Param(k, _param_value(v)) for k, v in sorted(values.items())])
+    _log_texts(client, run.info.run_id, files or {})
     return run.info.run_id
 
 
@@ -246,11 +308,22 @@ class SeedRunLogger:
         self.client.set_terminated(self.run_id, "FINISHED")
 
 
+#: the parent's seed-stability figure (``distfair.plots.seed_stability``), as an artifact path
+SEED_STABILITY_FIGURE = "plots/seed_stability.png"
+
+
 def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *, n_seeds: int,
-                       status: str = "FINISHED", configuration_record: dict | None = None) -> None:
+                       status: str = "FINISHED", configuration_record: dict | None = None,
+                       seed_values: dict[str, dict[int, float]] | None = None, figure_title: str = "",
+                       description: str | None = None) -> None:
     """``<name>_mean/_std/_min/_max/_ci95_low/_ci95_high`` for every child metric, ``n_seeds``,
     a ``seed_summary.json`` artifact (and ``configuration_result.json``, the configuration's
-    result record, when given), then close the parent run with ``status``."""
+    result record, when given), then close the parent run with ``status``.
+
+    ``seed_values`` (``{metric: {seed: value}}``, metrics of ``summary``): drawn as
+    :data:`SEED_STABILITY_FIGURE` with the summary's statistics. ``description``: a Markdown
+    section appended to the run's description; an earlier section with the same first line
+    (the summary of an earlier attempt) is replaced, the text above it kept."""
     client = _client(uri)
     values = {"n_seeds": n_seeds}
     for name, stats in summary.items():
@@ -265,11 +338,31 @@ def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *
             path = Path(tmp) / result_record.CONFIGURATION_RECORD_NAME
             path.write_text(json.dumps(configuration_record, indent=1, allow_nan=False, default=str))
             client.log_artifact(parent_run_id, str(path))
+        drawn = {m: v for m, v in (seed_values or {}).items() if v and m in summary}
+        if drawn:
+            from distfair.plots import seed_stability
+
+            folder, name = SEED_STABILITY_FIGURE.rsplit("/", 1)
+            (Path(tmp) / folder).mkdir()
+            seed_stability(drawn, summary, figure_title, Path(tmp) / folder / name)
+            client.log_artifact(parent_run_id, str(Path(tmp) / folder / name), folder)
+    if description:
+        _append_description(client, parent_run_id, description)
     # A parent the driver already closed as KILLED (a trial stopped early by the scheduler, or
     # Ctrl-C) keeps that status: its configuration thread may still be finishing (as seed runs
     # closed by the driver are never reopened, see SeedRunLogger)
     if client.get_run(parent_run_id).info.status != "KILLED":
         client.set_terminated(parent_run_id, status)
+
+
+def _append_description(client: MlflowClient, run_id: str, section: str) -> None:
+    current = client.get_run(run_id).data.tags.get(TAG_DESCRIPTION, "")
+    heading = section.strip().splitlines()[0]
+    at = current.find(heading)
+    if at >= 0:
+        current = current[:at]
+    text = "\n\n".join(p for p in (current.rstrip(), section.strip()) if p)
+    client.set_tag(run_id, TAG_DESCRIPTION, text if len(text) <= MAX_TAG_LEN else text[:MAX_TAG_LEN - 2] + " …")
 
 
 def mark_runs(uri: str, run_ids: Iterable[str], status: str) -> None:
