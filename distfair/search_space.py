@@ -85,6 +85,14 @@ def optuna_distribution(dim: Dimension):
     return optuna.distributions.CategoricalDistribution(list(dim.choices))
 
 
+def stat_name(metric: str, stat: str) -> str:
+    """The name of one statistic over seeds of one metric, ``<metric>_<stat>``
+    (``val_worst_class_acc_mean``, ``worst_class_acc_ci95_low``): the naming of the MLflow
+    configuration runs (``distfair.tracking.log_parent_summary``), used by everything a sweep
+    reports."""
+    return f"{metric}_{stat}"
+
+
 @dataclass(frozen=True)
 class Target:
     metric: str
@@ -94,8 +102,12 @@ class Target:
 
     @property
     def name(self) -> str:
-        """The key under which the value is reported to Tune/Optuna, e.g. ``worst_class_acc.mean_minus_std``."""
-        return f"{self.metric}.{self.stat}"
+        """The key under which the value is reported everywhere (Tune/Optuna, ``--json``,
+        ``trials.csv``, the sweep run's ``best.objective.<name>``), e.g.
+        ``val_worst_class_acc_mean_minus_std``: MLflow's ``<metric>_<stat>`` naming of the
+        configuration runs' seed statistics (``val_worst_class_acc_mean``), so one name means
+        one number wherever it appears."""
+        return stat_name(self.metric, self.stat)
 
     def value(self, summary: dict[str, dict]) -> float | None:
         """This target's statistic over the seeds, or None if undefined (e.g. std of one seed)."""

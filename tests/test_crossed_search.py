@@ -16,7 +16,7 @@ KEYS = {"train.lr", "train.batch_size", "train.optimizer", "defense.lambda_sym",
 LR = {"type": "float", "low": 0.001, "high": 0.1, "log": True}
 BATCH = {"type": "int", "low": 16, "high": 128, "step": 16}
 LAMBDA = {"type": "float", "low": 0.1, "high": 2.0}
-WORST = "val_worst_class_acc.mean"
+WORST = "val_worst_class_acc_mean"
 TWO_TARGETS = [{"metric": "val_robust_acc", "stat": "mean", "mode": "max"},
                {"metric": "val_worst_class_acc", "stat": "std", "mode": "min"}]
 
@@ -36,7 +36,7 @@ def score(params: dict) -> dict:
     """A deterministic objective of the suggested point (two values for the multi-objective tests)."""
     lr = -abs(math.log10(params["train.lr"]) + 2)                      # best at lr = 0.01
     return {WORST: lr + params.get("train.batch_size", 0) / 1000 + params.get("defense.lambda_sym", 0) / 10,
-            "val_robust_acc.mean": lr, "val_worst_class_acc.std": params.get("defense.lambda_sym", 0)}
+            "val_robust_acc_mean": lr, "val_worst_class_acc_std": params.get("defense.lambda_sym", 0)}
 
 
 def drive(searcher: CrossedSearch, n: int, first_id: int = 0) -> list:
@@ -148,8 +148,8 @@ def test_multi_objective_mean_over_grid_points():
     searcher = build_searcher(spec)
     searcher.suggest("t0")
     searcher.suggest("t1")
-    searcher.on_trial_complete("t0", {"final": 1, "val_robust_acc.mean": 0.6, "val_worst_class_acc.std": 0.02})
-    searcher.on_trial_complete("t1", {"final": 1, "val_robust_acc.mean": 0.8, "val_worst_class_acc.std": 0.04})
+    searcher.on_trial_complete("t0", {"final": 1, "val_robust_acc_mean": 0.6, "val_worst_class_acc_std": 0.02})
+    searcher.on_trial_complete("t1", {"final": 1, "val_robust_acc_mean": 0.8, "val_worst_class_acc_std": 0.04})
     trial = study_trials(searcher)[0]
     assert trial.state == TrialState.COMPLETE
     assert trial.values == [pytest.approx(0.7), pytest.approx(0.03)]     # (0.6 + 0.8) / 2, (0.02 + 0.04) / 2

@@ -2,8 +2,11 @@
 Optuna, a real SQLite MLflow store read back through MLflow's client."""
 from __future__ import annotations
 
+import copy
+import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +19,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from distfair import tracking
+from conftest import TINY
+from distfair import cli, tracking
 from distfair.search_space import pareto_front
 
 pytestmark = pytest.mark.ray
@@ -55,11 +59,24 @@ LAMBDA = {"type": "float", "low": 0.05, "high": 2.0, "log": True}
 LR = {"type": "float", "low": 0.01, "high": 0.1, "log": True}
 
 
-def test_sweep_records_nested_runs_and_reports_the_best_under_the_objective(tmp_path, tiny_cfg_dict):
+#: a statistic of a metric named the dotted way (``robust_acc.mean``) instead of MLflow's
+#: ``robust_acc_mean``: nothing a sweep or its report writes may use it
+DOTTED = re.compile(r"\.(mean|std|min|max|median|n|ci95_low|ci95_high|mean_minus_std|mean_plus_std)\b")
+
+
+@pytest.fixture(scope="module")
+def tpe_sweep(tmp_path_factory):
+    """One real single-objective sweep (3 configurations x 2 seeds), shared by the tests that
+    read its record: (folder holding mlflow.db, its --json output)."""
+    root = tmp_path_factory.mktemp("tpe_sweep")
     space = {"params": {"defense.lambda_sym": LAMBDA, "train.lr": LR},
              "objective": {"metric": "val_robust_acc", "stat": "mean_minus_std", "k": 1.0, "mode": "max"},
              "search": {"sampler": "tpe", "seed": 3, "num_samples": 3}}
-    report = run_sweep_cli(sweep_file(tmp_path, tiny_cfg_dict, space), tmp_path)
+    return root, run_sweep_cli(sweep_file(root, copy.deepcopy(TINY), space), root)
+
+
+def test_sweep_records_nested_runs_and_reports_the_best_under_the_objective(tpe_sweep):
+    tmp_path, report = tpe_sweep
     client, by_role = records(tmp_path / "mlflow.db")
     assert len(by_role["sweep"]) == 1 and by_role["sweep"][0].info.run_id == report["sweep_run_id"]
     sweep_id = report["sweep_run_id"]
@@ -81,14 +98,14 @@ def test_sweep_records_nested_runs_and_reports_the_best_under_the_objective(tmp_
     assert set(trial_of) == set(recomputed)
     assert report["best"]["params"] == trial_of[best_run]["params"]
     assert report["best"]["selected_on"] == "validation"
-    assert report["best"]["objective"]["val_robust_acc.mean_minus_std"] == pytest.approx(recomputed[best_run])
+    assert report["best"]["objective"]["val_robust_acc_mean_minus_std"] == pytest.approx(recomputed[best_run])
     # its test numbers are reported beside, kept apart
     assert report["best"]["test"]["robust_acc"]["mean"] == pytest.approx(on_test[best_run])
     assert "robust_acc" not in report["best"]["validation"] and "val_robust_acc" in report["best"]["validation"]
     sweep = client.get_run(sweep_id)
-    assert sweep.data.metrics["best.objective.val_robust_acc.mean_minus_std"] == pytest.approx(recomputed[best_run])
-    assert sweep.data.metrics["best.test.robust_acc.mean"] == pytest.approx(on_test[best_run])
-    assert sweep.data.metrics["best.validation.val_worst_class_acc.mean"] == pytest.approx(
+    assert sweep.data.metrics["best.objective.val_robust_acc_mean_minus_std"] == pytest.approx(recomputed[best_run])
+    assert sweep.data.metrics["best.test.robust_acc_mean"] == pytest.approx(on_test[best_run])
+    assert sweep.data.metrics["best.validation.val_worst_class_acc_mean"] == pytest.approx(
         child_values(by_role, best_run, "val_worst_class_acc").mean())
     assert sweep.data.params["selected_on"] == "validation"
     assert json.loads(sweep.data.params["best.train.lr"]) == pytest.approx(report["best"]["params"]["train.lr"]) \
@@ -102,6 +119,57 @@ def test_sweep_records_nested_runs_and_reports_the_best_under_the_objective(tmp_
     study = optuna.load_study(study_name="distfair", storage=f"sqlite:///{local}")
     assert len(study.trials) == 3
     assert sorted(t.values[0] for t in study.trials) == pytest.approx(sorted(recomputed.values()))
+    # one naming everywhere: the sweep run's metrics, --json and trials.csv use MLflow's
+    # <metric>_<stat>, as the configuration runs do (val_robust_acc_mean)
+    assert not [k for k in sweep.data.metrics if DOTTED.search(k)]
+    assert not DOTTED.search(json.dumps(report))
+    with open(client.download_artifacts(sweep_id, "trials.csv", str(tmp_path))) as f:
+        rows = list(csv.DictReader(f))
+    assert not [h for h in rows[0] if DOTTED.search(h)]
+    by_run = {r["parent_run_id"]: r for r in rows}
+    for c in configs:      # the spread columns hold what the configuration runs logged
+        for column, key in (("val_robust_acc_mean", "val_robust_acc_mean"), ("val_robust_acc_std", "val_robust_acc_std"),
+                            ("val_robust_acc_ci95_low", "val_robust_acc_ci95_low"),
+                            ("test:robust_acc_mean", "robust_acc_mean"), ("test:robust_acc_ci95_high",
+                                                                          "robust_acc_ci95_high")):
+            assert float(by_run[c.info.run_id][column]) == pytest.approx(c.data.metrics[key]), column
+        assert int(by_run[c.info.run_id]["val_robust_acc_n"]) == c.data.metrics["n_seeds"] == 2
+
+
+def test_report_of_a_real_sweep(tpe_sweep):
+    """``distfair report --sweep`` on what ``distfair sweep`` recorded: the files, one row per
+    configuration labelled by its searched params, n = the finished seeds, the chosen row
+    marked, the files logged to the sweep run, and MLflow's naming of statistics."""
+    root, sweep = tpe_sweep
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    sweep_id, out = sweep["sweep_run_id"], root / "report"
+    code = cli.main(["report", "--sweep", sweep_id, "--tracking-uri", uri, "--output-dir", str(out),
+                     "--metrics", "robust_acc,val_robust_acc"])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} >= {"report.html", "report.md", "tables.csv", "tables.json"}
+    doc = json.loads((out / "tables.json").read_text())
+    client, by_role = records(root / "mlflow.db")
+    configs = {c.info.run_id: c for c in by_role["configuration"]}
+    assert [r["run_id"] for r in doc["rows"]] == [t["parent_run_id"] for t in sweep["trials"]]
+    for row in doc["rows"]:
+        trial = next(t for t in sweep["trials"] if t["parent_run_id"] == row["run_id"])
+        # labelled by the params the configurations differ in: exactly the searched ones
+        assert set(row["params"]) == {"defense.lambda_sym", "train.lr"}
+        assert float(row["params"]["train.lr"]) == pytest.approx(trial["params"]["train.lr"])
+        assert row["label"].startswith("defense.lambda_sym=") and "train.lr=" in row["label"]
+        finished = [s for s in by_role["seed"] if s.data.tags["mlflow.parentRunId"] == row["run_id"]
+                    and s.info.status == "FINISHED"]
+        for name, cell in row["cells"].items():
+            assert cell["n"] == len(finished) == configs[row["run_id"]].data.metrics["n_seeds"], name
+        val = row["cells"]["val_robust_acc"]
+        assert val["mean"] == pytest.approx(trial["validation"]["val_robust_acc"]["mean"])
+        assert row["chosen_on_validation_by"] == ([sweep_id] if trial["params"] == sweep["best"]["params"] else [])
+    assert doc["sweeps"][0]["objective"][0]["stat"] == "mean_minus_std"
+    logged = {a.path for a in client.list_artifacts(sweep_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/tables.csv", "report/tables.json"} <= logged
+    assert not DOTTED.search((out / "report.md").read_text())
+    assert not DOTTED.search((out / "tables.csv").read_text())
+    assert not DOTTED.search(json.dumps({k: v for k, v in doc.items() if k != "rows"}))
 
 
 def test_multi_objective_sweep_reports_exactly_the_non_dominated_configurations(tmp_path, tiny_cfg_dict):

@@ -139,14 +139,17 @@ def test_configuration_record_statistics_equal_the_parent_run(tmp_path, subgroup
     assert [v["seed"] for v in robust["seed_values"]] == [0, 1, 2] and robust["n"] == 3
     assert robust["mean"] == pytest.approx(summary["robust_acc"]["mean"])
 
-    # the stability comparison reads its table from configuration records
+    # the stability comparison builds its table with `distfair report` over these records:
+    # its arguments are ones the command accepts
     import importlib.util
     from pathlib import Path
+
+    from distfair.cli import build_parser
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "stability_comparison.py"
     spec = importlib.util.spec_from_file_location("stability_comparison", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cells = module.table_cells(loaded)
-    assert cells["robust_acc"]["mean"] == summary["robust_acc"]["mean"]
-    assert cells["acc_gap"]["std"] == pytest.approx(summary["acc_gap"]["std"])
+    args = build_parser().parse_args(module.report_args([parent], evaluation="pgd5", uri=uri,
+                                                        output_dir=str(tmp_path / "report")))
+    assert args.runs == [parent] and args.baseline == "pgd_at" and args.evaluations == ["pgd5"]

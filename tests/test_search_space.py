@@ -52,7 +52,7 @@ def test_parse_every_dimension_type_and_one_objective():
                          Dimension("train.optimizer", "categorical", choices=("sgd", "adam"))]
     assert spec.grid == [Dimension("attack.eps", "grid", choices=(0.05, 0.1))]
     assert spec.objective == [Target("val_worst_class_acc", "mean_minus_std", "max", 2.0)]
-    assert spec.objective[0].name == "val_worst_class_acc.mean_minus_std"
+    assert spec.objective[0].name == "val_worst_class_acc_mean_minus_std"
     assert not spec.multi_objective
     # defaults: TPE for one objective, seed 0, 4 samples, concurrency from the cluster, no early stopping
     assert (spec.sampler, spec.seed, spec.num_samples, spec.max_concurrent, spec.early_stopping) == \

@@ -162,7 +162,8 @@ def pareto_figures(tables: Tables, outdir: Path) -> list[Figure]:
                            "chosen": sweep.run_id in row.chosen_by})
         if not points:
             continue
-        label = [f"{t['metric']}.{t.get('stat', 'mean')} ({t.get('mode', 'max')})" for t in targets]
+        # the sweep's own name of a target (``Target.name``: ``<metric>_<stat>``, as MLflow names it)
+        label = [f"{t['metric']}_{t.get('stat', 'mean')} ({t.get('mode', 'max')})" for t in targets]
         name = f"pareto_{sweep.run_id[:8]}.png"
         path = plots.pareto_whiskers(points, f"Sweep {sweep.name}: Pareto set with seed intervals", outdir / name,
                                      xlabel=label[0], ylabel=label[1])
