@@ -24,7 +24,10 @@ is in fields, never in a name to parse:
   Besides the rows: class names, the evaluations, and per test evaluation its per-class
   accuracies, confusion matrix and abstentions; every evaluation summary's document under
   ``summaries`` (subgroup reports, targeted success rates, self-checks, ...); the
-  summaries' findings (``checks``), tags and evaluation errors.
+  summaries' findings (``checks``), tags and evaluation errors; ``worker_node_ids``: the Ray
+  node id of each Ray Train worker that trained the seed (index = world rank; empty in
+  records written outside Ray Train), so a placement (``scaling.placement_strategy``) can
+  be checked after the fact.
 * **configuration record** (:func:`configuration_record`, artifact
   ``configuration_result.json`` of the parent run): the seeds, and one *entry* per row
   identity (split, evaluation, metric, attribute, group, stage, epoch) with the value of
@@ -183,6 +186,7 @@ def seed_record(result: Mapping) -> dict:
         "abstentions": {"test": dict(result.get("abstentions") or {})},
         "checks": list(result.get("checks") or []), "tags": dict(result.get("tags") or {}),
         "errors": dict(result.get("eval_errors") or {}),
+        "worker_node_ids": [str(n) for n in result.get("worker_node_ids") or []],
     }
 
 
@@ -285,6 +289,8 @@ SEED_RECORD_SCHEMA = {
         "checks": {"type": "array", "items": {"type": "object"}},
         "tags": {"type": "object", "additionalProperties": {"type": "string"}},
         "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+        "worker_node_ids": {"type": "array", "items": {"type": "string"},
+                            "description": "Ray node id of each Ray Train worker, index = world rank"},
     },
 }
 

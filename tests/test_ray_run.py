@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,19 @@ def test_cli_run_records_parent_and_one_child_per_seed(tmp_path, write_config, t
     assert (tmp_path / "distfair_runs").is_dir()                  # default Ray Train storage, here
     assert report["experiment"] == "itest" and report["seeds"] == [0, 1, 2]
     assert "Mean ± std across seeds" in err and "mlflow ui --backend-store-uri" in err
+    # issue 14: the driver is the only writer; each seed's progress once and in order; Ray's,
+    # Tune's and the workers' own output in the log file it names
+    lines = err.splitlines()
+    for seed in (0, 1, 2):
+        mine = [line for line in lines if line.startswith(f"[distfair] seed {seed}: ")]
+        assert [re.match(r"\[distfair\] seed \d+: (epoch \d+/\d+|evaluated \S+)", line)[1] for line in mine] == [
+            "epoch 1/2", "epoch 2/2", "evaluated pgd5", "evaluated fgsm", "evaluated every"], mine
+    for noise in ("[repeated", "\x1b[", "core_worker.cc", "pid=", "Traceback", "tensorboard", "INFO"):
+        assert noise not in err, noise
+    log_file = next(line.split(": ", 1)[1] for line in lines if line.startswith("[distfair] Ray, Tune and worker output: "))
+    logged = open(log_file).read()
+    assert os.path.dirname(log_file) == str(tmp_path / "distfair_runs" / "logs")
+    assert "(RayTrainWorker pid=" in logged and "[distfair] seed 2: epoch 2/2" in logged and "\x1b[" not in logged
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("itest")
@@ -62,6 +76,15 @@ def test_cli_run_records_parent_and_one_child_per_seed(tmp_path, write_config, t
     # every metric a child reports has its statistics in the parent
     assert {f"{k}_mean" for c in children for k in c.data.metrics} <= set(pm)
     assert parent.data.params["train.lr"] == "0.05" and parent.data.params["defense.name"] == "syfar"
+    # issues 13/14: the seed-stability figure and the summary table on the parent, its resolved
+    # config, a model-training experiment, and seed runs that carry their configuration's identity
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {"plots/seed_stability.png"}
+    note = parent.data.tags["mlflow.note.content"]
+    assert "| robust_acc | " in note and "| group_gap/half | " in note and "plots/seed_stability.png" in note
+    assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert all(c.data.tags["distfair.config_hash"] == parent.data.tags["distfair.config_hash"]
+               and c.data.params["train.lr"] == "0.05" for c in children)
 
     child = children[0]
     history = client.get_metric_history(child.info.run_id, "train_loss")

@@ -11,6 +11,7 @@ with a seed's child run id, so this package never imports MLflow (``distfair.tra
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import queue
@@ -37,7 +38,7 @@ class ConfigurationOutcome:
 
 def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, seed_logger: Callable,
                child_run_ids: dict[int, str], init_paths: dict[int, str],
-               references: dict[int, dict[str, str]]) -> list[dict]:
+               references: dict[int, dict[str, str]], progress=None) -> list[dict]:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -51,6 +52,7 @@ def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, see
             "init_paths": {str(s): init_paths[s] for s in seeds if s in init_paths},
             "references": {str(s): references[s] for s in seeds if s in references},
             "threads_per_worker": max(1, math.floor(per_worker.get("CPU", 1.0))),
+            "progress": progress,
         },
         scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
                                      resources_per_worker=per_worker,
@@ -64,12 +66,13 @@ def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, see
     return list(result.return_value or [])
 
 
-def _run_in_daemon_threads(jobs: list[Callable[[], list[dict]]]):
+def _run_in_daemon_threads(jobs: list[Callable[[], list[dict]]], tick: Callable[[], None] = lambda: None):
     """Run each job in a daemon thread; yield ``(index, result, error)`` as they finish.
 
     Daemon threads, not a thread pool: on Ctrl-C the command marks its runs KILLED and shuts
     Ray down, and must then exit without joining threads still blocked inside ``fit()``. The
-    main thread wakes twice a second so a signal is acted on promptly.
+    main thread wakes twice a second so a signal is acted on promptly, and calls ``tick``
+    each time (and before each result is handed over).
     """
     done: queue.Queue = queue.Queue()
 
@@ -84,10 +87,51 @@ def _run_in_daemon_threads(jobs: list[Callable[[], list[dict]]]):
     for _ in jobs:
         while True:
             try:
-                yield done.get(timeout=0.5)
-                break
+                item = done.get(timeout=0.5)
             except queue.Empty:
+                tick()
                 continue
+            tick()
+            yield item
+            break
+
+
+class ProgressChannel:
+    """Rank 0 of every worker group sends its progress lines (``epoch k/n`` with its metrics,
+    ``evaluated ...``) to the driver through a Ray queue; the driver, the only writer to the
+    terminal, prints them with its own ``log`` in the order each seed produced them. Worker
+    stdout is not the channel: Ray forwards it deduplicated, reordered between processes and
+    (Train V2) twice, so it only goes to the log file.
+
+    Made by the driver process itself (a Tune trial is an actor: its lines go to the log file
+    through its stdout and the sweep shows configurations instead). The queue is an actor
+    holding no CPU, so it never takes a worker's place."""
+
+    def __init__(self, log: Callable[[str], None]):
+        import ray
+        from ray.util.queue import Queue
+
+        self.log = log
+        self.queue = Queue(actor_options={"num_cpus": 0}) if ray.get_runtime_context().get_actor_id() is None \
+            else None
+
+    def drain(self) -> None:
+        if self.queue is None:
+            return
+        try:
+            pending = self.queue.qsize()
+            items = self.queue.get_nowait_batch(pending) if pending else []
+        except Exception as err:  # noqa: BLE001 - progress is never worth failing the run for
+            self.queue = None
+            self.log(f"progress lines lost ({type(err).__name__}); the workers' lines are in the log file")
+            return
+        for item in items:
+            self.log(item["text"])
+
+    def close(self) -> None:
+        if self.queue is not None:
+            with contextlib.suppress(Exception):      # Ray may already be down (Ctrl-C)
+                self.queue.shutdown(force=True)
 
 
 def run_configuration(cfg: dict, *, child_run_ids: dict[int, str], seed_logger: Callable, run_name: str,
@@ -109,18 +153,22 @@ def run_configuration(cfg: dict, *, child_run_ids: dict[int, str], seed_logger: 
     outcome.groups = plan_seed_groups(seeds, cfg["scaling"], dict(ray.cluster_resources()), alive_node_resources())
     log(f"{len(seeds)} seed(s) in {len(outcome.groups)} concurrent worker group(s) of "
         f"{cfg['scaling']['num_workers']} worker(s): " + " | ".join(",".join(map(str, g)) for g in outcome.groups))
+    channel = ProgressChannel(log)
     jobs = [functools.partial(_fit_group, cfg, group, name=f"{run_name}-g{i}", storage_path=str(storage_path),
                               seed_logger=seed_logger, child_run_ids=child_run_ids,
-                              init_paths=init_paths or {}, references=references or {})
+                              init_paths=init_paths or {}, references=references or {}, progress=channel.queue)
             for i, group in enumerate(outcome.groups)]
-    for index, records, err in _run_in_daemon_threads(jobs):
-        group = outcome.groups[index]
-        if err is not None:
-            reason = f"{type(err).__name__}: {err}"
-            log(f"worker group with seeds {group} failed: {reason}")
-        for record in records or []:
-            outcome.results[record["seed"]] = record
-        for seed in group:
-            if seed not in outcome.results:
-                outcome.errors.setdefault(seed, reason if err is not None else "no result returned")
+    try:
+        for index, records, err in _run_in_daemon_threads(jobs, tick=channel.drain):
+            group = outcome.groups[index]
+            if err is not None:
+                reason = f"{type(err).__name__}: {err}"
+                log(f"worker group with seeds {group} failed: {reason}")
+            for record in records or []:
+                outcome.results[record["seed"]] = record
+            for seed in group:
+                if seed not in outcome.results:
+                    outcome.errors.setdefault(seed, reason if err is not None else "no result returned")
+    finally:
+        channel.close()
     return outcome

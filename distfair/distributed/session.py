@@ -1,28 +1,141 @@
 """Connecting to Ray: an existing cluster (``--address``) or a local instance started and
-stopped around the command."""
+stopped around the command.
+
+With ``log_file`` the command's terminal belongs to distfair alone: everything Ray, Tune,
+Optuna, MLflow and the workers print (worker stdout/stderr forwarded by Ray from every node,
+Ray's error-level internals, Tune's banners, library loggers, warnings) is appended to that
+file instead, and the caller's own progress lines go to the stream it kept before the session.
+"""
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
-from typing import Iterator
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, TextIO
 
 # Ray Train V2's controller polls its workers every 2 s by default; on the small jobs this tool
-# runs that is most of the fixed cost of a fit (ray.md). Users can still override it.
+# runs that is most of the fixed cost of a fit (docs/ray-notes.md). Users can still override it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Train V2 re-logs every worker `print` through the root logger, which writes it to stderr a
+# second time (ray/train/v2/_internal/logging/patch_print.py); workers inherit this on a local
+# instance. Ray reads RAY_DEDUP_LOGS when it is imported: worker lines forwarded to the driver
+# are then kept whole instead of folded into "[repeated 6x across cluster]".
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+
+def session_log_path(storage_path: str | Path, label: str) -> Path:
+    """Where a command's Ray, Tune and worker output goes: ``<storage>/logs/<label>-<time>-<pid>.log``
+    (a storage URI such as ``s3://...`` is not a local folder: ``./distfair_runs/logs`` then)."""
+    storage = str(storage_path)
+    base = Path(storage[len("file://"):] if storage.startswith("file://") else storage)
+    if "://" in storage and not storage.startswith("file://"):
+        base = Path("distfair_runs")
+    return (base / "logs" / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log").resolve()
+
+
+class _PlainText(io.TextIOBase):
+    """A text file that drops ANSI escape sequences: Ray colours some of its own messages
+    (the dashboard address), and a file is no terminal."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+    def __init__(self, file: TextIO):
+        self.file = file
+
+    def write(self, text: str) -> int:
+        self.file.write(self.ANSI.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    """Every stream handler (not a file's) of every logger: Ray's, MLflow's and Optuna's
+    write to the terminal stream they saw when they were made."""
+    loggers = [logging.getLogger()] + [logger for logger in list(logging.Logger.manager.loggerDict.values())
+                                       if isinstance(logger, logging.Logger)]
+    return list({id(h): h for logger in loggers for h in logger.handlers
+                 if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)}.values())
+
+
+def _is_terminal_stream(stream) -> bool:
+    try:
+        return stream.fileno() in (1, 2)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return stream in (sys.__stdout__, sys.__stderr__)
+
+
+@contextlib.contextmanager
+def output_to_file(path: str | Path) -> Iterator[TextIO]:
+    """While open, Python-level stdout and stderr (``print``, Ray's forwarding of worker
+    output, which looks ``sys.stdout``/``sys.stderr`` up at every line, tracebacks of threads,
+    warnings) and every logging handler that writes to the terminal write to ``path``
+    (appended, line-buffered) instead. Whoever holds a reference to the real stream from
+    before keeps writing there: that is how the driver stays the terminal's only writer."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sink = _PlainText(open(path, "a", buffering=1, encoding="utf-8", errors="replace"))
+    # Ray's own colour prefix is read at every forwarded line: never colour a file
+    previous_colour = os.environ.get("RAY_COLOR_PREFIX")
+    os.environ["RAY_COLOR_PREFIX"] = "0"
+    moved = {}
+    for handler in _stream_handlers():
+        if _is_terminal_stream(handler.stream):
+            moved[handler] = handler.setStream(sink)
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = sink
+    try:
+        yield sink
+    finally:
+        sys.stdout, sys.stderr = saved
+        for handler in _stream_handlers():       # also those made meanwhile (a library imported now)
+            if handler.stream is sink:
+                handler.setStream(moved.get(handler, saved[1]))
+        if previous_colour is None:
+            os.environ.pop("RAY_COLOR_PREFIX", None)
+        else:
+            os.environ["RAY_COLOR_PREFIX"] = previous_colour
+        # flushed, not closed: a formatter made meanwhile may keep the file to ask isatty()
+        # (Optuna's colorlog does), and a late record must not fail on a closed file
+        sink.flush()
 
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
-                resources: dict[str, float] | None = None, quiet: bool = True) -> Iterator[dict]:
+                resources: dict[str, float] | None = None, quiet: bool = True,
+                log_file: str | Path | None = None) -> Iterator[dict]:
     """Yield the cluster's resources. Without ``address`` a local instance is started (with
     ``num_cpus`` logical CPUs if given) and shut down on exit; with one, this process joins
     that cluster as a driver and leaves it running. ``resources`` are extra logical
-    resources of a local instance (ignored with ``address``)."""
-    import logging
+    resources of a local instance (ignored with ``address``). With ``log_file``, all output of
+    Ray, its libraries and the job's workers goes to that file while the session lasts
+    (:func:`output_to_file`)."""
+    with contextlib.ExitStack() as stack:
+        if log_file is not None:
+            stack.enter_context(output_to_file(log_file))
+        yield stack.enter_context(_connected(address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                             quiet=quiet and log_file is None))
 
+
+@contextlib.contextmanager
+def _connected(address: str | None, *, num_cpus, num_gpus, resources, quiet: bool) -> Iterator[dict]:
     if address:
         # Clusters made with `ray start` use token auth by default in Ray 2.60, and a driver
-        # joining one must say so too (ray.md). Local instances keep Ray's own default: the
+        # joining one must say so too (docs/ray-notes.md). Local instances keep Ray's own default: the
         # mode must not differ between a driver and the instance it starts.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
@@ -31,9 +144,9 @@ def ray_session(address: str | None = None, *, num_cpus: float | None = None, nu
         yield dict(ray.cluster_resources())
         return
     # The dashboard process serves Ray's State API, which Train V2's placement-group cleaner
-    # polls; without it every run logs a warning every few seconds.
-    kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO,
-                  log_to_driver=True)
+    # polls; without it every run logs a warning every few seconds. Worker output is forwarded
+    # to this driver (from every node of a cluster too): to the terminal, or to the log file.
+    kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True)
     if address:
         ray.init(address=address, **kwargs)
     else:

@@ -197,12 +197,124 @@ def short_value(value) -> str:
 
 
 # --------------------------------------------------------------------------- the driver
-class SweepCallback(Callback):
-    """Progress lines in the driver, and records closed for trials that did not close them."""
+class SweepProgress:
+    """Configurations done out of the total, the time left at the rate so far, and the best
+    objective value so far (each objective on its own), in the driver. On a terminal a live
+    ``tqdm`` bar (``log.stream``, when the caller's ``log`` has one) with the other lines
+    printed above it; elsewhere (a file, a pipe) one plain line per finished configuration.
+    A resumed sweep counts the configurations it had finished, and its rate only the new ones."""
 
-    def __init__(self, context: dict, log: Callable[[str], None]):
+    def __init__(self, total: int, targets: list[Target], log: Callable[[str], None]):
+        self.total, self.targets, self.log = total, targets, log
+        self.done = self.initial = self.failed = 0
+        self.best: dict[str, tuple[float, str]] = {}
+        self.start: float | None = None
+        self.finished: set[str] = set()
+        stream = getattr(log, "stream", None)
+        self.live = stream if stream is not None and _isatty(stream) else None
+        self.bar = None
+
+    def begin(self, trials) -> None:
+        """First step of the experiment: what a resumed sweep had already finished."""
+        import time
+
+        if self.start is not None:
+            if self.bar is not None and time.monotonic() - self._drawn >= 1.0:
+                self.bar.refresh()       # once a second: keeps the elapsed time and ETA moving
+                self._drawn = time.monotonic()
+            return
+        self.start = self._drawn = time.monotonic()
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR"):
+                self._count(trial, failed=trial.status == "ERROR")
+        self.initial = self.done
+        if self.live is not None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.done, desc="[distfair] configurations", unit="cfg",
+                            file=self.live, smoothing=0, leave=True)
+            self.bar.set_postfix_str(self._best_text(), refresh=True)
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(f"[distfair] {line}", file=self.live)
+        else:
+            self.log(line)
+
+    def finish(self, trial, *, failed: bool) -> None:
+        if trial.trial_id in self.finished:
+            return
+        self.begin([])
+        self._count(trial, failed=failed)
+        if self.bar is not None:
+            self.bar.set_postfix_str(self._best_text(), refresh=False)
+            self.bar.update(1)
+        else:
+            self.log(self.line())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _count(self, trial, *, failed: bool) -> None:
+        self.finished.add(trial.trial_id)
+        self.done += 1
+        self.failed += failed
+        result = trial.last_result or {}
+        if failed or result.get("final") != 1:
+            return
+        for target in self.targets:
+            value = result.get(target.name)
+            if value is None:
+                continue
+            held = self.best.get(target.name)
+            if held is None or (value > held[0] if target.mode == "max" else value < held[0]):
+                self.best[target.name] = (float(value), trial.trial_id)
+
+    def _best_text(self) -> str:
+        return ", ".join(f"best {name}={short_value(value)} ({trial_id})"
+                         for name, (value, trial_id) in self.best.items()) or "best: none yet"
+
+    def eta_s(self) -> float | None:
+        """Seconds left at this session's mean rate (None before a configuration finished)."""
+        import time
+
+        new = self.done - self.initial
+        if self.start is None or new <= 0:
+            return None
+        return (time.monotonic() - self.start) / new * (self.total - self.done)
+
+    def line(self) -> str:
+        from tqdm import tqdm
+
+        eta = self.eta_s()
+        return (f"configurations {self.done}/{self.total} done" + (f" ({self.failed} failed)" if self.failed else "")
+                + f" | ETA {tqdm.format_interval(eta) if eta is not None else '?'} | {self._best_text()}")
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class SweepCallback(Callback):
+    """Progress in the driver (:class:`SweepProgress`), and records closed for trials that did
+    not close them."""
+
+    def __init__(self, context: dict, log: Callable[[str], None], total: int | None = None):
         self.context, self.log = context, log
-        self.names = [Target(**t).name for t in context["objective"]]
+        targets = [Target(**t) for t in context["objective"]]
+        self.names = [t.name for t in targets]
+        self.progress = SweepProgress(total or 0, targets, log)
+        self._shown: dict[str, str] = {}
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its run config, callbacks included, into the experiment folder; the
+        # terminal stays out of it (a resumed sweep gets fresh callbacks, see run_tune)
+        return {**self.__dict__, "log": None, "progress": None}
 
     def _line(self, trial, result: dict) -> str:
         params = " ".join(f"{k}={short_value(v)}" for k, v in trial.config.items())
@@ -211,18 +323,30 @@ class SweepCallback(Callback):
         objective = ", ".join(f"{n}={short_value(result[prefix + n])}" for n in self.names if prefix + n in result)
         return f"{trial.trial_id} {params} | {done}" + (f" | {objective}" if objective else "")
 
+    def on_step_begin(self, iteration, trials, **info):
+        self.progress.begin(trials)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.log(self._line(trial, result))
+        line = self._line(trial, result)
+        if self._shown.get(trial.trial_id) != line:      # the final result often repeats the last progress
+            self._shown[trial.trial_id] = line
+            self.progress.write(line)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         if result.get("final") != 1:
-            self.log(f"{trial.trial_id} stopped early")
+            self.progress.write(f"{trial.trial_id} stopped early")
         self._close(trial.trial_id, "KILLED", "stopped early by the scheduler")
+        self.progress.finish(trial, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.log(f"{trial.trial_id} failed: see the trial's error file under {trial.storage.trial_fs_path}")
+        self.progress.write(f"{trial.trial_id} failed: see the trial's error file under "
+                            f"{trial.storage.trial_fs_path}")
         self._close(trial.trial_id, "FAILED", "the trial raised an error")
+        self.progress.finish(trial, failed=True)
+
+    def on_experiment_end(self, trials, **info):
+        self.progress.close()
 
     def _close(self, trial_id: str, status: str, reason: str) -> None:
         self.context["close_trial"](self.context, trial_id, status, reason)
@@ -238,7 +362,7 @@ def run_tune(spec: SweepSpec, context: dict, *, name: str, storage_path: str, re
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, context=context), trial_resources)
     path = str(Path(storage_path) / name)
-    callbacks = [SweepCallback(context, log)]
+    callbacks = [SweepCallback(context, log, total=spec.total_trials())]
     if resume and tune.Tuner.can_restore(path):
         log(f"resuming the Tune experiment at {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -255,7 +379,10 @@ def run_tune(spec: SweepSpec, context: dict, *, name: str, storage_path: str, re
             run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        callbacks[0].progress.close()       # also on Ctrl-C: the bar must not stay half drawn
 
 
 def groups_and_concurrency(n_seeds: int, capacity: int, requested: int | None) -> tuple[int, int]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -73,6 +75,39 @@ def _quiet_ray_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def _worker_node_ids(world: int) -> list[str]:
+    """The Ray node id of every rank (index = world rank), known on every rank: where a group
+    really ran goes into each seed's record (``scaling.placement_strategy: SPREAD`` must show
+    distinct nodes). A collective, so every rank calls it at the same point."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return [node]
+    import torch.distributed as dist
+
+    nodes: list = [None] * world
+    dist.all_gather_object(nodes, node)
+    return [str(n) for n in nodes]
+
+
+def _progress_log(progress) -> Callable[[str], None]:
+    """Rank 0's progress lines: to this worker's stdout (Ray forwards it to the driver's log
+    file) and, structured, to the driver through ``progress`` (a Ray queue, see
+    ``distfair.distributed.runner.ProgressChannel``; None: stdout only). Written to
+    ``sys.stdout`` directly, not with ``print``: Train V2 copies every ``print`` of a worker to
+    stderr through its logger. A lost progress line never stops training."""
+    def log(msg: str) -> None:
+        sys.stdout.write(f"[distfair] {msg}\n")
+        sys.stdout.flush()
+        if progress is not None:
+            try:
+                progress.put({"text": msg})
+            except Exception:  # noqa: BLE001 - the driver may be gone (Ctrl-C); training goes on
+                pass
+    return log
+
+
 def train_loop_per_worker(config: dict) -> list[dict] | None:
     import ray.train
     import ray.train.torch
@@ -85,10 +120,12 @@ def train_loop_per_worker(config: dict) -> list[dict] | None:
     torch.set_num_threads(config["threads_per_worker"])
     cfg, child_runs = config["cfg"], config["child_run_ids"]
     workdir = Path(tempfile.gettempdir()) / "distfair" / config["run_name"] / f"rank{rank}"
+    node_ids = _worker_node_ids(world)
     done, resume_seed = _restore(workdir)
     done_seeds = {r["seed"] for r in done}
+    log = _progress_log(config.get("progress")) if rank == 0 else None
     if rank == 0 and done:
-        print(f"[distfair] resuming group: seeds {sorted(done_seeds)} already done", flush=True)
+        log(f"resuming group: seeds {sorted(done_seeds)} already done")
 
     for seed in config["seeds"]:
         if seed in done_seeds:
@@ -110,9 +147,11 @@ def train_loop_per_worker(config: dict) -> list[dict] | None:
         result = run_seed(cfg, seed, workdir=seed_dir, device=device, rank=rank, world=world, on_epoch=on_epoch,
                           init_from=config.get("init_paths", {}).get(str(seed)),
                           references=config.get("references", {}).get(str(seed)),
-                          log=(lambda msg: print(f"[distfair] {msg}", flush=True)) if rank == 0 else None)
+                          log=log)
         if rank == 0:
             record = result.to_dict()
+            record["worker_node_ids"] = node_ids
+            record["tags"] = {**(record.get("tags") or {}), "distfair.worker_node_ids": ",".join(node_ids)}
             logger.log_result(record, title=f"{cfg['defense']['name']}, seed {seed}")
             record["final_model_path"] = None      # local to this worker; the copy is in MLflow
             done.append(record)
