@@ -28,7 +28,7 @@ RUN_EPILOG = """\
 examples:
   distfair run tune_spaces/quickstart.yaml
   distfair run tune_spaces/quickstart.yaml --num-seeds 5 --set defense.lambda_sym=2.0
-  distfair run cfg.yaml --address auto --tracking-uri http://mlflow:5000 --experiment cifar
+  distfair run cfg.yaml --address auto --tracking-uri http://mlflow:5000 --storage-path /mnt/distfair/runs
   distfair run cfg.yaml --json | jq .metrics.worst_class_acc
   distfair run tune_spaces/speech_rejection.yaml      # its `configurations:` one after another
 
@@ -40,7 +40,8 @@ exit codes: 0 all seeds finished, 1 a seed failed (the others are still recorded
 SWEEP_EPILOG = """\
 examples:
   distfair sweep tune_spaces/quickstart_sweep.yaml
-  distfair sweep tune_spaces/digits_syfar.yaml --num-samples 24 --num-seeds 5 --address auto
+  distfair sweep tune_spaces/digits_syfar.yaml --num-samples 24 --num-seeds 5 --address auto \
+      --tracking-uri http://mlflow:5000 --storage-path /mnt/distfair/runs
   distfair sweep tune_spaces/digits_syfar.yaml --resume             # after a crash or Ctrl-C
 
 selection never sees the test set: objectives name validation metrics (val_worst_class_acc,
@@ -135,6 +136,9 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                    help="logical CPUs of the local Ray instance (default: all cores); ignored with --address")
     p.add_argument("--storage-path", metavar="PATH",
                    help="Ray Train storage for checkpoints (default: ./distfair_runs; shared storage on multi-node clusters)")
+    p.add_argument("--allow-local", action="store_true",
+                   help="with --address: accept a tracking store or storage path on this node's own disk (a "
+                        "single-node cluster, or a path you know every node shares); refused otherwise")
     p.add_argument("--json", action="store_true",
                    help="print exactly one JSON object on stdout; human-readable output goes to stderr")
 
@@ -250,6 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "to stderr")
     report.set_defaults(handler=cmd_report)
 
+    submit = sub.add_parser(
+        "submit", help="send a run or sweep to a Ray cluster as a Ray Job, shipping this working directory",
+        description="Submit `distfair run FILE ...` or `distfair sweep FILE ...` to the Ray cluster whose dashboard "
+                    "is --address (Ray's JobSubmissionClient). The working directory (--working-dir, default: here) "
+                    "is shipped in the job's runtime environment without .venv, mlruns, mlflow.db, distfair_runs "
+                    "and .gitignore'd files; the job's driver runs on the head and joins with --address auto. "
+                    "Every option after FILE is the run's or sweep's own (see distfair run --help) and is checked "
+                    "here first.",
+        epilog=SUBMIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    submit.add_argument("command", choices=("run", "sweep"), help="what the job runs")
+    submit.add_argument("config", metavar="FILE", help="configuration YAML inside the working directory")
+    submit.add_argument("options", nargs=argparse.REMAINDER, metavar="OPTIONS",
+                        help="--address http://HEAD:8265 (required), --working-dir DIR, and the options of "
+                             "distfair run/sweep")
+    submit.set_defaults(handler=cmd_submit)
+
     from distfair.cluster import add_subparser as add_cluster_parser
 
     add_cluster_parser(sub)
@@ -289,10 +309,28 @@ def _human_output(json_mode: bool):
     """(stream for human-readable output, a ``[distfair]``-prefixed logger writing to it):
     stderr when stdout is reserved for the JSON object, else stdout."""
     human = sys.stderr if json_mode else sys.stdout
+    return human, _HumanLog(human)
 
-    def log(msg: str) -> None:
-        print(f"[distfair] {msg}", file=human, flush=True)
-    return human, log
+
+class _HumanLog:
+    """``log(msg)``: one ``[distfair]`` line on ``stream``, the command's only writer to the
+    terminal while Ray's output goes to the log file (progress bars draw on ``stream`` too).
+    The prefix is coloured only on a terminal, and never when NO_COLOR is set (no-color.org)."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.colour = _isatty(stream) and not os.environ.get("NO_COLOR")
+
+    def __call__(self, msg: str) -> None:
+        prefix = "\033[36m[distfair]\033[0m" if self.colour else "[distfair]"
+        print(f"{prefix} {msg}", file=self.stream, flush=True)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _fmt(value) -> str:
@@ -343,12 +381,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from distfair import tracking
     from distfair.distributed import InsufficientResources, ray_session
+    from distfair.distributed.session import session_log_path
     from distfair.run import (Interrupted, config_hash, default_storage_path, resolve_init_from, resolve_references,
                               run_configuration_with_tracking)
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
     storage = args.storage_path or default_storage_path()
+    if _refuse_node_local(args, uri, storage):
+        return EXIT_USAGE
     resolved = []
     for name, cfg in configurations:
         try:
@@ -361,8 +402,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         human, log = _human_output(args.json)
         if len(resolved) > 1:
             log(f"{len(resolved)} configurations: {', '.join(name for name, *_ in resolved)}")
+        log_file = session_log_path(storage, f"run-{Path(args.config).stem}")
+        log(f"Ray, Tune and worker output: {log_file}")
         try:
-            with ray_session(args.address, num_cpus=args.num_cpus) as resources:
+            with ray_session(args.address, num_cpus=args.num_cpus, log_file=log_file) as resources:
                 log(f"Ray: {'joined ' + args.address if args.address else 'local instance'} with "
                     f"{ {k: v for k, v in resources.items() if k in ('CPU', 'GPU')} }")
                 for name, cfg, init_paths, references in resolved:
@@ -422,6 +465,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from distfair import tracking
     from distfair.distributed import InsufficientResources, ray_session
+    from distfair.distributed.session import session_log_path
     from distfair.distributed.sweep import TRIAL_RESOURCE
     from distfair.run import default_storage_path, resolve_init_from, resolve_references
     from distfair.sweep import close_interrupted_sweep, run_sweep, sweep_dir_name, sweep_identity
@@ -429,6 +473,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
     storage = args.storage_path or default_storage_path()
+    if _refuse_node_local(args, uri, storage):
+        return EXIT_USAGE
     try:
         name = sweep_dir_name(sweep_identity(cfg, spec, args.config), storage, args.resume)
     except FileNotFoundError as err:          # --resume with nothing to resume: nothing started
@@ -442,8 +488,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     with stdout_to_stderr(args.json) as out:
         human, log = _human_output(args.json)
+        log_file = session_log_path(storage, f"sweep-{name}")
+        log(f"Ray, Tune and worker output: {log_file}")
         try:
-            with ray_session(args.address, num_cpus=args.num_cpus, resources={TRIAL_RESOURCE: 1000}) as cluster:
+            with ray_session(args.address, num_cpus=args.num_cpus, resources={TRIAL_RESOURCE: 1000},
+                             log_file=log_file) as cluster:
                 report = run_sweep(cfg, spec, name=name, config_path=args.config, experiment=experiment,
                                    tracking_uri=uri, storage_path=storage, resume=args.resume, cluster=cluster,
                                    log=log)
@@ -461,6 +510,100 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.json:
             out.write(json.dumps(_json_safe(report.to_json()), default=str) + "\n")
     return EXIT_FAILED if any(t.status == "FAILED" for t in report.trials) else EXIT_OK
+
+
+def _refuse_node_local(args: argparse.Namespace, uri: str, storage: str) -> bool:
+    """True, after saying why and what to pass instead, when a command joining a cluster
+    (--address, or the driver of a Ray Job) would record its results where only this node sees
+    them; ``distfair.distributed.submit`` says what counts as shared."""
+    from distfair.distributed.submit import joins_cluster, node_local_problems
+
+    if args.allow_local or not joins_cluster(args.address):
+        return False
+    problems = node_local_problems(uri, storage)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return bool(problems)
+
+
+SUBMIT_EPILOG = """\
+examples:
+  distfair submit run tune_spaces/quickstart.yaml --address http://HEAD:8265 --num-seeds 5 \\
+      --tracking-uri http://MLFLOW_HOST:5000 --storage-path /mnt/distfair/runs
+  distfair submit sweep tune_spaces/digits_syfar.yaml --address http://HEAD:8265 --num-samples 24 \\
+      --tracking-uri http://MLFLOW_HOST:5000 --storage-path /mnt/distfair/runs
+
+--address is the cluster's dashboard (port 8265; e.g. through `ray dashboard cluster/aws.yaml`). Token
+auth as for `ray job submit`: the token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+The tracking URI and storage path are the cluster's: absolute, and shared by its nodes (or
+--allow-local on a single-node cluster); the job checks the storage path's mount again on the head.
+
+exit codes: 0 submitted (follow it with the printed commands), 2 bad arguments, configuration or
+paths, or the dashboard could not be reached or refused the job (nothing was submitted).
+"""
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    # Before Ray is imported: Ray 2.60 `ray start` clusters use token auth (see main)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from distfair.config import ConfigError, load_configurations
+    from distfair.distributed.submit import follow_commands, job_entrypoint, submit_job, submit_problems
+    from distfair.sweep import load_sweep
+
+    own = argparse.ArgumentParser(prog="distfair submit", add_help=False, allow_abbrev=False)
+    own.add_argument("--working-dir", metavar="DIR", default=".")
+    try:
+        known, options = own.parse_known_args(args.options)
+        # the run's or sweep's own options, checked by its own parser before anything is sent
+        inner = build_parser().parse_args([args.command, args.config, *options])
+    except SystemExit as exc:                 # argparse has printed why (or the help)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if not (inner.address or "").startswith(("http://", "https://")):
+        print(f"error: --address: {'missing' if not inner.address else repr(inner.address) + ' is not a URL'}; give "
+              "the cluster's Ray dashboard, e.g. --address http://HEAD:8265", file=sys.stderr)
+        return EXIT_USAGE
+    working_dir = Path(known.working_dir).resolve()
+    if not working_dir.is_dir():
+        print(f"error: --working-dir: {known.working_dir} is not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        config = Path(args.config).resolve().relative_to(working_dir).as_posix()
+    except ValueError:
+        print(f"error: {args.config}: not inside the working directory {working_dir}, the folder shipped to the "
+              "cluster; pass --working-dir", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            load_configurations(args.config, inner.overrides)
+        else:
+            load_sweep(args.config, num_samples=inner.num_samples, num_seeds=inner.num_seeds,
+                       max_concurrent=inner.max_concurrent, overrides=inner.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    tracking_uri = inner.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    problems = submit_problems(tracking_uri, inner.storage_path, allow_local=inner.allow_local)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    entrypoint = job_entrypoint(args.command, config, options, tracking_uri)
+    try:
+        job_id = submit_job(inner.address, entrypoint, working_dir,
+                            metadata={"distfair_command": args.command, "distfair_config": config})
+    except Exception as err:                  # noqa: BLE001 - Ray's client: ConnectionError, RuntimeError, ...
+        print(f"error: --address {inner.address}: the job was not submitted: {type(err).__name__}: {err}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    commands = follow_commands(job_id, inner.address)
+    human, _ = _human_output(inner.json)
+    print(f"Submitted Ray job {job_id} to {inner.address}\n  entrypoint: {entrypoint}\n  working dir: {working_dir}\n"
+          f"Follow it:\n  {commands['logs']}\nStatus, stop:\n  {commands['status']}\n  {commands['stop']}",
+          file=human, flush=True)
+    if inner.json:
+        print(json.dumps({"job_id": job_id, "address": inner.address, "entrypoint": entrypoint,
+                          "working_dir": str(working_dir), "commands": commands}), flush=True)
+    return EXIT_OK
 
 
 def _analysis_inputs(uri: str, experiment_id: str, configurations: list[dict], log) -> list:
@@ -704,26 +847,31 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def format_sweep(report) -> str:
-    from distfair.search_space import matching_test_metric
-    from distfair.sweep import objective_on_test
+    from distfair.search_space import matching_test_metric, stat_name
+    from distfair.sweep import objective_metrics, objective_on_test, spread_text
 
     names = [t.name for t in report.spec.objective]
     lines = [f"{len(report.trials)} configuration(s); objective: " + ", ".join(
         f"{t.mode} {t.name}" + (f" (k={t.k})" if "std" in t.stat and t.stat != "std" else "")
         for t in report.spec.objective)]
+    # each objective metric's spread over the seeds on validation (what selection sees), then
+    # its test counterpart (reported, never used to choose): mean ± std (n) and 95% t-interval
+    spread = objective_metrics(report.spec.objective)
+    width = max(len(m) for _, m in spread)
     for t in report.trials:
         mark = "*" if report.best and t.parent_run_id == report.best.parent_run_id else (
             "p" if t in report.pareto else " ")
         params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         values = " ".join(f"{n}={_fmt(v)}" for n, v in zip(names, t.objective))
         lines.append(f" {mark} {t.trial_id:<12} {t.status:<8} {params} | {values}")
+        lines += [f"     {family:<10} {metric:<{width}}  {spread_text(t, family, metric)}" for family, metric in spread]
     if report.best:
         lines.append(f"best (*): {report.best.params}" + (f"; Pareto set (p and *): {len(report.pareto)}"
                                                          if len(names) > 1 else ""))
         lines.append("  chosen on the validation split; its test-set numbers (reported, never used to choose):")
         for target, value in zip(report.spec.objective, report.best.objective):
             test_name = matching_test_metric(target.metric)
-            lines.append(f"    validation {target.name}={_fmt(value)}   test {test_name}.{target.stat}="
+            lines.append(f"    validation {target.name}={_fmt(value)}   test {stat_name(test_name, target.stat)}="
                          f"{_fmt(objective_on_test(target, report.best))}")
     return "\n".join(lines)
 
@@ -743,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "address", None):
         # Before anything imports Ray: a driver joining a `ray start` cluster must use the
-        # token auth mode that Ray 2.60 clusters have by default (shared/docs/ray.md).
+        # token auth mode that Ray 2.60 clusters have by default (docs/ray-notes.md).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     return args.handler(args)
 
