@@ -449,7 +449,7 @@ def _print_run_report(report, cfg: dict, label: str, uri: str, human, *, final: 
     for seed, why in sorted(report.errors.items()):
         print(f"{label}seed {seed} FAILED: {why}", file=human)
     print(f"\n{label}MLflow: experiment {report.experiment!r}, parent run {report.parent_run_id}"
-          + (f"\nLook at it: {tracking.ui_command(uri)}" if final else ""), file=human, flush=True)
+          + (f"\nLook at it: {tracking.ui_command(uri, report.experiment_id)}" if final else ""), file=human, flush=True)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -506,7 +506,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return 130
         print("\n" + format_sweep(report), file=human)
         print(f"\nMLflow: experiment {report.experiment!r}, sweep run {report.sweep_run_id}\n"
-              f"Look at it: {tracking.ui_command(uri)}", file=human, flush=True)
+              f"Look at it: {tracking.ui_command(uri, report.experiment_id)}", file=human, flush=True)
         if args.json:
             out.write(json.dumps(_json_safe(report.to_json()), default=str) + "\n")
     return EXIT_FAILED if any(t.status == "FAILED" for t in report.trials) else EXIT_OK
@@ -687,7 +687,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
               + format_exclusions(result) + "\n\n" + format_table(result), file=human)
         print(f"\nFiles: {outdir}/\n" + "\n".join(f"  {p.name}" for p in files.values())
               + f"\nMLflow: experiment {args.experiment!r}, analysis run {run_id}\n"
-              f"Look at it: {tracking.ui_command(uri)}", file=human, flush=True)
+              f"Look at it: {tracking.ui_command(uri, experiment_id)}", file=human, flush=True)
         if args.json:
             out.write(json.dumps(_json_safe({"analysis_run_id": run_id, "files": {k: str(v) for k, v in files.items()},
                                              "notices": notices, **result.to_json()})) + "\n")
@@ -837,8 +837,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         if logged:
             where = (f"sweep run {logged['run_id']}, artifacts under report/" if args.sweep
                      else f"report run {logged['run_id']}")
-            print(f"MLflow: experiment {scope['experiment']!r}, {where}\nLook at it: {tracking.ui_command(uri)}",
-                  file=human, flush=True)
+            print(f"MLflow: experiment {scope['experiment']!r}, {where}\n"
+                  f"Look at it: {tracking.ui_command(uri, scope['experiment_id'])}", file=human, flush=True)
         if args.json:
             out.write(json.dumps(_json_safe({"files": {k: str(v) for k, v in files.items()},
                                              "figures_dir": str(outdir / FIGURES_DIR), "logged": logged,

@@ -69,14 +69,30 @@ def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) 
     return uri
 
 
-#: MLflow 3 UI: switch the sidebar's workflow to "Model training" to see runs and metric columns
-_UI_HINT = '(in the UI choose "Model training" in the sidebar switch)'
+#: MLflow 3's UI opens an experiment on its GenAI overview (traces, no runs table) whatever the
+#: experiment's kind tag; ``workflowType=machine_learning`` on the runs page opens the runs table
+#: with metric columns (checked in headless Chromium against MLflow 3.17.2,
+#: tests/test_report.py::test_the_printed_mlflow_link_opens_the_runs_table)
+UI_RUNS_PATH = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+#: where ``mlflow ui`` serves by default
+LOCAL_UI = "http://127.0.0.1:5000"
 
 
-def ui_command(uri: str) -> str:
-    if uri.startswith("sqlite:") or "://" not in uri:
-        return f"mlflow ui --backend-store-uri {uri}  {_UI_HINT}"
-    return f"open {uri} in a browser  {_UI_HINT}"
+def ui_url(base: str, experiment_id: str) -> str:
+    """The runs table of an experiment in the MLflow UI served at ``base``."""
+    return f"{base.rstrip('/')}/" + UI_RUNS_PATH.format(experiment_id=experiment_id)
+
+
+def ui_command(uri: str, experiment_id: str | None = None) -> str:
+    """How to look at the results: the command that serves a local store and the URL of the
+    experiment's runs table (MLflow's own page for a tracking server)."""
+    local = uri.startswith("sqlite:") or "://" not in uri or uri.startswith("file:")
+    if experiment_id is None:
+        hint = '  (in the UI choose "Model training" in the sidebar switch)'
+        return (f"mlflow ui --backend-store-uri {uri}" if local else f"open {uri} in a browser") + hint
+    if local:
+        return f"mlflow ui --backend-store-uri {uri}\n  then open {ui_url(LOCAL_UI, experiment_id)}"
+    return f"open {ui_url(uri, experiment_id)}"
 
 
 def _client(uri: str) -> MlflowClient:

@@ -1,7 +1,10 @@
 """Shared fixtures: tiny configurations and one local Ray instance for the Ray tests."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,22 @@ import yaml
 # fork/join overhead (and, on a busy machine, waits for descheduled threads). Ray workers
 # and spawned processes are separate processes and keep their own settings.
 torch.set_num_threads(1)
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM to the process group of ``proc`` (started with ``start_new_session=True``, so the
+    group is exactly what it started; ``ray stop`` would end every Ray instance on the
+    machine), then SIGKILL to whatever of that group is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
 
 TINY = {
     "defense": {"name": "syfar", "lambda_sym": 0.5},

@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from conftest import TINY, stop_process_group
 from distfair import record
 
 #: credentials a user may have in the environment of the driver and of every node; each is a
@@ -68,19 +67,7 @@ def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM to the process group this module started (``ray stop`` would end every Ray
-    instance on the machine), then SIGKILL to whatever of that group is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(10)
+_stop = stop_process_group
 
 
 def _tail(path: Path, n: int = 3000) -> str:

@@ -616,3 +616,51 @@ def test_report_of_runs_prints_one_json_object(experiment, tmp_path, capfd):
     assert [r["run_id"] for r in doc["rows"]] == ids and doc["logged"] is None
     assert doc["files"]["html"] == str(tmp_path / "r" / "report.html") and doc["mode"] == "best"
     assert doc["scope"]["kind"] == "runs" and "| C1 | syfar |" in err
+
+
+@pytest.mark.ray
+def test_the_printed_mlflow_link_opens_the_runs_table(experiment, tmp_path, browser):
+    """MLflow 3's UI opens an experiment on its GenAI overview (traces, no runs): the link every
+    command prints must open the runs table of the experiment, with the configuration runs in
+    it, in a real browser against a real ``mlflow server`` over the same store."""
+    import socket
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    from conftest import stop_process_group
+
+    uri, exp_id = experiment["uri"], tracking.find_experiment(experiment["uri"], "tiny_report")
+    printed = tracking.ui_command(uri, exp_id)
+    assert printed.startswith(f"mlflow ui --backend-store-uri {uri}")
+    assert tracking.ui_url(tracking.LOCAL_UI, exp_id) in printed
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "ui.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host",
+                               "127.0.0.1", "--port", str(port), "--workers", "1"], stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "ui.log").read_text()[-2000:]
+                time.sleep(1)
+        browser.get(tracking.ui_url(f"http://127.0.0.1:{port}", exp_id))
+        names = [run.info.run_name for run in
+                 MlflowClient(uri).search_runs([exp_id], f"tags.`{tracking.TAG_ROLE}` = 'configuration'")]
+        assert len(names) == 2
+        deadline, text = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and not all(n in text for n in names):
+            time.sleep(1)
+            text = browser.find_element("tag name", "body").text
+        assert all(n in text for n in names), text[:2000]
+        assert "/runs" in browser.current_url and "workflowType=machine_learning" in browser.current_url
+        assert "Token Usage" not in text                        # not the GenAI overview
+    finally:
+        stop_process_group(server, grace_s=10)
+        log.close()

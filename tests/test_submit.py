@@ -2,12 +2,10 @@
 node-local tracking stores and storage paths when a command joins a cluster."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import stop_process_group
 from distfair import cli
 from distfair.distributed.submit import (SUBMIT_EXCLUDES, job_entrypoint, mount_of, node_local_problems,
                                          runtime_env)
@@ -195,14 +194,7 @@ def ray_head():
     finally:
         # start_new_session: the head's process group holds only what it started (GCS, raylet,
         # dashboard, workers, the jobs' drivers)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_process_group(head, grace_s=10)
         head.wait(timeout=10)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
@@ -412,12 +404,7 @@ def test_tracking_recipe_serves_runs_from_postgresql(postgres, tmp_path):
                               capture_output=True, text=True, env={**os.environ, **postgres["env"]}).stdout
         assert rows.split() == ["seed-0|FINISHED"]
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_process_group(server, grace_s=20)
         log.close()
 
 
