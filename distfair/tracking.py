@@ -83,13 +83,10 @@ def ui_url(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/" + UI_RUNS_PATH.format(experiment_id=experiment_id)
 
 
-def ui_command(uri: str, experiment_id: str | None = None) -> str:
+def ui_command(uri: str, experiment_id: str) -> str:
     """How to look at the results: the command that serves a local store and the URL of the
     experiment's runs table (MLflow's own page for a tracking server)."""
     local = uri.startswith("sqlite:") or "://" not in uri or uri.startswith("file:")
-    if experiment_id is None:
-        hint = '  (in the UI choose "Model training" in the sidebar switch)'
-        return (f"mlflow ui --backend-store-uri {uri}" if local else f"open {uri} in a browser") + hint
     if local:
         return f"mlflow ui --backend-store-uri {uri}\n  then open {ui_url(LOCAL_UI, experiment_id)}"
     return f"open {ui_url(uri, experiment_id)}"
