@@ -155,7 +155,8 @@ def _registry_block(raw, registry: dict, prefix: str, problems: _Problems, skip=
         if key in out:
             continue
         if default is inspect.Parameter.empty:
-            problems.add(f"{prefix}.{key}", f"required by {name!r}")
+            if key not in raw:              # given with a wrong type: already said, once
+                problems.add(f"{prefix}.{key}", f"required by {name!r}")
         else:
             out[key] = copy.deepcopy(default)
     return out
@@ -168,3 +169,81 @@ def _try_build(problems: _Problems, prefix: str, build: Callable[[], Any]):
     except (ValueError, TypeError, FileNotFoundError) as err:
         problems.add(prefix, str(err))
         return None
+
+
+# ------------------------------------------------------------------------------ YAML files
+def _yaml_loader():
+    """A safe YAML loader (libyaml's parser where installed) that refuses a key given twice in
+    one mapping: plain YAML loaders keep the last value silently, so ``train:`` written twice
+    would drop the first block without a word."""
+    import yaml
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class StrictLoader(base):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark)
+                    except TypeError:            # an unhashable key: the constructor says so
+                        continue
+                    if first is not key_node.start_mark:
+                        raise DuplicateKey(key, first, key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
+class DuplicateKey(Exception):
+    """A mapping key given twice (``line``: the second, 1-based)."""
+
+    def __init__(self, key, first_mark, mark):
+        self.key, self.first_line, self.line = key, first_mark.line + 1, mark.line + 1
+        super().__init__(f"line {self.line}: {key}: duplicate key (first at line {self.first_line})")
+
+
+def yaml_problem(err: Exception) -> tuple[str, str]:
+    """``(key, reason)`` of a YAML file that does not load, on one line: ``("line N", ...)``
+    where the parser knows the line."""
+    if isinstance(err, DuplicateKey):
+        return f"line {err.line}", (f"{err.key}: duplicate key (first at line {err.first_line}); YAML would keep "
+                                    f"only the last, so remove one")
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    context = " ".join(str(getattr(err, "context", None) or "").split())
+    if mark is None:
+        return "(file)", f"invalid YAML: {problem}"
+    where = f" (column {mark.column + 1}" + (f", {context} at line {err.context_mark.line + 1})"
+                                              if context and getattr(err, "context_mark", None) else ")")
+    return f"line {mark.line + 1}", f"invalid YAML: {problem}{where}"
+
+
+def read_yaml_documents(path, *, all_documents: bool = False):
+    """The YAML document(s) of a file, or ``(key, reason)`` saying why there are none usable:
+    unreadable, not UTF-8 text, a syntax error (``line N``), a duplicate key. Returns
+    ``(documents, None)`` or ``(None, (key, reason))``; ``documents`` is the one document
+    (possibly None) or, with ``all_documents``, the list of non-null documents."""
+    import yaml
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        return None, ("(file)", f"cannot read: {err.strerror or err}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, ("(file)", f"not a text file (not UTF-8: byte {data[err.start]:#04x} at offset {err.start})")
+    if "\x00" in text:
+        return None, ("(file)", f"not a text file (a NUL byte at line {text[:text.index(chr(0))].count(chr(10)) + 1})")
+    try:
+        if all_documents:
+            return [d for d in yaml.load_all(text, Loader=_yaml_loader()) if d is not None], None
+        return yaml.load(text, Loader=_yaml_loader()), None
+    except (yaml.YAMLError, DuplicateKey) as err:
+        return None, yaml_problem(err)

@@ -734,9 +734,23 @@ def check_kubernetes(doc: dict) -> tuple[list[Problem], str]:
 
 
 # ---------------------------------------------------------------------------- files
-def _load_documents(path: Path) -> list:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return [d for d in yaml.load_all(path.read_text(), Loader=loader) if d is not None]
+def _non_finite_problems(documents: list) -> list[Problem]:
+    """Every NaN or infinite number in the documents (YAML's ``.nan``, ``.inf``, ``1e999``)."""
+    found = []
+
+    def walk(node, path):
+        if isinstance(node, float) and (node != node or abs(node) == float("inf")):
+            found.append((key_path(path), f"must be a finite number, got {node}"))
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, path + [key])
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, path + [i])
+
+    for i, doc in enumerate(documents):
+        walk(doc, [f"documents[{i}]"] if len(documents) > 1 else [])
+    return found
 
 
 def is_launcher(doc) -> bool:
@@ -749,17 +763,20 @@ def is_kubernetes(doc) -> bool:
 
 def check_file(path: str | Path, *, skip_unrecognized: bool = False) -> FileReport:
     """Check one YAML file: a Ray cluster launcher config or Kubernetes manifests (KubeRay)."""
+    from distfair._schema import read_yaml_documents
+
     report = FileReport(str(path))
-    try:
-        documents = _load_documents(Path(path))
-    except OSError as err:
-        report.problems.append(("(file)", f"cannot read: {err.strerror or err}"))
-        return report
-    except yaml.YAMLError as err:
-        report.problems.append(("(file)", f"invalid YAML: {_one_line(err)}"))
+    # one line per problem: `line N: ...` for syntax, and binary files and duplicate keys refused
+    documents, problem = read_yaml_documents(path, all_documents=True)
+    if problem is not None:
+        report.problems.append(problem)
         return report
     if not documents:
         report.problems.append(("(file)", "empty file"))
+        return report
+    non_finite = _non_finite_problems(documents) if any(is_launcher(d) or is_kubernetes(d) for d in documents) else []
+    if non_finite:                          # the schemas accept .nan and .inf as numbers
+        report.problems = non_finite
         return report
     if len(documents) == 1 and is_launcher(documents[0]):
         report.problems, report.summary = check_launcher(documents[0])

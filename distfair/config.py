@@ -51,7 +51,8 @@ from typing import Any, Callable
 import yaml
 
 from distfair._blocks import options as _options
-from distfair._schema import ConfigError, _fixed_block, _Problems, _registry_block, _try_build
+from distfair._schema import (ConfigError, _fixed_block, _Problems, _registry_block, _try_build,
+                              read_yaml_documents)
 from distfair.attacks import ATTACKS
 from distfair.data import DATASETS
 from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES
@@ -75,8 +76,8 @@ def _one_of(*choices):
 
 def _resource_map(v) -> str | None:
     ok = all(isinstance(k, str) and isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
-             for k, x in v.items())
-    return None if ok else f"must map resource names to non-negative numbers, got {v!r}"
+             and x != float("inf") for k, x in v.items())
+    return None if ok else f"must map resource names to finite non-negative numbers, got {v!r}"
 
 
 TRAIN_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
@@ -96,6 +97,12 @@ TRAIN_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
     # start from an earlier run's final weights: a checkpoint file, an MLflow seed run id, or an
     # MLflow configuration run id (then each seed starts from that configuration's same seed)
     "init_from": (str, None, lambda v: None if v.strip() else "must be a path or an MLflow run id"),
+    # the fast training path (distfair/engine/accel.py); every default keeps the plain fp32 path
+    "precision": (str, "fp32", _one_of("fp32", "bf16")),   # autocast over the training step only
+    "channels_last": (bool, False, None),                  # NHWC weights for 2-D convolutional models
+    "compile": (bool, False, None),                        # train through torch.compile(model)
+    "fused_optimizer": (bool, False, None),                # fused (else foreach) optimiser kernels
+    "data_on_device": (bool, False, None),                 # a tensor training set held on the device
 }
 
 SCALING_FIELDS: dict[str, tuple[Any, Any, Callable | None]] = {
@@ -115,12 +122,19 @@ DEFAULT_EVAL_ATTACK = {"name": "pgd20", "attack": "pgd", "steps": 20}
 
 
 # ------------------------------------------------------------------------------- top level
+#: the largest ``seeds: <count>``: far beyond any study, small enough to list
+MAX_SEED_COUNT = 1_000_000
+
+
 def _seeds(raw, problems: _Problems) -> list[int]:
     if raw is None:
         return [0, 1, 2]
     if isinstance(raw, int) and not isinstance(raw, bool):
         if raw < 1:
             problems.add("seeds", f"an integer count must be >= 1, got {raw}")
+            return []
+        if raw > MAX_SEED_COUNT:             # listing 10**30 seeds would exhaust memory here
+            problems.add("seeds", f"an integer count must be <= {MAX_SEED_COUNT}, got {raw}")
             return []
         return list(range(raw))
     if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
@@ -130,6 +144,8 @@ def _seeds(raw, problems: _Problems) -> list[int]:
         problems.add("seeds", f"must not repeat a seed, got {raw}")
     if any(s < 0 for s in raw):
         problems.add("seeds", f"must be non-negative, got {raw}")
+    if any(s >= 2**64 for s in raw):     # torch.manual_seed's range: a larger seed fails in the worker
+        problems.add("seeds", f"must be < 2**64, got {[s for s in raw if s >= 2**64]}")
     return list(raw)
 
 
@@ -241,7 +257,8 @@ def _eval_block(raw, train_attack: dict | None, problems: _Problems, deep: bool)
             continue
         if deep and "eps" not in entry and _eps_required(entry.get("attack")):
             if train_attack is None or "eps" not in train_attack:
-                problems.add(f"{prefix}.eps", "required when there is no training attack to inherit it from")
+                if not any(key == "attack.eps" for key, _ in problems.items):   # not a second line for one problem
+                    problems.add(f"{prefix}.eps", "required when there is no training attack to inherit it from")
                 continue
             entry["eps"] = train_attack["eps"]
         block = _registry_block(entry, ATTACKS, prefix, problems, skip=("bounds",), name_key="attack",
@@ -351,6 +368,7 @@ def _check_buildable(cfg: dict, problems: _Problems) -> None:
     for i, entry in enumerate(cfg["eval"]["attacks"]):
         if entry.get("target") is not None:
             _try_build(problems, f"eval.attacks[{i}].target", lambda e=entry: build_eval_attack(e, data))
+    _check_masks(cfg, data.in_shape, problems)
     try:
         resolve_groupings(cfg["eval"]["subgroups"], data)
     except ValueError as err:               # "eval.subgroups.<attr>: <reason>"
@@ -361,6 +379,21 @@ def _check_buildable(cfg: dict, problems: _Problems) -> None:
             cfg["defense"]["name"], attack=attack, num_classes=data.num_classes, **_options(cfg["defense"], "name")))
     _try_build(problems, "model", lambda: build_model(
         cfg["model"]["name"], num_classes=data.num_classes, in_shape=data.in_shape, **_options(cfg["model"], "name")))
+
+
+def _check_masks(cfg: dict, in_shape: tuple, problems: _Problems) -> None:
+    """Read every attack's ``mask`` file now, at the data's (H, W), as the attack will: an
+    unreadable or all-zero mask is a configuration problem, not a failure after Ray started."""
+    from distfair.attacks._masks import load_mask
+
+    shape = tuple(in_shape)     # (C, H, W) images; (C, L) and (D,) are seen as one row, as the attacks do
+    height, width = shape[-2:] if len(shape) == 3 else (1, shape[-1])
+    blocks = [("attack", cfg["attack"])] + [(f"eval.attacks[{i}]", e) for i, e in enumerate(cfg["eval"]["attacks"])]
+    for key, block in blocks:
+        if any(k == key for k, _ in problems.items):    # the constructor already refused it (a missing file)
+            continue
+        if block and isinstance(block.get("mask"), str):
+            _try_build(problems, key, lambda m=block["mask"]: load_mask(m, height, width))
 
 
 # --------------------------------------------------------------------------- load / output
@@ -395,14 +428,9 @@ def apply_overrides(raw: dict, overrides: list[tuple[str, Any]]) -> dict:
 def read_document(path: str | Path) -> dict:
     """The YAML document of a config file, unvalidated (a mapping). Raises ConfigError."""
     source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(source, [("(file)", f"cannot read: {err.strerror or err}")]) from err
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(source, [("(file)", f"invalid YAML: {err}")]) from err
+    raw, problem = read_yaml_documents(path)     # one line: `line N: ...`, binary, duplicate keys
+    if problem is not None:
+        raise ConfigError(source, [problem])
     if raw is None:
         raise ConfigError(source, [("(file)", "empty file")])
     if not isinstance(raw, dict):

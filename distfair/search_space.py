@@ -297,6 +297,7 @@ def _dimension(key: str, raw: Any, problems: list) -> Dimension | None:
             return None
         return Dimension(key, kind, choices=tuple(choices))
     integer = kind == "int"
+    known = len(problems)
     low = _number(raw, "low", where, problems, integer=integer)
     high = _number(raw, "high", where, problems, integer=integer)
     log = raw.get("log", False)
@@ -315,6 +316,8 @@ def _dimension(key: str, raw: Any, problems: list) -> Dimension | None:
         problems.append((f"{where}.low", f"must be <= high, got {low} > {high}"))
     if log is True and low <= 0:
         problems.append((f"{where}.low", f"must be > 0 with log: true, got {low}"))
+    if len(problems) > known:       # said once: its extremes are not checked against the config as well
+        return None
     return Dimension(key, kind, low=low, high=high, log=bool(log), step=step)
 
 

@@ -269,7 +269,7 @@ def test_every_problem_is_reported_at_once_across_files(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("text, key, fragment", [
-    ("provider: [\n", "(file)", "invalid YAML"),
+    ("provider: [\n", "line 2", "invalid YAML"),      # the line where the parser gave up
     ("", "(file)", "empty file"),
     ("just: a mapping\n", "(top level)", "neither a Ray cluster launcher config"),
     ("apiVersion: v1\nkind: Secret\nmetadata: {name: distfair-mlflow}\nstringData: {password: hunter2}\n",

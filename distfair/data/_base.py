@@ -62,3 +62,19 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: in
         for part, chunk in zip(parts, np.split(idx, cuts)):
             part.append(chunk)
     return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def read_text_file(path: str, what: str, *, encoding: str = "utf-8") -> str:
+    """The text of a metadata file the user points at; ``ValueError`` starting with ``what``
+    (e.g. ``faces metadata '<path>'``) when it is not UTF-8 text (a binary file, a NUL byte),
+    so the configuration check names the file and the reason instead of a decoder traceback."""
+    try:
+        with open(path, newline="", encoding=encoding) as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} is not a UTF-8 text file (byte {err.object[err.start]:#04x} at "
+                         f"offset {err.start})") from None
+    if "\x00" in text:
+        raise ValueError(f"{what} is not a text file (a NUL byte on line "
+                         f"{text[:text.index(chr(0))].count(chr(10)) + 1})")
+    return text

@@ -61,6 +61,9 @@ def _read_meta(path: str) -> dict[str, dict[str, str]]:
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"audiomnist: metadata {path!r} is not a UTF-8 text file (byte "
+                         f"{err.object[err.start]:#04x} at offset {err.start})") from None
     except ValueError as err:
         raise ValueError(f"audiomnist: metadata {path!r} is not valid JSON: {err}") from err
     if not isinstance(meta, dict) or not all(isinstance(v, dict) for v in meta.values()):
@@ -70,6 +73,9 @@ def _read_meta(path: str) -> dict[str, dict[str, str]]:
         missing = [k for k in ("gender", "accent", "age", "native speaker") if k not in fields]
         if missing:
             raise ValueError(f"audiomnist: metadata {path!r}, speaker {speaker!r} lacks {', '.join(missing)}")
+        if not str(speaker).strip().isdigit():
+            raise ValueError(f"audiomnist: metadata {path!r}: speaker id {speaker!r} is not a number (AudioMNIST's "
+                             f"speakers are 01..60, as its folder names)")
         out[f"{int(speaker):02d}"] = {
             "gender": str(fields["gender"]).strip().lower(),
             "accent": str(fields["accent"]).strip().lower(),

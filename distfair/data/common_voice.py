@@ -33,11 +33,12 @@ leave them blank): ``gender``, ``age`` (Common Voice's decades: "teens", "twenti
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import os
 
 from distfair.data._audio import BOUNDS, SAMPLE_RATE, AudioClips, check_length, select
-from distfair.data._base import DataBundle
+from distfair.data._base import DataBundle, read_text_file
 
 PAPER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "yes", "no", "hey")
 TABLES = (("train", "train.tsv"), ("val", "dev.tsv"), ("test", "test.tsv"))
@@ -52,7 +53,8 @@ def _read_table(path: str) -> tuple[list[str], list[dict[str, str]]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"common_voice_clips: no table {path!r} (root must be a Common Voice locale folder "
                                 f"with train.tsv, dev.tsv, test.tsv and clips/; nothing is downloaded)")
-    with open(path, newline="", encoding="utf-8") as f:
+    text = read_text_file(path, f"common_voice_clips: table {path!r}")
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = [c.strip() for c in next(reader, [])]
         missing = [c for c in ("client_id", "path", "sentence") if c not in header]

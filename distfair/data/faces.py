@@ -35,6 +35,7 @@ that is absent is an error) of one of two kinds, told apart by its columns (exac
 from __future__ import annotations
 
 import csv
+import io
 import os
 
 import torch
@@ -42,7 +43,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from distfair.data._base import DataBundle, check_fraction, stratified_split
+from distfair.data._base import DataBundle, check_fraction, read_text_file, stratified_split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 
@@ -103,10 +104,10 @@ def _read_csv(path: str) -> tuple[str, list[str], dict[str, dict[str, str]]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"faces metadata file {path!r} not found (metadata=None for a set "
                                 f"without metadata)")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [c.strip() for c in next(reader, [])]
-        body = list(enumerate(reader, start=2))
+    text = read_text_file(path, f"faces metadata {path!r}", encoding="utf-8-sig")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [c.strip() for c in next(reader, [])]
+    body = list(enumerate(reader, start=2))
     keys = [c for c in ("identity", "file") if c in header]
     if len(keys) != 1:
         raise ValueError(f"faces metadata {path!r} must have exactly one of the columns 'identity' "
