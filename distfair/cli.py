@@ -31,9 +31,17 @@ examples:
   distfair run cfg.yaml --address auto --tracking-uri http://mlflow:5000 --storage-path /mnt/distfair/runs
   distfair run cfg.yaml --json | jq .metrics.worst_class_acc
   distfair run tune_spaces/speech_rejection.yaml      # its `configurations:` one after another
+  distfair run tune_spaces/quickstart.yaml --resume   # after a crash, Ctrl-C or a killed driver
+
+--resume continues the newest attempt of this configuration in the experiment (same file, same
+--set values and seeds: another --set is another configuration): its FINISHED seed runs are kept,
+the others are redone in new seed runs (the unfinished ones are marked KILLED and deleted) and the
+parent's statistics are recomputed over all seeds. A configuration that already finished every
+seed is reported without training; of a `configurations:` file, one not started yet starts now.
 
 exit codes: 0 all seeds finished, 1 a seed failed (the others are still recorded),
-2 bad arguments or configuration (nothing was started).
+2 bad arguments or configuration, or --resume with no earlier run (nothing was started),
+130 interrupted (resume with --resume).
 """
 
 
@@ -155,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "evaluate each model clean and under the eval attacks, and record a parent MLflow run "
                     "with one child run per seed. Ends with a mean ± std table. A file with a "
                     "`configurations:` block (e.g. tune_spaces/speech_rejection.yaml) runs each of its "
-                    "configurations in turn, one parent run each, over the same seeds.",
+                    "configurations in turn, one parent run each, over the same seeds. After a crash, "
+                    "Ctrl-C or a killed driver, --resume finishes only the seeds that did not finish.",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("config", metavar="FILE", help="configuration YAML (see tune_spaces/quickstart.yaml)")
     seeds = run.add_mutually_exclusive_group()
@@ -163,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--num-seeds", type=_positive_int, metavar="N", help="run seeds 0..N-1 (overrides `seeds:`)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a config value, parsed as YAML (repeatable), e.g. --set train.lr=0.01")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the newest attempt of this configuration (same FILE, --set and seeds) in the "
+                          "experiment: its finished seed runs are kept, the others redone")
     add_cluster_args(run)
     run.set_defaults(handler=cmd_run)
 
@@ -273,6 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     from distfair.cluster import add_subparser as add_cluster_parser
 
     add_cluster_parser(sub)
+
+    relog = sub.add_parser(
+        "relog", help="log the results kept on disk while the tracking server was unreachable",
+        description="Log into MLflow what `distfair run` kept on disk because the tracking server did not answer "
+                    "(the command its error message printed): every metric, tag, artifact and final status, in "
+                    "their order. DIR: <storage>/unlogged, or one run's folder in it; each folder is deleted once "
+                    "logged, and an interrupted relog resumes where it stopped.")
+    relog.add_argument("folder", metavar="DIR", help="<storage>/unlogged or one run's folder in it")
+    relog.add_argument("--tracking-uri", metavar="URI",
+                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    relog.set_defaults(handler=cmd_relog)
     return parser
 
 
@@ -382,13 +405,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from distfair import tracking
     from distfair.distributed import InsufficientResources, ray_session
     from distfair.distributed.session import session_log_path
-    from distfair.run import (Interrupted, config_hash, default_storage_path, resolve_init_from, resolve_references,
-                              run_configuration_with_tracking)
+    from distfair.run import (Interrupted, config_hash, default_storage_path, finished_configuration_report,
+                              resolve_init_from, resolve_references, run_configuration_with_tracking)
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
     storage = args.storage_path or default_storage_path()
-    if _refuse_node_local(args, uri, storage):
+    if _refuse_node_local(args, uri, storage) or _refuse_unwritable_storage(args, storage):
+        return EXIT_USAGE
+    attempts = _earlier_attempts(args, configurations, uri, experiment) if args.resume else {}
+    if attempts is None:
         return EXIT_USAGE
     resolved = []
     for name, cfg in configurations:
@@ -402,14 +428,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         human, log = _human_output(args.json)
         if len(resolved) > 1:
             log(f"{len(resolved)} configurations: {', '.join(name for name, *_ in resolved)}")
-        log_file = session_log_path(storage, f"run-{Path(args.config).stem}")
-        log(f"Ray, Tune and worker output: {log_file}")
+        done = {name for name, attempt in attempts.items() if attempt is not None and attempt.complete}
+        train = len(done) < len(resolved)           # --resume of finished configurations: no Ray at all
+        if train:
+            log_file = session_log_path(storage, f"run-{Path(args.config).stem}")
+            log(f"Ray, Tune and worker output: {log_file}")
         try:
-            with ray_session(args.address, num_cpus=args.num_cpus, log_file=log_file) as resources:
-                log(f"Ray: {'joined ' + args.address if args.address else 'local instance'} with "
-                    f"{ {k: v for k, v in resources.items() if k in ('CPU', 'GPU')} }")
+            with (ray_session(args.address, num_cpus=args.num_cpus, log_file=log_file) if train
+                  else contextlib.nullcontext(None)) as resources:
+                if resources is not None:
+                    log(f"Ray: {'joined ' + args.address if args.address else 'local instance'} with "
+                        f"{ {k: v for k, v in resources.items() if k in ('CPU', 'GPU')} }")
                 for name, cfg, init_paths, references in resolved:
                     label = "" if name is None else f"[{name}] "
+                    attempt = attempts.get(name)
+                    if name in done:
+                        log(f"{label}already finished: parent run {attempt.run_id} ({attempt.run_name!r}) has a "
+                            f"FINISHED run for every seed {attempt.seeds}; nothing to train")
+                        report = finished_configuration_report(cfg, experiment=experiment, tracking_uri=uri,
+                                                               parent_run_id=attempt.run_id)
+                        reports.append((name, cfg, report))
+                        _print_run_report(report, cfg, label, uri, human, final=len(reports) == len(resolved))
+                        continue
+                    if args.resume:
+                        log(f"{label}resuming parent run {attempt.run_id} ({attempt.run_name!r}, {attempt.status}): "
+                            f"seeds {attempt.finished} finished, the others are redone" if attempt is not None else
+                            f"{label}no earlier run of this configuration: starting it")
                     log(f"{label}{cfg['defense']['name']} on {cfg['dataset']['name']} with {cfg['model']['name']}, "
                         f"seeds {cfg['seeds']}, {cfg['train']['epochs']} epoch(s)")
                     named = {} if name is None else {
@@ -417,18 +461,29 @@ def cmd_run(args: argparse.Namespace) -> int:
                         "extra_tags": {"distfair.configuration": name}}
                     report = run_configuration_with_tracking(
                         cfg, config_path=args.config, experiment=experiment, tracking_uri=uri,
-                        storage_path=storage, log=log, init_paths=init_paths, references=references, **named)
+                        storage_path=storage, log=log, init_paths=init_paths, references=references,
+                        resume_parent=attempt.run_id if attempt is not None else None, **named)
                     reports.append((name, cfg, report))
                     _print_run_report(report, cfg, label, uri, human, final=len(reports) == len(resolved))
         except InsufficientResources as err:
             print(f"error: {args.config}: scaling: {err}", file=sys.stderr)
             return EXIT_USAGE
+        except tracking.TrackingUnavailable as err:
+            # Ray is down now: no worker writes any more; what is not logged waits on disk
+            print(f"error: {tracking.park_open_runs(uri, storage, str(err))}", file=sys.stderr)
+            return EXIT_FAILED
+        except OSError as err:
+            # the storage filled up or went away mid-run (the log file and Ray Train's checkpoints
+            # live there); the runs were marked FAILED on the way out (run_configuration_with_tracking)
+            print(f"error: {args.config}: storage path {storage}: {err.strerror or err} while the run was going on; "
+                  "its MLflow runs were marked FAILED", file=sys.stderr)
+            return EXIT_FAILED
         except KeyboardInterrupt as err:
             if isinstance(err, Interrupted):
                 err.close_again()            # Ray is down now: no worker can reopen a run
             print("interrupted: the runs were marked KILLED in MLflow"
-                  + (f" (configurations finished before: {', '.join(str(n) for n, *_ in reports)})" if reports else ""),
-                  file=sys.stderr)
+                  + (f" (configurations finished before: {', '.join(str(n) for n, *_ in reports)})" if reports else "")
+                  + f"; continue with\n  {_resume_command(args)}", file=sys.stderr)
             return 130
         if args.json:
             if configurations[0][0] is None:
@@ -437,6 +492,52 @@ def cmd_run(args: argparse.Namespace) -> int:
                 out.write(json.dumps(_json_safe({"configurations": {name: report.to_json()
                                                                     for name, _, report in reports}})) + "\n")
     return EXIT_FAILED if any(report.errors for *_, report in reports) else EXIT_OK
+
+
+def _earlier_attempts(args: argparse.Namespace, configurations: list, uri: str, experiment: str) -> dict | None:
+    """``distfair run --resume``: ``{configuration name: EarlierAttempt or None}`` (the newest
+    attempt of each configuration), or None after printing why there is nothing to resume
+    (no earlier run of any configuration, or one that ran other seeds). Reads MLflow only."""
+    from distfair.run import find_earlier_attempt
+
+    missing = f"no earlier run of this configuration in experiment {experiment!r}"
+    attempts = {}
+    for name, cfg in configurations:
+        where = "" if name is None else f"configurations.{name}: "
+        try:
+            attempts[name] = find_earlier_attempt(cfg, config_path=args.config, experiment=experiment,
+                                                  tracking_uri=uri, configuration=name)
+        except LookupError as err:        # no store or no such experiment: nothing to resume
+            print(f"error: {args.config}: --resume: {missing} ({err})", file=sys.stderr)
+            return None
+        except ValueError as err:
+            print(f"error: {args.config}: --resume: {where}{err}", file=sys.stderr)
+            return None
+    if not any(attempts.values()):
+        print(f"error: {args.config}: --resume: {missing} ({uri}); run it without --resume", file=sys.stderr)
+        return None
+    return attempts
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this very ``distfair run``: the same FILE, --set values,
+    seeds, experiment, store and cluster options (``--set`` changes the configuration's hash,
+    so it must be repeated), plus --resume."""
+    import shlex
+
+    words = ["distfair", "run", args.config]
+    for override in args.overrides:
+        words += ["--set", override]
+    if args.seeds is not None:
+        words += ["--seeds", ",".join(map(str, args.seeds))]
+    elif args.num_seeds is not None:
+        words += ["--num-seeds", str(args.num_seeds)]
+    for option in ("experiment", "tracking_uri", "address", "num_cpus", "storage_path"):
+        value = getattr(args, option)
+        if value is not None:
+            words += [f"--{option.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    words += [flag for flag, on in (("--allow-local", args.allow_local), ("--json", args.json)) if on]
+    return shlex.join(words + ["--resume"])
 
 
 def _print_run_report(report, cfg: dict, label: str, uri: str, human, *, final: bool) -> None:
@@ -473,7 +574,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
     storage = args.storage_path or default_storage_path()
-    if _refuse_node_local(args, uri, storage):
+    if _refuse_node_local(args, uri, storage) or _refuse_unwritable_storage(args, storage):
         return EXIT_USAGE
     try:
         name = sweep_dir_name(sweep_identity(cfg, spec, args.config), storage, args.resume)
@@ -510,6 +611,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.json:
             out.write(json.dumps(_json_safe(report.to_json()), default=str) + "\n")
     return EXIT_FAILED if any(t.status == "FAILED" for t in report.trials) else EXIT_OK
+
+
+def _refuse_unwritable_storage(args: argparse.Namespace, storage: str) -> bool:
+    """True, after saying which path and why, when the storage path cannot be written (full,
+    read-only, under a file): found by a real probe write before anything starts."""
+    from distfair.run import storage_problem
+
+    problem = storage_problem(storage)
+    if problem:
+        print(f"error: {args.config}: {problem}", file=sys.stderr)
+    return bool(problem)
 
 
 def _refuse_node_local(args: argparse.Namespace, uri: str, storage: str) -> bool:
@@ -630,6 +742,24 @@ def _analysis_inputs(uri: str, experiment_id: str, configurations: list[dict], l
         if i % 10 == 0 or i == len(configurations):
             log(f"read {i}/{len(configurations)} configuration(s)")
     return out
+
+
+def cmd_relog(args: argparse.Namespace) -> int:
+    from distfair import tracking
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    log = _HumanLog(sys.stdout)
+    tracking.set_outage_log(log)
+    try:
+        run_ids = tracking.relog(args.folder, uri, log)
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except tracking.TrackingUnavailable as err:
+        print(f"error: {err}; nothing is lost, run the same command again later", file=sys.stderr)
+        return EXIT_FAILED
+    log(f"{len(run_ids)} run(s) logged into {uri}")
+    return EXIT_OK
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -893,7 +1023,13 @@ def main(argv: list[str] | None = None) -> int:
         # Before anything imports Ray: a driver joining a `ray start` cluster must use the
         # token auth mode that Ray 2.60 clusters have by default (docs/ray-notes.md).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    return args.handler(args)
+    from distfair.tracking_buffer import TrackingUnavailable
+
+    try:
+        return args.handler(args)
+    except TrackingUnavailable as err:       # any command whose tracking server stayed away
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

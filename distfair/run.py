@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 from distfair import tracking
 from distfair.config import flatten
 from distfair.metrics import aggregate_seed_metrics
-from distfair.record import configuration_record
+from distfair.record import CONFIGURATION_RECORD_NAME, configuration_record
 
 
 @dataclass
@@ -206,7 +206,8 @@ def summary_markdown(summary: Mapping[str, dict], metrics: Sequence[str], *, see
             lines.append(f"| {_cell(name)} | {_number(s.get('mean'))}{spread} | {s.get('n', 0)} | {interval} |")
         lines.append("")
     if errors:
-        lines.append("Failed seeds:")
+        lines.append(f"Failed seeds ({len(errors)}, metric `n_failed`; the statistics are over the finished seeds "
+                     "only):")
         lines += [f"- seed {seed}: {_cell(why)}" for seed, why in sorted(errors.items())]
         lines.append("")
     if figure:
@@ -221,8 +222,10 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
                                     extra_tags: dict[str, str] | None = None, lookup: dict[str, str] | None = None,
                                     parent_run_name: str | None = None, ray_run_name: str | None = None,
                                     init_paths: dict[int, str] | None = None,
-                                    references: dict[int, dict[str, str]] | None = None) -> RunReport:
-    """Create (or, with ``lookup`` tags, find) the MLflow records, train every seed that has
+                                    references: dict[int, dict[str, str]] | None = None,
+                                    resume_parent: str | None = None) -> RunReport:
+    """Create (or, with ``lookup`` tags, find; with ``resume_parent``, reopen that
+    configuration run: ``distfair run --resume``) the MLflow records, train every seed that has
     no FINISHED run yet on the connected Ray cluster, and aggregate.
 
     ``init_paths`` / ``references``: ``train.init_from`` and the defense's reference files
@@ -239,19 +242,23 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
         init_paths = resolve_init_from(cfg, tracking_uri, storage_path)
     if references is None:
         references = resolve_references(cfg, tracking_uri, storage_path)
+    tracking.set_outage_log(log)        # "tracking server ... unreachable / back" in the progress output
     experiment_id = tracking.prepare_experiment(tracking_uri, experiment)
     digest = config_hash(cfg)
     flat = flatten(cfg)
     flat["seeds"] = seeds
     run_name = parent_run_name or f"{Path(config_path).stem}-{digest[:8]}"
-    if lookup is None:          # not a sweep trial (found again by its lookup tags): a repeat gets "#2", ...
+    if lookup is None and resume_parent is None:   # not a sweep trial nor a resumed attempt: a repeat gets "#2"
         run_name = tracking.next_run_name(tracking_uri, experiment_id, run_name, digest)
     parent_tags = {"distfair.config_file": str(config_path), "distfair.config_hash": digest,
                    "distfair.defense": cfg["defense"]["name"], "distfair.dataset": cfg["dataset"]["name"],
                    **environment_tags(), **(extra_tags or {})}
-    parent = tracking.start_parent_run(
-        tracking_uri, experiment_id, flat, run_name=run_name, description=run_description(cfg),
-        tags=parent_tags, lookup=lookup, files={CONFIG_ARTIFACT: resolved_config_yaml({**cfg, "seeds": seeds})})
+    if resume_parent is not None:       # its FINISHED seed runs are kept below, the others redone
+        parent, run_name = resume_parent, tracking.reopen_run(tracking_uri, resume_parent)
+    else:
+        parent = tracking.start_parent_run(
+            tracking_uri, experiment_id, flat, run_name=run_name, description=run_description(cfg),
+            tags=parent_tags, lookup=lookup, files={CONFIG_ARTIFACT: resolved_config_yaml({**cfg, "seeds": seeds})})
     existing = tracking.seed_run_states(tracking_uri, experiment_id, parent)
     todo = [s for s in seeds if existing.get(s, (None, None))[1] != "FINISHED"]
     for seed in todo:
@@ -266,7 +273,7 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
         cfg = {**cfg, "seeds": todo}        # the one seed list the runner trains
         try:
             outcome = run_configuration(cfg, child_run_ids=children, init_paths=init_paths, references=references,
-                                        seed_logger=functools.partial(tracking.SeedRunLogger, tracking_uri),
+                                        seed_logger=tracking.seed_logger_factory(tracking_uri, storage_path),
                                         run_name=ray_run_name or _ray_run_name(parent, children),
                                         storage_path=storage_path, log=log)
         except KeyboardInterrupt:
@@ -289,7 +296,7 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     drawn = any(seed_values.values())
     tracking.log_parent_summary(
         tracking_uri, parent, summary, n_seeds=len(per_seed), status="FAILED" if errors else "FINISHED",
-        configuration_record=record, seed_values=seed_values,
+        configuration_record=record, seed_values=seed_values, failures=errors,
         figure_title=f"{run_name}: every seed, mean ± std, 95% CI",
         description=summary_markdown(summary, shown, seeds=sorted(per_seed), planned=seeds, errors=errors,
                                      figure=tracking.SEED_STABILITY_FIGURE if drawn else None))
@@ -338,11 +345,19 @@ def resolve_init_from(cfg: dict, tracking_uri: str, storage_path: str | Path) ->
     """``train.init_from`` as one local checkpoint path per seed ({} when unset). A file is
     used as it is; an MLflow run id is downloaded under ``storage_path/init_from`` (shared
     storage on a cluster, so every worker can read it). Raises ValueError."""
+    from distfair.models import load_checkpoint
+
     source = cfg["train"].get("init_from")
     if not source:
         return {}
-    return _checkpoints_per_seed(source, cfg["seeds"], tracking_uri, Path(storage_path) / "init_from",
-                                 "train.init_from")
+    paths = _checkpoints_per_seed(source, cfg["seeds"], tracking_uri, Path(storage_path) / "init_from",
+                                  "train.init_from")
+    for path in sorted(set(paths.values())):
+        try:                 # read once here (weights_only): a pickled payload is refused before anything starts
+            load_checkpoint(path)
+        except ValueError as err:
+            raise ValueError(f"train.init_from: {err}") from None
+    return paths
 
 
 def resolve_references(cfg: dict, tracking_uri: str, storage_path: str | Path) -> dict[int, dict[str, str]]:
@@ -353,11 +368,9 @@ def resolve_references(cfg: dict, tracking_uri: str, storage_path: str | Path) -
     ``storage_path/<option>``. The checkpoint must hold a model for this dataset (its number
     of classes and input shape); anything missing or mismatched raises ValueError naming
     ``defense.<option>``, before anything is trained."""
-    import torch
-
     from distfair.config import dataset_spec
     from distfair.defenses import DEFENSES
-    from distfair.models import MODELS, checkpoint_model_spec
+    from distfair.models import MODELS, checkpoint_model_spec, load_checkpoint
 
     name = cfg["defense"]["name"]
     options = DEFENSES[name].reference_options
@@ -375,7 +388,11 @@ def resolve_references(cfg: dict, tracking_uri: str, storage_path: str | Path) -
         paths = _checkpoints_per_seed(str(source), seeds, tracking_uri, Path(storage_path) / option, key)
         for path in sorted(set(paths.values())):
             try:
-                spec = checkpoint_model_spec(torch.load(path, map_location="cpu", weights_only=False))
+                state = load_checkpoint(path)          # weights_only: a pickled payload is refused, never run
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
+            try:
+                spec = checkpoint_model_spec(state)
             except Exception as err:
                 raise ValueError(f"{key}: {path} is not a distfair checkpoint: {err}") from err
             if spec["name"] not in MODELS:
@@ -398,3 +415,91 @@ def _ray_run_name(parent: str, children: dict[int, str]) -> str:
 
 def default_storage_path() -> str:
     return str(Path(os.getcwd(), "distfair_runs").resolve())
+
+
+#: bytes the storage probe writes (and syncs): a full file system refuses them
+STORAGE_PROBE_BYTES = 64 * 1024
+
+
+def storage_problem(storage_path: str | Path) -> str | None:
+    """Why the run's storage cannot be written (None when it can), found by a real write:
+    the folder is created, a probe file of :data:`STORAGE_PROBE_BYTES` written, synced and
+    removed. Permission bits alone say nothing for root, and only a write finds a full or
+    read-only file system. A remote URI (``s3://``) is left to Ray's own file system layer.
+    The probe leaves no trace: folders it had to create are removed again (a command refused
+    later, e.g. for its ``init_from``, must leave the working directory as it found it)."""
+    storage = str(storage_path)
+    if "://" in storage and not storage.startswith("file://"):
+        return None
+    base = Path(storage[len("file://"):] if storage.startswith("file://") else storage).expanduser().absolute()
+    created = [p for p in (base, *base.parents) if not p.exists()]      # deepest first
+    probe = base / f".distfair-write-probe-{os.getpid()}"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as handle:
+            handle.write(os.urandom(STORAGE_PROBE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        return f"storage path {base}: cannot write there ({err.strerror or err})"
+    finally:
+        for path in (probe, *created):
+            try:
+                path.unlink() if path == probe else path.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+# ------------------------------------------------------------------------ distfair run --resume
+@dataclass
+class EarlierAttempt:
+    """The newest configuration run of a configuration (``tracking.latest_configuration_run``)
+    and which of its seeds already have a FINISHED seed run."""
+    run_id: str
+    run_name: str
+    status: str
+    seeds: list[int]
+    finished: list[int]
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "FINISHED" and set(self.seeds) <= set(self.finished)
+
+
+def find_earlier_attempt(cfg: dict, *, config_path: str, experiment: str, tracking_uri: str,
+                         configuration: str | None = None) -> EarlierAttempt | None:
+    """What ``distfair run --resume`` continues: the newest attempt of this configuration
+    (same :func:`config_hash`, so a different ``--set`` is another configuration; same config
+    file stem; same ``configurations:`` entry) in ``experiment``, or None when there is none.
+    Reads only: never creates the store or the experiment. Raises LookupError when the
+    experiment or the store does not exist, ValueError when the attempt ran other seeds
+    (its statistics would mix two seed lists)."""
+    experiment_id = tracking.find_experiment(tracking_uri, experiment)
+    found = tracking.latest_configuration_run(tracking_uri, experiment_id, config_hash=config_hash(cfg),
+                                              config_stem=Path(config_path).stem, configuration=configuration)
+    if found is None:
+        return None
+    seeds = list(cfg["seeds"])
+    if found["seeds"] is not None and sorted(found["seeds"]) != sorted(seeds):
+        earlier = ",".join(map(str, found["seeds"]))
+        raise ValueError(f"the newest attempt (run {found['run_id']}) ran seeds {earlier}, not "
+                         f"{','.join(map(str, seeds))}: resume it with --seeds {earlier}, or start a new "
+                         "attempt without --resume")
+    finished = sorted(s for s, (_, status) in
+                      tracking.seed_run_states(tracking_uri, experiment_id, found["run_id"]).items()
+                      if status == "FINISHED")
+    return EarlierAttempt(run_id=found["run_id"], run_name=found["run_name"], status=found["status"],
+                          seeds=found["seeds"] if found["seeds"] is not None else seeds, finished=finished)
+
+
+def finished_configuration_report(cfg: dict, *, experiment: str, tracking_uri: str, parent_run_id: str) -> RunReport:
+    """The report of a configuration run that already FINISHED every seed, read back from
+    MLflow (nothing trained, nothing written): the same statistics its summary logged."""
+    experiment_id = tracking.find_experiment(tracking_uri, experiment)
+    per_seed = {s: m for s, m in tracking.finished_seed_metrics(tracking_uri, experiment_id, parent_run_id).items()
+                if s in cfg["seeds"]}
+    return RunReport(experiment=experiment, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                     tracking_uri=tracking_uri, seeds=sorted(per_seed),
+                     metrics=aggregate_seed_metrics([per_seed[s] for s in sorted(per_seed)]), errors={},
+                     record=tracking.run_json_artifact(tracking_uri, parent_run_id, CONFIGURATION_RECORD_NAME))

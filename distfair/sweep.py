@@ -53,6 +53,9 @@ class TrialOutcome:
     objective_test: dict[str, float | None] = field(default_factory=dict)    # target name -> value
     #: {metric: {seed: value}} of the objective metrics and their test counterparts
     seed_values: dict[str, dict[int, float]] = field(default_factory=dict)
+    #: why the configuration failed (its run's ``distfair.failure_reason``: ``seed 2: loss is nan
+    #: at epoch 1, batch 3``); "" when it did not. A failed configuration is never chosen.
+    failure: str = ""
 
     def spread(self, family: str, metric: str) -> dict[str, float | None]:
         """``{mean, std, n, ci95_low, ci95_high}`` of ``metric`` on ``family`` (validation or
@@ -62,7 +65,7 @@ class TrialOutcome:
 
     def to_json(self, targets: list[Target]) -> dict:
         return {"params": self.params, "parent_run_id": self.parent_run_id, "status": self.status,
-                "n_seeds": self.metrics.get("n_seeds"),
+                "n_seeds": self.metrics.get("n_seeds"), "failure": self.failure,
                 "objective": {t.name: v for t, v in zip(targets, self.objective)},
                 "validation": self.validation, "test": self.test}
 
@@ -178,7 +181,8 @@ def collect_trials(uri: str, experiment_id: str, sweep_run_id: str, targets: lis
             params=json.loads(run.data.tags.get("distfair.trial_params", "{}")), status=run.info.status,
             metrics=metrics, objective=[metrics[t.name] for t in targets], **split,
             objective_test={t.name: _on_test(t).value(summary) if matching_test_metric(t.metric) else None
-                            for t in targets}, seed_values=seed_values))
+                            for t in targets}, seed_values=seed_values,
+            failure=run.data.tags.get(tracking.TAG_FAILURE_REASON, "")))
     return out
 
 
@@ -271,10 +275,10 @@ def sweep_artifacts(report: SweepReport, targets: list[Target], tmp: Path) -> di
         columns.setdefault(column, lambda t, f=family, m=metric, s=stat: t.spread(f, m)[s])
     with table.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial_id", "parent_run_id", "status", *keys, *columns, "n_seeds"])
+        writer.writerow(["trial_id", "parent_run_id", "status", *keys, *columns, "n_seeds", "failure"])
         for t in report.trials:
             writer.writerow([t.trial_id, t.parent_run_id, t.status, *(t.params.get(k) for k in keys),
-                             *(get(t) for get in columns.values()), t.metrics.get("n_seeds")])
+                             *(get(t) for get in columns.values()), t.metrics.get("n_seeds"), t.failure])
     files["study"] = table
     storage = f"sqlite:///{tmp / 'optuna_study.db'}"
     study = optuna.create_study(storage=storage, study_name="distfair",
@@ -285,7 +289,8 @@ def sweep_artifacts(report: SweepReport, targets: list[Target], tmp: Path) -> di
         dists = {k: optuna_distribution(dims[k]) for k in t.params if k in dims}
         study.add_trial(optuna.trial.create_trial(
             params={k: v for k, v in t.params.items() if k in dists}, distributions=dists,
-            values=t.objective if ok else None, user_attrs={"parent_run_id": t.parent_run_id},
+            values=t.objective if ok else None,
+            user_attrs={"parent_run_id": t.parent_run_id, **({"failure": t.failure} if t.failure else {})},
             state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
     files["study_db"] = tmp / "optuna_study.db"
     history_plot(report, targets, tmp / "history.png")

@@ -32,15 +32,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from distfair import record as result_record
+from distfair import tracking_buffer
 
 DEFAULT_DB = "mlflow.db"
 TAG_ROLE = "distfair.role"
@@ -52,6 +56,11 @@ MAX_TAG_LEN = 8000          # MLflow's limit on a tag's value
 # distfair downloads a few small files (result records, checkpoints) between its own progress
 # lines; MLflow's per-download progress bars only clutter the command's output
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Outages of the tracking server are retried by distfair itself (_RetryingClient, SeedRunLogger),
+# which says so in the progress output and keeps a seed's results when the server never comes
+# back. MLflow's own HTTP retries (7 by default, ~4 min of silent back-off inside one call)
+# would hide the outage from it; a value the user set is kept.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
 
 def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
@@ -93,7 +102,160 @@ def ui_command(uri: str, experiment_id: str) -> str:
 
 
 def _client(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
+    return _RetryingClient(uri)
+
+
+# ------------------------------------------------------------ outages of the tracking server
+TrackingUnavailable = tracking_buffer.TrackingUnavailable
+
+
+def _transient(err: BaseException) -> bool:
+    """A failure worth retrying: the server unreachable, timing out, overloaded or failing
+    (HTTP 5xx, 429). A refused request (4xx: unknown run, invalid value) is not."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        status = err.get_http_status_code()
+        return status >= 500 or status == 429
+    if isinstance(err, requests.exceptions.RequestException):
+        response = getattr(err, "response", None)
+        return response is None or response.status_code >= 500 or response.status_code == 429
+    return isinstance(err, (ConnectionError, TimeoutError))
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    """Why a request failed, short: the socket error (``Connection refused``) when there is one."""
+    text = str(err).strip()
+    socket_error = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if socket_error:
+        return socket_error.group(1).strip()
+    text = (text.splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _stderr_log(msg: str) -> None:
+    print(f"[distfair] {msg}", file=sys.stderr, flush=True)
+
+
+#: where the driver's outage lines go (``set_outage_log``; a worker's SeedRunLogger has its own)
+_outage_log: Callable[[str], None] = _stderr_log
+#: ``{uri: monotonic time of the first failure since the last success}``, shared by every
+#: client of this process: once the budget is spent, later calls fail after one try
+_down_since: dict[str, float] = {}
+
+
+def _say(log: Callable[[str], None], msg: str) -> None:
+    """A progress line about the server; a lost one (the stream closed) never fails a write."""
+    try:
+        log(msg)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def set_outage_log(log: Callable[[str], None]) -> None:
+    """The driver's progress log: where "tracking server ... unreachable" / "... back" go."""
+    global _outage_log
+    _outage_log = log
+
+
+class _RetryingClient:
+    """An ``MlflowClient`` whose calls are retried while the tracking server is unreachable
+    (:func:`_transient` failures), 1 s, 2 s, ... up to 10 s apart, for at most ``budget_s``
+    since the outage began, then raise :class:`TrackingUnavailable`. The first failure and
+    the recovery are reported through ``log``. Used for every read and for the driver's writes
+    (they cannot go on without the answer); a seed's writes are buffered by SeedRunLogger.
+    Runs it creates or reopens are remembered until it closes them (:func:`park_open_runs`)."""
+
+    def __init__(self, uri: str, budget_s: float | None = None, log: Callable[[str], None] | None = None):
+        self.uri, self._budget_s, self._log = uri, budget_s, log
+        self.mlflow = MlflowClient(tracking_uri=uri)
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.mlflow, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            result = self._call(lambda: attr(*args, **kwargs))
+            _remember(self.uri, name, args, kwargs, result)
+            return result
+        return call
+
+    def _call(self, fn: Callable):
+        log = self._log or _outage_log
+        budget = tracking_buffer.retry_budget_s() if self._budget_s is None else self._budget_s
+        delay = 1.0
+        while True:
+            try:
+                result = fn()
+            except Exception as err:
+                if not _transient(err):
+                    raise
+                now = time.monotonic()
+                since = _down_since.setdefault(self.uri, now)
+                if since == now:
+                    _say(log, f"tracking server {self.uri} unreachable ({_first_line(err)}); retrying for up to "
+                        f"{budget:.0f} s")
+                if now - since >= budget:
+                    raise TrackingUnavailable(f"tracking server {self.uri} unreachable for {now - since:.0f} s "
+                                              f"({_first_line(err)})") from None
+                time.sleep(min(delay, budget - (now - since)))
+                delay = min(2 * delay, tracking_buffer.MAX_DELAY_S)
+                continue
+            since = _down_since.pop(self.uri, None)
+            if since is not None:
+                _say(log, f"tracking server {self.uri} back after {time.monotonic() - since:.0f} s")
+            return result
+
+
+#: ``{uri: run ids}`` this process created or reopened and has not closed yet
+_open_runs: dict[str, dict[str, None]] = {}
+
+
+def _remember(uri: str, method: str, args: tuple, kwargs: dict, result) -> None:
+    runs = _open_runs.setdefault(uri, {})
+    if method == "create_run":
+        runs[result.info.run_id] = None
+    elif method == "update_run" and (kwargs.get("status") or (args[1:2] or [None])[0]) == "RUNNING":
+        runs[kwargs.get("run_id") or args[0]] = None
+    elif method in ("set_terminated", "delete_run"):
+        runs.pop(kwargs.get("run_id") or args[0], None)
+
+
+def unlogged_root(storage_path: str | Path) -> Path:
+    """Where runs whose writes could not be logged are kept: ``<storage>/unlogged``."""
+    return Path(storage_path) / tracking_buffer.UNLOGGED
+
+
+def relog_command(folder: str | Path, uri: str) -> str:
+    return f"distfair relog {shlex.quote(str(folder))} --tracking-uri {shlex.quote(uri)}"
+
+
+def park_open_runs(uri: str, storage_path: str | Path, reason: str) -> str:
+    """After :class:`TrackingUnavailable` in the driver: every run this process opened and did
+    not close is closed FAILED with ``reason`` (tag ``distfair.closed_because``) if the server
+    answers now, else that closing is kept under ``<storage>/unlogged/<run id>/`` (beside
+    what a worker kept there). Returns the message for the user: what happened, where the
+    results are and the relog command."""
+    root = unlogged_root(storage_path)
+    for run_id in list(_open_runs.get(uri, {})):
+        op = {"op": "close", "status": "FAILED", "reason": reason[:5000]}
+        try:
+            _apply_op(MlflowClient(tracking_uri=uri), run_id, root / run_id, op)
+            _open_runs[uri].pop(run_id, None)
+            continue
+        except Exception as err:  # noqa: BLE001 - the server is still away: kept for relog
+            if not _transient(err):
+                raise
+        buffer = tracking_buffer.WriteBuffer(root / run_id, 1)
+        buffer.append(op)
+        buffer.park({"run_id": run_id, "tracking_uri": uri, "reason": reason})
+    parked = tracking_buffer.parked_folders(root)
+    if not parked:
+        return f"{reason}; runs closed as FAILED"
+    return (f"{reason}; the results not logged ({len(parked)} run(s)) are kept in {root}; once the server is "
+            f"back, log them with: {relog_command(root, uri)}")
 
 
 def _batched(items: list, size: int = MAX_BATCH) -> Iterable[list]:
@@ -218,6 +380,43 @@ def seed_run_states(uri: str, experiment_id: str, parent_run_id: str) -> dict[in
     return {int(r.data.tags[TAG_SEED]): (r.info.run_id, r.info.status) for r in runs if TAG_SEED in r.data.tags}
 
 
+def latest_configuration_run(uri: str, experiment_id: str, *, config_hash: str, config_stem: str,
+                             configuration: str | None = None) -> dict | None:
+    """The newest active ``distfair run`` configuration run (not a sweep trial) of a
+    configuration: same ``distfair.config_hash``, a ``distfair.config_file`` with the stem
+    ``config_stem`` and the same ``distfair.configuration`` (None: a file without a
+    ``configurations:`` block). ``{"run_id", "run_name", "status", "seeds"}`` (``seeds``: its
+    ``seeds`` param as a list, None if unreadable), or None when there is none."""
+    runs = _client(uri).search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'configuration' and "
+                                       f"tags.`distfair.config_hash` = '{config_hash}'",
+        order_by=["attributes.start_time DESC"], max_results=1000)
+    for run in runs:
+        tags = run.data.tags
+        if TAG_PARENT in tags or "distfair.sweep_run" in tags:
+            continue
+        if Path(tags.get("distfair.config_file", "")).stem != config_stem:
+            continue
+        if tags.get("distfair.configuration") != configuration:
+            continue
+        try:
+            seeds = [int(s) for s in json.loads(run.data.params.get("seeds", "null"))]
+        except (TypeError, ValueError):
+            seeds = None
+        return {"run_id": run.info.run_id, "run_name": run.info.run_name or run.info.run_id,
+                "status": run.info.status, "seeds": seeds}
+    return None
+
+
+def reopen_run(uri: str, run_id: str) -> str:
+    """A configuration run taken up again by ``distfair run --resume``: RUNNING until its new
+    summary closes it (a KILLED run would keep that status). Returns its name."""
+    client = _client(uri)
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, "distfair.resumed", "true")
+    return client.get_run(run_id).info.run_name or run_id
+
+
 def retire_run(uri: str, run_id: str) -> None:
     """An unfinished run about to be redone: marked KILLED (if it was left open) and then
     deleted, so every (configuration, seed) keeps exactly one active run."""
@@ -248,8 +447,17 @@ def get_or_create_seed_run(uri: str, experiment_id: str, parent_run_id: str, see
     return run.info.run_id
 
 
+#: why a seed or configuration run ended FAILED (a diverged seed's ``loss is nan at epoch e, batch b``)
+TAG_FAILURE_REASON = "distfair.failure_reason"
+
+
 class RunClosedError(RuntimeError):
     """A worker was about to write into a seed run the driver had already closed."""
+
+
+#: a metric every epoch row has (``distfair.engine.train.train_epoch``): which epochs a seed
+#: run has logged already
+EPOCH_MARK = "epoch_time_s"
 
 
 class SeedRunLogger:
@@ -258,19 +466,115 @@ class SeedRunLogger:
     A run the driver has closed as KILLED or FAILED (Ctrl-C, a trial stopped early by the
     sweep's scheduler) is never reopened: a worker that starts a seed after that moment
     raises ``RunClosedError`` instead of leaving a run RUNNING that nobody will close.
+
+    Every write goes through a bounded buffer (``distfair.tracking_buffer``): while the
+    tracking server is unreachable, training goes on, the epochs' metrics wait (beyond
+    ``buffer_limit`` operations on disk under ``<storage_path>/unlogged/<run id>/``) and are
+    flushed when it answers again; ``log`` says both. The end of a seed (``log_result``)
+    waits for the server for up to ``retry_s`` seconds since the outage began
+    (``$DISTFAIR_TRACKING_RETRY_S``, default 300); then every write not logged is kept in
+    that folder and :class:`TrackingUnavailable` names it and the ``distfair relog`` command.
+    A seed that begins while the server is away waits for it as long, then trains anyway.
     """
 
-    def __init__(self, uri: str, run_id: str):
+    def __init__(self, uri: str, run_id: str, *, storage_path: str | Path | None = None,
+                 retry_s: float | None = None, buffer_limit: int | None = None,
+                 log: Callable[[str], None] | None = None):
         self.uri, self.run_id = uri, run_id
-        self.client = _client(uri)
-        status = self.client.get_run(run_id).info.status
+        self.log = log or _stderr_log
+        self.retry_s = tracking_buffer.retry_budget_s() if retry_s is None else retry_s
+        self.client = _RetryingClient(uri, self.retry_s, self.log)
+        self.folder = unlogged_root(storage_path or Path(os.getcwd(), "distfair_runs")) / run_id
+        self.buffer = tracking_buffer.WriteBuffer(self.folder, buffer_limit or tracking_buffer.buffer_limit())
+        self.backoff = tracking_buffer.Backoff()
+        self._flushed = 0                # writes flushed since the outage began
+        self._logged_epochs: set[int] = set()
+        try:
+            status = self.client.get_run(run_id).info.status
+        except TrackingUnavailable as err:
+            # away for the whole budget before this seed began: train it anyway, its writes wait
+            # (and are kept on disk if the server never returns). The run was created RUNNING by
+            # the driver, which could not have closed it without the server either.
+            self.backoff.failed(time.monotonic() - self.retry_s)
+            _say(self.log, f"{err}; training seed run {run_id} anyway, its writes wait")
+            return
         if status in ("KILLED", "FAILED"):
             raise RunClosedError(f"MLflow run {run_id} was already closed as {status} by the driver "
                                  "(interrupted or stopped early); not reopening it")
         self.client.update_run(run_id, status="RUNNING")
+        # A group Ray Train restarted retrains from the last checkpoint its controller had
+        # registered, which can be older than the last epoch this run logged: those epochs come
+        # again with the same values (the run is deterministic) and are not logged twice.
+        self._logged_epochs = {m.step for m in self.client.get_metric_history(run_id, EPOCH_MARK)}
+
+    # ------------------------------------------------------------------ buffered writes
+    def _queue(self, metrics: list[Metric] = (), tags: list[RunTag] = ()) -> None:
+        for chunk in _batched([[m.key, m.value, m.timestamp, m.step] for m in metrics], 1000):
+            self.buffer.append({"op": "batch", "metrics": chunk})
+        for chunk in _batched([[t.key, t.value] for t in tags]):
+            self.buffer.append({"op": "batch", "tags": chunk})
+
+    def _queue_file(self, path: str | Path, artifact_path: str | None = None, *, folder: bool = False) -> None:
+        self.buffer.append({"op": "artifacts" if folder else "artifact", "file": str(path),
+                            "artifact_path": artifact_path})
+
+    def flush(self, *, wait: bool = True) -> None:
+        """Write what is buffered. ``wait=False``: one try when one is due, and on with
+        training if the server does not answer; ``wait=True``: retry until everything is
+        written or the retry budget is spent (then :class:`TrackingUnavailable`)."""
+        client = self.client.mlflow             # one try per call: the retrying is done here
+        while len(self.buffer):
+            now = time.monotonic()
+            if self.backoff.down_since is not None and now < self.backoff.next_try:
+                if not wait:
+                    return
+                time.sleep(self.backoff.next_try - now)
+            try:
+                _apply_op(client, self.run_id, self.folder, self.buffer.peek())
+            except Exception as err:
+                if not _transient(err):
+                    raise
+                self.buffer.stash_files()         # before a temporary artifact file goes away
+                now = time.monotonic()
+                if self.backoff.failed(now):
+                    self._flushed = 0
+                    _say(self.log, f"tracking server {self.uri} unreachable; {len(self.buffer)} write(s) of run "
+                             f"{self.run_id} buffered, retrying for up to {self.retry_s:.0f} s "
+                             f"({_first_line(err)})")
+                if wait and self.backoff.elapsed(now) >= self.retry_s:
+                    self._give_up(err)
+                continue
+            self.buffer.pop()
+            self._flushed += 1
+        length = self.backoff.recovered()
+        if length is not None:
+            _say(self.log, f"tracking server {self.uri} back after {length:.0f} s; {self._flushed} buffered write(s) "
+                     f"of run {self.run_id} flushed")
+        self.buffer.discard_copies()
+
+    def _give_up(self, err: BaseException) -> None:
+        waited = self.backoff.elapsed(time.monotonic())
+        reason = f"tracking server {self.uri} unreachable for {waited:.0f} s ({_first_line(err)})"
+        count = len(self.buffer)
+        folder = self.buffer.park({"run_id": self.run_id, "tracking_uri": self.uri, "reason": reason,
+                                   "parked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        raise TrackingUnavailable(f"{reason}; run {self.run_id}: {count} write(s) not logged (its results) are kept "
+                                  f"in {folder}; once the server is back, log them with: "
+                                  f"{relog_command(folder.parent, self.uri)}")
 
     def log_epoch(self, epoch: int, row: dict) -> None:
-        _log(self.client, self.run_id, metrics=_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch))
+        if epoch in self._logged_epochs:
+            return
+        self._logged_epochs.add(epoch)
+        self._queue(metrics=_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch))
+        self.flush(wait=False)
+
+    def log_failure(self, reason: str) -> None:
+        """Close the run FAILED with ``reason`` as tag :data:`TAG_FAILURE_REASON` (a diverged
+        seed: ``loss is nan at epoch e, batch b``); its epoch curves up to then stay."""
+        self.flush()                 # the epochs still buffered first
+        self.client.set_tag(self.run_id, TAG_FAILURE_REASON, reason[:MAX_TAG_LEN])
+        self.client.set_terminated(self.run_id, "FAILED")
 
     def log_result(self, result: dict, *, title: str) -> None:
         """Final metrics, tags and artifacts of a ``SeedResult.to_dict()``; marks the run
@@ -283,13 +587,13 @@ class SeedRunLogger:
         checkpoint. The summaries' findings become tags ``distfair.check.<id>``."""
         from distfair.evaluation.figures import seed_figures
 
-        _log(self.client, self.run_id, metrics=_metrics(result["metrics"], step=len(result["history"])))
+        self._queue(metrics=_metrics(result["metrics"], step=len(result["history"])))
         found = result.get("checks") or []
         tags = {f"distfair.check.{f['check']}": f["message"][:5000] for f in found}
         tags["distfair.checks"] = f"{len(found)} warning(s)" if found else "passed"
         # the evaluation's own tags: distfair.autoattack_version.<entry>, distfair.eval_error.<entry>
         tags.update({k: str(v)[:5000] for k, v in (result.get("tags") or {}).items()})
-        _log(self.client, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._queue(tags=[RunTag(k, v) for k, v in tags.items()])
         documents = {
             "confusion_matrices.json": {"rows": "true class", "columns": "predicted class",
                                         "class_names": result["class_names"], "matrices": result["confusion"]},
@@ -309,16 +613,76 @@ class SeedRunLogger:
                 (tmp / filename).write_text(json.dumps(document, indent=1, allow_nan=False, default=str)
                                             if filename == result_record.SEED_RECORD_NAME
                                             else json.dumps(document, indent=1))
-                self.client.log_artifact(self.run_id, str(tmp / filename))
+                self._queue_file(tmp / filename)
             if result.get("flags_path") and Path(result["flags_path"]).is_file():
-                self.client.log_artifact(self.run_id, result["flags_path"])
+                self._queue_file(result["flags_path"])
             figures = tmp / "plots"
             figures.mkdir()
             seed_figures(result, title, figures)
-            self.client.log_artifacts(self.run_id, str(figures), "plots")
-        if result.get("final_model_path"):
-            self.client.log_artifact(self.run_id, result["final_model_path"], "checkpoint")
-        self.client.set_terminated(self.run_id, "FINISHED")
+            self._queue_file(figures, "plots", folder=True)
+            if result.get("final_model_path"):
+                self._queue_file(result["final_model_path"], "checkpoint")
+            self.buffer.append({"op": "status", "status": "FINISHED"})
+            self.flush()            # inside: a write that waits keeps a copy of its temporary file
+
+
+def _apply_op(client: MlflowClient, run_id: str, folder: Path, op: dict) -> None:
+    """One buffered or parked write (``distfair.tracking_buffer``) into ``run_id``."""
+    kind = op["op"]
+    if kind == "batch":
+        client.log_batch(run_id, metrics=[Metric(*m) for m in op.get("metrics", [])],
+                         params=[Param(*p) for p in op.get("params", [])],
+                         tags=[RunTag(*t) for t in op.get("tags", [])])
+    elif kind == "artifact":
+        client.log_artifact(run_id, str(tracking_buffer.parked_file(folder, op)), op.get("artifact_path"))
+    elif kind == "artifacts":
+        client.log_artifacts(run_id, str(tracking_buffer.parked_file(folder, op)), op.get("artifact_path"))
+    elif kind == "status":
+        client.set_terminated(run_id, op["status"])
+    elif kind == "close":           # the driver gave up: close the run unless its worker finished it
+        if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+            client.set_tag(run_id, "distfair.closed_because", op["reason"])
+            client.set_terminated(run_id, op["status"])
+    else:
+        raise ValueError(f"unknown tracking write {kind!r}")
+
+
+def seed_logger_factory(uri: str, storage_path: str | Path):
+    """What the driver hands to the Ray workers: ``factory(run_id, log=...)`` makes the
+    :class:`SeedRunLogger` of a seed run, with the retry budget and buffer size read here, in
+    the driver's environment, and ``storage_path`` (shared on a cluster) for what waits."""
+    import functools
+
+    return functools.partial(SeedRunLogger, uri, storage_path=str(storage_path),
+                             retry_s=tracking_buffer.retry_budget_s(), buffer_limit=tracking_buffer.buffer_limit())
+
+
+def relog(folder: str | Path, uri: str, log: Callable[[str], None]) -> list[str]:
+    """``distfair relog``: log the writes kept under ``folder`` (``<storage>/unlogged`` or one
+    run's folder in it) into ``uri``, in their order, each folder deleted once all of it is
+    logged; a relog interrupted again resumes after the writes already logged. Returns the
+    run ids. Raises LookupError when there is nothing to log, TrackingUnavailable when the
+    server does not answer."""
+    import shutil
+
+    folders = tracking_buffer.parked_folders(folder)
+    if not folders:
+        raise LookupError(f"{folder}: no results waiting to be logged here (folders with "
+                          f"{tracking_buffer.RUN_INFO}, as `distfair run` keeps under <storage>/unlogged)")
+    client = _RetryingClient(uri, log=log)
+    done_ids = []
+    for run_folder in folders:
+        info, ops, done = tracking_buffer.read_parked(run_folder)
+        run_id = info["run_id"]
+        client.get_run(run_id)           # an unknown run (another store?) stops here, nothing written
+        for index in range(done, len(ops)):
+            _apply_op(client, run_id, run_folder, ops[index])
+            tracking_buffer.mark_replayed(run_folder, index + 1)
+        status = client.get_run(run_id).info.status
+        log(f"run {run_id}: {len(ops) - done} write(s) logged, status {status}")
+        shutil.rmtree(run_folder)
+        done_ids.append(run_id)
+    return done_ids
 
 
 #: the parent's seed-stability figure (``distfair.plots.seed_stability``), as an artifact path
@@ -328,7 +692,7 @@ SEED_STABILITY_FIGURE = "plots/seed_stability.png"
 def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *, n_seeds: int,
                        status: str = "FINISHED", configuration_record: dict | None = None,
                        seed_values: dict[str, dict[int, float]] | None = None, figure_title: str = "",
-                       description: str | None = None) -> None:
+                       description: str | None = None, failures: Mapping[int, str] | None = None) -> None:
     """``<name>_mean/_std/_min/_max/_ci95_low/_ci95_high`` for every child metric, ``n_seeds``,
     a ``seed_summary.json`` artifact (and ``configuration_result.json``, the configuration's
     result record, when given), then close the parent run with ``status``.
@@ -336,9 +700,18 @@ def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *
     ``seed_values`` (``{metric: {seed: value}}``, metrics of ``summary``): drawn as
     :data:`SEED_STABILITY_FIGURE` with the summary's statistics. ``description``: a Markdown
     section appended to the run's description; an earlier section with the same first line
-    (the summary of an earlier attempt) is replaced, the text above it kept."""
+    (the summary of an earlier attempt) is replaced, the text above it kept. ``failures``
+    (seed -> why it has no result): logged as metric ``n_failed`` and, when there are any, as
+    tag :data:`TAG_FAILURE_REASON` (``seed 2: loss is nan at epoch 1, batch 3; ...``)."""
     client = _client(uri)
     values = {"n_seeds": n_seeds}
+    if failures is not None:
+        values["n_failed"] = len(failures)
+        if failures:
+            reasons = "; ".join(f"seed {s}: {why}" for s, why in sorted(failures.items()))
+            client.set_tag(parent_run_id, TAG_FAILURE_REASON, reasons[:MAX_TAG_LEN])
+        elif TAG_FAILURE_REASON in client.get_run(parent_run_id).data.tags:   # an earlier attempt's
+            client.delete_tag(parent_run_id, TAG_FAILURE_REASON)
     for name, stats in summary.items():
         for stat in ("mean", "std", "min", "max", "ci95_low", "ci95_high"):
             values[f"{name}_{stat}"] = stats.get(stat)
@@ -437,6 +810,9 @@ def seed_checkpoints(uri: str, run_id: str, seeds: list[int], dest: Path, *,
         run = client.get_run(run_id)
     except MlflowException as err:
         raise ValueError(f"{key}: {run_id!r} is neither a file nor a run in {uri}") from err
+    if run.info.lifecycle_stage != "active":      # get_run still returns a deleted run: never train from it
+        raise ValueError(f"{key}: MLflow run {run_id} was deleted (restore it with `mlflow runs restore "
+                         f"--run-id {run_id}` or name another run)")
 
     def fetch(source_id: str) -> Path:
         target = dest / source_id

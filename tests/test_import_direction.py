@@ -72,6 +72,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "config": {"engine", "tracking", "distributed", "run", "sweep", "cli", "report"},
     "search_space": {"engine", "tracking", "distributed", "run", "sweep", "cli", "report"},
     "tracking": {"engine", "distributed", "run", "sweep", "cli", "report"},
+    # the outage buffer of tracking's seed logger: files and JSON only, no MLflow, none of distfair
+    "tracking_buffer": {"*"},
     "distributed": {"tracking", "run", "sweep", "cli", "report"},
     "run": {"sweep", "cli"},
     "sweep": {"cli"},

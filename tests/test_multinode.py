@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -87,6 +88,13 @@ print(json.dumps([{"id": n["NodeID"], "resources": n["Resources"]} for n in node
 """
 
 
+def _probed(stdout: str) -> list[dict]:
+    """The probe's JSON line: Ray may print its own lines to a driver's stdout after it (a
+    worker that died on a loaded machine, "[repeated 3x across cluster]")."""
+    return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith("[")
+                           and not line.startswith("[repeated") and line.rstrip().endswith("]")))
+
+
 @pytest.fixture(scope="module")
 def server_process(tmp_path_factory):
     """``(process, http URI, the folder holding the server's whole store, its log)``: a real
@@ -116,7 +124,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout_s: floa
 
 @pytest.fixture(scope="module")
 def cluster(server_process):
-    """``{"address", "env", "workers": [node id, ...], "head": node id}``: a head and two
+    """``{"address", "env", "workers": [node id, ...], "head": node id, "node_procs"}``: a head and two
     1-CPU worker nodes, each a ``ray start --block`` with token auth on 127.0.0.1. (After
     ``server_process`` only so that both boot at the same time.)"""
     ray_bin = str(Path(sys.executable).with_name("ray"))
@@ -143,19 +151,30 @@ def cluster(server_process):
                              "--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
                              "--temp-dir", str(root / "head"), *common, *agent_ports()], env, root / "head.log"))
         _wait_for_port(gcs_port, procs[0], root / "head.log")
-        for i in range(WORKER_NODES):
+
+        def start_worker_node(i: int) -> subprocess.Popen:
+            # appended to procs: stopped by this fixture's teardown, also when a test adds it
             procs.append(_start([ray_bin, "start", "--address", address, "--num-cpus", str(CPUS_PER_NODE),
                                  "--temp-dir", str(root / f"node{i}"), *common, *agent_ports()], env,
                                 root / f"node{i}.log"))
+            return procs[-1]
+
+        for i in range(WORKER_NODES):
+            start_worker_node(i)
         probe = subprocess.run([sys.executable, "-c", NODES_PROBE, address, str(1 + WORKER_NODES), "120"], env=env,
                                capture_output=True, text=True, timeout=180)
         assert probe.returncode == 0, f"{probe.stderr[-3000:]}\n{_tail(root / 'head.log')}"
-        nodes = json.loads(probe.stdout.strip().splitlines()[-1])
+        nodes = _probed(probe.stdout)
         assert len(nodes) == 1 + WORKER_NODES, f"nodes: {nodes}\n{_tail(root / 'node0.log')}"
         workers = [n["id"] for n in nodes if n["resources"].get("CPU", 0) > 0]
         head = [n["id"] for n in nodes if n["resources"].get("distfair_trial")]
         assert len(workers) == WORKER_NODES and len(head) == 1, nodes
-        yield {"address": address, "env": env, "workers": workers, "head": head[0]}
+        # node_procs: the worker nodes' `ray start --block` processes (a node's raylet and
+        # workers are among its descendants), for the tests that lose a node
+        # start_worker_node(i): a further worker node (index i, a new temp dir), for a test that
+        # replaces the node it lost
+        yield {"address": address, "env": env, "workers": workers, "head": head[0], "node_procs": procs[1:],
+               "start_worker_node": start_worker_node}
     finally:
         for proc in reversed(procs):            # worker nodes first, then the head
             _stop(proc)
@@ -268,6 +287,163 @@ def test_bad_placement_strategy_is_refused_before_anything_starts(tmp_path, caps
     err = capsys.readouterr().err
     assert "scaling.placement_strategy" in err and "DIAGONAL" in err and "SPREAD" in err
     assert not (tmp_path / "m.db").exists()
+
+
+def _descendants(proc: subprocess.Popen) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cmdline(process) -> str:
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _latest_checkpoint(storage: Path) -> dict | None:
+    """The metrics of the checkpoint Ray Train would resume a group from (its controller's
+    ``checkpoint_manager_snapshot.json``, rewritten each time it registers a checkpoint)."""
+    for path in storage.glob("*/checkpoint_manager_snapshot.json"):
+        with contextlib.suppress(OSError, ValueError):
+            latest = json.loads(path.read_text()).get("latest_checkpoint_result")
+            if latest:
+                return latest["metrics"]
+    return None
+
+
+@pytest.mark.ray
+def test_lost_worker_node_the_group_needs_fails_the_run_naming_node_and_resources(cluster, mlflow_server,
+                                                                                tmp_path_factory):
+    """A 2-worker x 1-CPU group needs both 1-CPU worker nodes; one node's raylet is killed
+    (SIGKILL) mid-run. The group can no longer fit anywhere, so instead of Ray Train retrying
+    its start forever the command gives up on it: exit 1, the terminal names the lost node and
+    what a group needs, the seed's and the parent's runs end FAILED, none RUNNING. A fresh
+    worker node then replaces the lost one, for the tests after this one."""
+    uri, _ = mlflow_server
+    cwd = tmp_path_factory.mktemp("lost_needed_node")
+    # 20 epochs: training must outlast the GCS marking the node dead (~15 s of missed heartbeats);
+    # the kill stops it at once (the other worker's allreduce breaks), so they are never all run
+    cfg = tiny(train={"epochs": 20}, dataset={"num_samples": 2400}, attack={"steps": 5},
+               scaling={"num_workers": 2, "resources_per_worker": {"CPU": 1}, "max_failures": 1})
+    path = cwd / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in cluster["env"].items() if k != "RAY_AUTH_MODE"}
+    err = cwd / "stderr.txt"
+    with open(err, "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "distfair.cli", "run", str(path), "--json", "--address",
+                                 cluster["address"], "--tracking-uri", uri, "--experiment", "lost_needed_node",
+                                 "--storage-path", str(cwd / "ray_storage"), "--allow-local"],
+                                cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _latest_checkpoint(cwd / "ray_storage") is None:     # training on both nodes
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"never saw an epoch checkpoint (exit {proc.poll()}):\n{_tail(err)}")
+            time.sleep(0.2)
+        victim = cluster["node_procs"][0]
+        raylets = [p for p in _descendants(victim) if p.name() == "raylet"]
+        assert len(raylets) == 1, raylets
+        raylets[0].kill()
+        proc.wait(timeout=300)
+    finally:
+        _stop(proc)
+    stderr = err.read_text()
+    alive = {n["id"] for n in _alive_nodes(cluster)}
+    (lost,) = set(cluster["workers"]) - alive
+    assert proc.returncode == 1, stderr[-4000:]
+    # the address is the node's own (NodeManagerAddress), whatever this machine reports
+    assert re.search(rf"node {lost[:8]} \([^)]+\) was lost; a worker group needs 2 worker\(s\) x \{{CPU: 1\.0\}} "
+                     r"and the alive nodes have \w{8} \(", stderr), stderr[-4000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("lost_needed_node")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FAILED" for r in runs), [(r.info.run_name, r.info.status)
+                                                                              for r in runs]
+    # a fresh worker node in place of the lost one: the next test loses a node of two again
+    cluster["node_procs"][0] = cluster["start_worker_node"](len(cluster["workers"]))
+    deadline = time.monotonic() + 180
+    while len(now := [n for n in _alive_nodes(cluster) if n["resources"].get("CPU", 0) > 0]) < WORKER_NODES:
+        assert time.monotonic() < deadline, f"the replacement node never joined: {now}"
+        time.sleep(1)
+    cluster["workers"] = [n["id"] for n in now]
+
+
+@pytest.mark.ray
+def test_lost_worker_node_reschedules_the_group_on_the_remaining_node(cluster, mlflow_server, tmp_path_factory):
+    """The raylet of the node running a 1-CPU group is killed (SIGKILL) after the group's first
+    epoch checkpoint: Ray Train (``scaling.max_failures: 1``) restarts the group on the other
+    node, which resumes the seed from that checkpoint in the shared storage; the command exits
+    0 and no run is left RUNNING. Kills a node of the module's cluster: after every test that
+    runs something on it."""
+    uri, _ = mlflow_server
+    cwd = tmp_path_factory.mktemp("lost_node")
+    # 9600 samples: on an idle machine 2400 made 0.3 s epochs, and the kill landed after the last
+    cfg = tiny(train={"epochs": 3}, dataset={"num_samples": 9600}, attack={"steps": 5},
+               scaling={"max_failures": 1})
+    path = cwd / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in cluster["env"].items() if k != "RAY_AUTH_MODE"}
+    out, err = cwd / "stdout.txt", cwd / "stderr.txt"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "distfair.cli", "run", str(path), "--json", "--address",
+                                 cluster["address"], "--tracking-uri", uri, "--experiment", "lost_node",
+                                 "--storage-path", str(cwd / "ray_storage"), "--allow-local"],
+                                cwd=cwd, env=env, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            latest = _latest_checkpoint(cwd / "ray_storage")
+            if latest and latest.get("epoch") == 0:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline or (latest and latest.get("epoch", 0) > 0):
+                pytest.fail(f"never saw the first epoch's checkpoint (last {latest}, exit {proc.poll()}):\n"
+                            f"{_tail(err)}")
+            time.sleep(0.2)
+        hosting = [node for node in cluster["node_procs"]
+                   if any(_cmdline(p).startswith("ray::RayTrainWorker") for p in _descendants(node))]
+        assert len(hosting) == 1, hosting
+        raylets = [p for p in _descendants(hosting[0]) if p.name() == "raylet"]
+        assert len(raylets) == 1, raylets
+        raylets[0].kill()
+        proc.wait(timeout=400)
+    finally:
+        _stop(proc)
+    stderr = err.read_text()
+    assert proc.returncode == 0, stderr[-4000:]
+    # the progress line reaches the terminal through a queue actor that may have been on the
+    # lost node; the workers' own output is in the log file either way
+    log_file = next(line.split(": ", 1)[1] for line in stderr.splitlines()
+                    if line.startswith("[distfair] Ray, Tune and worker output: "))
+    assert "[distfair] seed 0: resumed after epoch 1" in stderr + Path(log_file).read_text(), stderr[-4000:]
+    report = json.loads(out.read_text())
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("lost_node")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status)
+                                                                                for r in runs]
+    (doc,) = seed_records(client, "lost_node").values()
+    survivor = {n["id"] for n in _alive_nodes(cluster)} & set(cluster["workers"])
+    assert len(survivor) == 1 and doc["worker_node_ids"] == sorted(survivor), (doc["worker_node_ids"], survivor)
+    assert report["seeds"] == [0]
+    steps = [m.step for m in client.get_metric_history(next(iter(seed_records(client, "lost_node"))), "train_loss")]
+    assert sorted(steps) == [0, 1, 2]                 # each epoch once: the first not redone
+
+
+def _alive_nodes(cluster: dict) -> list[dict]:
+    probe = subprocess.run([sys.executable, "-c", NODES_PROBE,
+                            cluster["address"], "0", "0"], env=cluster["env"], capture_output=True, text=True,
+                           timeout=120)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    return _probed(probe.stdout)
 
 
 @pytest.mark.ray

@@ -132,8 +132,9 @@ def test_spread_of_the_objective_on_validation_and_test_in_trials_csv_summary_an
               for s in ("mean", "std", "n", "ci95_low", "ci95_high")]
     # the objective and the same statistic on test first, then the spread (a column once)
     columns = header[header.index("name") + 1:]
-    assert columns[:2] == ["val_worst_class_acc_mean", "test:worst_class_acc_mean"] and columns[-1] == "n_seeds"
-    assert sorted(columns[:-1]) == sorted(spread)
+    assert columns[:2] == ["val_worst_class_acc_mean", "test:worst_class_acc_mean"]
+    assert columns[-2:] == ["n_seeds", "failure"]          # failure: why a configuration failed, else empty
+    assert sorted(columns[:-2]) == sorted(spread)
     for trial in trials:
         row = rows[trial.parent_run_id]
         val, test = (np.array(v) for v in zip(*SEEDS[trial.params["name"]]))

@@ -198,6 +198,6 @@ def test_shipped_digits_finetune_config_is_the_validation_choice(tmp_path):
     with pytest.raises(ValueError, match="REPLACE_WITH_PRETRAINING_RUN_ID"):
         resolve_init_from(cfg, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
     ckpt = tmp_path / "last.pt"
-    ckpt.write_bytes(b"")
+    torch.save({"model": {}}, ckpt)          # read (weights_only) before anything starts: a real file
     overridden = load_config(path, [f"train.init_from={ckpt}"])
     assert set(resolve_init_from(overridden, "unused", tmp_path).values()) == {str(ckpt.resolve())}

@@ -83,6 +83,28 @@ def test_a_worker_never_reopens_a_run_the_driver_closed(tmp_path):
         assert MlflowClient(uri).get_run(closed).info.status == status
 
 
+def test_an_epoch_a_restarted_group_trains_again_is_logged_once(tmp_path):
+    """Ray Train restarts a group from the last checkpoint its controller registered, which can
+    be older than the last epoch the seed run logged: that epoch is trained again (same values)
+    and must not appear twice in the run's curves."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    parent = tracking.start_parent_run(uri, exp, {}, run_name="p")
+    seed_run = tracking.get_or_create_seed_run(uri, exp, parent, 0)
+    first = tracking.SeedRunLogger(uri, seed_run, storage_path=tmp_path)
+    for epoch in (0, 1):
+        first.log_epoch(epoch, {"epoch": epoch, "train_loss": 1.0 - epoch / 10, "epoch_time_s": 1.0})
+    first.flush()
+    restarted = tracking.SeedRunLogger(uri, seed_run, storage_path=tmp_path)   # the group's new attempt
+    for epoch in (1, 2):
+        restarted.log_epoch(epoch, {"epoch": epoch, "train_loss": 1.0 - epoch / 10, "epoch_time_s": 2.0})
+    restarted.flush()
+    client = MlflowClient(uri)
+    for key in ("train_loss", "epoch_time_s"):
+        assert sorted(m.step for m in client.get_metric_history(seed_run, key)) == [0, 1, 2]
+    assert {m.step: m.value for m in client.get_metric_history(seed_run, "epoch_time_s")} == {0: 1.0, 1: 1.0, 2: 2.0}
+
+
 def test_an_interrupted_run_closes_runs_reopened_before_ray_shut_down(tmp_path):
     from distfair.run import Interrupted
 

@@ -1,4 +1,5 @@
-"""A test-only data-free defense that uses the whole :class:`Defense` lifecycle.
+"""Test-only defenses: a data-free one that uses the whole :class:`Defense` lifecycle, and
+one that diverges on cue (:class:`Diverging`).
 
 Not a test module: import it from tests as ``from toy_defenses import ...``. Ray workers
 import it through ``worker_process_setup_hook="toy_defenses.register"`` with this folder on
@@ -28,10 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from distfair.defenses import DEFENSES, Defense, DefenseContext
-from distfair.defenses._base import check_finite_loss
+from distfair.defenses.standard import Standard
 from distfair.models import unwrap_model
+from distfair.seeding import derive_seed
 
 NAME = "toy_datafree"
+DIVERGING = "toy_diverging"
 
 
 def make_teacher(in_shape, num_classes: int, *, seed: int = 0) -> nn.Module:
@@ -115,7 +118,6 @@ class DataFreeDistill(Defense):
         with torch.no_grad():
             x = self.images(z)
         loss, parts = self.loss(model, x, None)
-        check_finite_loss(loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -153,6 +155,45 @@ def untimed(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.endswith("time_s")} for row in history]
 
 
+class Diverging(Standard):
+    """Standard training whose loss turns NaN (or inf) at one (epoch, batch), both 1-based,
+    for one seed only (``nan_seed``; −1: never): a deterministic divergence for the tests of
+    ``distfair.engine.steps.Diverged`` and of how a diverged seed fails alone.
+
+    A defense is not told its seed; it recognises it by the seed of its context's generator,
+    which the engine derives as ``derive_seed(seed, "defense", *labels, rank)``
+    (``distfair.engine.train.defense_context``). Epoch and batch are counted in Python (no
+    tensor is read)."""
+
+    name = DIVERGING
+
+    def __init__(self, *, attack=None, num_classes: int, nan_seed: int = -1, nan_epoch: int = 1,
+                 nan_batch: int = 1, kind: str = "nan"):
+        super().__init__(attack=attack, num_classes=num_classes)
+        if kind not in ("nan", "inf"):
+            raise ValueError(f"kind must be 'nan' or 'inf', got {kind!r}")
+        self.nan_seed, self.nan_epoch, self.nan_batch = nan_seed, nan_epoch, nan_batch
+        self.factor = float(kind)
+        self.armed, self.epoch, self.step = False, 0, 0
+
+    def setup(self, ctx: DefenseContext) -> None:
+        super().setup(ctx)
+        own = ctx.generator("toy-diverging").initial_seed()
+        self.armed = self.nan_seed >= 0 and own == derive_seed(self.nan_seed, "defense", "toy-diverging", ctx.rank)
+
+    def batches(self, loader, *, epoch):
+        self.epoch, self.step = epoch, 0
+        return loader
+
+    def loss(self, model, x, y, *, generator=None):
+        loss, parts = super().loss(model, x, y, generator=generator)
+        self.step += 1
+        if self.armed and (self.epoch + 1, self.step) == (self.nan_epoch, self.nan_batch):
+            loss = loss * self.factor
+        return loss, parts
+
+
 def register() -> None:
-    """Add the toy defense to the registry of this process (the Ray workers' setup hook)."""
+    """Add the toy defenses to the registry of this process (the Ray workers' setup hook)."""
     DEFENSES.setdefault(NAME, DataFreeDistill)
+    DEFENSES.setdefault(DIVERGING, Diverging)

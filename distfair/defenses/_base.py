@@ -15,7 +15,9 @@ Lifecycle, for one (configuration, seed), on every DDP rank:
    SpecNorm's), then :meth:`Defense.train_step` once per batch of
    :meth:`Defense.batches` with the model in train mode; after the epoch the engine steps its
    schedule, validates and checkpoints, and the checkpoint holds every rank's
-   :meth:`Defense.state_dict`.
+   :meth:`Defense.state_dict`. A step never reads a tensor on the host; the engine checks
+   :attr:`Defense.finite_parts` on the device and ends an epoch whose loss became NaN or
+   infinite with ``Diverged`` (see :meth:`Defense.train_step`).
 5. After the last epoch: :meth:`Defense.finish_training` once (fit what the predict step needs
    on the training set, e.g. neural rejection's SVM).
 6. The end-of-training validation pass and the test-set evaluation classify through
@@ -99,6 +101,12 @@ class Defense(abc.ABC):
     #: resolved per seed by the caller of the engine into ``DefenseContext.references[option]``
     #: (a local path). The option itself reaches ``__init__`` as written (e.g. FERD's ``teacher``).
     reference_options: ClassVar[tuple[str, ...]] = ()
+    #: the numbers of :meth:`train_step`'s result that must stay finite: the engine watches
+    #: them on the device (no host read per step) and ends the epoch with
+    #: ``distfair.engine.steps.Diverged`` (``loss is nan at epoch e, batch b``) if one was NaN
+    #: or infinite. In order of cause: the first non-finite one of the earliest batch is named
+    #: (data-free distillation: ``generator_loss`` before the student's ``loss``).
+    finite_parts: ClassVar[tuple[str, ...]] = ("loss",)
 
     def __init__(self, *, attack: Attack | None, num_classes: int):
         if self.needs_attack and attack is None:
@@ -153,11 +161,18 @@ class Defense(abc.ABC):
         """One training step on ``batch``; returns the detached numbers to average over the
         epoch and log as ``train_<name>`` (``loss`` among them). ``optimizer`` is the engine's,
         over the parameters of ``model``; ``generator`` draws this step's random starts
-        (seeded per seed, epoch and rank). Default: :meth:`loss`, refuse a non-finite value,
-        zero the gradients, backward, step. Raise ``FloatingPointError`` on a non-finite loss."""
+        (seeded per seed, epoch and rank). Default: :meth:`loss`, zero the gradients, backward,
+        step.
+
+        No host synchronisation: never read a tensor's value here (``float``, ``.item()``, an
+        ``if`` on a tensor), which would stall the CPU until the GPU caught up, every step.
+        Return the loss even when it is NaN or infinite: the engine checks the
+        :attr:`finite_parts` on the device and fails the seed at the epoch's end with the
+        epoch and batch where it happened (what is trained after that point is thrown away).
+        A defense that reads values on the host anyway (FAAL's exact solver) may raise
+        ``FloatingPointError("loss is nan")`` itself; the engine adds the epoch and batch."""
         x, y = batch
         loss, parts = self.loss(model, x, y, generator=generator)
-        check_finite_loss(loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -207,11 +222,6 @@ class Defense(abc.ABC):
         """Per-batch objective: (scalar to back-propagate, detached named components).
         x: (B, ...) inputs in the data's range, y: (B,) labels. A defense with its own
         :meth:`train_step` that does not use it raises ``NotImplementedError``."""
-
-
-def check_finite_loss(loss: torch.Tensor) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite training loss {loss.item()}")
 
 
 def check_weight(name: str, value: float) -> None:

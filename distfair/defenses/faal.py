@@ -59,7 +59,15 @@ class FAAL(Defense):
         x_adv = self.attack(unwrap_model(model), x, y, generator=generator)
         losses = F.cross_entropy(model(x_adv), y, reduction="none")
         _, m = per_class_means(losses, y)
-        p = kl_dro_weights(m.detach(), self.r)
+        try:
+            # the exact solver runs on the host (like torch.unique above): FAAL reads values
+            # every step by its nature, so it reports a non-finite loss itself
+            p = kl_dro_weights(m.detach(), self.r)
+        except ValueError:
+            if torch.isfinite(m).all():
+                raise
+            kind = "nan" if torch.isnan(m).any() else "inf"
+            raise FloatingPointError(f"loss is {kind}") from None
         weighted = (p * m).sum()
         parts = {"adv_ce": losses.mean().detach(), "weighted": weighted.detach(), "max_weight": p.max()}
         total = weighted

@@ -154,6 +154,47 @@ def _progress(context: dict, trial_id: str, targets: list[Target], es) -> dict |
     return out
 
 
+class SeedsFailed(RuntimeError):
+    """A configuration of which a seed failed (e.g. diverged: ``loss is nan at epoch e, batch
+    b``): its trial ends in ERROR, so the searcher records it as failed and the sweep goes on."""
+
+    def __init__(self, errors: dict):
+        self.errors = {int(k): str(v) for k, v in errors.items()}
+        super().__init__(failure_text(self.errors))
+
+    def __reduce__(self):          # pickled by Ray into the trial's error file
+        return SeedsFailed, (self.errors,)
+
+
+def failure_text(errors: dict) -> str:
+    """``seed 2: loss is nan at epoch 1, batch 3; seed 5: ...`` (the configuration run's
+    ``distfair.failure_reason`` tag says the same)."""
+    return "; ".join(f"seed {s}: {why}" for s, why in sorted(errors.items()))
+
+
+def _failure_of(trial) -> str | None:
+    """The :class:`SeedsFailed` text of an errored trial, or None (another error, or none saved)."""
+    from ray import cloudpickle
+
+    try:
+        # Tune writes the pickled error in the trial's local folder first; get_pickled_error
+        # reads the storage copy, which is not synced yet when on_trial_error runs
+        local = trial.pickled_error_file
+        if local and os.path.exists(local):
+            with open(local, "rb") as f:
+                err = cloudpickle.load(f)
+        else:
+            err = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - a missing or unreadable error file: say nothing
+        return None
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, SeedsFailed):
+            return failure_text(err.errors)
+        err, seen = getattr(err, "cause", None) or err.__cause__, seen + 1
+    return None
+
+
 def sweep_trial(params: dict, context: dict) -> None:
     """One Tune trial = one configuration over all its seeds (a Ray Train driver), run by
     ``context["run_trial"]`` (see the module docstring)."""
@@ -183,8 +224,10 @@ def sweep_trial(params: dict, context: dict) -> None:
     if "error" in box:
         raise box["error"]
     report = box["report"]
-    if not report.seeds:
-        raise RuntimeError(f"no seed of this configuration finished: {report.errors}")
+    if report.errors:
+        # its statistics over the surviving seeds would be biased towards them (a diverged seed
+        # is not a random loss): the trial errors, so the searcher is told FAIL, never a value
+        raise SeedsFailed(report.errors)
     final = {"final": 1, "seeds_done": len(report.seeds), "seeds_total": len(context["seeds"]),
              "parent_run_id": report.parent_run_id}
     final.update({k: v for k, v in objective_values(targets, report.metrics).items() if v is not None})
@@ -340,8 +383,9 @@ class SweepCallback(Callback):
         self.progress.finish(trial, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.progress.write(f"{trial.trial_id} failed: see the trial's error file under "
-                            f"{trial.storage.trial_fs_path}")
+        reason = _failure_of(trial)
+        self.progress.write(f"{trial.trial_id} failed: {reason}" if reason else
+                            f"{trial.trial_id} failed: see the trial's error file under {trial.storage.trial_fs_path}")
         self._close(trial.trial_id, "FAILED", "the trial raised an error")
         self.progress.finish(trial, failed=True)
 

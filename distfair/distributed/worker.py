@@ -7,6 +7,10 @@ checkpoint every epoch; every rank calls ``ray.train.report`` the same number of
 times (Ray Train synchronises on it). The return value of rank 0 (a list of per-seed result
 dicts) arrives in the driver as ``Result.return_value``.
 
+A seed whose training diverges (``distfair.engine.train.Diverged``: the loss became NaN or
+infinite) fails alone: its run is closed FAILED with the reason, its entry in the returned
+list is ``{"seed": s, "failed": reason}``, and the group goes on with its next seeds.
+
 Fault tolerance: each reported checkpoint holds the engine's epoch checkpoint plus
 ``progress.json`` (the seed in progress and the results of the seeds already done). When
 Ray Train restarts the worker group (``scaling.max_failures``), the loop skips the finished
@@ -18,13 +22,14 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from distfair.engine import run_seed
-from distfair.engine.train import CHECKPOINT_NAME
+from distfair.engine.train import CHECKPOINT_NAME, Diverged
 
 PROGRESS = "progress.json"
 
@@ -108,10 +113,26 @@ def _progress_log(progress) -> Callable[[str], None]:
     return log
 
 
+def _seed_diverged(seed: int, reason: str, *, rank: int, logger, log, done: list[dict]) -> None:
+    """A seed whose loss became NaN or infinite (``Diverged``, raised by every rank at the same
+    epoch's end, so no rank waits in a collective) fails alone: rank 0 closes its run FAILED
+    with the reason and adds ``{"seed", "failed": reason}`` to ``done`` (the driver's error for
+    it; a restarted group skips it like a finished seed); every rank reports once, as for a
+    finished seed, and the group goes on with its next seed."""
+    if rank != 0:
+        _report({"seed": seed, "seed_done": 1}, None)
+        return
+    log(f"seed {seed}: FAILED: {reason}")
+    logger.log_failure(reason)
+    done.append({"seed": seed, "failed": reason})
+    _report({"seed": seed, "seed_done": 1}, {PROGRESS: json.dumps({"seed": seed, "seed_done": True, "done": done})})
+
+
 def train_loop_per_worker(config: dict) -> list[dict] | None:
     import ray.train
     import ray.train.torch
 
+    started_at = time.time()         # wall clock: the driver compares it with its own (scripts/bench_overhead.py)
     _quiet_ray_train_reports()
 
     ctx = ray.train.get_context()
@@ -133,27 +154,45 @@ def train_loop_per_worker(config: dict) -> list[dict] | None:
         seed_dir = workdir / f"seed_{seed}"
         if seed != resume_seed and seed_dir.exists():
             shutil.rmtree(seed_dir)          # stale files of an earlier attempt, never reused
-        logger = config["seed_logger"](child_runs[str(seed)]) if rank == 0 else None
+        # where a seed's wall time goes besides the math (wall-clock stamps and summed seconds)
+        clock = {"worker_started_at": started_at, "seed_started_at": time.time(), "mlflow_epoch_s": 0.0,
+                 "report_s": 0.0}
+        # log: "tracking server ... unreachable / back" reach the driver's progress output
+        logger = config["seed_logger"](child_runs[str(seed)], log=log) if rank == 0 else None
+        clock["mlflow_open_s"] = time.time() - clock["seed_started_at"]
 
-        def on_epoch(epoch: int, row: dict, checkpoint: Path | None, seed=seed, logger=logger) -> None:
+        def on_epoch(epoch: int, row: dict, checkpoint: Path | None, seed=seed, logger=logger, clock=clock) -> None:
             metrics = {"seed": seed, **row}
+            clock.setdefault("first_epoch_done_at", time.time())
             if rank != 0:
                 _report(metrics, None)
                 return
+            t0 = time.time()
             logger.log_epoch(epoch, row)
+            t1 = time.time()
             _report(metrics, {CHECKPOINT_NAME: checkpoint,
                               PROGRESS: json.dumps({"seed": seed, "epoch": epoch, "done": done})})
+            clock["mlflow_epoch_s"] += t1 - t0
+            clock["report_s"] += time.time() - t1
 
-        result = run_seed(cfg, seed, workdir=seed_dir, device=device, rank=rank, world=world, on_epoch=on_epoch,
-                          init_from=config.get("init_paths", {}).get(str(seed)),
-                          references=config.get("references", {}).get(str(seed)),
-                          log=log)
+        try:
+            result = run_seed(cfg, seed, workdir=seed_dir, device=device, rank=rank, world=world, on_epoch=on_epoch,
+                              init_from=config.get("init_paths", {}).get(str(seed)),
+                              references=config.get("references", {}).get(str(seed)),
+                              log=log)
+        except Diverged as err:
+            _seed_diverged(seed, str(err), rank=rank, logger=logger, log=log, done=done)
+            shutil.rmtree(seed_dir, ignore_errors=True)
+            continue
         if rank == 0:
+            clock["seed_computed_at"] = time.time()
             record = result.to_dict()
             record["worker_node_ids"] = node_ids
             record["tags"] = {**(record.get("tags") or {}), "distfair.worker_node_ids": ",".join(node_ids)}
             logger.log_result(record, title=f"{cfg['defense']['name']}, seed {seed}")
             record["final_model_path"] = None      # local to this worker; the copy is in MLflow
+            clock["seed_logged_at"] = time.time()
+            record["clock"] = clock                # not in MLflow: the driver's timings (runner)
             done.append(record)
             _report({"seed": seed, "seed_done": 1},
                     {PROGRESS: json.dumps({"seed": seed, "seed_done": True, "done": done})})

@@ -34,10 +34,12 @@ from distfair._blocks import options as _options
 from distfair.attacks import build_attack
 from distfair.data import DataBundle, build_dataset
 from distfair.defenses import Defense, DefenseContext, build_defense
+from distfair.engine import accel
+from distfair.engine.steps import Diverged, StepTotals, steps_guard  # noqa: F401 - Diverged re-exported
 from distfair.evaluation import confusion_counts, final_evaluation, validation_evaluation
 from distfair.evaluation.summaries import SummaryDocuments
 from distfair.metrics import symmetry_loss
-from distfair.models import build_model, unwrap_model
+from distfair.models import build_model, load_checkpoint, unwrap_model
 from distfair.seeding import generator, rng_state, seed_everything, set_rng_state
 
 CHECKPOINT_NAME = "last.pt"
@@ -79,11 +81,13 @@ class SeedResult(SummaryDocuments):
 
 
 def build_optimizer(params, train: dict) -> torch.optim.Optimizer:
+    params = list(params)
+    fast = accel.optimizer_kwargs(params, accel.option(train, "fused_optimizer"))   # {} by default
     if train["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"],
-                               weight_decay=train["weight_decay"], nesterov=train["nesterov"])
+                               weight_decay=train["weight_decay"], nesterov=train["nesterov"], **fast)
     cls = torch.optim.Adam if train["optimizer"] == "adam" else torch.optim.AdamW
-    return cls(params, lr=train["lr"], weight_decay=train["weight_decay"])
+    return cls(params, lr=train["lr"], weight_decay=train["weight_decay"], **fast)
 
 
 def build_scheduler(optimizer, train: dict):
@@ -156,10 +160,19 @@ def _gather_strings(value: str, world: int) -> list[str]:
     return out
 
 
-def _train_loader(data: DataBundle, batch_size: int, seed: int, rank: int, world: int):
+def _train_loader(data: DataBundle, batch_size: int, seed: int, rank: int, world: int, *,
+                  device: torch.device | None = None, log: Callable[[str], None] | None = None):
+    """The sampler and the loader of this rank's shard. With ``device`` (``train.data_on_device``)
+    a tensor training set is held there (:class:`accel.DeviceLoader`: the same batches)."""
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     # Drop a ragged last batch (BatchNorm cannot train on a single sample) unless it is all there is.
     drop_last = len(sampler) > batch_size
+    if device is not None:
+        try:
+            return sampler, accel.DeviceLoader(data.train, sampler=sampler, batch_size=batch_size,
+                                               drop_last=drop_last, device=device)
+        except ValueError as err:      # per-access transforms (CIFAR's augmentation) stay on the DataLoader
+            (log or print)(f"train.data_on_device: {err}; training batches come from the DataLoader")
     return sampler, DataLoader(data.train, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
 
 
@@ -170,7 +183,10 @@ def load_initial_weights(model: nn.Module, path: str | Path, *, model_name: str,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"train.init_from: no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = load_checkpoint(path)
+    except ValueError as err:           # a pickled payload or not a checkpoint: never unpickled
+        raise ValueError(f"train.init_from: {err}") from None
     weights = state.get("model") if isinstance(state, dict) and "model" in state else state
     if not isinstance(weights, dict):
         raise ValueError(f"train.init_from: {path} holds no model state dict")
@@ -238,12 +254,14 @@ def build_seed_training(cfg: dict, seed: int, *, workdir: Path, device: torch.de
     data = build_dataset(cfg["dataset"]["name"], **_options(cfg["dataset"], "name"))
     model = build_model(cfg["model"]["name"], num_classes=data.num_classes, in_shape=data.in_shape,
                         **_options(cfg["model"], "name")).to(device)
+    accel.prepare_model(model, train_cfg, log)         # train.channels_last (in place; no RNG draw)
     attack = None
     if cfg.get("attack"):
         attack = build_attack(cfg["attack"]["name"], bounds=data.bounds, **_options(cfg["attack"], "name"))
     defense = build_defense(cfg["defense"]["name"], attack=attack, num_classes=data.num_classes,
                             **_options(cfg["defense"], "name"))
     defense.setup(defense_context(data, seed, device=device, rank=rank, world=world, references=references))
+    accel.autocast_train_step(defense, accel.option(train_cfg, "precision"), device)   # train.precision
     optimizer = build_optimizer(model.parameters(), train_cfg)
     scheduler = build_scheduler(optimizer, train_cfg)
     run = SeedTraining(cfg=cfg, seed=seed, workdir=workdir, device=device, rank=rank, world=world, data=data,
@@ -255,9 +273,13 @@ def build_seed_training(cfg: dict, seed: int, *, workdir: Path, device: torch.de
     elif init_from:
         load_initial_weights(model, init_from, model_name=cfg["model"]["name"], num_classes=data.num_classes)
         log(f"seed {seed}: initialised from {init_from}")
+    if accel.option(train_cfg, "compile"):          # the steps only; checkpoints and evaluation use `model`
+        run.train_model = accel.compiled(model)
     if world > 1:
-        run.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    run.sampler, run.loader = _train_loader(data, train_cfg["batch_size"], seed, rank, world)
+        run.train_model = DistributedDataParallel(run.train_model,
+                                                  device_ids=[device.index] if device.type == "cuda" else None)
+    run.sampler, run.loader = _train_loader(data, train_cfg["batch_size"], seed, rank, world, log=log,
+                                            device=device if accel.option(train_cfg, "data_on_device") else None)
     return run
 
 
@@ -282,6 +304,25 @@ def _defense_states(defense: Defense, world: int) -> list[dict]:
     return out
 
 
+def _plain_rng_state() -> dict:
+    """:func:`rng_state` as plain data that ``torch.load(weights_only=True)`` reads back:
+    NumPy's key array becomes a tensor (a pickled ndarray would need NumPy's globals)."""
+    state = rng_state()
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    state["numpy"] = (str(name), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
+    return state
+
+
+def _set_plain_rng_state(state: dict) -> None:
+    """Inverse of :func:`_plain_rng_state`. RNG states are CPU byte tensors whatever device
+    the checkpoint was mapped to."""
+    import numpy as np
+
+    state = _on_cpu(state)
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    set_rng_state({**state, "numpy": (name, np.asarray(keys.numpy(), dtype=np.uint32), pos, has_gauss, cached)})
+
+
 def save_checkpoint(run: SeedTraining, epoch: int) -> Path | None:
     """The epoch checkpoint: model, optimiser, schedule, global RNG, history and every rank's
     defense state. Called on every rank (the defense states are gathered); rank 0 writes it,
@@ -290,7 +331,8 @@ def save_checkpoint(run: SeedTraining, epoch: int) -> Path | None:
     if run.rank != 0:
         return None
     state = {"seed": run.seed, "epoch": epoch, "model": run.model.state_dict(),
-             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng_state(),
+             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "rng": _plain_rng_state(),
              "history": run.history, "model_name": run.cfg["model"]["name"], "model_config": dict(run.cfg["model"]),
              "num_classes": run.data.num_classes,
              "in_shape": tuple(run.data.in_shape), "defense": defense_states}
@@ -304,7 +346,7 @@ def restore_checkpoint(run: SeedTraining) -> None:
     """Load the epoch checkpoint into ``run`` (after the defense's setup, before any epoch):
     the next epoch continues exactly as it would have without the interruption."""
     path = run.checkpoint_path
-    state = torch.load(path, map_location=run.device, weights_only=False)
+    state = load_checkpoint(path, map_location=run.device)     # weights_only: a pickled payload is refused
     if state.get("seed") != run.seed:
         raise RuntimeError(f"checkpoint {path} belongs to seed {state.get('seed')}, not {run.seed}")
     run.model.load_state_dict(state["model"])
@@ -316,7 +358,7 @@ def restore_checkpoint(run: SeedTraining) -> None:
     elif any(defense_states):
         raise RuntimeError(f"checkpoint {path} holds the defense state of {len(defense_states)} rank(s), "
                            f"this run has {run.world}: resume with the same number of workers")
-    set_rng_state(state["rng"])
+    _set_plain_rng_state(state["rng"])
     run.start_epoch, run.history = state["epoch"] + 1, state["history"]
 
 
@@ -338,20 +380,17 @@ def train_epoch(run: SeedTraining, epoch: int) -> dict[str, float]:
                                    generator=generator(seed, "epoch-start", epoch, rank, device=device),
                                    rank=rank, world=world)
     run.train_model.train()
-    sums: dict[str, float] = {}
-    batches = 0
-    for batch in defense.batches(run.loader, epoch=epoch):
-        try:
-            parts = defense.train_step(run.train_model, _to_device(batch, device), run.optimizer,
-                                       generator=attack_gen)
-        except FloatingPointError as err:
-            raise FloatingPointError(f"seed {seed} epoch {epoch}: {err}") from err
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        batches += 1
+    # the steps' numbers and the divergence check stay on the device until the epoch's end
+    # (one all-reduce, one read: distfair.engine.steps); a NaN or infinite loss raises Diverged
+    totals = StepTotals(device, defense.finite_parts)
+    with steps_guard(totals, epoch):
+        for batch in defense.batches(run.loader, epoch=epoch):
+            totals.add(defense.train_step(run.train_model, _to_device(batch, device), run.optimizer,
+                                          generator=attack_gen))
+    means = totals.finish(epoch=epoch, world=world)
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
-    row = {f"train_{k}": v / max(batches, 1) for k, v in sums.items()}
+    row = {f"train_{k}": v for k, v in means.items()}
     row["lr"] = lr
     row.update({f"defense_{k}": float(v) for k, v in prepared.items()})
     predictor = defense.epoch_predictor(epoch)    # abstentions are in no cell: accuracies divide by len(val)
@@ -370,7 +409,10 @@ def train_epoch(run: SeedTraining, epoch: int) -> dict[str, float]:
 
 
 def train_epochs(run: SeedTraining, *, on_epoch: EpochCallback | None, log: Callable[[str], None]) -> None:
-    """The epochs from ``run.start_epoch`` on, each followed by its checkpoint and ``on_epoch``."""
+    """The epochs from ``run.start_epoch`` on, each followed by its checkpoint and ``on_epoch``.
+    An epoch whose loss became NaN or infinite raises :class:`Diverged` (``loss is nan at
+    epoch e, batch b``, both 1-based) before its checkpoint and ``on_epoch``: the last
+    checkpoint stays the previous epoch's."""
     epochs = run.cfg["train"]["epochs"]
     for epoch in range(run.start_epoch, epochs):
         row = train_epoch(run, epoch)

@@ -51,21 +51,58 @@ def checkpoint_model_spec(state: dict) -> dict:
             "in_shape": tuple(state["in_shape"])}
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file that holds more than plain data (a pickled object whose loading
+    would run code): refused, never unpickled."""
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """The contents of a checkpoint file, read with ``torch.load(weights_only=True)``: only
+    tensors, numbers, strings and plain containers are rebuilt, so a file carrying a pickled
+    payload (an object whose ``__reduce__`` runs code) is refused before any of it runs.
+    Every checkpoint distfair reads (resume, ``train.init_from``, a defense's teacher) comes
+    through here. Raises :class:`UnsafeCheckpointError` naming the file and the globals it
+    asks for, ValueError naming the file when it is no checkpoint at all, FileNotFoundError."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        try:     # lists the globals the pickle names without importing or calling any of them
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not a zip checkpoint: say what torch.load said
+            unsafe = []
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f"{path}: refused: the checkpoint holds pickled objects ({', '.join(unsafe[:5])}), not only "
+                "tensors and plain data; distfair loads checkpoints with weights_only=True") from None
+        found = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        if found:
+            raise UnsafeCheckpointError(f"{path}: refused: {found[0]} (checkpoints are loaded with "
+                                        "weights_only=True)") from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint") from None
+    except EOFError:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (empty or truncated)") from None
+    except RuntimeError as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
 def model_from_checkpoint(path, device="cpu") -> nn.Module:
     """The trained model of an epoch checkpoint (``last.pt``), rebuilt from the architecture
     the checkpoint records (registry name, options, classes, input shape) with its weights, in
     eval mode, on ``device``. Used for teachers (FERD) and ``train.init_from``-like reuse."""
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     spec = checkpoint_model_spec(state)
     model = build_model(spec["name"], num_classes=spec["num_classes"], in_shape=spec["in_shape"], **spec["options"])
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
 
-__all__ = ["MODELS", "MODEL_DATA_ARGS", "Normalize", "build_model", "checkpoint_model_spec", "model_from_checkpoint",
-           "unwrap_model"]
+__all__ = ["MODELS", "MODEL_DATA_ARGS", "Normalize", "UnsafeCheckpointError", "build_model", "checkpoint_model_spec",
+           "load_checkpoint", "model_from_checkpoint", "unwrap_model"]
 
 lazy_package(__name__, {"Normalize": "._base:Normalize", "unwrap_model": "._base:unwrap_model",
                         **{target.split(":")[1]: target for target in MODELS._targets.values()}})

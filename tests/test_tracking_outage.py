@@ -1,0 +1,342 @@
+"""The tracking server goes away in the middle of a `distfair run` (issue 15).
+
+Real processes only: a real ``mlflow server`` (its own SQLite file and artifact folder, HTTP
+only) is stopped (SIGTERM, then SIGKILL, to its process group) once the first epoch metric of
+a real ``distfair run`` is in its store. Down for 30 s and restarted on the same port over the
+same store, nothing is lost and the output says so; never restarted (a 5 s retry budget), the
+run exits 1 naming the folder that keeps the results and the ``distfair relog`` command, which,
+run once a server is back, completes the record.
+
+The buffer's bound and its spill to disk are unit-tested without a server.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, stop_process_group
+from distfair import tracking_buffer
+from distfair.tracking_buffer import WriteBuffer
+
+EPOCHS = 12
+SEEDS = [0, 1]
+#: what every seed run must hold at the end: an epoch metric at every step, final metrics,
+#: the result record, figures and checkpoint
+EPOCH_METRIC, FINAL_METRIC = "epoch_time_s", "clean_acc"
+CLEAN_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID",
+             "RAY_ADDRESS", tracking_buffer.RETRY_ENV, tracking_buffer.BUFFER_ENV)
+
+
+# ------------------------------------------------------------------------------ unit: the buffer
+def test_buffer_keeps_at_most_its_limit_in_memory_and_spills_the_rest_in_order(tmp_path):
+    buffer = WriteBuffer(tmp_path / "run", limit=3)
+    for i in range(10):
+        buffer.append({"op": "batch", "metrics": [["m", float(i), 0, i]]})
+    assert len(buffer) == 10 and len(buffer.memory) == 3
+    spilled = (tmp_path / "run" / tracking_buffer.SPILL).read_text().splitlines()
+    assert [json.loads(line)["metrics"][0][3] for line in spilled] == list(range(3, 10))
+    out = []
+    while len(buffer):
+        assert len(buffer.memory) <= 3
+        out.append(buffer.pop()["metrics"][0][3])
+        if len(out) == 4:               # a write arriving while the spill is drained goes after it
+            buffer.append({"op": "batch", "metrics": [["m", 10.0, 0, 10]]})
+    assert out == list(range(11))
+    assert not (tmp_path / "run" / tracking_buffer.SPILL).exists()
+
+
+def test_a_waiting_artifact_is_copied_before_its_temporary_file_goes_and_parks_with_the_rest(tmp_path):
+    source = tmp_path / "tmp"
+    (source / "plots").mkdir(parents=True)
+    (source / "result.json").write_text('{"seed": 0}')
+    (source / "plots" / "a.png").write_bytes(b"png")
+    buffer = WriteBuffer(tmp_path / "unlogged" / "run1", limit=2)
+    buffer.append({"op": "artifact", "file": str(source / "result.json"), "artifact_path": None})
+    buffer.append({"op": "artifacts", "file": str(source / "plots"), "artifact_path": "plots"})
+    buffer.append({"op": "status", "status": "FINISHED"})          # spilled (limit 2)
+    buffer.stash_files()                                             # what a failed write does
+    (source / "result.json").unlink()
+    (source / "plots" / "a.png").unlink()
+    folder = buffer.park({"run_id": "run1", "tracking_uri": "http://x", "reason": "down"})
+    assert len(buffer) == 0 and tracking_buffer.parked_folders(folder.parent) == [folder]
+    info, ops, done = tracking_buffer.read_parked(folder)
+    assert info["run_id"] == "run1" and done == 0
+    assert [op["op"] for op in ops] == ["artifact", "artifacts", "status"]
+    assert tracking_buffer.parked_file(folder, ops[0]).read_text() == '{"seed": 0}'
+    assert (tracking_buffer.parked_file(folder, ops[1]) / "a.png").read_bytes() == b"png"
+    tracking_buffer.mark_replayed(folder, 2)
+    assert tracking_buffer.read_parked(folder)[2] == 2
+
+
+def test_copies_are_dropped_once_flushed_but_a_parked_folder_stays(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    buffer = WriteBuffer(tmp_path / "run", limit=5)
+    buffer.append({"op": "artifact", "file": str(tmp_path / "f.txt")})
+    buffer.stash_files()
+    buffer.pop()
+    buffer.discard_copies()
+    assert not (tmp_path / "run").exists()
+    buffer.append({"op": "status", "status": "FINISHED"})
+    buffer.park({"run_id": "run"})
+    WriteBuffer(tmp_path / "run", limit=5).discard_copies()
+    assert (tmp_path / "run" / tracking_buffer.PENDING).exists()
+
+
+def test_retry_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv(tracking_buffer.RETRY_ENV, raising=False)
+    assert tracking_buffer.retry_budget_s() == tracking_buffer.DEFAULT_RETRY_S >= 120
+    monkeypatch.setenv(tracking_buffer.RETRY_ENV, "7.5")
+    monkeypatch.setenv(tracking_buffer.BUFFER_ENV, "20")
+    assert tracking_buffer.retry_budget_s() == 7.5 and tracking_buffer.buffer_limit() == 20
+    for bad in ("soon", "0", "-1"):
+        monkeypatch.setenv(tracking_buffer.RETRY_ENV, bad)
+        with pytest.raises(ValueError, match=tracking_buffer.RETRY_ENV):
+            tracking_buffer.retry_budget_s()
+
+
+def test_backoff_doubles_up_to_its_cap_and_reports_the_outage_once():
+    backoff = tracking_buffer.Backoff()
+    assert backoff.failed(100.0) and not backoff.failed(101.0) and not backoff.failed(103.0)
+    assert backoff.next_try == 107.0 and backoff.elapsed(110.0) == 10.0
+    for t in range(20):
+        backoff.failed(110.0 + t)
+    assert backoff.delay == tracking_buffer.MAX_DELAY_S
+    assert backoff.recovered() is not None and backoff.recovered() is None and backoff.elapsed(200.0) == 0.0
+
+
+# ------------------------------------------------------------------------ a real server, stopped
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``mlflow server`` on a fixed port over one store; stopped and started again at will."""
+
+    def __init__(self, store: Path):
+        self.store, self.port = store, _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = store.parent / f"{store.name}-server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1", "--backend-store-uri", f"sqlite:///{self.store}/server.db",
+                 "--artifacts-destination", str(self.store / "artifacts")],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not answer /health in 240 s:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process_group(self.proc, grace_s=2)
+            self.proc = None
+
+
+def _start_run(tmp_path: Path, name: str, uri: str, **env_extra: str) -> tuple[subprocess.Popen, Path, Path]:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["train"]["epochs"] = EPOCHS
+    cfg["seeds"] = SEEDS
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    output, storage = tmp_path / f"{name}.out", tmp_path / "storage"
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    env.update(env_extra)
+    with open(output, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "distfair.cli", "run", str(config), "--tracking-uri", uri,
+                                 "--num-cpus", "2", "--storage-path", str(storage)], cwd=tmp_path, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    return proc, output, storage
+
+
+def _stop_at_first_epoch(server: Server, proc: subprocess.Popen, output: Path, experiment: str) -> None:
+    """Stop the server as soon as an epoch metric of the run is in its store."""
+    client = MlflowClient(server.uri)
+    deadline = time.monotonic() + 300
+    while True:
+        found = client.get_experiment_by_name(experiment)
+        if found and any(EPOCH_METRIC in r.data.metrics for r in client.search_runs([found.experiment_id])):
+            server.stop()
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no epoch metric before the run ended ({proc.poll()}):\n{output.read_text()[-4000:]}")
+        time.sleep(0.3)
+
+
+def _assert_complete_seed_runs(uri: str, experiment: str) -> list:
+    """Every seed run FINISHED with every epoch, the final metrics, params and artifacts;
+    returns every run of the experiment."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    seeds = [r for r in runs if r.data.tags.get("distfair.role") == "seed"]
+    assert sorted(int(r.data.tags["distfair.seed"]) for r in seeds) == SEEDS
+    for run in seeds:
+        run_id = run.info.run_id
+        assert run.info.status == "FINISHED", run.info
+        steps = sorted(m.step for m in client.get_metric_history(run_id, EPOCH_METRIC))
+        assert steps == list(range(EPOCHS)), steps               # no epoch missing, none twice
+        assert FINAL_METRIC in run.data.metrics and run.data.params["seed"] == run.data.tags["distfair.seed"]
+        assert run.data.tags["distfair.checks"]
+        top = {a.path for a in client.list_artifacts(run_id)}
+        assert {"result.json", "per_class_acc.json", "confusion_matrices.json", "plots", "checkpoint",
+                "config.yaml"} <= top, top
+        assert client.list_artifacts(run_id, "plots") and client.list_artifacts(run_id, "checkpoint")
+    return runs
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """One store and port for the module (each test its own experiment): a server start costs
+    seconds, and each test stops it anyway."""
+    store = tmp_path_factory.mktemp("store")
+    server = Server(store)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(module_server):
+    if module_server.proc is None:
+        module_server.start()
+    return module_server
+
+
+@pytest.mark.ray
+def test_a_30s_outage_of_the_tracking_server_loses_nothing_and_is_reported(tmp_path, server):
+    proc, output, storage = _start_run(tmp_path, "outage", server.uri)
+    try:
+        _stop_at_first_epoch(server, proc, output, "outage")
+        time.sleep(30)
+        server.start()                                    # same port, same store
+        rc = proc.wait(600)
+    finally:
+        stop_process_group(proc)
+    text = output.read_text()
+    assert rc == 0, text[-5000:]
+    assert re.search(r"tracking server http://127\.0\.0\.1:\d+ unreachable", text), text[-5000:]
+    assert re.search(r"tracking server http://127\.0\.0\.1:\d+ back after \d+ s", text), text[-5000:]
+    runs = _assert_complete_seed_runs(server.uri, "outage")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    parent = next(r for r in runs if r.data.tags.get("distfair.role") == "configuration")
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_seeds"] == len(SEEDS)
+    assert f"{FINAL_METRIC}_mean" in parent.data.metrics
+    assert not (storage / tracking_buffer.UNLOGGED).exists() or not any((storage / tracking_buffer.UNLOGGED).iterdir())
+
+
+@pytest.mark.ray
+def test_a_server_that_never_returns_fails_the_run_and_relog_completes_it_later(tmp_path, server):
+    proc, output, storage = _start_run(tmp_path, "gone", server.uri, **{tracking_buffer.RETRY_ENV: "5"})
+    try:
+        _stop_at_first_epoch(server, proc, output, "gone")
+        rc = proc.wait(600)
+    finally:
+        stop_process_group(proc)
+    text = output.read_text()
+    assert rc == 1, text[-5000:]
+    error = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "unreachable" in error[0], text[-5000:]
+    found = re.search(r"log them with: (distfair relog .+)$", error[0])
+    assert found, error[0]
+    command = shlex.split(found.group(1))
+    unlogged = storage / tracking_buffer.UNLOGGED
+    assert command[2] == str(unlogged) and command[3:] == ["--tracking-uri", server.uri]
+    # the results are on disk: per seed run every final write with its files, the status last
+    folders = tracking_buffer.parked_folders(unlogged)
+    seed_folders = []
+    for folder in folders:
+        info, ops, _ = tracking_buffer.read_parked(folder)
+        if any(op["op"] == "status" for op in ops):
+            seed_folders.append(folder)
+            files = {Path(op["file"]).name for op in ops if op.get("file")}
+            assert {"result.json", "plots", "last.pt"} <= files, files
+            assert all(tracking_buffer.parked_file(folder, op).exists() for op in ops if op.get("file"))
+            record = next(tracking_buffer.parked_file(folder, op) for op in ops
+                          if op.get("file", "").endswith("result.json"))
+            assert json.loads(record.read_text())["seed"] in SEEDS
+    # the seeds still training when the server went (at least the one whose epoch was seen),
+    # and a closing FAILED for the parent and every seed run
+    assert seed_folders and len(folders) == len(SEEDS) + 1
+
+    server.start()                                     # the same store, the URI the command names
+    done = subprocess.run([sys.executable, "-m", "distfair.cli", *command[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k not in CLEAN_ENV})
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = _assert_complete_seed_runs(server.uri, "gone")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    parent = next(r for r in runs if r.data.tags.get("distfair.role") == "configuration")
+    assert parent.info.status == "FAILED" and "unreachable" in parent.data.tags["distfair.closed_because"]
+    assert not tracking_buffer.parked_folders(unlogged)
+    again = subprocess.run([sys.executable, "-m", "distfair.cli", *command[1:]], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 2 and "no results waiting" in again.stderr
+
+
+def test_a_command_whose_server_stays_away_says_so_in_one_line(monkeypatch, capsys):
+    """Any command (here `distfair analyze`): the retry budget, then exit 1 with one line."""
+    from distfair import cli
+
+    monkeypatch.setenv(tracking_buffer.RETRY_ENV, "1")
+    uri = f"http://127.0.0.1:{_free_port()}"                  # nothing listens there
+    assert cli.main(["analyze", "--experiment", "x", "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert f"tracking server {uri} unreachable" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: tracking server {uri} unreachable for ")
+
+
+def test_a_seed_logger_whose_server_is_away_buffers_spills_parks_and_relog_logs_it(tmp_path):
+    """No server at all (a closed port), a 1 s budget: the logger still opens (a seed is
+    trained anyway), keeps 2 writes in memory and spills the rest, and gives up naming the
+    folder and the command; `distfair relog` then logs every epoch into a store that has the run."""
+    from distfair import cli, tracking
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tracking.prepare_experiment(store, "offline")
+    run_id = tracking.get_or_create_seed_run(store, experiment, "parent", 0)
+    away = f"http://127.0.0.1:{_free_port()}"
+    lines: list[str] = []
+    logger = tracking.SeedRunLogger(away, run_id, storage_path=tmp_path / "storage", retry_s=1, buffer_limit=2,
+                                    log=lines.append)
+    for epoch in range(5):
+        logger.log_epoch(epoch, {"epoch": epoch, "loss": 1.0 / (epoch + 1)})
+    folder = tmp_path / "storage" / tracking_buffer.UNLOGGED / run_id
+    assert len(logger.buffer.memory) == 2 and len((folder / tracking_buffer.SPILL).read_text().splitlines()) == 3
+    logger.buffer.append({"op": "status", "status": "FINISHED"})
+    with pytest.raises(tracking.TrackingUnavailable) as err:
+        logger.flush()
+    assert any("unreachable" in line for line in lines)
+    assert str(folder) in str(err.value)
+    command = shlex.split(re.search(r"log them with: (.+)$", str(err.value)).group(1))
+    assert command[:3] == ["distfair", "relog", str(folder.parent)] and command[3:] == ["--tracking-uri", away]
+    assert len(tracking_buffer.read_parked(folder)[1]) == 6
+    assert cli.main(["relog", str(folder.parent), "--tracking-uri", store]) == 0      # into the store that has it
+    client = MlflowClient(store)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [0, 1, 2, 3, 4]
+    assert client.get_run(run_id).info.status == "FINISHED" and not folder.exists()
