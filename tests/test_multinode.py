@@ -423,7 +423,10 @@ def test_lost_worker_node_reschedules_the_group_on_the_remaining_node(cluster, m
     # lost node; the workers' own output is in the log file either way
     log_file = next(line.split(": ", 1)[1] for line in stderr.splitlines()
                     if line.startswith("[distfair] Ray, Tune and worker output: "))
-    assert "[distfair] seed 0: resumed after epoch 1" in stderr + Path(log_file).read_text(), stderr[-4000:]
+    # resumed from the last checkpoint the controller had registered when the node died: the
+    # first epoch's, or (the epochs take about a second, and Ray marks a node dead later) the second's
+    resumed = re.findall(r"\[distfair\] seed 0: resumed after epoch (\d)", stderr + Path(log_file).read_text())
+    assert resumed and set(resumed) <= {"1", "2"}, stderr[-4000:]
     report = json.loads(out.read_text())
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("lost_node")
@@ -435,7 +438,7 @@ def test_lost_worker_node_reschedules_the_group_on_the_remaining_node(cluster, m
     assert len(survivor) == 1 and doc["worker_node_ids"] == sorted(survivor), (doc["worker_node_ids"], survivor)
     assert report["seeds"] == [0]
     steps = [m.step for m in client.get_metric_history(next(iter(seed_records(client, "lost_node"))), "train_loss")]
-    assert sorted(steps) == [0, 1, 2]                 # each epoch once: the first not redone
+    assert sorted(steps) == [0, 1, 2]                 # each epoch once: none logged again after the restart
 
 
 def _alive_nodes(cluster: dict) -> list[dict]:

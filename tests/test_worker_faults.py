@@ -136,9 +136,14 @@ def test_killed_train_worker_resumes_its_seed_from_the_last_epoch_and_matches_an
     lines = stderr.splitlines()
     assert "[distfair] resuming group: seeds [0] already done" in lines, stderr[-4000:]
     assert "[distfair] seed 1: resumed after epoch 1" in lines, stderr[-4000:]
-    for seed in (0, 1, 2):
+    for seed in (0, 2):
         trained = [line for line in lines if line.startswith(f"[distfair] seed {seed}: epoch ")]
         assert [line.split()[4] for line in trained] == ["1/3", "2/3", "3/3"], trained   # each epoch once
+    # seed 1 resumed after its first epoch. Its second may show twice: the worker can finish and
+    # print it in the moment between the registration of the first epoch's checkpoint and the
+    # SIGKILL, and then it really is trained again; MLflow still has each epoch once (below)
+    trained = [line.split()[4] for line in lines if line.startswith("[distfair] seed 1: epoch ")]
+    assert trained in (["1/3", "2/3", "3/3"], ["1/3", "2/3", "2/3", "3/3"]), trained
     assert not any(line.startswith("[distfair] seed 0: resumed") or line.startswith("[distfair] seed 2: resumed")
                    for line in lines)
 
