@@ -426,6 +426,28 @@ def close_interrupted_sweep(report: SweepReport, tracking_uri: str) -> None:
     tracking.mark_runs(tracking_uri, [report.sweep_run_id], "KILLED")
 
 
+def retire_orphan_configurations(uri: str, experiment_id: str, sweep_run_id: str,
+                                  log: Callable[[str], None]) -> list[str]:
+    """After a resumed sweep's Tune run has completed, retire the configuration runs still
+    open: a trial the killed driver had started after Tune's last snapshot of the experiment.
+    Tune restored the experiment without it (and the searcher from before it was suggested,
+    so its configuration was never told to Optuna and a new one was sampled in its place);
+    its records are marked KILLED and deleted like any unfinished run that is redone
+    (``tracking.retire_run``), so the sweep is complete. Returns the retired run ids."""
+    retired = []
+    for run in tracking.configuration_runs(uri, experiment_id, sweep_run_id):
+        if run.info.status not in ("RUNNING", "SCHEDULED"):
+            continue
+        for seed_run, _ in tracking.seed_run_states(uri, experiment_id, run.info.run_id).values():
+            tracking.retire_run(uri, seed_run)
+        tracking.retire_run(uri, run.info.run_id)
+        retired.append(run.info.run_id)
+        log(f"configuration run {run.info.run_id} (trial {run.data.tags.get('distfair.trial_id', '?')}) was left "
+            "open by the interrupted attempt after Tune's last snapshot; Tune has no record of it and sampled "
+            "a configuration in its place: retired (KILLED, deleted)")
+    return retired
+
+
 def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experiment: str, tracking_uri: str,
               storage_path: str, resume: bool, cluster: dict[str, float], log: Callable[[str], None],
               poll_s: float = 3.0) -> SweepReport:
@@ -470,6 +492,8 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
                  trial_resources=trial_resources, log=log)
     except KeyboardInterrupt:
         interrupted = True
+    if resume and not interrupted:
+        retire_orphan_configurations(tracking_uri, experiment_id, sweep_run, log)
     report = SweepReport(experiment=experiment, sweep_run_id=sweep_run, spec=spec, experiment_id=experiment_id)
     report.trials = collect_trials(tracking_uri, experiment_id, sweep_run, spec.objective)
     report.interrupted = interrupted or len(report.trials) < spec.total_trials() or any(

@@ -143,6 +143,40 @@ def test_an_interrupted_sweep_closes_every_open_run(tmp_path):
     assert set(status.values()) == {"KILLED"}, status
 
 
+def test_a_resumed_sweep_retires_the_configuration_its_killed_driver_left_open(tmp_path):
+    """A trial started after Tune's last snapshot: Tune resumes without it, its runs stay open.
+    Once the resumed Tune run is complete they are retired (KILLED, deleted, seed runs too);
+    finished configurations and their seeds are untouched."""
+    from distfair.sweep import collect_trials, retire_orphan_configurations
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    sweep = tracking.start_sweep_run(uri, exp, name="s", params={}, lookup={"distfair.sweep_name": "s"})
+    done, orphan = [tracking.start_parent_run(uri, exp, {}, run_name=f"c{i}", tags={
+        tracking.TAG_PARENT: sweep, tracking.TAG_ROLE: "configuration", "distfair.trial_id": f"t{i}"})
+        for i in range(2)]
+    client = MlflowClient(uri)
+    done_seeds = [tracking.get_or_create_seed_run(uri, exp, done, s) for s in (0, 1)]
+    orphan_seeds = [tracking.get_or_create_seed_run(uri, exp, orphan, s) for s in (0, 1)]
+    for r in (*done_seeds, done, orphan_seeds[0]):
+        client.set_terminated(r, "FINISHED")            # one seed of the orphan had finished too
+    client.update_run(orphan_seeds[1], status="RUNNING")
+    client.update_run(orphan, status="RUNNING")
+    said = []
+    assert retire_orphan_configurations(uri, exp, sweep, said.append) == [orphan]
+    assert len(said) == 1 and orphan in said[0] and "trial t1" in said[0]
+    for r in (orphan, *orphan_seeds):
+        info = client.get_run(r).info
+        assert info.lifecycle_stage == "deleted", r
+    assert client.get_run(orphan).info.status == client.get_run(orphan_seeds[1]).info.status == "KILLED"
+    assert [r.info.run_id for r in tracking.configuration_runs(uri, exp, sweep)] == [done]
+    assert [t.parent_run_id for t in collect_trials(uri, exp, sweep, [])] == [done]
+    for r in (done, *done_seeds):
+        info = client.get_run(r).info
+        assert (info.status, info.lifecycle_stage) == ("FINISHED", "active")
+    assert retire_orphan_configurations(uri, exp, sweep, said.append) == []       # nothing left open
+
+
 def test_seed_result_metrics_tags_and_figures(tmp_path, tiny_cfg_dict):
     """A real seed result logged to a SQLite store: self-check findings become tags, every
     figure of the run lands under plots/, subgroup metrics are logged."""
