@@ -156,7 +156,7 @@ def distfair_run(args, device, seed: int = 0):
     accel.prepare_model(model, train, print)
     attack = build_attack("pgd", eps=EPS, alpha=ALPHA, steps=args.pgd_steps, bounds=(0.0, 1.0))
     defense = build_defense("pgd_at", attack=attack, num_classes=CLASSES)
-    accel.autocast_train_step(defense, "bf16", device)
+    step_precision = accel.autocast("bf16", device)         # as distfair.engine.steps.run_steps wraps each step
     opt = build_optimizer(model.parameters(), train)
     step_model = accel.compiled(model) if args.compile else model
     data = synthetic(args.batch_size * (args.warmup + args.steps), seed + 1)
@@ -174,7 +174,8 @@ def distfair_run(args, device, seed: int = 0):
                 sampler.set_epoch(state["epoch"])
                 state["it"] = iter(loader)
                 batch = next(state["it"])
-            defense.train_step(step_model, batch, opt, generator=gen)
+            with step_precision:
+                defense.train_step(step_model, batch, opt, generator=gen)
     return steps, model
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 
 from distfair.config import ConfigError, validate
 from distfair.engine import accel
+from distfair.engine.steps import run_steps
 from distfair.engine.train import _train_loader, build_optimizer, build_seed_training, run_seed, train_epoch
 from distfair.evaluation import confusion_counts
 from conftest import TINY  # tests/ is on sys.path under pytest (no __init__.py)
@@ -55,13 +56,17 @@ def test_a_train_block_without_the_switches_reads_their_defaults():
 
 # ---------------------------------------------------------------------------- precision
 def _step_dtypes(run) -> list[torch.dtype]:
-    """The dtypes of the last layer's outputs during one training step of ``run``."""
+    """The dtypes of the last layer's outputs during one training step of ``run``, run the way
+    the engine's epoch runs its steps (``distfair.engine.steps.run_steps`` with the run's
+    ``train.precision``)."""
     seen: list[torch.dtype] = []
     last = [m for m in run.model.modules() if isinstance(m, nn.Linear)][-1]
     handle = last.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
     try:
         batch = next(iter(run.loader))
-        run.defense.train_step(run.train_model, batch, run.optimizer, generator=torch.Generator().manual_seed(0))
+        run_steps(run.defense, run.train_model, [batch], run.optimizer, epoch=0, device=run.device,
+                  generator=torch.Generator().manual_seed(0),
+                  precision=accel.option(run.cfg["train"], "precision"))
     finally:
         handle.remove()
     return seen
@@ -70,6 +75,7 @@ def _step_dtypes(run) -> list[torch.dtype]:
 def test_bf16_runs_the_whole_training_step_attack_included_under_autocast(tmp_path):
     run = build_seed_training(resolved(precision="bf16"), 0, workdir=tmp_path, device=torch.device("cpu"),
                               rank=0, world=1, log=print)
+    assert "train_step" not in vars(run.defense)          # the epoch wraps the step; the defense is as built
     seen = _step_dtypes(run)
     # syfar with a 2-step PGD: 2 attack forwards + the outer forward(s), all in bf16
     assert len(seen) >= 3 and set(seen) == {torch.bfloat16}
@@ -81,7 +87,7 @@ def test_bf16_runs_the_whole_training_step_attack_included_under_autocast(tmp_pa
 def test_fp32_leaves_the_step_alone(tmp_path):
     run = build_seed_training(resolved(), 0, workdir=tmp_path, device=torch.device("cpu"), rank=0, world=1,
                               log=print)
-    assert "train_step" not in vars(run.defense)          # the class's own method, unwrapped
+    assert "train_step" not in vars(run.defense)          # the class's own method, never wrapped
     assert set(_step_dtypes(run)) == {torch.float32}
 
 

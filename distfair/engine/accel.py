@@ -35,7 +35,6 @@ resolved ``train`` block; missing keys read as their defaults).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from typing import Callable
 
@@ -67,22 +66,6 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
         raise ValueError(f"train.precision: bf16: {torch.cuda.get_device_name(device)} has no bf16 arithmetic; "
                          f"use fp32")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def autocast_train_step(defense, precision: str, device: torch.device | str) -> None:
-    """Make ``defense.train_step`` run under :func:`autocast` (the instance's own attribute:
-    the defense class, its ``loss`` and every other caller stay as they are). fp32: nothing."""
-    autocast(precision, device)             # refuse a bad value or a card without bf16 now
-    if precision == "fp32":
-        return
-    step = defense.train_step
-
-    @functools.wraps(step)
-    def train_step(*args, **kwargs):
-        with autocast(precision, device):
-            return step(*args, **kwargs)
-
-    defense.train_step = train_step
 
 
 # -------------------------------------------------------------------------- memory format

@@ -23,6 +23,8 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
+from distfair.engine import accel
+
 #: the "no non-finite value yet" code (any real code is far smaller)
 _NEVER = 2 ** 62
 #: what a code's low two bits say about the value
@@ -165,12 +167,17 @@ def steps_guard(totals: StepTotals, epoch: int) -> Iterator[None]:
 
 def run_steps(defense, model: torch.nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, *,
               epoch: int, device: torch.device, generator: torch.Generator | None = None,
-              world: int = 1) -> dict[str, float]:
-    """``defense.train_step`` over ``batches`` as the engine's epoch runs them (0-based
-    ``epoch``): the epoch's mean of every number the steps returned, read once after the last
+              world: int = 1, precision: str = "fp32") -> dict[str, float]:
+    """``defense.train_step`` over ``batches``: the engine's epoch (0-based ``epoch``). Each
+    step runs under ``precision``'s autocast (``train.precision``; the attack inside the step
+    too, the epoch's evaluation outside it stays fp32, ``distfair.engine.accel.autocast``).
+    Returns the epoch's mean of every number the steps returned, read once after the last
     step; raises :class:`Diverged` as :meth:`StepTotals.finish` and :func:`steps_guard` say."""
+    step_precision = accel.autocast(precision, device)      # refuses a bad value or a card without bf16
     totals = StepTotals(device, defense.finite_parts)
     with steps_guard(totals, epoch):
         for batch in batches:
-            totals.add(defense.train_step(model, batch, optimizer, generator=generator))
+            with step_precision:
+                numbers = defense.train_step(model, batch, optimizer, generator=generator)
+            totals.add(numbers)
     return totals.finish(epoch=epoch, world=world)

@@ -35,7 +35,7 @@ from distfair.attacks import build_attack
 from distfair.data import DataBundle, build_dataset
 from distfair.defenses import Defense, DefenseContext, build_defense
 from distfair.engine import accel
-from distfair.engine.steps import Diverged, StepTotals, steps_guard  # noqa: F401 - Diverged re-exported
+from distfair.engine.steps import Diverged, run_steps  # noqa: F401 - Diverged re-exported
 from distfair.evaluation import confusion_counts, final_evaluation, validation_evaluation
 from distfair.evaluation.summaries import SummaryDocuments
 from distfair.metrics import symmetry_loss
@@ -261,7 +261,7 @@ def build_seed_training(cfg: dict, seed: int, *, workdir: Path, device: torch.de
     defense = build_defense(cfg["defense"]["name"], attack=attack, num_classes=data.num_classes,
                             **_options(cfg["defense"], "name"))
     defense.setup(defense_context(data, seed, device=device, rank=rank, world=world, references=references))
-    accel.autocast_train_step(defense, accel.option(train_cfg, "precision"), device)   # train.precision
+    accel.autocast(accel.option(train_cfg, "precision"), device)    # train.precision: refused now, not at epoch 1
     optimizer = build_optimizer(model.parameters(), train_cfg)
     scheduler = build_scheduler(optimizer, train_cfg)
     run = SeedTraining(cfg=cfg, seed=seed, workdir=workdir, device=device, rank=rank, world=world, data=data,
@@ -382,12 +382,9 @@ def train_epoch(run: SeedTraining, epoch: int) -> dict[str, float]:
     run.train_model.train()
     # the steps' numbers and the divergence check stay on the device until the epoch's end
     # (one all-reduce, one read: distfair.engine.steps); a NaN or infinite loss raises Diverged
-    totals = StepTotals(device, defense.finite_parts)
-    with steps_guard(totals, epoch):
-        for batch in defense.batches(run.loader, epoch=epoch):
-            totals.add(defense.train_step(run.train_model, _to_device(batch, device), run.optimizer,
-                                          generator=attack_gen))
-    means = totals.finish(epoch=epoch, world=world)
+    means = run_steps(defense, run.train_model, (_to_device(b, device) for b in defense.batches(run.loader, epoch=epoch)),
+                      run.optimizer, epoch=epoch, device=device, generator=attack_gen, world=world,
+                      precision=accel.option(run.cfg["train"], "precision"))
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
     row = {f"train_{k}": v for k, v in means.items()}
