@@ -136,6 +136,30 @@ def test_sweep_records_nested_runs_and_reports_the_best_under_the_objective(tpe_
         assert int(by_run[c.info.run_id]["val_robust_acc_n"]) == c.data.metrics["n_seeds"] == 2
 
 
+def tune_trial_pids(root) -> dict[str, set[int]]:
+    """Trial id -> the process ids of its Tune trial driver, from Tune's own result files."""
+    pids: dict[str, set[int]] = {}
+    for path in root.rglob("result.json"):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break                       # not Tune's (one JSON object per line)
+            if isinstance(row, dict) and "trial_id" in row and "pid" in row:
+                pids.setdefault(row["trial_id"], set()).add(row["pid"])
+    return pids
+
+
+def test_a_sweep_without_early_stopping_reuses_its_trial_driver_process(tpe_sweep):
+    """Three configurations, one at a time on 2 CPUs: one trial driver process runs them all
+    (Tune's ``reuse_actors``), so torch, MLflow and distfair are imported once, not per
+    configuration."""
+    root, report = tpe_sweep
+    pids = tune_trial_pids(root)
+    assert len(pids) == 3, pids
+    assert len(set().union(*pids.values())) == 1, pids
+
+
 def test_report_of_a_real_sweep(tpe_sweep):
     """``distfair report --sweep`` on what ``distfair sweep`` recorded: the files, one row per
     configuration labelled by its searched params, n = the finished seeds, the chosen row
@@ -236,3 +260,6 @@ def test_grid_dimensions_are_crossed_and_early_stopping_leaves_no_open_run(tmp_p
     assert len(lrs) == 2 and set(lrs.values()) == {2}                # each sampled lr at both grid points
     assert {(p["train.lr"], p["attack.eps"]) for p in params} == {(lr, e) for lr in lrs for e in (0.05, 0.15)}
     assert not [r for rs in by_role.values() for r in rs if r.info.status in ("RUNNING", "SCHEDULED")]
+    # with early stopping a stopped trial's driver is never reused for the next configuration
+    pids = tune_trial_pids(tmp_path)
+    assert len(pids) == 4 and len(set().union(*pids.values())) == 4, pids

@@ -28,6 +28,11 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+#: the environment a command's own local instance starts with, inherited by its processes,
+#: unless the user set a value: Train V2's preemption watcher off (an actor per ``fit()`` that
+#: watches for cloud nodes being drained: one process less per worker group on a machine that
+#: is never drained; docs/ray-notes.md)
+LOCAL_INSTANCE_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def session_log_path(storage_path: str | Path, label: str) -> Path:
@@ -105,10 +110,7 @@ def output_to_file(path: str | Path) -> Iterator[TextIO]:
         for handler in _stream_handlers():       # also those made meanwhile (a library imported now)
             if handler.stream is sink:
                 handler.setStream(moved.get(handler, saved[1]))
-        if previous_colour is None:
-            os.environ.pop("RAY_COLOR_PREFIX", None)
-        else:
-            os.environ["RAY_COLOR_PREFIX"] = previous_colour
+        _restore_env("RAY_COLOR_PREFIX", previous_colour)
         # flushed, not closed: a formatter made meanwhile may keep the file to ask isatty()
         # (Optuna's colorlog does), and a late record must not fail on a closed file
         sink.flush()
@@ -143,18 +145,39 @@ def _connected(address: str | None, *, num_cpus, num_gpus, resources, quiet: boo
     if ray.is_initialized():
         yield dict(ray.cluster_resources())
         return
-    # The dashboard process serves Ray's State API, which Train V2's placement-group cleaner
-    # polls; without it every run logs a warning every few seconds. Worker output is forwarded
-    # to this driver (from every node of a cluster too): to the terminal, or to the log file.
+    # Worker output is forwarded to this driver (from every node of a cluster too): to the
+    # terminal, or to the log file.
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True)
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, **kwargs)
+        # The command's own instance keeps the dashboard process: it serves Ray's State API,
+        # which Train V2's placement-group cleaner polls (without it the cleaner cannot see a
+        # controller die, and logs a warning every few seconds). Its processes inherit
+        # LOCAL_INSTANCE_ENV. docs/ray-notes.md has the measurements.
+        previous = {name: os.environ.get(name) for name in LOCAL_INSTANCE_ENV}
+        for name, value in LOCAL_INSTANCE_ENV.items():
+            os.environ[name] = previous[name] or value
+        try:
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, **kwargs)
+        except BaseException:
+            for name, value in previous.items():
+                _restore_env(name, value)
+            raise
     try:
         yield dict(ray.cluster_resources())
     finally:
         ray.shutdown()
+        if not address:
+            for name, value in previous.items():
+                _restore_env(name, value)
+
+
+def _restore_env(name: str, previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = previous
 
 
 def alive_node_resources() -> list[dict[str, float]]:

@@ -418,8 +418,13 @@ def run_tune(spec: SweepSpec, context: dict, *, name: str, storage_path: str, re
             reduction_factor=es.reduction_factor, max_t=context["epochs"])
         tuner = tune.Tuner(
             trainable,
+            # A trial driver's process is kept for the next configuration (no new actor, no
+            # second import of torch, MLflow and distfair: seconds per configuration, see
+            # README "How it runs on Ray"). Not with early stopping: a stopped trial's
+            # configuration thread is still winding down when its actor would be reused.
             tune_config=tune.TuneConfig(search_alg=build_searcher(spec), scheduler=scheduler,
-                                        num_samples=spec.total_trials(), max_concurrent_trials=max_concurrent),
+                                        num_samples=spec.total_trials(), max_concurrent_trials=max_concurrent,
+                                        reuse_actors=es is None),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
