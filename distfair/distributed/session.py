@@ -94,9 +94,6 @@ def output_to_file(path: str | Path) -> Iterator[TextIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sink = _PlainText(open(path, "a", buffering=1, encoding="utf-8", errors="replace"))
-    # Ray's own colour prefix is read at every forwarded line: never colour a file
-    previous_colour = os.environ.get("RAY_COLOR_PREFIX")
-    os.environ["RAY_COLOR_PREFIX"] = "0"
     moved = {}
     for handler in _stream_handlers():
         if _is_terminal_stream(handler.stream):
@@ -104,13 +101,14 @@ def output_to_file(path: str | Path) -> Iterator[TextIO]:
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = sink
     try:
-        yield sink
+        # Ray's own colour prefix is read at every forwarded line: never colour a file
+        with _environment({"RAY_COLOR_PREFIX": "0"}):
+            yield sink
     finally:
         sys.stdout, sys.stderr = saved
         for handler in _stream_handlers():       # also those made meanwhile (a library imported now)
             if handler.stream is sink:
                 handler.setStream(moved.get(handler, saved[1]))
-        _restore_env("RAY_COLOR_PREFIX", previous_colour)
         # flushed, not closed: a formatter made meanwhile may keep the file to ask isatty()
         # (Optuna's colorlog does), and a late record must not fail on a closed file
         sink.flush()
@@ -148,36 +146,35 @@ def _connected(address: str | None, *, num_cpus, num_gpus, resources, quiet: boo
     # Worker output is forwarded to this driver (from every node of a cluster too): to the
     # terminal, or to the log file.
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        # The command's own instance keeps the dashboard process: it serves Ray's State API,
-        # which Train V2's placement-group cleaner polls (without it the cleaner cannot see a
-        # controller die, and logs a warning every few seconds). Its processes inherit
-        # LOCAL_INSTANCE_ENV. docs/ray-notes.md has the measurements.
-        previous = {name: os.environ.get(name) for name in LOCAL_INSTANCE_ENV}
-        for name, value in LOCAL_INSTANCE_ENV.items():
-            os.environ[name] = previous[name] or value
-        try:
+    # The command's own instance keeps the dashboard process: it serves Ray's State API, which
+    # Train V2's placement-group cleaner polls (without it the cleaner cannot see a controller
+    # die, and logs a warning every few seconds). Its processes inherit LOCAL_INSTANCE_ENV.
+    # docs/ray-notes.md has the measurements.
+    local_env = {} if address else {name: os.environ.get(name) or value for name, value in LOCAL_INSTANCE_ENV.items()}
+    with _environment(local_env):
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
             ray.init(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, **kwargs)
-        except BaseException:
-            for name, value in previous.items():
-                _restore_env(name, value)
-            raise
+        try:
+            yield dict(ray.cluster_resources())
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` while open, and as it was afterwards."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
-        yield dict(ray.cluster_resources())
+        yield
     finally:
-        ray.shutdown()
-        if not address:
-            for name, value in previous.items():
-                _restore_env(name, value)
-
-
-def _restore_env(name: str, previous: str | None) -> None:
-    if previous is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def alive_node_resources() -> list[dict[str, float]]:

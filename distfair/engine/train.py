@@ -382,9 +382,9 @@ def train_epoch(run: SeedTraining, epoch: int) -> dict[str, float]:
     run.train_model.train()
     # the steps' numbers and the divergence check stay on the device until the epoch's end
     # (one all-reduce, one read: distfair.engine.steps); a NaN or infinite loss raises Diverged
-    means = run_steps(defense, run.train_model, (_to_device(b, device) for b in defense.batches(run.loader, epoch=epoch)),
-                      run.optimizer, epoch=epoch, device=device, generator=attack_gen, world=world,
-                      precision=accel.option(run.cfg["train"], "precision"))
+    batches = (_to_device(batch, device) for batch in defense.batches(run.loader, epoch=epoch))
+    means = run_steps(defense, run.train_model, batches, run.optimizer, epoch=epoch, device=device,
+                      generator=attack_gen, world=world, precision=accel.option(run.cfg["train"], "precision"))
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
     row = {f"train_{k}": v for k, v in means.items()}
