@@ -205,3 +205,45 @@ def test_save_restore_continues_with_the_same_suggestions(tmp_path):
     assert drive(restored, 11, first_id=6) == rest
     assert rest[-1] == Searcher.FINISHED and len(rest) == 11             # (8 - 3) points x 2 grid points + FINISHED
     assert [t.values for t in study_trials(restored)] == [t.values for t in study_trials(original)]
+
+
+# ------------------------------------------------------------------------------ pickling
+@pytest.mark.parametrize("objective", [None, TWO_TARGETS], ids=["tpe", "nsga2"])
+def test_the_searcher_pickles_as_tune_pickles_it_and_continues_identically(objective):
+    """Tune pickles the searcher with the Tuner's state (cloudpickle) and in every experiment
+    snapshot; Optuna 5.1's NSGAIISampler holds a threading.Lock, which no pickler takes."""
+    from ray import cloudpickle
+
+    params = {"train.lr": LR, "defense.lambda_sym": LAMBDA}
+    spec = make_spec(params, objective=objective, seed=0, num_samples=10)
+    original = build_searcher(spec)
+    drive(original, 4)
+    copy = cloudpickle.loads(cloudpickle.dumps(original))
+    assert type(copy) is CrossedSearch and copy is not original
+    assert drive(copy, 6, first_id=4) == drive(original, 6, first_id=4)
+
+
+def test_locks_inside_the_sampler_are_recreated_not_pickled(tmp_path):
+    """Whatever lock an Optuna release keeps (Lock or RLock, held or not), pickling works and
+    the copy gets a fresh, unlocked lock of the same kind."""
+    import pickle
+    import threading
+
+    from ray import cloudpickle
+
+    searcher = build_searcher(make_spec({"train.lr": LR}, objective=TWO_TARGETS, seed=0, num_samples=4))
+    sampler = searcher._inner._sampler
+    sampler._test_lock, sampler._test_rlock = threading.Lock(), threading.RLock()
+    sampler._test_lock.acquire()
+    with pytest.raises(TypeError, match="lock"):
+        pickle.dumps(sampler)                      # what Tune met with Optuna 5.1's NSGA-II
+    for copy in (pickle.loads(pickle.dumps(searcher)), cloudpickle.loads(cloudpickle.dumps(searcher))):
+        inner = copy._inner._sampler
+        assert type(inner._test_lock) is type(threading.Lock()) and not inner._test_lock.locked()
+        assert type(inner._test_rlock) is type(threading.RLock())
+        assert inner._test_lock is not sampler._test_lock
+    path = tmp_path / "searcher.pkl"
+    searcher.save(str(path))
+    restored = build_searcher(make_spec({"train.lr": LR}, objective=TWO_TARGETS, seed=0, num_samples=4))
+    restored.restore(str(path))
+    assert not restored._inner._sampler._test_lock.locked()

@@ -96,13 +96,46 @@ class CrossedSearch(Searcher):
         else:   # nothing finished: FAIL if any grid trial errored, else PRUNED (stopped early)
             self._inner.on_trial_complete(point_id, None, error=bool(point["errors"]))
 
+    # Tune pickles the searcher (with the Tuner's state, and in every experiment snapshot).
+    # Optuna's samplers may hold thread locks (NSGAIISampler does since Optuna 5.1), which no
+    # pickler takes: the state goes through :func:`dumps_lock_safe`, where a lock is recreated
+    # on load, never pickled, whatever Optuna keeps.
+    def __reduce__(self):
+        return _crossed_search_from_state, (dumps_lock_safe(self.__dict__),)
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__.copy(), f)
+            f.write(dumps_lock_safe(self.__dict__))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+_LOCK_TYPES = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
+
+
+def dumps_lock_safe(obj) -> bytes:
+    """``obj`` pickled (by cloudpickle, as Ray pickles it), with every ``threading.Lock`` and
+    ``RLock`` inside it pickled as a new, unlocked lock of the same kind."""
+    import io
+
+    from ray import cloudpickle
+
+    class _Pickler(cloudpickle.Pickler):
+        def reducer_override(self, o):
+            new = _LOCK_TYPES.get(type(o))
+            return (new, ()) if new is not None else super().reducer_override(o)
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def _crossed_search_from_state(blob: bytes) -> "CrossedSearch":
+    searcher = CrossedSearch.__new__(CrossedSearch)
+    searcher.__dict__.update(pickle.loads(blob))
+    return searcher
 
 
 def build_searcher(spec: SweepSpec) -> CrossedSearch:
