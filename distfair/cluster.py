@@ -36,8 +36,10 @@ LoadBalancer, Ingress); no credential is written literally (a KubeRay env ``valu
 Ray versions in images and ``rayVersion`` match the Ray that distfair pins.
 
 Every problem is reported as ``<file>: <key.path>: <reason>``, all of them at once; the command
-exits 2 if there is any. This module imports neither MLflow nor (unless a launcher config is
-checked) Ray, and never starts Ray.
+exits 2 if there is any. Warnings (``distfair/cluster_gpu.py``: GPU nodes whose NVIDIA driver
+cannot run the pinned CUDA 13 torch, distfair installed without ``requirements.lock``) are
+reported as ``<file>: <key.path>: warning: <reason>`` and never change the exit code. This module
+imports neither MLflow nor (unless a launcher config is checked) Ray, and never starts Ray.
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import yaml
+
+from distfair import cluster_gpu
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -126,9 +130,10 @@ class FileReport:
     problems: list[Problem] = field(default_factory=list)
     summary: str = ""
     skipped: bool = False
+    warnings: list[Problem] = field(default_factory=list)     # reasons start with "warning: "
 
     def lines(self) -> list[str]:
-        return [f"{self.path}: {key}: {reason}" for key, reason in self.problems]
+        return [f"{self.path}: {key}: {reason}" for key, reason in self.problems + self.warnings]
 
 
 def key_path(path) -> str:
@@ -780,6 +785,7 @@ def check_file(path: str | Path, *, skip_unrecognized: bool = False) -> FileRepo
         return report
     if len(documents) == 1 and is_launcher(documents[0]):
         report.problems, report.summary = check_launcher(documents[0])
+        report.warnings = [(key_path(p), reason) for p, reason in cluster_gpu.launcher_warnings(documents[0])]
         return report
     if not all(is_kubernetes(d) for d in documents):
         if skip_unrecognized and not any(is_kubernetes(d) or is_launcher(d) for d in documents):
@@ -830,7 +836,9 @@ Check Ray cluster definitions offline, without starting Ray or reaching a networ
 and distfair's rules on both: every worker type declares resources, the head declares the
 `distfair_trial` resource, Ray's token auth is on, the dashboard (8265), GCS (6379) and client (10001)
 ports are never opened beyond the private network, credentials come from Secrets or files that are
-not in the repository, and images and rayVersion carry the Ray that distfair pins.
+not in the repository, and images and rayVersion carry the Ray that distfair pins. Warnings, which
+never change the exit code: a GPU node whose image carries an NVIDIA driver older than 580 (the pinned
+CUDA 13 torch cannot use its GPU), distfair installed without requirements.lock.
 """
 
 VALIDATE_EPILOG = """\
@@ -839,9 +847,9 @@ examples:
   distfair cluster validate cluster/aws.yaml my-cluster.yaml
 
 output: one line per file that passes; otherwise one line per problem, `FILE: KEY.PATH: REASON`,
-all of them at once.
+all of them at once; a warning is `FILE: KEY.PATH: warning: REASON` (on stderr, as problems are).
 
-exit codes: 0 every file passes, 2 a problem in any file (or no file to check).
+exit codes: 0 every file passes (warnings or not), 2 a problem in any file (or no file to check).
 """
 
 
@@ -862,11 +870,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for target in targets:
         report = check_file(target, skip_unrecognized=discovered)
         report.path = _display(target) if discovered else str(target)
+        for line in report.lines():
+            print(line, file=sys.stderr, flush=True)
         if report.problems:
             failed += 1
             problems += len(report.problems)
-            for line in report.lines():
-                print(line, file=sys.stderr)
         else:
             print(f"{report.path}: {'' if report.skipped else 'ok: '}{report.summary}", flush=True)
     if failed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distfair import cluster
+from distfair import cluster, cluster_gpu
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
@@ -160,7 +161,7 @@ BROKEN = {
                             "head_start_ray_commands[0]", "RAY_AUTH_MODE=disabled turns Ray's token auth off"),
     "launcher_literal_credential": ("onprem.yaml", lambda d: d["setup_commands"].append(
         "echo 'export MLFLOW_TRACKING_PASSWORD=hunter2' >> ~/.bashrc"),
-        "setup_commands[5]", "MLFLOW_TRACKING_PASSWORD is written literally"),
+        f"setup_commands[{len(load('onprem.yaml')['setup_commands'])}]", "MLFLOW_TRACKING_PASSWORD is written literally"),
     "image_with_another_ray": ("aws.yaml", lambda d: d["docker"].update(image="rayproject/ray:2.50.0-py311-gpu"),
                                "docker.image", "the image has Ray 2.50.0, but distfair pins ray 2.60.0"),
     # Ray's own prepare_config / validate_config
@@ -266,6 +267,183 @@ def test_every_problem_is_reported_at_once_across_files(capsys, tmp_path):
         "max_worker", "available_node_types[ray.worker.gpu].resources", "provider.security_group.IpPermissions[1]",
         "spec.headGroupSpec.serviceTyp", "spec.workerGroupSpecs[0].replicas"]
     assert lines[-1] == "error: 5 problem(s) in 2 of 3 file(s)"
+
+
+# ------------------------------------------- warnings: GPU nodes' driver, the locked install
+UNLOCKED = "pip install --no-cache-dir -e ~/distfair"
+
+
+def _gcp_worker(doc):
+    return doc["available_node_types"]["ray_worker_gpu"]
+
+
+def _gcp_image(doc, family, node="ray_worker_gpu"):
+    disk = doc["available_node_types"][node]["node_config"]["disks"][0]
+    disk["initializeParams"]["sourceImage"] = f"projects/deeplearning-platform-release/global/images/family/{family}"
+
+
+def _unlock_aws(doc):
+    doc["setup_commands"][0] = UNLOCKED
+    _aws_worker(doc)["worker_setup_commands"][0] = UNLOCKED
+
+
+WARNED = {
+    # name: (shipped file, mutation, [(expected key path, reason fragment), ...] -- exactly these)
+    "aws_gpu_without_image_id": ("aws.yaml", lambda d: _aws_worker(d)["node_config"].pop("ImageId"), [
+        ("available_node_types[ray.worker.gpu].node_config.ImageId",
+         "a GPU node type without an ImageId starts from Ray's default AMI (Deep Learning AMI V71.0, CUDA 11.2)")]),
+    "aws_gpu_latest_dlami": ("aws.yaml", lambda d: _aws_worker(d)["node_config"].update(ImageId="latest_dlami"), [
+        ("available_node_types[ray.worker.gpu].node_config.ImageId", "needs NVIDIA driver >= 580")]),
+    "aws_gpu_instance_type_only": ("aws.yaml", lambda d: (_aws_worker(d)["node_config"].pop("ImageId"),
+                                                          _aws_worker(d)["resources"].pop("GPU")), [
+        ("available_node_types[ray.worker.gpu].node_config.ImageId", "a GPU node type without an ImageId")]),
+    "gcp_cu124_family_on_gpu_node": ("gcp.yaml", lambda d: _gcp_image(d, "common-cu124"), [
+        ("available_node_types.ray_worker_gpu.node_config.disks[0].initializeParams.sourceImage",
+         "a node with GPUs on common-cu124 gets the NVIDIA driver of a CUDA 12.4 image, older than 580: the CUDA 13 "
+         "build of torch that distfair pins needs NVIDIA driver >= 580")]),
+    "gcp_driver_570_family": ("gcp.yaml", lambda d: _gcp_image(d, "common-cu128-ubuntu-2204-nvidia-570"), [
+        ("available_node_types.ray_worker_gpu.node_config.disks[0].initializeParams.sourceImage",
+         "gets NVIDIA driver 570: the CUDA 13 build of torch that distfair pins needs NVIDIA driver >= 580")]),
+    "gcp_cu118_by_resources_only": ("gcp.yaml", lambda d: (_gcp_image(d, "common-cu118"),
+                                                           _gcp_worker(d)["node_config"].pop("guestAccelerators")), [
+        ("available_node_types.ray_worker_gpu.node_config.disks[0].initializeParams.sourceImage", "CUDA 11.8")]),
+    "onprem_install_without_lock": ("onprem.yaml", lambda d: d["setup_commands"].__setitem__(
+        2, "~/distfair-venv/bin/pip install --no-cache-dir -e ~/distfair"), [
+        ("setup_commands[2]", "installs distfair without requirements.lock: pip resolves its dependencies anew")]),
+    "aws_install_without_lock": ("aws.yaml", _unlock_aws, [
+        ("setup_commands[0]", "installs distfair without requirements.lock"),
+        ("available_node_types[ray.worker.gpu].worker_setup_commands[0]",
+         "installs distfair without requirements.lock")]),
+    "gcp_lock_without_no_deps": ("gcp.yaml", lambda d: d["head_setup_commands"].append(
+        "pip install -e ~/distfair"), [
+        ("head_setup_commands[1]", "installs distfair after requirements.lock without --no-deps")]),
+    "lock_installed_after_distfair": ("onprem.yaml", lambda d: d["setup_commands"].__setitem__(
+        2, "pip install --no-deps -e ~/distfair && pip install -r ~/distfair/requirements.lock"), [
+        ("setup_commands[2]", "installs distfair without requirements.lock")]),
+    "gpu_type_commands_skip_the_install": ("gcp.yaml", lambda d: _gcp_worker(d)["worker_setup_commands"].pop(0), [
+        ("available_node_types.ray_worker_gpu.worker_setup_commands",
+         "Ray runs this list on the node type instead of setup_commands and worker_setup_commands, and it lacks "
+         "setup_commands[0]")]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WARNED))
+def test_a_warning_is_file_key_reason_and_keeps_exit_0(capsys, tmp_path, name):
+    source, mutate, expected = WARNED[name]
+    doc = copy.deepcopy(load(source))
+    mutate(doc)
+    path = write(tmp_path, name, doc)
+    code, out, err = validate(capsys, path)
+    assert code == 0, err
+    assert out.startswith(f"{path}: ok: ")
+    lines = err.splitlines()
+    assert len(lines) == len(expected), err                  # exactly these warnings, nothing else
+    for line, (key, fragment) in zip(lines, expected):
+        assert line.startswith(f"{path}: {key}: warning: "), err
+        assert fragment in line, err
+
+
+def test_the_shipped_launcher_configs_have_no_warning():
+    for name in ("aws.yaml", "gcp.yaml", "onprem.yaml"):
+        assert cluster_gpu.launcher_warnings(load(name)) == [], name
+
+
+def test_no_warning_where_no_gpu_or_nothing_can_be_told(capsys, tmp_path):
+    doc = load("gcp.yaml")
+    _gcp_image(doc, "common-cu124", node="ray_head_cpu")               # a CPU node: the driver does not matter
+    _gcp_image(doc, "my-own-image")                                   # nothing to tell from the name
+    aws = load("aws.yaml")
+    aws["available_node_types"]["ray.head.cpu"]["node_config"].pop("ImageId", None)   # the CPU head: Ray's AMI
+    _aws_worker(aws)["node_config"]["ImageId"] = "ami-0123456789abcdef0"
+    code, out, err = validate(capsys, write(tmp_path, "gcp", doc), write(tmp_path, "aws", aws))
+    assert (code, err) == (0, ""), err
+    assert out.count(": ok: ") == 2
+
+
+def test_warnings_do_not_count_as_problems(capsys, tmp_path):
+    doc = load("aws.yaml")
+    _aws_worker(doc)["node_config"].pop("ImageId")
+    doc["max_worker"] = doc.pop("max_workers")
+    path = write(tmp_path, "aws", doc)
+    code, out, err = validate(capsys, path)
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert [line.split(": ")[1] for line in lines[:-1]] == [
+        "max_worker", "available_node_types[ray.worker.gpu].node_config.ImageId"]
+    assert ": warning: " in lines[1]
+    assert lines[-1] == "error: 1 problem(s) in 1 of 1 file(s)"
+
+
+def test_the_warning_rules_take_any_shape_of_node_config():
+    """node_config is open in Ray's schema: the warning rules skip what they cannot read."""
+    odd = {"provider": {"type": "gcp"}, "setup_commands": "pip install -e ~/distfair", "available_node_types": {
+        "a": {"resources": {"GPU": 1}, "node_config": {"disks": 5}},
+        "b": {"resources": "x", "node_config": {"guestAccelerators": [1], "disks": [
+            {"initializeParams": "x"}, "y", {"initializeParams": {"sourceImage": 7}}]}},
+        "c": "z", "d": {"node_config": [], "worker_setup_commands": "pip"}}}
+    assert cluster_gpu.launcher_warnings(odd) == []
+    aws = {"provider": {"type": "aws"}, "head_setup_commands": {}, "setup_commands": [1, None, "pip install -e"],
+           "available_node_types": {"a": {"resources": {"GPU": "x"}, "node_config": {"InstanceType": 5, "ImageId": {}}}}}
+    assert cluster_gpu.launcher_warnings(aws) == []
+
+
+@pytest.mark.parametrize("command, installs", [
+    ("pip install --no-cache-dir -e ~/distfair", [([], {"~/distfair"}, False)]),
+    ("pip install --no-cache-dir -r ~/distfair/requirements.lock && pip install --no-cache-dir --no-deps -e ~/distfair",
+     [(["~/distfair/requirements.lock"], set(), False), ([], {"~/distfair"}, True)]),
+    ("~/venv/bin/pip install --requirement=req.lock --editable=/home/ray/distfair/ --no-deps",
+     [(["req.lock"], {"/home/ray/distfair/"}, True)]),
+    ("python -m pip install 'distfair[dev]' -c c.txt; echo done", [([], {"distfair[dev]"}, False)]),
+    ("pip install 'boto3>=1.4.8'", [([], {"boto3>=1.4.8"}, False)]),
+    ("python -c \"import pip; print('pip install -e ~/distfair')\"", []),
+    ("echo 'unbalanced", []),
+])
+def test_pip_installs_are_read_like_the_shell(command, installs):
+    assert cluster_gpu._pip_installs(command) == installs
+
+
+def test_gpu_node_types_check_their_gpu_after_the_full_setup():
+    """Ray runs a node type's own worker_setup_commands instead of setup_commands: the GPU types
+    repeat every setup command (the same strings, through YAML aliases), then check torch's GPU."""
+    for name, gpu_type in (("aws.yaml", "ray.worker.gpu"), ("gcp.yaml", "ray_worker_gpu")):
+        doc = load(name)
+        own = doc["available_node_types"][gpu_type]["worker_setup_commands"]
+        assert own[:-1] == doc["setup_commands"] and doc["worker_setup_commands"] == []
+        assert "torch.cuda.is_available()" in own[-1] and "needs NVIDIA driver >= 580" in own[-1]
+        assert "requirements.lock" in own[0] and "--no-deps -e ~/distfair" in own[0]
+        head = doc["available_node_types"][doc["head_node_type"]]
+        assert "worker_setup_commands" not in head and "GPU" not in head["resources"]
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "onprem.yaml"])
+def test_the_gpu_check_fails_the_setup_with_one_line(tmp_path, name):
+    """The check itself, run by bash as Ray runs it, on a GPU node whose torch sees no GPU:
+    a fake nvidia-smi reports an old driver, and CUDA_VISIBLE_DEVICES hides any real GPU."""
+    import os
+    import subprocess
+    import sys
+
+    doc = load(name)
+    if name == "aws.yaml":
+        command = _aws_worker(doc)["worker_setup_commands"][-1]
+    else:
+        command = next(c for c in doc["setup_commands"] if "torch.cuda.is_available()" in c)
+        command = command.replace("~/distfair-venv/bin/python", "python")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')   # this venv's python
+    (bin_dir / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
+    if name == "onprem.yaml":                     # no nvidia-smi: a CPU host, nothing checked
+        done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 550.54.15\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=120)
+    torch = importlib.metadata.version("torch")                  # 2.14.1 (torch.__version__ adds +cu130)
+    assert done.returncode == 1 and done.stdout == ""
+    assert re.fullmatch(rf"distfair: GPU node setup( on \S+)?: torch {re.escape(torch)}\S* cannot use the "
+                        rf"GPU \(NVIDIA driver 550\.54\.15\); needs NVIDIA driver >= 580\n", done.stderr), done.stderr
 
 
 @pytest.mark.parametrize("text, key, fragment", [

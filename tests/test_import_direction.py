@@ -55,6 +55,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "__init__": {"*"},
     "_blocks": {"*"},
     "seeding": {"*"},
+    "native": {"*"},        # python -m distfair.native: loads the native libraries in a child process
+    "cluster_gpu": {"*"},   # the GPU-node and lock rules of `distfair cluster validate`; only cluster.py imports it
     "models": DRIVERS | {"defenses", "evaluation", "plots"},
     "data": DRIVERS | {"defenses", "evaluation", "plots"},
     "metrics": DRIVERS | {"defenses", "evaluation", "plots"},
