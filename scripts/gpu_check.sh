@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared check for a lent GPU machine (issue 16, "GPU path"): distfair's fast path
+# The one prepared check for a lent GPU machine (the GPU path): distfair's fast path
 # benchmark at full size and the CUDA-only tests. Expected runtime on one H100/H200: about
 # 5-6 minutes (benchmark without compile ~3 min, CUDA tests ~1 min, benchmark with
 # train.compile ~2 min); each part has its own time limit so the whole stays under 9 minutes.
@@ -18,6 +18,20 @@ status=0
 
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC')"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+# The GPU image brings its own torch trio; say so when it is not the one requirements.lock pins
+"$PY" - <<'PY'
+import re
+from importlib.metadata import version
+lock = open("requirements.lock").read()
+for name in ("torch", "torchvision", "torchaudio"):
+    pinned = re.search(rf"^{name}==([^\s;]+)", lock, re.M).group(1)
+    try:
+        have = version(name)
+    except Exception:
+        have = "not installed"
+    if have.split("+")[0] != pinned:
+        print(f"NOTE: this machine's {name} is {have}, requirements.lock pins {pinned}: these numbers are for {name} {have}")
+PY
 
 echo "== bench_gpu.py (fp32 plain loop, distfair fast path, attack precision, packing 1/2/4)"
 timeout 240 "$PY" scripts/bench_gpu.py --device cuda 2>&1 | tee "$LOGS/bench_gpu.txt" || status=1
