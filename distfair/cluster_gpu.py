@@ -1,6 +1,6 @@
 """The warnings of ``distfair cluster validate`` about GPU nodes and how nodes install distfair.
 
-distfair pins the CUDA 13 build of torch (PyPI's Linux x86_64 torch 2.14.1 is ``+cu130``), which
+distfair pins the CUDA 13 build of torch (PyPI's Linux x86_64 torch 2.15.0 is ``+cu132``), which
 runs only on an NVIDIA driver >= 580 (:data:`MIN_DRIVER`); the driver is the node's, not the
 container's. From a launcher config alone some nodes can be told to miss it, and some installs
 to skip the lock file:

@@ -440,7 +440,7 @@ def test_the_gpu_check_fails_the_setup_with_one_line(tmp_path, name):
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 550.54.15\n")
     (bin_dir / "nvidia-smi").chmod(0o755)
     done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=120)
-    torch = importlib.metadata.version("torch")                  # 2.14.1 (torch.__version__ adds +cu130)
+    torch = importlib.metadata.version("torch")                  # 2.15.0 (torch.__version__ adds +cu132)
     assert done.returncode == 1 and done.stdout == ""
     assert re.fullmatch(rf"distfair: GPU node setup( on \S+)?: torch {re.escape(torch)}\S* cannot use the "
                         rf"GPU \(NVIDIA driver 550\.54\.15\); needs NVIDIA driver >= 580\n", done.stderr), done.stderr

@@ -169,22 +169,27 @@ def test_dev_help_and_unknown_command():
     assert bad.returncode == 2 and "unknown command tset" in bad.stderr
 
 
-def test_dev_reinstalls_only_when_pyproject_or_python_changed(tmp_path):
+def test_dev_reinstalls_only_when_the_lock_pyproject_or_python_changed(tmp_path):
     """The stamp logic that makes `./dev test` and `./dev quickstart` skip the install: the
-    environment is current exactly when its stamp records this pyproject.toml and its Python."""
+    environment is current exactly when its stamp records this requirements.lock, this
+    pyproject.toml and its Python."""
     venv = tmp_path / "venv"
     assert _dev("status", venv=venv).returncode == 1                     # no environment
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(sys.executable)
     out = _dev("status", venv=venv)
     assert out.returncode == 1 and "never installed" in out.stdout
+    lock = hashlib.sha256((ROOT / "requirements.lock").read_bytes()).hexdigest()
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     version = sys.version.split()[0]
     stamp = venv / ".distfair-install-stamp"
-    stamp.write_text(f"pyproject.toml {digest}; python {version}\n")
+    stamp.write_text(f"requirements.lock {lock}; pyproject.toml {digest}; python {version}\n")
     out = _dev("status", venv=venv)
     assert out.returncode == 0 and "current" in out.stdout
     assert _dev("install", venv=venv).returncode == 0                    # current: no pip at all
-    stamp.write_text(f"pyproject.toml {'0' * 64}; python {version}\n")   # pyproject.toml edited since
-    out = _dev("status", venv=venv)
-    assert out.returncode == 1 and "changed" in out.stdout
+    for edited in (f"requirements.lock {'0' * 64}; pyproject.toml {digest}; python {version}\n",   # lock regenerated
+                   f"requirements.lock {lock}; pyproject.toml {'0' * 64}; python {version}\n",   # pyproject.toml edited
+                   f"requirements.lock {lock}; pyproject.toml {digest}; python 3.0.0\n"):        # another Python
+        stamp.write_text(edited)
+        out = _dev("status", venv=venv)
+        assert out.returncode == 1 and "changed" in out.stdout, edited

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -13,11 +14,6 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
-
-try:
-    import tomllib
-except ImportError:          # Python 3.10
-    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIO = ("torch", "torchvision", "torchaudio")
@@ -28,7 +24,7 @@ PLATFORMS = [  # the environments the lock is made for (uv --universal), as mark
     for s, system, os_name, machines in [("linux", "Linux", "posix", ("x86_64", "aarch64")),
                                          ("darwin", "Darwin", "posix", ("arm64",)),
                                          ("win32", "Windows", "nt", ("AMD64",))]
-    for m in machines for v in ("3.10.12", "3.11.7", "3.12.3", "3.13.1")
+    for m in machines for v in ("3.11.7", "3.12.3", "3.13.1")
 ]
 
 
