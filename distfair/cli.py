@@ -161,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="train one configuration over several seeds and record it in MLflow",
         description="Train ONE configuration over several seeds (concurrently when the cluster has room), "
                     "evaluate each model clean and under the eval attacks, and record a parent MLflow run "
-                    "with one child run per seed. Ends with a mean ± std table. A file with a "
-                    "`configurations:` block (e.g. tune_spaces/speech_rejection.yaml) runs each of its "
-                    "configurations in turn, one parent run each, over the same seeds. After a crash, "
+                    "with one child run per seed. Ends with a table of mean ± std and the 95% interval. "
+                    "A file with a `configurations:` block (e.g. tune_spaces/speech_rejection.yaml) runs "
+                    "each of its configurations in turn, one parent run each, over the same seeds. After a crash, "
                     "Ctrl-C or a killed driver, --resume finishes only the seeds that did not finish.",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("config", metavar="FILE", help="configuration YAML (see tune_spaces/quickstart.yaml)")
@@ -371,20 +371,40 @@ SUMMARY_HEADLINE = ("auc_acc", "clean_false_rejection_rate", "auc_fpr")
 SUMMARY_HEADLINE_FAMILIES = ("defense_parity/", "fpr_parity/")
 
 
-def format_table(metrics: dict[str, dict], extra_attacks: list[str]) -> str:
+def _interval(s: dict) -> str:
+    """``[low, high]``: the 95% interval the configuration run logs as ``<metric>_ci95_low/_high``."""
+    if s.get("ci95_low") is None or s.get("ci95_high") is None:
+        return "—"
+    return f"[{_fmt(s['ci95_low'])}, {_fmt(s['ci95_high'])}]"
+
+
+def format_table(metrics: dict[str, dict], extra_attacks: list[str], primary: str | None = None) -> str:
+    """The seeds' table of one configuration: per headline metric mean ± std, the 95% interval,
+    min, max and n. ``primary``: the first ``eval.attacks`` entry, whose metrics the seed runs
+    log bare as well as ``<primary>/<metric>``: its rows are named with it (``robust_acc
+    (pgd20)``, ``distfair.record.evaluation_label``), as the other attacks' rows are by their
+    prefix (``fgsm/robust_acc``). ``worst10_acc`` is left out where it equals
+    ``worst_class_acc`` for every seed (always with at most 10 classes)."""
+    from distfair.metrics import worst10_is_worst_class
+    from distfair.record import evaluation_label
+
     names = [n for n in HEADLINE if n in metrics]
+    if "worst10_acc" in names and "worst_class_acc" in metrics and worst10_is_worst_class(
+            metrics["worst10_acc"].get("values") or [], metrics["worst_class_acc"].get("values") or []):
+        names.remove("worst10_acc")
     names += sorted(n for n in metrics if n.startswith(SUBGROUP_HEADLINE))
     names += [n for n in SUMMARY_HEADLINE if n in metrics]
     names += sorted(n for n in metrics if n.startswith(SUMMARY_HEADLINE_FAMILIES))
     for attack in extra_attacks:
         names += [n for n in (f"{attack}/robust_acc", f"{attack}/worst_class_acc") if n in metrics]
     names += [n for n in ("train_time_s",) if n in metrics]
-    width = max(len(n) for n in names) if names else 10
-    lines = [f"{'metric':<{width}}  {'mean ± std':>17}  {'min':>7}  {'max':>7}  n"]
+    labels = {n: evaluation_label(n, metrics, primary) for n in names}
+    width = max(len(label) for label in labels.values()) if names else 10
+    lines = [f"{'metric':<{width}}  {'mean ± std':>17}  {'95% CI':<18}  {'min':>7}  {'max':>7}  n"]
     for name in names:
         s = metrics[name]
-        lines.append(f"{name:<{width}}  {_fmt(s['mean']):>8} ± {_fmt(s['std']):<6}  {_fmt(s['min']):>7}  "
-                     f"{_fmt(s['max']):>7}  {s['n']}")
+        lines.append(f"{labels[name]:<{width}}  {_fmt(s['mean']):>8} ± {_fmt(s['std']):<6}  {_interval(s):<18}  "
+                     f"{_fmt(s['min']):>7}  {_fmt(s['max']):>7}  {s['n']}")
     return "\n".join(lines)
 
 
@@ -544,9 +564,10 @@ def _print_run_report(report, cfg: dict, label: str, uri: str, human, *, final: 
     """The seeds' mean ± std table of one configuration, its failures and where to look."""
     from distfair import tracking
 
-    extra = [a["name"] for a in cfg["eval"]["attacks"][1:]]
-    print(f"\n{label}{len(report.seeds)}/{len(cfg['seeds'])} seeds finished. Mean ± std across seeds:\n"
-          + format_table(report.metrics, extra), file=human)
+    attacks = [a["name"] for a in cfg["eval"]["attacks"]]
+    print(f"\n{label}{len(report.seeds)}/{len(cfg['seeds'])} seeds finished. Mean ± std across seeds; 95% CI: "
+          "Student-t interval of the mean, clipped to [0, 1] for accuracies, gaps and rates:\n"
+          + format_table(report.metrics, attacks[1:], attacks[0] if attacks else None), file=human)
     for seed, why in sorted(report.errors.items()):
         print(f"{label}seed {seed} FAILED: {why}", file=human)
     print(f"\n{label}MLflow: experiment {report.experiment!r}, parent run {report.parent_run_id}"

@@ -16,6 +16,7 @@ the confusion heatmap draws them as an extra "abstained" column.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -400,30 +401,57 @@ def stability_bars(stds: dict[str, dict[str, float | None]], title: str, path: s
     return _save(fig, path)
 
 
-def seed_strips(panels: dict[str, dict[str, list[float]]], title: str, path: str | Path, *,
+#: markers cycled over seeds (with the colours), so a seed is told apart without colour too
+SEED_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def _seed_styles(plt, seeds: list) -> dict:
+    """seed -> (colour, marker): tab10 / tab20 keep neighbouring seeds apart, beyond 20 seeds
+    a sequential map still orders them; markers cycle through :data:`SEED_MARKERS`."""
+    cmap = plt.get_cmap("tab10" if len(seeds) <= 10 else "tab20" if len(seeds) <= 20 else "viridis")
+    return {s: (cmap(i if len(seeds) <= 20 else i / max(len(seeds) - 1, 1)), SEED_MARKERS[i % len(SEED_MARKERS)])
+            for i, s in enumerate(seeds)}
+
+
+def seed_strips(panels: dict[str, dict[str, dict[int, float] | list[float]]], title: str, path: str | Path, *,
                 columns: int = 3) -> Path:
-    """One panel per metric (``panels`` maps a metric to ``{configuration: seed values}``):
-    every seed a point (jittered sideways, deterministic), the mean as a bar and ± one sample
-    std as a line beside the points."""
+    """One panel per metric (``panels`` maps a metric to ``{configuration: {seed: value}}``; a
+    list of values is numbered 0, 1, ... as seeds): every seed a point in its own colour and
+    marker, the same in every configuration and panel (the figure's legend names the seeds),
+    at a fixed sideways offset per seed, and a thin line of its colour joining its points
+    across neighbouring configurations; the mean as a bar and ± one sample std as a line
+    beside the points."""
     plt = _pyplot()
     if not panels:
         raise ValueError("panels: need at least one metric, got none")
+    panels = {metric: {name: dict(v) if isinstance(v, Mapping) else dict(enumerate(v or [])) for name, v in per.items()}
+              for metric, per in panels.items()}
     n = len(panels)
     cols = min(columns, n)
     rows = math.ceil(n / cols)
     names = list(dict.fromkeys(c for per in panels.values() for c in per))
-    fig, axes = plt.subplots(rows, cols, figsize=(max(4.0, 0.5 * len(names) + 2.5) * cols, 3.4 * rows),
+    seeds = sorted({s for per in panels.values() for values in per.values() for s in values})
+    style = _seed_styles(plt, seeds)
+    offset = {s: (np.linspace(-0.2, 0.2, len(seeds))[i] if len(seeds) > 1 else 0.0) for i, s in enumerate(seeds)}
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.0, 0.5 * len(names) + 2.5) * cols, 3.4 * rows + 0.4),
                              squeeze=False)
-    jitter = np.random.default_rng(0)
     for ax, (metric, per) in zip(axes.flat, panels.items()):
+        for seed in seeds:
+            points = [(i + offset[seed], per[name][seed]) for i, name in enumerate(names)
+                      if seed in per.get(name, {})]
+            if len(points) > 1:
+                ax.plot(*zip(*points), "-", color=style[seed][0], alpha=0.35, linewidth=0.8, zorder=1)
         for i, name in enumerate(names):
-            values = np.asarray(per.get(name) or [], dtype=float)
+            by_seed = per.get(name) or {}
+            values = np.asarray([by_seed[s] for s in sorted(by_seed)], dtype=float)
             if not values.size:
                 ax.text(i, 0.5, "n/a", ha="center", va="center", fontsize=8, color="0.3",
                         transform=ax.get_xaxis_transform())
                 continue
-            xs = i + jitter.uniform(-0.15, 0.15, values.size)
-            ax.plot(xs, values, "o", color=f"C{i % 10}", alpha=0.75, markersize=5)
+            for seed, value in sorted(by_seed.items()):
+                colour, marker = style[seed]
+                ax.plot([i + offset[seed]], [value], marker, color=colour, markeredgecolor="0.2", alpha=0.85,
+                        markersize=5, zorder=2)
             mean = float(values.mean())
             ax.hlines(mean, i - 0.3, i + 0.3, color="black", linewidth=1.5)
             if values.size > 1:
@@ -434,6 +462,11 @@ def seed_strips(panels: dict[str, dict[str, list[float]]], title: str, path: str
         ax.set_title(metric, fontsize=10)
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
+    handles = [plt.Line2D([], [], marker=style[s][1], linestyle="-", linewidth=0.8, color=style[s][0],
+                          markeredgecolor="0.2", label=str(s)) for s in seeds]
+    if handles:
+        fig.legend(handles=handles, title="seed", loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8,
+                   ncol=math.ceil(len(seeds) / 20))
     fig.suptitle(title)
     return _save(fig, path)
 

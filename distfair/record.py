@@ -32,7 +32,8 @@ is in fields, never in a name to parse:
   ``configuration_result.json`` of the parent run): the seeds, and one *entry* per row
   identity (split, evaluation, metric, attribute, group, stage, epoch) with the value of
   every seed and ``mean``, ``std`` (ddof = 1), ``min``, ``max``, ``ci95_low``,
-  ``ci95_high``, ``n`` (``distfair.metrics.summarize``). ``parent_summary: true`` marks the
+  ``ci95_high`` (clipped to the metric's range, ``distfair.metrics.metric_range``), ``n``
+  (``distfair.metrics.summarize``). ``parent_summary: true`` marks the
   entries whose statistics the parent run logs as ``<mlflow_key>_<stat>`` (the latest value
   of each key, as MLflow reports it).
 
@@ -48,7 +49,7 @@ from collections.abc import Mapping, Sequence
 
 from distfair import __version__
 from distfair.evaluation.summaries import nested_families
-from distfair.metrics import summarize
+from distfair.metrics import metric_range, summarize
 
 #: 2: the evaluation summaries' documents under ``summaries`` (1 had ``subgroups`` and
 #: ``target_success`` at the top) and their cross-evaluation metrics as rows
@@ -99,6 +100,17 @@ def _fields(metric: str) -> tuple[str, dict]:
 
 def _attacked_name(metric: str) -> str:
     return "robust_acc" if metric == "acc" else metric
+
+
+def evaluation_label(key: str, keys, primary: str | None) -> str:
+    """``key`` as a table names it: a key of the primary evaluation attack (the first
+    ``eval.attacks`` entry), which the seed runs log bare as well as ``<primary>/<key>``
+    (:func:`evaluation_rows`), gets the attack's name, ``robust_acc (pgd20)``; every other key
+    already says where it comes from (``clean_acc``, ``fgsm/robust_acc``, ``val_*``) or spans
+    evaluations (``auc_acc``) and stays as it is. ``keys``: the metric keys the runs have."""
+    if primary and f"{primary}/{key}" in keys:
+        return f"{key} ({primary})"
+    return key
 
 
 def evaluation_rows(split: str, per_eval: Mapping[str, Mapping], primary: str | None, *, step: int) -> list[dict]:
@@ -228,7 +240,7 @@ def configuration_record(config: Mapping, seed_records: Sequence[Mapping], *,
             latest_identity.setdefault(key, set()).add(ident)
     out = []
     for ident, entry in entries.items():
-        stats = summarize([v["value"] for v in entry["seed_values"]])
+        stats = summarize([v["value"] for v in entry["seed_values"]], bounds=metric_range(entry["mlflow_key"]))
         entry.update({s: stats[s] for s in STATS}, n=stats["n"],
                      parent_summary=latest_identity.get(entry["mlflow_key"]) == {ident})
         out.append(entry)

@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 from distfair import tracking
 from distfair.config import flatten
 from distfair.metrics import aggregate_seed_metrics
-from distfair.record import CONFIGURATION_RECORD_NAME, configuration_record
+from distfair.record import CONFIGURATION_RECORD_NAME, configuration_record, evaluation_label
 
 
 @dataclass
@@ -190,21 +190,31 @@ def _cell(text: str, limit: int = 300) -> str:
 
 
 def summary_markdown(summary: Mapping[str, dict], metrics: Sequence[str], *, seeds: Sequence[int],
-                     planned: Sequence[int], errors: Mapping[int, str], figure: str | None) -> str:
-    """The Markdown section appended to the configuration run's description: the main
-    ``metrics`` as mean ± sample std (n seeds) with the 95% Student-t interval of the mean
-    (``distfair.metrics.summarize``), the failed seeds with why, and where the figure is."""
-    lines = [SUMMARY_HEADING, "",
-             f"{len(seeds)} of {len(planned)} seeds finished ({', '.join(map(str, seeds)) or 'none'}). "
-             "Mean ± sample std (ddof = 1) over the seeds; 95% CI: Student-t interval of the mean.", ""]
+                     planned: Sequence[int], errors: Mapping[int, str], figure: str | None,
+                     primary: str | None = None, notice: str | None = None) -> str:
+    """The Markdown section that opens the configuration run's description (what the MLflow
+    UI shows before its "Show more"): the heading, the dataset's ``notice`` (what every result
+    on it must say), then straight away the main ``metrics`` as mean ± sample std, n seeds and
+    the 95% interval (``distfair.metrics.summarize``: Student t, clipped to the metric's
+    range), the primary evaluation attack's rows named with it (``robust_acc (pgd20)``,
+    ``distfair.record.evaluation_label``); below the table how many seeds finished, the
+    failed seeds with why, and where the figure is. Its last line is always the same (the
+    end of the section when it is replaced)."""
+    lines = [SUMMARY_HEADING, ""]
+    if notice:
+        lines += [f"*{_cell(notice, 600)}*", ""]
     if metrics:
         lines += ["| metric | mean ± std | n | 95% CI |", "|---|---|---|---|"]
         for name in metrics:
             s = summary[name]
             spread = "" if s.get("std") is None else f" ± {_number(s['std'])}"
             interval = "n/a" if s.get("ci95_low") is None else f"[{_number(s['ci95_low'])}, {_number(s['ci95_high'])}]"
-            lines.append(f"| {_cell(name)} | {_number(s.get('mean'))}{spread} | {s.get('n', 0)} | {interval} |")
+            label = evaluation_label(name, summary, primary)
+            lines.append(f"| {_cell(label)} | {_number(s.get('mean'))}{spread} | {s.get('n', 0)} | {interval} |")
         lines.append("")
+    lines += [f"{len(seeds)} of {len(planned)} seeds finished ({', '.join(map(str, seeds)) or 'none'}). "
+              "Mean ± sample std (ddof = 1) over the seeds; 95% CI: Student-t interval of the mean, clipped to "
+              "[0, 1] for accuracies, gaps and rates.", ""]
     if errors:
         lines.append(f"Failed seeds ({len(errors)}, metric `n_failed`; the statistics are over the finished seeds "
                      "only):")
@@ -235,6 +245,7 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     seed that produced no result (and then the parent too), or KILLED on Ctrl-C. A seed run
     left unfinished by an earlier, interrupted attempt is retired and redone.
     """
+    from distfair.data import DATASET_NOTICES
     from distfair.distributed import run_configuration
 
     seeds = list(cfg["seeds"])
@@ -294,12 +305,15 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     shown = main_metrics(list(summary))
     seed_values = {m: {s: per_seed[s][m] for s in sorted(per_seed) if m in per_seed[s]} for m in shown}
     drawn = any(seed_values.values())
+    attacks = cfg["eval"]["attacks"]
     tracking.log_parent_summary(
         tracking_uri, parent, summary, n_seeds=len(per_seed), status="FAILED" if errors else "FINISHED",
         configuration_record=record, seed_values=seed_values, failures=errors,
         figure_title=f"{run_name}: every seed, mean ± std, 95% CI",
         description=summary_markdown(summary, shown, seeds=sorted(per_seed), planned=seeds, errors=errors,
-                                     figure=tracking.SEED_STABILITY_FIGURE if drawn else None))
+                                     figure=tracking.SEED_STABILITY_FIGURE if drawn else None,
+                                     primary=attacks[0]["name"] if attacks else None,
+                                     notice=DATASET_NOTICES.get(cfg["dataset"]["name"])))
     return RunReport(experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
                      tracking_uri=tracking_uri, seeds=sorted(per_seed), metrics=summary, errors=errors,
                      record=record)

@@ -14,7 +14,8 @@ Record layout of one configuration (``distfair run``):
 * the versioned result records of ``distfair.record``: ``result.json`` on each seed run,
   ``configuration_result.json`` on the parent;
 * on the parent, at the end: ``plots/seed_stability.png`` (every seed, mean ± std and the 95%
-  interval of the main metrics) and a Markdown summary appended to its description;
+  interval of the main metrics) and a Markdown summary at the top of its description (where
+  the MLflow UI's run page opens);
 * on both, what reproduces them: the resolved configuration as ``config.yaml`` and tags with
   the versions and the git commit (``distfair.run.environment_tags``); seed runs also carry
   the configuration's identity tags and params, so the UI filters them by configuration.
@@ -699,8 +700,11 @@ def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *
 
     ``seed_values`` (``{metric: {seed: value}}``, metrics of ``summary``): drawn as
     :data:`SEED_STABILITY_FIGURE` with the summary's statistics. ``description``: a Markdown
-    section appended to the run's description; an earlier section with the same first line
-    (the summary of an earlier attempt) is replaced, the text above it kept. ``failures``
+    section put at the top of the run's description (tag :data:`TAG_DESCRIPTION`; the MLflow
+    UI shows only the description's first lines before "Show more"), the text the run was
+    created with below it; an earlier section with the same first line (the summary of an
+    earlier attempt, at the top or, written by older versions, at the end), up to its last
+    line, is replaced. ``failures``
     (seed -> why it has no result): logged as metric ``n_failed`` and, when there are any, as
     tag :data:`TAG_FAILURE_REASON` (``seed 2: loss is nan at epoch 1, batch 3; ...``)."""
     client = _client(uri)
@@ -733,7 +737,7 @@ def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *
             seed_stability(drawn, summary, figure_title, Path(tmp) / folder / name)
             client.log_artifact(parent_run_id, str(Path(tmp) / folder / name), folder)
     if description:
-        _append_description(client, parent_run_id, description)
+        _put_description_section(client, parent_run_id, description)
     # A parent the driver already closed as KILLED (a trial stopped early by the scheduler, or
     # Ctrl-C) keeps that status: its configuration thread may still be finishing (as seed runs
     # closed by the driver are never reopened, see SeedRunLogger)
@@ -741,13 +745,19 @@ def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *
         client.set_terminated(parent_run_id, status)
 
 
-def _append_description(client: MlflowClient, run_id: str, section: str) -> None:
+def _put_description_section(client: MlflowClient, run_id: str, section: str) -> None:
+    """``section`` first in the run's description, then the rest of it. A section from an
+    earlier call starts with the same first line and ends with the same last line; it is taken
+    out (to the end of the text when that last line is missing) before the new one goes on top.
+    A text too long for a tag loses its end, so the section stays whole."""
     current = client.get_run(run_id).data.tags.get(TAG_DESCRIPTION, "")
-    heading = section.strip().splitlines()[0]
+    lines = section.strip().splitlines()
+    heading, last = lines[0], lines[-1]
     at = current.find(heading)
     if at >= 0:
-        current = current[:at]
-    text = "\n\n".join(p for p in (current.rstrip(), section.strip()) if p)
+        end = current.find(last, at + len(heading)) if last != heading else -1
+        current = current[:at] + (current[end + len(last):] if end >= 0 else "")
+    text = "\n\n".join(p for p in (section.strip(), current.strip()) if p)
     client.set_tag(run_id, TAG_DESCRIPTION, text if len(text) <= MAX_TAG_LEN else text[:MAX_TAG_LEN - 2] + " …")
 
 

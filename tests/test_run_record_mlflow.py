@@ -82,8 +82,9 @@ def test_configuration_run_gets_figure_and_summary_in_its_description(uri, tmp_p
     assert Path(local).read_bytes()[:8] == PNG
 
     note = client.get_run(parent).data.tags[tracking.TAG_DESCRIPTION]
-    assert note.startswith("Sy-FAR on the tiny set.")                   # the text it was created with, first
-    assert run.SUMMARY_HEADING in note and tracking.SEED_STABILITY_FIGURE in note
+    assert note.startswith(run.SUMMARY_HEADING)                       # the summary first: where the UI page opens
+    assert note.endswith("\n\nSy-FAR on the tiny set.")                  # the text it was created with, below it
+    assert tracking.SEED_STABILITY_FIGURE in note
     rows = {line.split("|")[1].strip(): line for line in note.splitlines() if line.startswith("| ")}
     # the main metrics only, in their order (train_loss is no headline)
     assert list(rows)[1:] == ["clean_acc", "robust_acc", "worst_class_acc", "acc_gap", "nsd", "group_gap/half"]
@@ -109,7 +110,7 @@ def test_dataset_notice_stays_in_the_description(uri, tmp_path, cfg):
     section = run.summary_markdown(summary, ["clean_acc"], seeds=[0, 1], planned=[0, 1], errors={}, figure=None)
     tracking.log_parent_summary(uri, parent, summary, n_seeds=2, description=section)
     note = MlflowClient(uri).get_run(parent).data.tags[tracking.TAG_DESCRIPTION]
-    assert note.startswith(f"words\n\n{notice}\n\n{run.SUMMARY_HEADING}")
+    assert note.startswith(run.SUMMARY_HEADING) and note.endswith(f"\n\nwords\n\n{notice}")
 
 
 def test_summary_markdown_lists_failed_seeds_and_one_seed_has_no_spread():

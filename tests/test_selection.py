@@ -109,8 +109,10 @@ def test_a_shipped_style_file_with_a_test_objective_is_refused(write_config):
 
 
 def _t_interval(values):
+    """The 95% t-interval of the mean, clipped to [0, 1] as for every accuracy (docs/methods/metrics.md)."""
     values = np.asarray(values, dtype=float)
-    return stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    return max(low, 0.0), min(high, 1.0)
 
 
 def test_spread_of_the_objective_on_validation_and_test_in_trials_csv_summary_and_history(tmp_path):

@@ -1,19 +1,23 @@
 """Confusion matrices, fairness and subgroup metrics, Sy-FAR symmetry loss, seed statistics."""
 
 from distfair.metrics._confusion import confusion_matrix
-from distfair.metrics._fairness import fairness_metrics
+from distfair.metrics._fairness import fairness_metrics, worst10_is_worst_class
 from distfair.metrics._soft import soft_confusion_matrix, symmetry_loss
-from distfair.metrics._stability import aggregate_seed_metrics, summarize
+from distfair.metrics._stability import METRIC_RANGES, aggregate_seed_metrics, metric_family, metric_range, summarize
 from distfair.metrics._subgroups import group_metrics, max_bipartition_asym, subgroup_matrix
 
 __all__ = [
+    "METRIC_RANGES",
     "aggregate_seed_metrics",
     "confusion_matrix",
     "fairness_metrics",
     "group_metrics",
     "max_bipartition_asym",
+    "metric_family",
+    "metric_range",
     "soft_confusion_matrix",
     "subgroup_matrix",
     "summarize",
     "symmetry_loss",
+    "worst10_is_worst_class",
 ]

@@ -8,10 +8,27 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["fairness_metrics"]
+__all__ = ["fairness_metrics", "worst10_is_worst_class"]
+
+#: ``worst10_acc`` is the mean of the lowest ceil(P / WORST10_SHARE) per-class accuracies
+WORST10_SHARE = 10
+
+
+def worst10_is_worst_class(worst10: Mapping | Sequence, worst_class: Mapping | Sequence) -> bool:
+    """Whether ``worst10_acc`` says nothing ``worst_class_acc`` does not: the same seeds (keys
+    of mappings seed -> value, or positions of sequences) with equal values. With at most 10
+    classes present ceil(P/10) = 1, so ``worst10_acc`` is the lowest class accuracy itself
+    and this is always true; then tables leave ``worst10_acc`` out. False without values."""
+    a = dict(worst10) if isinstance(worst10, Mapping) else dict(enumerate(worst10))
+    b = dict(worst_class) if isinstance(worst_class, Mapping) else dict(enumerate(worst_class))
+    if not a or a.keys() != b.keys():
+        return False
+    return all(a[k] is not None and b[k] is not None and math.isclose(a[k], b[k], rel_tol=0.0, abs_tol=1e-12)
+               for k in a)
 
 
 def _as_count_matrix(counts, *, allow_zero: bool = False) -> np.ndarray:
@@ -123,7 +140,7 @@ def fairness_metrics(counts, abstained=None) -> dict:
     diag = np.diag(rates)
     accs = np.sort(diag[present])
     mean_acc = float(accs.mean())
-    n_worst = math.ceil(accs.size / 10)
+    n_worst = math.ceil(accs.size / WORST10_SHARE)
 
     # Pairs i<j with both classes present; absent rows are zero but their columns are not.
     pair_mask = np.triu(np.ones((k, k), dtype=bool), 1) & present[:, None] & present[None, :]

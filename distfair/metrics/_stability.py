@@ -2,6 +2,11 @@
 
 Sy-FAR §6.5 / App. C and methods.md "Metrics": for every metric, mean, sample std
 (ddof=1), min, max and a 95% interval over the seeds of one configuration.
+
+The interval is Student's t interval of the mean, clipped to the metric's declared range
+(:data:`UNIT_INTERVAL_FAMILIES`, :func:`metric_range`): an accuracy's interval over two seeds
+is ``[0.0412, 1.0]``, not ``[0.0412, 1.1303]``. Metrics without a declared range (losses,
+timings, ``nsd``, the grid-dependent AUCs, anything new) are never clipped.
 """
 
 from __future__ import annotations
@@ -12,19 +17,66 @@ from collections.abc import Mapping, Sequence
 
 from scipy import stats
 
-__all__ = ["aggregate_seed_metrics", "summarize"]
+__all__ = ["METRIC_RANGES", "UNBOUNDED_FAMILIES", "UNIT_INTERVAL_FAMILIES", "aggregate_seed_metrics", "metric_family",
+           "metric_range", "summarize"]
+
+#: metric families whose every value is a proportion in [0, 1]: accuracies (clean, attacked,
+#: per group, per ensemble stage), differences and maxima of accuracies or of row-normalised
+#: confusion rates (``acc_gap``, ``group_gap``, the asymmetry gaps), target confusion shares and
+#: their std, and rates (rejection, false rejection, targeted success). Their seed interval is
+#: clipped to [0, 1].
+UNIT_INTERVAL_FAMILIES = frozenset({
+    "acc", "robust_acc", "worst_class_acc", "worst10_acc", "acc_gap", "max_asym_gap", "asym_gap",
+    "tgt_max", "tgt_min", "tgt_std", "rejection_rate", "false_rejection_rate", "group_acc", "group_gap",
+    "max_group_asym", "max_bipartition_asym", "group_rejection", "stage_acc", "target_success_rate",
+})
+#: metric families declared unbounded (no interval is clipped): ``nsd`` (std / mean, may exceed
+#: 1), the symmetry losses, and the speech summaries' areas over a configured grid (not
+#: normalised by its width) and their parities. A family declared nowhere (losses, timings,
+#: anything new) is not clipped either.
+UNBOUNDED_FAMILIES = frozenset({
+    "nsd", "sym_loss", "soft_sym_loss", "sym", "soft_sym", "auc_acc", "group_auc_acc", "defense_parity",
+    "auc_fpr", "group_auc_fpr", "fpr_parity",
+})
+#: the declared range of every known metric family (None: unbounded)
+METRIC_RANGES: dict[str, tuple[float, float] | None] = {
+    **dict.fromkeys(UNBOUNDED_FAMILIES), **dict.fromkeys(UNIT_INTERVAL_FAMILIES, (0.0, 1.0))}
+
+
+def metric_family(key: str) -> str:
+    """The metric family of an MLflow metric key, by the naming rules of the seed runs
+    (``distfair.engine.train.metric_record``, ``distfair.record``): the ``val_`` /
+    ``val_clean_`` / ``clean_`` prefix and an evaluation's ``<name>/`` prefix dropped, nested
+    fields (``/<attribute>/<group>``) too: ``pgd20/group_acc/gender/F`` -> ``group_acc``,
+    ``val_clean_acc`` -> ``acc``, ``clean_false_rejection_rate`` -> ``false_rejection_rate``."""
+    name = key
+    for prefix in ("val_clean_", "val_", "clean_"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    parts = name.split("/")
+    if parts[0] not in METRIC_RANGES and len(parts) > 1:
+        return parts[1]                        # <evaluation>/<metric>[/<field>...]
+    return parts[0]
+
+
+def metric_range(key: str) -> tuple[float, float] | None:
+    """The declared range (low, high) of a metric key's values, or None when undeclared
+    (then its seed interval is not clipped)."""
+    return METRIC_RANGES.get(metric_family(key))
 
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def summarize(values: Sequence[float | None]) -> dict:
+def summarize(values: Sequence[float | None], *, bounds: tuple[float, float] | None = None) -> dict:
     """Summary statistics of one metric over seeds; ``None`` entries are dropped.
 
     Returns ``{"mean", "std", "min", "max", "ci95_low", "ci95_high", "n", "values"}``:
     ``std`` is the sample std (ddof=1); the 95% interval is
-    ``mean -+ t_{0.975, n-1} * std / sqrt(n)`` (Student t, ``scipy.stats.t``). ``std`` and
+    ``mean -+ t_{0.975, n-1} * std / sqrt(n)`` (Student t, ``scipy.stats.t``), clipped to
+    ``bounds`` = (low, high), the metric's range (:func:`metric_range`), when given. ``std`` and
     the interval are ``None`` when n < 2; with n = 0 every statistic is ``None``,
     ``n`` is 0 and ``values`` is ``[]``. All numbers are plain Python floats.
 
@@ -49,12 +101,16 @@ def summarize(values: Sequence[float | None]) -> dict:
     if n >= 2:
         std = math.sqrt(math.fsum((v - mean) ** 2 for v in kept) / (n - 1))
         half_width = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-        summary.update(std=std, ci95_low=mean - half_width, ci95_high=mean + half_width)
+        low, high = mean - half_width, mean + half_width
+        if bounds is not None:
+            low, high = max(low, float(bounds[0])), min(high, float(bounds[1]))
+        summary.update(std=std, ci95_low=low, ci95_high=high)
     return summary
 
 
 def aggregate_seed_metrics(per_seed: Sequence[Mapping[str, float | None]]) -> dict[str, dict]:
-    """``{name: summarize(values across seeds)}``, names sorted.
+    """``{name: summarize(values across seeds)}``, names sorted; each interval clipped to
+    the name's declared range (:func:`metric_range`).
 
     ``per_seed`` holds one flat dict per seed (metric name -> float or ``None``). A name
     missing from a seed, or ``None`` there, simply contributes nothing for that seed.
@@ -71,4 +127,4 @@ def aggregate_seed_metrics(per_seed: Sequence[Mapping[str, float | None]]) -> di
         for name, value in metrics.items():
             if value is None or _is_number(value):
                 collected.setdefault(name, []).append(value)
-    return {name: summarize(collected[name]) for name in sorted(collected)}
+    return {name: summarize(collected[name], bounds=metric_range(name)) for name in sorted(collected)}

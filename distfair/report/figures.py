@@ -10,13 +10,17 @@ the report says which were left out.
   over seeds with ± one std (Sy-FAR Fig. 1 across seeds);
 * ``stability.png``: each configuration's std across seeds per table column (Sy-FAR App. C
   Figs. 8-10);
-* ``seed_strips.png``: every seed's value per configuration and column, with mean and std;
+* ``seed_strips.png``: every seed's value per configuration and column, with mean and std; a
+  seed has the same colour and marker everywhere (legend) and a line joins its points across
+  configurations;
 * ``pareto_<sweep>.png``: a multi-objective sweep's configurations on its first two
   objectives, whiskers over the seed interval of each statistic (mean-based statistics: the
   95% t-interval of the mean, shifted as the statistic is; ``std``: its 95% χ² interval;
   others: the seeds' range), the Pareto set and the chosen configuration marked;
 * ``confusion_<key>.png`` and ``asymmetry_<key>.png``: each configuration's confusion rates
-  and pairwise asymmetry |R_ij − R_ji| under the primary evaluation, averaged over seeds;
+  and pairwise asymmetry |C_ij − C_ji| (C the row-normalised confusion matrix, as for
+  ``max_asym_gap``) under the primary evaluation, averaged over seeds; the asymmetry heatmaps
+  of one report share one colour scale, 0 to the largest cell of any of them;
 * ``groups_<family>_<attribute>.png``: per-group values (``group_acc`` under the primary
   evaluation and clean; for speech experiments ``group_auc_acc`` = AUC_acc and
   ``group_auc_fpr`` = AUC_FPR per group), mean ± std over seeds.
@@ -31,7 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from distfair import plots
-from distfair.metrics import summarize
+from distfair.metrics import metric_range, summarize
 from distfair.report.stats import std_interval
 from distfair.report.tables import Row, Tables
 
@@ -111,19 +115,23 @@ def stability_figure(tables: Tables, outdir: Path) -> list[Figure]:
 
 
 def strips_figure(tables: Tables, outdir: Path) -> list[Figure]:
-    panels = {col.name: {r.key: [v for _, v in sorted(r.cells[col.name].values.items())] for r in tables.rows}
+    panels = {col.name: {r.key: dict(sorted(r.cells[col.name].values.items())) for r in tables.rows}
               for col in tables.columns}
     if not any(v for per in panels.values() for v in per.values()):
         return []
     path = plots.seed_strips(panels, "Every seed per configuration", outdir / "seed_strips.png")
     return [Figure("seed_strips.png", "Seeds per configuration",
-                   "Each point one seed (jittered sideways); black bar the mean, vertical line ± one sample std.",
-                   path)]
+                   "Each point one seed, in the seed's own colour and marker in every configuration and panel "
+                   "(legend: seed), set beside the others at the same place in every configuration; a thin line "
+                   "joins a seed's points across configurations (the seed fixes initialisation, data order and "
+                   "attack starts). Black bar the mean, vertical line ± one sample std.", path)]
 
 
-def _objective_point(metric_values: Sequence[float], stat: str, k: float) -> tuple[float, tuple | None] | None:
-    """(the statistic, its seed interval) of one objective target over a configuration's seeds."""
-    s = summarize(list(metric_values))
+def _objective_point(metric_values: Sequence[float], stat: str, k: float,
+                     metric: str | None = None) -> tuple[float, tuple | None] | None:
+    """(the statistic, its seed interval) of one objective target over a configuration's seeds;
+    the mean's interval is clipped to ``metric``'s range, as on the configuration run."""
+    s = summarize(list(metric_values), bounds=metric_range(metric) if metric and stat == "mean" else None)
     if not s["n"]:
         return None
     if stat in ("mean", "mean_minus_std", "mean_plus_std"):
@@ -154,7 +162,7 @@ def pareto_figures(tables: Tables, outdir: Path) -> list[Figure]:
             coords = []
             for t in targets:
                 values = [s.metrics[t["metric"]] for s in row.configuration.seeds if t["metric"] in s.metrics]
-                coords.append(_objective_point(values, t.get("stat", "mean"), float(t.get("k", 1.0))))
+                coords.append(_objective_point(values, t.get("stat", "mean"), float(t.get("k", 1.0)), t["metric"]))
             if any(c is None or c[0] is None for c in coords):
                 continue
             points.append({"name": row.key, "x": coords[0][0], "y": coords[1][0], "x_interval": coords[0][1],
@@ -199,9 +207,14 @@ def heatmap_figures(tables: Tables, outdir: Path) -> list[Figure]:
     if evaluation is None:
         return []
     rows, left = _priority(tables, MAX_HEATMAPS)
+    averages = {row.key: _average_matrices(row, evaluation) for row in rows}
+    # one colour scale for every asymmetry heatmap of the report, so they compare by eye
+    cells = [a[1][np.isfinite(a[1])] for a in averages.values() if a is not None]
+    largest = max((float(c.max()) for c in cells if c.size), default=0.0)
+    vmax = largest if largest > 0 else 1.0
     out = []
     for row in rows:
-        averaged = _average_matrices(row, evaluation)
+        averaged = averages[row.key]
         if averaged is None:
             continue
         rates, asym, n, abstained = averaged
@@ -216,10 +229,12 @@ def heatmap_figures(tables: Tables, outdir: Path) -> list[Figure]:
                           "seed(s) (Sy-FAR Fig. 5 style).", path))
         name = f"asymmetry_{row.key}.png"
         path = plots.mean_asymmetry_heatmap(asym, names, f"{row.key}: asymmetry under {evaluation}", outdir / name,
-                                            n_seeds=n)
+                                            n_seeds=n, vmax=vmax)
         out.append(Figure(name, f"{row.key}: asymmetry under {evaluation}",
-                          f"{row.label}. |R_ij − R_ji| for i < j, averaged over {n} seed(s) (Sy-FAR Fig. 4 style); "
-                          "its largest cell is not the mean max_asym_gap (each seed's maximum may sit elsewhere)."
+                          f"{row.label}. |C_ij − C_ji| for i < j, C the row-normalised confusion matrix (rows true "
+                          f"class), averaged over {n} seed(s) (Sy-FAR Fig. 4 style); its largest cell is not the mean "
+                          "max_asym_gap (each seed's maximum may sit elsewhere). Colour scale 0 to "
+                          f"{vmax:.3f}, the same for every configuration of this report."
                           + (_left_out(left) if row is rows[-1] else ""), path))
     return out
 

@@ -165,6 +165,7 @@ def _footnotes(tables: Tables) -> list[str]:
         notes.append(f"{PARETO} in the Pareto set of its (multi-objective) sweep, judged on validation metrics.")
     if tables.rows and max(max((c.n for c in r.cells.values()), default=0) for r in tables.rows) <= LOW_EVIDENCE_N:
         notes.append(f"Every configuration has ≤ {LOW_EVIDENCE_N} seeds: every comparison is low evidence.")
+    notes += tables.hidden
     return notes
 
 
@@ -231,13 +232,19 @@ th { background: #f3f3f3; } th[colspan] { text-align: center; }
 td.label, th.label { text-align: left; white-space: normal; }
 td.best { font-weight: bold; background: #e8f4e8; } tr.baseline td { background: #f7f7ff; }
 .scroll { overflow-x: auto; } figure { margin: 1.5em 0; } figcaption { font-size: 0.85em; color: #444; }
+table.fit { width: 100%; } table.fit th, table.fit td { white-space: normal; overflow-wrap: break-word; }
+table.fit td:last-child, table.fit th:last-child { text-align: left; min-width: 8em; }
 img { max-width: 100%; } .notice { border-left: 4px solid #c90; padding: 0.3em 0.8em; background: #fff8e6; }
 ul.notes { font-size: 0.85em; } p.methods { font-size: 0.85em; max-width: 60em; }
 """
 
 
-def _html_table(header: list[str], body: list[list], *, table_id: str, label_columns: int = 2) -> str:
-    out = [f'<div class="scroll"><table id="{table_id}"><thead><tr>']
+def _html_table(header: list[str], body: list[list], *, table_id: str, label_columns: int = 2,
+                fit: bool = False) -> str:
+    """``fit``: the table takes the page's width and its cells wrap (``table.fit``), so a wide
+    table (the comparisons: 15 columns, long labels and notes) shows every column, its last
+    included, without scrolling sideways."""
+    out = [f'<div class="scroll"><table id="{table_id}"{" class=fit" if fit else ""}><thead><tr>']
     out += [f'<th{" class=label" if i < label_columns else ""}>{html.escape(h)}</th>' for i, h in enumerate(header)]
     out.append("</tr></thead><tbody>")
     for cells in body:
@@ -300,7 +307,7 @@ def render_html(report: Report) -> str:
     if t.comparisons:
         parts += ["<h2>Comparisons</h2>",
                   _html_table(COMPARISON_HEADER, [_comparison_cells(c, t) for c in t.comparisons],
-                              table_id="comparisons", label_columns=3)]
+                              table_id="comparisons", label_columns=3, fit=True)]
         matrix = _seeds_needed_matrix(t)
         if matrix:
             parts += [f"<h2>Seeds needed ({POWER:.0%} power, α = 0.05, two-sample t-test)</h2>",

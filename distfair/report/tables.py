@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from distfair.metrics import summarize
+from distfair.metrics import metric_range, summarize, worst10_is_worst_class
 from distfair.report.stats import ALPHA, Comparison, compare, holm
 
 #: the metrics of a table when none are asked for (those a configuration has)
@@ -211,6 +211,40 @@ def resolve_columns(metrics: Sequence[str] | None, configurations: Sequence[Conf
     return columns
 
 
+def _same_as_worst_class(column: Column, configurations: Sequence[ConfigurationInput]) -> bool:
+    """A ``worst10_acc`` column whose every seed equals ``worst_class_acc`` of the same
+    evaluation (always so with at most 10 classes: the lowest ceil(K/10) = 1 class)."""
+    if column.family != "worst10_acc":
+        return False
+    head, sep, last = column.key.rpartition("/")
+    twin = head + sep + last.replace("worst10_acc", "worst_class_acc")
+    compared = False
+    for c in configurations:
+        mine = {s.seed: s.metrics[column.key] for s in c.seeds if column.key in s.metrics}
+        if not mine:
+            continue
+        if not worst10_is_worst_class(mine, {s.seed: s.metrics.get(twin) for s in c.seeds if s.seed in mine}):
+            return False
+        compared = True
+    return compared
+
+
+def without_redundant_worst10(columns: Sequence[Column], configurations: Sequence[ConfigurationInput]
+                              ) -> tuple[list[Column], list[str]]:
+    """(the columns to show, notes on those left out): a ``worst10_acc`` column is left out
+    where it equals ``worst_class_acc`` in every seed of every configuration, as it always does
+    with at most 10 classes (docs/methods/metrics.md)."""
+    kept, notes = [], []
+    for col in columns:
+        if _same_as_worst_class(col, configurations):
+            notes.append(f"{col.name} is not shown: it equals worst_class_acc in every seed (with at most 10 "
+                         "classes worst10_acc, the mean of the lowest ⌈K/10⌉ class accuracies, is the worst "
+                         "class).")
+        else:
+            kept.append(col)
+    return kept, notes
+
+
 def _example(key: str) -> str:
     """A key as one would ask for it (``pgd20/robust_acc`` -> ``robust_acc``)."""
     if "/" in key and not key.startswith(("clean_", "val_")):
@@ -310,8 +344,10 @@ class Cell:
     best: bool = False                       # the column's best, significant after correction
 
     @classmethod
-    def of(cls, values: Mapping[int, float]) -> "Cell":
-        s = summarize(list(values.values()))
+    def of(cls, values: Mapping[int, float], key: str | None = None) -> "Cell":
+        """The cell of ``values`` (seed -> value) of the metric ``key``: its interval is clipped
+        to the metric's range (``distfair.metrics.metric_range``), as on the configuration run."""
+        s = summarize(list(values.values()), bounds=None if key is None else metric_range(key))
         return cls(dict(values), s["mean"], s["std"], s["n"], s["ci95_low"], s["ci95_high"])
 
     def to_json(self) -> dict:
@@ -366,6 +402,8 @@ class Tables:
     sweeps: list[SweepInput] = field(default_factory=list)
     #: the evaluations shown (clean first), in order; the first attack is the figures' evaluation
     evaluations: list[str] = field(default_factory=list)
+    #: why requested columns are not shown (``worst10_acc`` equal to ``worst_class_acc``)
+    hidden: list[str] = field(default_factory=list)
 
     @property
     def primary_evaluation(self) -> str | None:
@@ -378,6 +416,7 @@ class Tables:
     def to_json(self) -> dict:
         return {"mode": self.mode, "baseline": self.baseline, "test": self.test, "alpha": self.alpha,
                 "evaluations": self.evaluations, "columns": [c.to_json() for c in self.columns],
+                "hidden_columns": self.hidden,
                 "rows": [r.to_json() for r in self.rows],
                 "comparisons": [c.to_json() for c in self.comparisons],
                 "sweeps": [{"run_id": s.run_id, "name": s.name, "objective": s.objective,
@@ -444,13 +483,16 @@ def build_tables(configurations: Sequence[ConfigurationInput], *, metrics: Seque
     validation choices. Raises ValueError for an unknown metric, evaluation or baseline."""
     if not configurations:
         raise ValueError("no configurations to report")
-    columns = resolve_columns(metrics, configurations, evaluations=evaluations)
+    columns, hidden = without_redundant_worst10(resolve_columns(metrics, configurations, evaluations=evaluations),
+                                                configurations)
+    if not columns:
+        raise ValueError("--metrics: " + " ".join(hidden) + " Ask for worst_class_acc instead.")
     rows = []
     for i, (c, label, differing) in enumerate(zip(configurations, labels(configurations),
                                                   differing_params(configurations)), 1):
         cells = {col.name: Cell.of({s.seed: s.metrics[col.key] for s in c.seeds
                                     if isinstance(s.metrics.get(col.key), (int, float))
-                                    and math.isfinite(s.metrics[col.key])}) for col in columns}
+                                    and math.isfinite(s.metrics[col.key])}, col.key) for col in columns}
         rows.append(Row(key=f"C{i}", label=label, run_id=c.run_id, name=c.name, status=c.status,
                         experiment=c.experiment, differing=differing, seeds=sorted(s.seed for s in c.seeds),
                         cells=cells, configuration=c))
@@ -473,7 +515,7 @@ def build_tables(configurations: Sequence[ConfigurationInput], *, metrics: Seque
     holm([c.result for c in comparisons], alpha)
     shown = [e for e in evaluation_order(configurations) if evaluations is None or e in evaluations]
     tables = Tables(columns, rows, comparisons, "baseline" if reference else "best",
-                    reference.key if reference else None, test, alpha, list(sweeps), shown)
+                    reference.key if reference else None, test, alpha, list(sweeps), shown, hidden)
     for col in columns:
         best = _best_row(rows, col)
         if best is not None and _best_is_significant(tables, col, best):
