@@ -16,6 +16,18 @@ import yaml
 # and spawned processes are separate processes and keep their own settings.
 torch.set_num_threads(1)
 
+# Per-seed figures (about 2 s of drawing per seed run) only where a test looks at them: those
+# tests take the `seed_figures` fixture. Set before any Ray instance starts, so workers and the
+# commands' subprocesses inherit it.
+os.environ.setdefault("DISTFAIR_SEED_FIGURES", "0")
+
+
+@pytest.fixture
+def seed_figures(monkeypatch):
+    """Seed runs draw their figures (plots/) in this test, its subprocesses included."""
+    monkeypatch.setenv("DISTFAIR_SEED_FIGURES", "1")
+    return monkeypatch
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     """SIGTERM to the process group of ``proc`` (started with ``start_new_session=True``, so the
     group is exactly what it started; ``ray stop`` would end every Ray instance on the

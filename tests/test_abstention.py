@@ -243,7 +243,7 @@ def test_final_evaluation_flags_confusion_and_plots_never_put_an_abstention_in_c
 
 
 # ---------------------------------------------------------- run_seed -> SeedRunLogger -> MLflow
-def test_run_seed_to_mlflow_records_abstentions_explicitly(tmp_path, monkeypatch):
+def test_run_seed_to_mlflow_records_abstentions_explicitly(tmp_path, monkeypatch, seed_figures):
     """A defense whose predictor abstains on the test samples with x_0 > 0.5, through
     ``run_seed`` and ``SeedRunLogger`` on a SQLite store: the MLflow metrics and JSON artifacts
     equal values counted by hand from the data and the per-sample predictions."""

@@ -22,7 +22,7 @@ def _children(client: MlflowClient, exp_id: str, parent: str):
     return client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
 
 
-def test_cli_run_records_parent_and_one_child_per_seed(tmp_path, write_config, tiny_cfg_dict):
+def test_cli_run_records_parent_and_one_child_per_seed(tmp_path, write_config, tiny_cfg_dict, seed_figures):
     """The real command in its own process: starts and stops its own local Ray instance."""
     tiny_cfg_dict["seeds"] = [0, 1, 2]
     tiny_cfg_dict["eval"]["attacks"].append({"name": "every", "attack": "fgsm", "target": "every"})

@@ -258,7 +258,7 @@ class CleanMinusRobust(Summary):
 
 
 def test_a_new_summary_reaches_metrics_mlflow_and_the_record_without_touching_anything_else(
-        tmp_path, monkeypatch, tiny_cfg_dict):
+        tmp_path, monkeypatch, tiny_cfg_dict, seed_figures):
     from mlflow.tracking import MlflowClient
 
     from distfair import record, tracking

@@ -177,7 +177,7 @@ def test_a_resumed_sweep_retires_the_configuration_its_killed_driver_left_open(t
     assert retire_orphan_configurations(uri, exp, sweep, said.append) == []       # nothing left open
 
 
-def test_seed_result_metrics_tags_and_figures(tmp_path, tiny_cfg_dict):
+def test_seed_result_metrics_tags_and_figures(tmp_path, tiny_cfg_dict, seed_figures):
     """A real seed result logged to a SQLite store: self-check findings become tags, every
     figure of the run lands under plots/, subgroup metrics are logged."""
     from distfair.config import validate
@@ -199,6 +199,14 @@ def test_seed_result_metrics_tags_and_figures(tmp_path, tiny_cfg_dict):
     assert run.data.metrics["group_gap/half"] == result["metrics"]["group_gap/half"]
     plots = {a.path for a in MlflowClient(uri).list_artifacts(run_id, "plots")}
     assert "plots/groups_half.png" in plots and "plots/asymmetry_pgd5.png" in plots and len(plots) == 3 * 3 + 2
+    # DISTFAIR_SEED_FIGURES=0: the same record, every document and metric, without plots/
+    seed_figures.setenv("DISTFAIR_SEED_FIGURES", "0")
+    quiet_id = tracking.get_or_create_seed_run(uri, exp, parent, 1)
+    tracking.SeedRunLogger(uri, quiet_id).log_result(result, title="syfar, seed 1")
+    quiet = MlflowClient(uri).get_run(quiet_id)
+    assert quiet.info.status == "FINISHED" and quiet.data.metrics == run.data.metrics
+    drawn = {a.path for a in MlflowClient(uri).list_artifacts(run_id)}
+    assert {a.path for a in MlflowClient(uri).list_artifacts(quiet_id)} == drawn - {"plots"}
 
 
 def test_configuration_record_artifact_and_seed_records(tmp_path):
