@@ -9,9 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
+import yaml
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import TINY
 from distfair import record, tracking
 
 
@@ -22,16 +24,29 @@ def _children(client: MlflowClient, exp_id: str, parent: str):
     return client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
 
 
-def test_cli_run_records_parent_and_one_child_per_seed(tmp_path, write_config, tiny_cfg_dict, seed_figures):
-    """The real command in its own process: starts and stops its own local Ray instance."""
-    tiny_cfg_dict["seeds"] = [0, 1, 2]
-    tiny_cfg_dict["eval"]["attacks"].append({"name": "every", "attack": "fgsm", "target": "every"})
-    tiny_cfg_dict["eval"]["subgroups"] = {"half": {0: "a", 1: "a", 2: "b"}}
-    path = write_config(tiny_cfg_dict)
+@pytest.fixture(scope="module")
+def itest_run(tmp_path_factory):
+    """The real command in its own process (its own local Ray instance), 3 seeds with their
+    figures: (folder, finished process). The fine-tuning test starts from its seeds."""
+    import copy
+
+    root = tmp_path_factory.mktemp("itest")
+    cfg = copy.deepcopy(TINY)
+    cfg["seeds"] = [0, 1, 2]
+    cfg["eval"]["attacks"].append({"name": "every", "attack": "fgsm", "target": "every"})
+    cfg["eval"]["subgroups"] = {"half": {0: "a", 1: "a", 2: "b"}}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
     uri = "sqlite:///mlflow.db"                       # relative: resolved against the working directory
     proc = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--json", "--tracking-uri", uri,
-                           "--experiment", "itest", "--num-cpus", "2"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+                           "--experiment", "itest", "--num-cpus", "2"], cwd=root, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "DISTFAIR_SEED_FIGURES": "1"})
+    return root, proc
+
+
+def test_cli_run_records_parent_and_one_child_per_seed(itest_run):
+    """The real command in its own process: starts and stops its own local Ray instance."""
+    tmp_path, proc = itest_run
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, err[-3000:]
     report = json.loads(out)                                      # stdout is exactly one JSON object
@@ -80,7 +95,7 @@ def test_cli_run_records_parent_and_one_child_per_seed(tmp_path, write_config, t
     # config, a model-training experiment, and seed runs that carry their configuration's identity
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {"plots/seed_stability.png"}
     note = parent.data.tags["mlflow.note.content"]
-    assert "| robust_acc | " in note and "| group_gap/half | " in note and "plots/seed_stability.png" in note
+    assert "| robust_acc (pgd5) | " in note and "| group_gap/half (pgd5) | " in note and "plots/seed_stability.png" in note
     assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert all(c.data.tags["distfair.config_hash"] == parent.data.tags["distfair.config_hash"]
@@ -219,17 +234,18 @@ def test_a_failing_run_is_reported_and_left_failed_not_running(tmp_path, write_c
     assert set(statuses.values()) == {"FAILED"}, statuses
 
 
-def test_fine_tuning_from_a_configuration_run_uses_each_seeds_own_checkpoint(tmp_path, write_config, tiny_cfg_dict):
-    path = write_config(tiny_cfg_dict)
-    first = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--json", "--experiment", "ft"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+def test_fine_tuning_from_a_configuration_run_uses_each_seeds_own_checkpoint(itest_run, tmp_path, write_config,
+                                                                             tiny_cfg_dict):
+    """Fine-tunes seeds 0 and 1 of the 3-seed run of ``itest_run`` (same store, own folder)."""
+    root, first = itest_run
     assert first.returncode == 0, first.stderr[-2000:]
     parent = json.loads(first.stdout)["parent_run_id"]
     tiny_cfg_dict["defense"] = {"name": "faal"}
     tiny_cfg_dict["train"]["init_from"] = parent
     path = write_config(tiny_cfg_dict, "finetune.yaml")
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}                  # every worker line, not deduplicated
-    second = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--experiment", "ft"],
+    second = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--experiment", "ft",
+                             "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     out = second.stdout + second.stderr
