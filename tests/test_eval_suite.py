@@ -219,7 +219,7 @@ def test_a_failing_entry_and_an_empty_group_never_lose_the_evaluation(tmp_path, 
     assert {"labels", "clean", "fgsm", "aa", "aa:square"} <= set(flags.files) and "boom" not in flags.files
 
 
-def test_evaluation_failures_and_autoattack_version_reach_the_seed_run(tmp_path, monkeypatch):
+def test_evaluation_failures_and_autoattack_version_reach_the_seed_run(tmp_path, monkeypatch, seed_figures):
     """The path of the self-check tags: ``run_seed`` -> ``SeedResult`` -> ``SeedRunLogger``:
     ``distfair.eval_error.<entry>`` and ``distfair.autoattack_version.<entry>`` tags on a
     FINISHED seed run, with the other entries' metrics and artifacts."""

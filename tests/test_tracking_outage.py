@@ -229,7 +229,7 @@ def server(module_server):
 
 
 @pytest.mark.ray
-def test_a_30s_outage_of_the_tracking_server_loses_nothing_and_is_reported(tmp_path, server):
+def test_a_30s_outage_of_the_tracking_server_loses_nothing_and_is_reported(tmp_path, server, seed_figures):
     proc, output, storage = _start_run(tmp_path, "outage", server.uri)
     try:
         _stop_at_first_epoch(server, proc, output, "outage")
@@ -251,7 +251,7 @@ def test_a_30s_outage_of_the_tracking_server_loses_nothing_and_is_reported(tmp_p
 
 
 @pytest.mark.ray
-def test_a_server_that_never_returns_fails_the_run_and_relog_completes_it_later(tmp_path, server):
+def test_a_server_that_never_returns_fails_the_run_and_relog_completes_it_later(tmp_path, server, seed_figures):
     proc, output, storage = _start_run(tmp_path, "gone", server.uri, **{tracking_buffer.RETRY_ENV: "5"})
     try:
         _stop_at_first_epoch(server, proc, output, "gone")
