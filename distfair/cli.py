@@ -565,8 +565,10 @@ def _print_run_report(report, cfg: dict, label: str, uri: str, human, *, final: 
     from distfair import tracking
 
     attacks = [a["name"] for a in cfg["eval"]["attacks"]]
-    print(f"\n{label}{len(report.seeds)}/{len(cfg['seeds'])} seeds finished. Mean ± std across seeds; 95% CI: "
-          "Student-t interval of the mean, clipped to [0, 1] for accuracies, gaps and rates:\n"
+    from distfair.metrics import INTERVAL_NOTE
+
+    print(f"\n{label}{len(report.seeds)}/{len(cfg['seeds'])} seeds finished. Mean ± std across seeds; "
+          f"{INTERVAL_NOTE}:\n"
           + format_table(report.metrics, attacks[1:], attacks[0] if attacks else None), file=human)
     for seed, why in sorted(report.errors.items()):
         print(f"{label}seed {seed} FAILED: {why}", file=human)

@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 
 from distfair import tracking
 from distfair.config import flatten
-from distfair.metrics import aggregate_seed_metrics
+from distfair.metrics import INTERVAL_NOTE, aggregate_seed_metrics
 from distfair.record import CONFIGURATION_RECORD_NAME, configuration_record, evaluation_label
 
 
@@ -213,8 +213,7 @@ def summary_markdown(summary: Mapping[str, dict], metrics: Sequence[str], *, see
             lines.append(f"| {_cell(label)} | {_number(s.get('mean'))}{spread} | {s.get('n', 0)} | {interval} |")
         lines.append("")
     lines += [f"{len(seeds)} of {len(planned)} seeds finished ({', '.join(map(str, seeds)) or 'none'}). "
-              "Mean ± sample std (ddof = 1) over the seeds; 95% CI: Student-t interval of the mean, clipped to "
-              "[0, 1] for accuracies, gaps and rates.", ""]
+              f"Mean ± sample std (ddof = 1) over the seeds; {INTERVAL_NOTE}.", ""]
     if errors:
         lines.append(f"Failed seeds ({len(errors)}, metric `n_failed`; the statistics are over the finished seeds "
                      "only):")

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from scipy import stats
 
-__all__ = ["METRIC_RANGES", "UNBOUNDED_FAMILIES", "UNIT_INTERVAL_FAMILIES", "aggregate_seed_metrics", "metric_family",
+__all__ = ["INTERVAL_NOTE", "METRIC_RANGES", "UNBOUNDED_FAMILIES", "UNIT_INTERVAL_FAMILIES", "aggregate_seed_metrics", "metric_family",
            "metric_range", "summarize"]
 
 #: metric families whose every value is a proportion in [0, 1]: accuracies (clean, attacked,
@@ -38,6 +38,8 @@ UNBOUNDED_FAMILIES = frozenset({
     "nsd", "sym_loss", "soft_sym_loss", "sym", "soft_sym", "auc_acc", "group_auc_acc", "defense_parity",
     "auc_fpr", "group_auc_fpr", "fpr_parity",
 })
+#: how every table and description names the seed interval (one wording everywhere)
+INTERVAL_NOTE = "95% CI: Student-t interval of the mean, clipped to [0, 1] for accuracies, gaps and rates"
 #: the declared range of every known metric family (None: unbounded)
 METRIC_RANGES: dict[str, tuple[float, float] | None] = {
     **dict.fromkeys(UNBOUNDED_FAMILIES), **dict.fromkeys(UNIT_INTERVAL_FAMILIES, (0.0, 1.0))}
