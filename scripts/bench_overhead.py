@@ -65,7 +65,7 @@ def plain_loop(cfgs: list[dict], workdir: Path, threads: int) -> tuple[float, li
 def seed_figure_seconds(runs: list[dict], workdir: Path) -> float:
     """Mean seconds to draw one seed run's figures (what ``SeedRunLogger.log_result`` draws),
     measured on the plain loop's results after one warm-up drawing (matplotlib's import)."""
-    from distfair.evaluation.figures import seed_figures
+    from distfair.evaluation.seed_figures import seed_figures
 
     (workdir / "warm").mkdir()
     seed_figures(runs[0]["result"].to_dict(), "warm-up", workdir / "warm")
@@ -221,7 +221,7 @@ def bench_run(args, config: str, seeds: list[int], overrides: list[str], tmp: Pa
 # ------------------------------------------------------------------------------ distfair sweep
 def bench_sweep(args, sweep: str, overrides: list[str], tmp: Path) -> None:
     from distfair.config import apply_overrides, validate
-    from distfair.sweep import load_sweep
+    from distfair.experiment.sweep import load_sweep
 
     (tmp / "sweep").mkdir()
     (tmp / "plain-sweep").mkdir()

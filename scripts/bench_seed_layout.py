@@ -18,7 +18,7 @@ import time
 from distfair import tracking
 from distfair.config import load_config
 from distfair.distributed import plan_seed_groups, ray_session
-from distfair.run import run_configuration_with_tracking
+from distfair.experiment.run import run_configuration_with_tracking
 
 
 def main() -> int:

@@ -31,8 +31,8 @@ from scipy import stats
 from distfair import tracking
 from distfair.config import read_document, validate
 from distfair.distributed import ray_session
-from distfair.record import find_entry
-from distfair.run import default_storage_path, run_configuration_with_tracking
+from distfair.results.record import find_entry
+from distfair.experiment.run import default_storage_path, run_configuration_with_tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = ROOT / "tune_spaces" / "digits_teacher.yaml"

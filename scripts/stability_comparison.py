@@ -24,7 +24,7 @@ import sys
 from distfair import cli, tracking
 from distfair.config import read_document, validate
 from distfair.distributed import ray_session
-from distfair.run import default_storage_path, run_configuration_with_tracking
+from distfair.experiment.run import default_storage_path, run_configuration_with_tracking
 
 #: method -> defense block for fine-tuning (hyperparameters from each paper's protocol, scaled
 #: to digits; lambda weights of Sy-FAR as in its reference code, FAAL's r = 0.5)

@@ -5,7 +5,7 @@ The schemas are the ``openAPIV3Schema`` of KubeRay's RayCluster and RayJob Custo
 ray-project/kuberay repository, Apache License 2.0), reduced to their structure: every
 ``description`` is dropped (most of the files' size), everything else (types, properties,
 required keys, enums, patterns, ``x-kubernetes-*`` markers) is kept as is. Validation needs no
-network at run time: the reduced schemas ship in ``distfair/schemas/kuberay/``.
+network at run time: the reduced schemas ship in ``distfair/deploy/schemas/kuberay/``.
 
 To update (e.g. to a new KubeRay release), with a checkout of that release:
 

@@ -32,8 +32,8 @@ from distfair.data import DataBundle
 from distfair.evaluation import (ABSTAIN, ArgmaxPredictor, Predictor, confusion_counts, evaluation_metrics,
                                  final_evaluation, predict_dataset, resolve_groupings)
 from distfair.metrics import fairness_metrics, group_metrics, max_bipartition_asym
-from distfair.evaluation.figures import seed_figures
-from distfair.plots import asymmetry_matrix, confusion_rates, target_shares
+from distfair.evaluation.seed_figures import seed_figures
+from distfair.plotting import asymmetry_matrix, confusion_rates, target_shares
 
 CPU = torch.device("cpu")
 TRUE = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from distfair import analysis, cli, tracking
-from distfair.analysis import ConfigurationInput, SeedInput
+from distfair import cli, tracking
+from distfair.report import meta_analysis as analysis
+from distfair.report.meta_analysis import ConfigurationInput, SeedInput
 
 K, N = 10, 100          # classes and test-set size of the hand-made seed runs
 
@@ -209,7 +210,7 @@ def test_unknown_parity_metric_is_refused():
 
 
 def test_heatmap_draws_undefined_cells(tmp_path):
-    from distfair.plots import heatmap
+    from distfair.plotting import heatmap
 
     path = heatmap(np.array([[0.5, np.nan], [-0.2, 1.0]]), ["gender", "age"], ["at", "noise"], "t",
                    tmp_path / "h.png", vmin=-1, vmax=1, column_split=1)
@@ -272,7 +273,7 @@ def store(tmp_path_factory):
     (``SeedRunLogger.log_result``), a FAILED and a retired seed run, and one `distfair run`
     configuration outside the sweep. MLflow >= 3.17 refuses the plain file store unless
     MLFLOW_ALLOW_FILE_STORE is set, so SQLite (distfair's default) stands in for it."""
-    import distfair.evaluation.figures as figures
+    import distfair.evaluation.seed_figures as figures
     from distfair.config import flatten
 
     root = tmp_path_factory.mktemp("analyze")

@@ -120,7 +120,7 @@ def test_a_seed_run_reports_auc_acc_on_test_and_validation(tiny_cfg_dict, tmp_pa
     beyond the primary), so ``val_auc_acc`` and ``val_defense_parity/<attr>`` can drive a
     sweep; the test values are the trapezoid of the logged accuracies."""
     from distfair.engine.train import run_seed
-    from distfair.search_space import known_val_metric
+    from distfair.config.space import known_val_metric
 
     cfg = _cfg(tiny_cfg_dict, {"auc_acc": {"entries": ["fgsm_b", "fgsm_a"]}})
     cfg["eval"]["attacks"] = cfg["eval"]["attacks"][:3]

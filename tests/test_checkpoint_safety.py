@@ -17,7 +17,7 @@ from distfair.config import validate
 from distfair.engine import run_seed
 from distfair.engine.train import CHECKPOINT_NAME, load_initial_weights
 from distfair.models import UnsafeCheckpointError, build_model, load_checkpoint, model_from_checkpoint
-from distfair.run import resolve_init_from, resolve_references
+from distfair.experiment.run import resolve_init_from, resolve_references
 
 
 class Payload:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distfair import cluster, cluster_gpu
+from distfair import deploy as cluster
+from distfair.deploy import gpu as cluster_gpu
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
@@ -487,7 +488,7 @@ def test_help_says_what_is_checked(capsys):
         parser.parse_args(["cluster", "validate", "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for what in ("ray-schema.json", "distfair/schemas/kuberay", "distfair_trial", "8265", "exit codes"):
+    for what in ("ray-schema.json", "distfair/deploy/schemas/kuberay", "distfair_trial", "8265", "exit codes"):
         assert what in text
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(["cluster"])                   # a subcommand is required

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from distfair.distributed.sweep import CrossedSearch, build_searcher
-from distfair.search_space import parse_space
+from distfair.config.space import parse_space
 
 KEYS = {"train.lr", "train.batch_size", "train.optimizer", "defense.lambda_sym", "attack.eps", "attack.steps"}
 LR = {"type": "float", "low": 0.001, "high": 0.1, "log": True}

@@ -81,7 +81,7 @@ def test_result_has_every_metric_family(cfg, tmp_path):
 
 
 def test_result_carries_the_structured_sources_of_its_metrics(cfg, tmp_path):
-    """What the result record is built from (distfair.record): the resolved configuration, the
+    """What the result record is built from (distfair.results.record): the resolved configuration, the
     test evaluations' and the validation pass's metric dicts and the timings; the flat MLflow
     metrics are exactly those dicts renamed."""
     from distfair.engine.train import validation_record

@@ -1,5 +1,5 @@
 """What the user sees first: a typo in a configuration file is reported without importing the
-heavy libraries (``distfair.config.check_structure``, ``distfair._blocks.Registry``), and the
+heavy libraries (``distfair.config.check_structure``, ``distfair.registry.Registry``), and the
 start scripts' cheap paths. No timing assertion: what is checked is what gets imported."""
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_every_registry_line_names_an_object_of_its_own_package(registry):
 
 
 def test_registry_behaves_as_a_dict():
-    from distfair._blocks import Registry
+    from distfair.registry import Registry
 
     reg = Registry("distfair.attacks", {"pgd": ".pgd:PGD", "nope": ".nope:Nope"})
     assert list(reg) == ["pgd", "nope"] and len(reg) == 2 and "nope" in reg

@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from distfair import tracking
 from distfair.config import load_config, validate
-from distfair.record import find_entry
-from distfair.run import run_configuration_with_tracking
-from distfair.sweep import load_sweep
+from distfair.results.record import find_entry
+from distfair.experiment.run import run_configuration_with_tracking
+from distfair.experiment.sweep import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 

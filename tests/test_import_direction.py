@@ -9,33 +9,30 @@ to one *part* of the package (its first name below ``distfair``: ``engine``, ``t
 
 The layers, bottom to top (a part may import what is below it):
 
-- leaves: ``seeding`` (one integer seeds everything), ``_blocks`` (a config block as
-  constructor keywords); they import nothing of distfair;
-- the math, plain PyTorch: ``models``, ``data``, ``metrics``, ``attacks``; ``plots`` (the
+- leaves: ``seeding`` (one integer seeds everything), ``registry`` (the registries and a config
+  block as constructor keywords), ``native`` (the native-library check); they import nothing
+  of distfair;
+- the math, plain PyTorch: ``models``, ``data``, ``metrics``, ``attacks``; ``plotting`` (the
   drawing functions, matplotlib over metrics; no evaluation mode known); then ``evaluation``
-  (imports attacks, data, metrics, plots: its summaries draw their own figures); then
+  (imports attacks, data, metrics, plotting: its summaries draw their own figures); then
   ``defenses`` (SpecNorm counts its confusion matrix with ``evaluation``);
+- ``results`` (the metric names and the versioned JSON result records, built from the
+  engine's structured results and aggregated with ``metrics``; no MLflow);
 - ``engine`` (trains one seed, then calls ``evaluation``);
-- ``record`` (the versioned JSON result records, built from the engine's structured results
-  and aggregated with ``metrics``, metric families from ``evaluation``'s summary registry;
-  no MLflow: ``tracking`` logs them);
-- the configuration: ``_schema``, ``config`` (validates by building the math's registries
-  and ``evaluation``'s eval attacks and subgroups), ``search_space``;
-- ``analysis`` (the speech paper's §5.1 meta-analysis across configurations: numpy/scipy over
-  result values, seed statistics from ``metrics``, its heatmap from ``plots``; no MLflow, no Ray:
-  ``cli`` reads the runs through ``tracking`` and logs the result);
+- ``config`` (the file format, its schema checks, overrides and the sweep ``space``; validates
+  by building the math's registries and ``evaluation``'s eval attacks and subgroups);
 - ``report`` (``distfair report``'s tables, seed statistics with SciPy/statsmodels, figures from
-  ``plots`` and the HTML/Markdown/CSV/JSON files; seed statistics from ``metrics``; no MLflow,
-  no Ray: ``cli`` reads the runs through ``tracking`` and logs the files);
-- ``tracking`` (the only module that imports MLflow);
+  ``plotting``, the HTML/Markdown/CSV/JSON files, and the speech paper's meta-analysis; no
+  MLflow, no Ray: ``cli`` reads the runs through ``tracking`` and logs the files);
+- ``tracking`` (the only package that imports MLflow);
 - ``distributed`` (the only package that imports Ray): runs ``engine`` on Ray Train and
-  Tune, reads ``config`` and ``search_space``; what writes the MLflow record is passed in by
-  the caller (a seed-logger factory, the trial context's functions);
-- ``run`` (one configuration with its MLflow record), ``sweep``, ``cli`` on top;
-- beside them, ``cluster`` (``distfair cluster validate``): YAML and jsonschema over the cluster
+  Tune, reads ``config``; what writes the MLflow record is passed in by the caller (a
+  seed-logger factory, the trial context's functions);
+- ``experiment`` (one configuration with its MLflow record, a sweep), ``cli`` on top;
+- beside them, ``deploy`` (``distfair cluster validate``): YAML and jsonschema over the cluster
   definitions and Ray's packaged launcher schema (found without importing Ray); Ray's own
   offline config checks through ``distributed.launcher``, never starting Ray; of distfair at
-  most ``_schema`` and ``distributed``.
+  most ``config``'s schema machinery and ``distributed``.
 """
 from __future__ import annotations
 
@@ -48,43 +45,32 @@ PACKAGE = "distfair"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 #: parts above the math: none of them may be imported by a math part
-DRIVERS = {"engine", "record", "_schema", "config", "search_space", "tracking", "distributed", "run", "sweep", "cli",
-           "report"}
+DRIVERS = {"results", "engine", "config", "report", "tracking", "distributed", "experiment", "deploy", "cli"}
+MATH = {"models", "data", "metrics", "attacks", "evaluation", "defenses", "plotting"}
 #: part -> the parts it must never import (directly or inside a function)
 FORBIDDEN: dict[str, set[str]] = {
     "__init__": {"*"},
-    "_blocks": {"*"},
+    "registry": {"*"},
     "seeding": {"*"},
     "native": {"*"},        # python -m distfair.native: loads the native libraries in a child process
-    "cluster_gpu": {"*"},   # the GPU-node and lock rules of `distfair cluster validate`; only cluster.py imports it
-    "models": DRIVERS | {"defenses", "evaluation", "plots"},
-    "data": DRIVERS | {"defenses", "evaluation", "plots"},
-    "metrics": DRIVERS | {"defenses", "evaluation", "plots"},
-    "attacks": DRIVERS | {"defenses", "evaluation", "plots"},
+    "models": DRIVERS | {"defenses", "evaluation", "plotting"},
+    "data": DRIVERS | {"defenses", "evaluation", "plotting"},
+    "metrics": DRIVERS | {"defenses", "evaluation", "plotting"},
+    "attacks": DRIVERS | {"defenses", "evaluation", "plotting"},
     "evaluation": DRIVERS | {"defenses"},
-    "defenses": DRIVERS | {"plots"},
-    "plots": DRIVERS | {"defenses", "evaluation", "models", "data", "attacks"},
-    "engine": {"record", "_schema", "config", "search_space", "tracking", "distributed", "run", "sweep", "cli",
-               "plots", "report"},
-    "record": DRIVERS | {"defenses", "plots", "models", "data", "attacks"},
-    "analysis": DRIVERS | {"defenses", "evaluation", "models", "data", "attacks"},
-    "report": {"engine", "_schema", "config", "tracking", "distributed", "run", "sweep", "cli", "defenses",
-               "evaluation", "models", "data", "attacks"},
-    "_schema": {"engine", "tracking", "distributed", "run", "sweep", "cli", "report"},
-    "config": {"engine", "tracking", "distributed", "run", "sweep", "cli", "report"},
-    "search_space": {"engine", "tracking", "distributed", "run", "sweep", "cli", "report"},
-    "tracking": {"engine", "distributed", "run", "sweep", "cli", "report"},
-    # the outage buffer of tracking's seed logger: files and JSON only, no MLflow, none of distfair
-    "tracking_buffer": {"*"},
-    "distributed": {"tracking", "run", "sweep", "cli", "report"},
-    "run": {"sweep", "cli"},
-    "sweep": {"cli"},
+    "defenses": DRIVERS | {"plotting"},
+    "plotting": DRIVERS | {"defenses", "evaluation", "models", "data", "attacks"},
+    "results": DRIVERS | {"defenses", "plotting", "models", "data", "attacks"},
+    "engine": DRIVERS - {"results"} | {"plotting"},
+    "config": DRIVERS - {"results"},
+    "report": DRIVERS - {"results"} | {"defenses", "evaluation", "models", "data", "attacks"},
+    "tracking": {"engine", "distributed", "experiment", "deploy", "cli", "report"},
+    "distributed": {"tracking", "experiment", "deploy", "cli", "report"},
+    "experiment": {"deploy", "cli"},
     "cli": set(),
     # `distfair cluster validate`: YAML and jsonschema, Ray's packaged launcher schema and offline
-    # config checks (never starting Ray); of distfair, at most _schema
-    "cluster": DRIVERS - {"_schema", "distributed"} | {"defenses", "evaluation", "models", "data", "attacks",
-                                                       "metrics", "plots", "analysis", "seeding", "_blocks",
-                                                       "__init__"},
+    # config checks (never starting Ray); of distfair, at most config (its schema machinery) and distributed
+    "deploy": DRIVERS - {"config", "distributed"} | MATH | {"seeding", "registry", "__init__"},
 }
 #: third-party frameworks and the parts allowed to import each (``cluster`` only reads Ray's
 #: packaged launcher schema and calls its offline config checks; it never starts Ray)
@@ -182,11 +168,11 @@ def test_the_scanner_sees_imports_at_any_depth():
     """Guards the guard: an upward import hidden in a function, relative or dynamic, is found."""
     source = ("import distfair.engine.train\n"
               "def f():\n"
-              "    from distfair.run import run_configuration_with_tracking\n"
+              "    from distfair.experiment.run import run_configuration_with_tracking\n"
               "    from .. import tracking\n"
-              "    from distfair import sweep, __version__\n"
+              "    from distfair import experiment, __version__\n"
               "    import importlib; importlib.import_module('distfair.cli')\n")
     found = imported_modules(source, ["distfair", "defenses", "specnorm"], False)
     parts = _parts()
     assert [target_part(d, parts) for _, d in found] == [
-        "engine", "run", "tracking", "sweep", "__init__", None, "cli"]
+        "engine", "experiment", "tracking", "experiment", "__init__", None, "cli"]

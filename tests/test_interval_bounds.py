@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from distfair import record
+from distfair.results import record
 from distfair.metrics import aggregate_seed_metrics, metric_family, metric_range, summarize
 from distfair.report.tables import Cell
 

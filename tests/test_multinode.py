@@ -35,7 +35,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, stop_process_group
-from distfair import record
+from distfair.results import record
 
 #: credentials a user may have in the environment of the driver and of every node; each is a
 #: unique marker that must never reach the tracking server's store

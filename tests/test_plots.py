@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from distfair import plots  # noqa: E402
+from distfair import plotting as plots  # noqa: E402
 from distfair.metrics import fairness_metrics  # noqa: E402
 
 # row sums 10, 10, 4 -> R = [[.6, .3, .1], [.1, .8, .1], [0, .5, .5]]

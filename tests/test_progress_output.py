@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 from distfair.distributed.session import session_log_path
-from distfair.search_space import Target
+from distfair.config.space import Target
 
 ANSI = re.compile(r"\x1b\[")
 

@@ -14,7 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY
-from distfair import record, tracking
+from distfair import tracking
+from distfair.results import record
 
 
 pytestmark = pytest.mark.ray

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY
 from distfair import cli, tracking
-from distfair.search_space import pareto_front
+from distfair.config.space import pareto_front
 
 pytestmark = pytest.mark.ray
 

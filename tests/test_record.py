@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 from mlflow.tracking import MlflowClient
 
-from distfair import record, tracking
+from distfair import tracking
+from distfair.results import record
 from distfair.metrics import aggregate_seed_metrics
 
 
@@ -103,7 +104,7 @@ def test_seed_record_loads_with_json_alone_and_lists_every_mlflow_metric(tmp_pat
 
 
 def test_configuration_record_statistics_equal_the_parent_run(tmp_path, subgroup_cfg):
-    from distfair.run import configuration_result
+    from distfair.experiment.run import configuration_result
 
     subgroup_cfg["train"]["epochs"] = 1
     uri = f"sqlite:///{tmp_path}/m.db"

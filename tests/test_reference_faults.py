@@ -127,7 +127,7 @@ def test_a_run_id_that_does_not_exist_is_refused_for_both_keys(store, tmp_path, 
 def test_the_same_runs_resolve_while_they_exist(store, tmp_path):
     """The refusals above are about deletion, not about these runs: before it they resolve."""
     from distfair.config import validate
-    from distfair.run import resolve_init_from, resolve_references
+    from distfair.experiment.run import resolve_init_from, resolve_references
 
     cfg = validate({**copy.deepcopy(STUDENT), "defense": {**STUDENT["defense"], "teacher": store["teacher"]}}, "s.yaml")
     refs = resolve_references(cfg, store["uri"], tmp_path / "storage")

@@ -18,7 +18,7 @@ from distfair.defenses import DEFENSES, Defense
 from distfair.engine import run_seed
 from distfair.engine.train import CHECKPOINT_NAME
 from distfair.models import build_model, checkpoint_model_spec, model_from_checkpoint
-from distfair.run import resolve_references
+from distfair.experiment.run import resolve_references
 
 
 class NeedsTeacher(Defense):

@@ -28,7 +28,7 @@ from distfair.evaluation import ABSTAIN, Predictions, entry_result, predict_data
 from distfair.evaluation.summaries import SummaryContext
 from distfair.evaluation.summaries.auc_fpr import FalseRejectionAUC, threshold_grid
 from distfair.models.m5 import M5
-from distfair.sweep import load_sweep
+from distfair.experiment.sweep import load_sweep
 
 from conftest import tiny_spoken_words
 

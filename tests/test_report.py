@@ -348,7 +348,7 @@ def store(tmp_path_factory):
     val_robust_acc mean, min val_acc_gap std; best t1, Pareto set t1 and t2) over three
     configuration runs with 6 seed runs each, an analysis run with a heatmap, and an
     experiment without configurations."""
-    import distfair.evaluation.figures as figures
+    import distfair.evaluation.seed_figures as figures
     from distfair.config import flatten
 
     root = tmp_path_factory.mktemp("report_store")
@@ -377,7 +377,7 @@ def store(tmp_path_factory):
         tracking.log_sweep_outcome(uri, sweep, best={"defense.lambda_sym": 0.5}, metrics={}, artifacts=[pareto],
                                    status="FINISHED")
         # a `distfair analyze` run in the experiment: the report shows its heatmap
-        from distfair.plots import heatmap
+        from distfair.plotting import heatmap
 
         png = heatmap(np.array([[0.5]]), ["gender"], ["at"], "r", root / "pearson_defense_parity.png", vmin=-1, vmax=1)
         tracking.log_analysis_run(uri, exp, run_name="analysis", params={}, metrics={}, tags={}, artifacts=[png])

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from matplotlib import colors as mcolors
 
-from distfair import plots
+from distfair import plotting as plots
 from distfair.report import ConfigurationInput, Report, SeedInput, build_tables, draw_figures, write_report
-from distfair.report import figures as report_figures
+from distfair.report import charts as report_figures
 
 K = 10
 

@@ -15,7 +15,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from distfair import plots, run, tracking
+from distfair import tracking
+from distfair import plotting as plots
+from distfair.experiment import run
 from distfair.config import load_config
 from distfair.metrics import aggregate_seed_metrics, summarize
 

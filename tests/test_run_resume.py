@@ -25,7 +25,7 @@ from conftest import TINY, stop_process_group
 from distfair import tracking
 from distfair.cli import _resume_command, build_parser, main
 from distfair.config import load_configurations
-from distfair.run import config_hash, find_earlier_attempt
+from distfair.experiment.run import config_hash, find_earlier_attempt
 
 EXPERIMENT = "resume"
 

@@ -12,11 +12,11 @@ import yaml
 
 from distfair.config import ConfigError, flatten, load_config
 from distfair.distributed.sweep import groups_and_concurrency
-from distfair.sweep import sweep_dir_name
+from distfair.experiment.sweep import sweep_dir_name
 from distfair.metrics import summarize
-from distfair.search_space import (STATS, Dimension, EarlyStopping, SweepSpec, Target, known_metric,
+from distfair.config.space import (STATS, Dimension, EarlyStopping, SweepSpec, Target, known_metric,
                                    known_val_metric, metric_role, parse_space, pareto_front)
-from distfair.sweep import TrialOutcome, choose, load_sweep, sweep_identity
+from distfair.experiment.sweep import TrialOutcome, choose, load_sweep, sweep_identity
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = {"train.lr", "train.batch_size", "train.optimizer", "attack.eps", "attack.steps", "defense.lambda_sym",
@@ -619,7 +619,7 @@ def test_groups_and_concurrency_always_fit():
 def test_trial_values_apply_before_defaults_are_resolved(tmp_path):
     """A searched training ε is inherited by an evaluation attack that does not fix its own."""
     from distfair.distributed.sweep import _trial_config
-    from distfair.sweep import load_sweep
+    from distfair.experiment.sweep import load_sweep
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({

@@ -19,8 +19,8 @@ from scipy import stats
 from distfair import tracking
 from distfair.cli import format_sweep
 from distfair.config import ConfigError
-from distfair.search_space import SweepSpec, Target
-from distfair.sweep import (SweepReport, best_metrics, choose, collect_trials, history_figure, load_sweep,
+from distfair.config.space import SweepSpec, Target
+from distfair.experiment.sweep import (SweepReport, best_metrics, choose, collect_trials, history_figure, load_sweep,
                             objective_on_test, sweep_artifacts)
 
 #: a statistic of a metric named the dotted way (``worst_class_acc.mean``) instead of MLflow's

@@ -18,7 +18,7 @@ from distfair.config import load_config, validate
 from distfair.defenses import DEFENSES, DefenseContext, build_defense
 from distfair.defenses.noise_aug import NoiseAug, gaussian_augment
 from distfair.defenses.waveform_at import WaveformAT
-from distfair.sweep import load_sweep
+from distfair.experiment.sweep import load_sweep
 
 from conftest import tiny_spoken_words
 
@@ -274,7 +274,7 @@ def test_tiny_speech_quickstart_through_ray_and_mlflow(ray_local, tmp_path):
     grid): every seed run FINISHED, AUC_acc and defense parity reached MLflow with their spread."""
     from mlflow.tracking import MlflowClient
 
-    from distfair.run import run_configuration_with_tracking
+    from distfair.experiment.run import run_configuration_with_tracking
 
     raw = load_config(REPO / "tune_spaces" / "speech_quickstart.yaml")
     raw = {k: v for k, v in raw.items() if k in ("description", "defense", "model", "attack", "scaling")}

@@ -156,7 +156,7 @@ def test_a_face_root_that_disappears_mid_run_fails_naming_the_image(tmp_path):
 def test_the_storage_probe_leaves_no_trace(tmp_path):
     """A command refused after the probe (its init_from, say) must leave no folder behind; a
     folder that was there stays."""
-    from distfair.run import storage_problem
+    from distfair.experiment.run import storage_problem
 
     assert storage_problem(tmp_path / "a" / "b" / "runs") is None
     assert not (tmp_path / "a").exists()

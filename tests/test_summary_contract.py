@@ -253,7 +253,7 @@ class CleanMinusRobust(Summary):
                              metrics={"largest_acc_drop": max(drops.values())}, document={"drops": drops})
 
     def figures(self, document, class_names, title, outdir):
-        from distfair.plots import group_bars
+        from distfair.plotting import group_bars
         return [group_bars({"drop": document["drops"]}, title, Path(outdir) / "acc_drop.png")]
 
 
@@ -261,7 +261,8 @@ def test_a_new_summary_reaches_metrics_mlflow_and_the_record_without_touching_an
         tmp_path, monkeypatch, tiny_cfg_dict, seed_figures):
     from mlflow.tracking import MlflowClient
 
-    from distfair import record, tracking
+    from distfair import tracking
+    from distfair.results import record
     from distfair.config import validate
     from distfair.engine.train import run_seed
 

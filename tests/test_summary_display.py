@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from distfair import cli, run, tracking
+from distfair import cli, tracking
+from distfair.experiment import run
 from distfair.engine.train import metric_record
 from distfair.metrics import aggregate_seed_metrics, fairness_metrics, worst10_is_worst_class
 

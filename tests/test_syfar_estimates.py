@@ -182,7 +182,7 @@ def test_shipped_digits_finetune_config_is_the_validation_choice(tmp_path):
     from pathlib import Path
 
     from distfair.config import load_config
-    from distfair.run import resolve_init_from
+    from distfair.experiment.run import resolve_init_from
 
     path = Path(__file__).resolve().parents[1] / "tune_spaces" / "digits_syfar_finetune.yaml"
     cfg = load_config(path)

@@ -106,7 +106,7 @@ def test_an_epoch_a_restarted_group_trains_again_is_logged_once(tmp_path):
 
 
 def test_an_interrupted_run_closes_runs_reopened_before_ray_shut_down(tmp_path):
-    from distfair.run import Interrupted
+    from distfair.experiment.run import Interrupted
 
     uri = f"sqlite:///{tmp_path}/m.db"
     exp = tracking.prepare_experiment(uri, "e")
@@ -123,7 +123,7 @@ def test_an_interrupted_run_closes_runs_reopened_before_ray_shut_down(tmp_path):
 
 
 def test_an_interrupted_sweep_closes_every_open_run(tmp_path):
-    from distfair.sweep import SweepReport, close_interrupted_sweep
+    from distfair.experiment.sweep import SweepReport, close_interrupted_sweep
 
     uri = f"sqlite:///{tmp_path}/m.db"
     exp = tracking.prepare_experiment(uri, "e")
@@ -147,7 +147,7 @@ def test_a_resumed_sweep_retires_the_configuration_its_killed_driver_left_open(t
     """A trial started after Tune's last snapshot: Tune resumes without it, its runs stay open.
     Once the resumed Tune run is complete they are retired (KILLED, deleted, seed runs too);
     finished configurations and their seeds are untouched."""
-    from distfair.sweep import collect_trials, retire_orphan_configurations
+    from distfair.experiment.sweep import collect_trials, retire_orphan_configurations
 
     uri = f"sqlite:///{tmp_path}/m.db"
     exp = tracking.prepare_experiment(uri, "e")
@@ -216,7 +216,7 @@ def test_configuration_record_artifact_and_seed_records(tmp_path):
     import json
     from pathlib import Path
 
-    from distfair import record
+    from distfair.results import record
 
     uri = f"sqlite:///{tmp_path}/m.db"
     exp = tracking.prepare_experiment(uri, "e")

@@ -28,8 +28,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, stop_process_group
-from distfair import tracking_buffer
-from distfair.tracking_buffer import WriteBuffer
+from distfair.tracking import buffer as tracking_buffer
+from distfair.tracking.buffer import WriteBuffer
 
 EPOCHS = 12
 SEEDS = [0, 1]

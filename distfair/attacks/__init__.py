@@ -4,12 +4,12 @@ Adding an attack = one module with an ``Attack`` subclass + one line in ``ATTACK
 contract tests (tests/test_attack_contract.py) pick it up automatically. What the gradient
 attacks maximise is an ``Objective`` (``_objectives.py``), given per call.
 
-Nothing is imported until it is used (``distfair._blocks.Registry``): the configuration checks
+Nothing is imported until it is used (``distfair.registry.Registry``): the configuration checks
 the names of ``ATTACKS`` without importing PyTorch.
 """
 import inspect
 
-from distfair._blocks import Registry, lazy_package
+from distfair.registry import Registry, lazy_package
 
 __all__ = ["ATTACKS", "Attack", "AutoAttack", "CWLinf", "CWMargin", "CrossEntropy", "Ensemble", "EyeglassAttack",
            "FGSM", "FaceMaskAttack", "Objective", "PGD", "PGDL2", "ROA", "ReferenceKL", "SoftTargetKL", "Square",

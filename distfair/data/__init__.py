@@ -1,13 +1,13 @@
 """Datasets: each is a function returning a :class:`DataBundle`; adding one is one file plus
 one line in ``DATASETS``. Options are keyword-only arguments, which the config validator
-reads from the signature. Entries are imported on first use (``distfair._blocks.Registry``):
+reads from the signature. Entries are imported on first use (``distfair.registry.Registry``):
 the configuration checks the names without importing PyTorch or scikit-learn.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from distfair._blocks import Registry, lazy_package
+from distfair.registry import Registry, lazy_package
 
 if TYPE_CHECKING:
     from distfair.data._base import DataBundle

@@ -1,11 +1,11 @@
 """Defenses: one file each behind the :class:`Defense` contract; adding one is one file plus
 one line in ``DEFENSES`` (the contract tests in tests/test_defense_contract.py pick it up).
-Entries are imported on first use (``distfair._blocks.Registry``): the configuration checks
+Entries are imported on first use (``distfair.registry.Registry``): the configuration checks
 the names without importing PyTorch.
 """
 from __future__ import annotations
 
-from distfair._blocks import Registry, lazy_package
+from distfair.registry import Registry, lazy_package
 
 DEFENSES = Registry(__name__, {
     "standard": ".standard:Standard",

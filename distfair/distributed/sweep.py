@@ -13,9 +13,9 @@
   the records of trials that ended without closing them (stopped by ASHA, or killed).
 
 Imports run one way: this module never imports MLflow (``distfair.tracking``) nor the layers
-above it (``distfair.run``, ``distfair.sweep``). What touches the record arrives as plain
+above it (``distfair.experiment.run``, ``distfair.experiment.sweep``). What touches the record arrives as plain
 module-level functions in the trial ``context`` (they pickle by reference for Ray), set by
-``distfair.sweep.run_sweep``:
+``distfair.experiment.sweep.run_sweep``:
 
 - ``context["run_trial"](cfg, params, trial_id, context, log)`` trains the configuration
   with its record and returns a report with ``seeds``, ``metrics`` (summaries over the
@@ -37,7 +37,7 @@ from typing import Callable
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
-from distfair.search_space import SweepSpec, Target, objective_values, optuna_distribution
+from distfair.config.space import SweepSpec, Target, objective_values, optuna_distribution
 
 TRIAL_RESOURCE = "distfair_trial"        # custom resource a local instance declares for trial drivers
 

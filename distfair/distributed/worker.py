@@ -1,7 +1,7 @@
 """The function every Ray Train worker runs: its group's seeds, one after the other.
 
 Rank 0 writes each seed's child run (epoch curves, final metrics, artifacts) through the
-logger ``config["seed_logger"](child_run_id)`` the caller passed in (``distfair.run`` passes
+logger ``config["seed_logger"](child_run_id)`` the caller passed in (``distfair.experiment.run`` passes
 ``distfair.tracking.SeedRunLogger``; this package never imports MLflow) and reports a
 checkpoint every epoch; every rank calls ``ray.train.report`` the same number of
 times (Ray Train synchronises on it). The return value of rank 0 (a list of per-seed result

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from distfair._blocks import options as _options
+from distfair.registry import options as _options
 from distfair.attacks import build_attack
 from distfair.data import DataBundle, build_dataset
 from distfair.defenses import Defense, DefenseContext, build_defense
@@ -67,7 +67,7 @@ class SeedResult(SummaryDocuments):
     # evaluations whose predictor can abstain: name -> {"abstained": abstentions per true class
     # (not in ``confusion``), "per_class_rejection": rates}; empty for the default arg-max
     abstentions: dict[str, dict] = field(default_factory=dict)
-    # the structured sources of the result record (distfair.record): the resolved configuration,
+    # the structured sources of the result record (distfair.results.record): the resolved configuration,
     # the test evaluations' and the validation pass's metric dicts, the timings of the final step
     config: dict = field(default_factory=dict)
     per_eval: dict[str, dict] = field(default_factory=dict)        # "clean" and each entry -> metrics

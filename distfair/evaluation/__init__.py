@@ -12,13 +12,13 @@
   module and one registry line each, shared contract tests.
 - ``subgroups.py``: ``eval.subgroups`` resolved against a dataset, and the subgroup report.
 - ``checks.py``: the self-check functions (AutoAttack's sanity checks).
-- ``figures.py``: every figure of a seed run, from its result (the drawing is ``distfair.plots``).
+- ``seed_figures.py``: every figure of a seed run, from its result (the drawing is ``distfair.plotting``).
 
 Sits with the other math packages: it imports ``attacks``, ``data``, ``metrics``, ``plots``
 and ``distfair.seeding``, never the engine, the configuration, Ray or MLflow
 (``tests/test_import_direction.py``).
 """
-from distfair._blocks import lazy_package
+from distfair.registry import lazy_package
 
 __all__ = ["ABSTAIN", "REJECT_RULES", "ArgmaxPredictor", "EntryResult", "EvaluationError", "EvaluationMetrics", "FinalEvaluation",
            "Grouping", "Predictions", "Predictor", "SUMMARIES", "Summary", "SummaryContext", "SummaryOutput",

@@ -47,7 +47,7 @@ METRIC_RANGES: dict[str, tuple[float, float] | None] = {
 
 def metric_family(key: str) -> str:
     """The metric family of an MLflow metric key, by the naming rules of the seed runs
-    (``distfair.engine.train.metric_record``, ``distfair.record``): the ``val_`` /
+    (``distfair.engine.train.metric_record``, ``distfair.results.record``): the ``val_`` /
     ``val_clean_`` / ``clean_`` prefix and an evaluation's ``<name>/`` prefix dropped, nested
     fields (``/<attribute>/<group>``) too: ``pgd20/group_acc/gender/F`` -> ``group_acc``,
     ``val_clean_acc`` -> ``acc``, ``clean_false_rejection_rate`` -> ``false_rejection_rate``."""

@@ -3,13 +3,13 @@
 Adding a model is one file plus one line in ``MODELS``. Every constructor takes keyword-only
 ``num_classes`` and ``in_shape`` (filled in from the dataset) plus its own options, which the
 config validator reads from the signature. Entries are imported on first use
-(``distfair._blocks.Registry``): the configuration checks the names without importing PyTorch.
+(``distfair.registry.Registry``): the configuration checks the names without importing PyTorch.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from distfair._blocks import Registry, lazy_package
+from distfair.registry import Registry, lazy_package
 
 if TYPE_CHECKING:
     from torch import nn

@@ -6,13 +6,13 @@ figures, written as one self-contained HTML file (plus Markdown, CSV and JSON).
   rule, the sweeps' validation choices;
 * :mod:`distfair.report.stats`: Welch, paired t, Wilcoxon, Cohen's d / Hedges' g, Holm,
   seeds needed (SciPy and statsmodels);
-* :mod:`distfair.report.figures`: the figures (``distfair.plots``);
+* :mod:`distfair.report.charts`: the figures (``distfair.plotting``);
 * :mod:`distfair.report.render`: the files.
 
 Pure computation over plain inputs: no MLflow, no Ray. ``distfair.cli`` reads the runs
 through ``distfair.tracking`` and logs the files back.
 """
-from distfair.report.figures import Figure, draw_figures
+from distfair.report.charts import Figure, draw_figures
 from distfair.report.render import FIGURES_DIR, Report, markdown_tables, report_json, write_report
 from distfair.report.stats import ALPHA, Comparison, compare, holm, seeds_needed
 from distfair.report.tables import (ConfigurationInput, SeedInput, SweepInput, Tables, build_tables, find_baseline,

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distfair.report.figures import Figure
+from distfair.report.charts import Figure
 from distfair.report.stats import LOW_EVIDENCE_N, POWER
 from distfair.report.tables import ComparisonRow, Row, Tables
 

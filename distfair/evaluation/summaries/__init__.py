@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from distfair._blocks import Registry, lazy_package
+from distfair.registry import Registry, lazy_package
 
 if TYPE_CHECKING:
     from distfair.evaluation.summaries._base import Summary, SummaryContext

@@ -116,7 +116,7 @@ class AccuracyAUC(Summary):
 
     def figures(self, document, class_names, title, outdir: Path) -> list[Path]:
         """``auc_acc.png`` (all samples) and ``auc_acc_<attr>.png``: accuracy against ε."""
-        from distfair.plots import accuracy_curves, file_safe
+        from distfair.plotting import accuracy_curves, file_safe
 
         if not document:
             return []

@@ -121,7 +121,7 @@ class FalseRejectionAUC(Summary):
 
     def figures(self, document, class_names, title, outdir: Path) -> list[Path]:
         """``auc_fpr.png`` (all clean samples) and ``auc_fpr_<attr>.png``: FPR against the threshold."""
-        from distfair.plots import accuracy_curves, file_safe
+        from distfair.plotting import accuracy_curves, file_safe
 
         if not document or document.get("fpr") is None:
             return []

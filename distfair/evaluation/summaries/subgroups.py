@@ -35,7 +35,7 @@ class Subgroups(Summary):
 
     def figures(self, document, class_names, title, outdir: Path) -> list[Path]:
         """``groups_<attr>.png``: per attribute, the group accuracies of every evaluation."""
-        from distfair.plots import file_safe, group_bars
+        from distfair.plotting import file_safe, group_bars
 
         attributes: dict[str, dict[str, dict[str, float]]] = {}
         for evaluation, report in (document or {}).items():

@@ -51,7 +51,7 @@ class TargetSuccess(Summary):
 
     def figures(self, document, class_names, title, outdir: Path) -> list[Path]:
         """``target_success_<entry>.png`` per "every target" evaluation."""
-        from distfair.plots import file_safe, target_success_heatmap
+        from distfair.plotting import file_safe, target_success_heatmap
 
         paths = []
         for name, matrix in ((document or {}).get("rates") or {}).items():

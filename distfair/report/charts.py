@@ -1,4 +1,4 @@
-"""The report's figures, drawn with ``distfair.plots`` from the tables' seed values and the
+"""The report's figures, drawn with ``distfair.plotting`` from the tables' seed values and the
 seed runs' per-class accuracies, confusion matrices and subgroup metrics.
 
 Every figure names configurations by their row key (C1, C2, ...; the report lists the
@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from distfair import plots
+from distfair import plotting
 from distfair.metrics import metric_range, summarize
 from distfair.report.stats import std_interval
 from distfair.report.tables import Row, Tables
@@ -95,8 +95,8 @@ def per_class_figure(tables: Tables, outdir: Path) -> list[Figure]:
         series[row.key] = [_mean_std([p[i] for p in per_seed if len(p) == k and p[i] is not None]) for i in range(k)]
     if not series:
         return []
-    name = f"per_class_{plots.file_safe(evaluation)}.png"
-    path = plots.seed_error_bars(series, names, f"Per-class accuracy under {evaluation} (mean ± std over seeds)",
+    name = f"per_class_{plotting.file_safe(evaluation)}.png"
+    path = plotting.seed_error_bars(series, names, f"Per-class accuracy under {evaluation} (mean ± std over seeds)",
                                  outdir / name, xlabel="class", ylabel="per-class accuracy")
     return [Figure(name, f"Per-class accuracy under {evaluation}",
                    "Mean over each configuration's seeds, error bars ± one sample std (Sy-FAR Fig. 1, across seeds)."
@@ -108,7 +108,7 @@ def stability_figure(tables: Tables, outdir: Path) -> list[Figure]:
     stds = {col.name: {r.key: r.cells[col.name].std for r in rows} for col in tables.columns}
     if not any(v is not None for per in stds.values() for v in per.values()):
         return []
-    path = plots.stability_bars(stds, "Stability: std across seeds per configuration", outdir / "stability.png")
+    path = plotting.stability_bars(stds, "Stability: std across seeds per configuration", outdir / "stability.png")
     return [Figure("stability.png", "Stability across seeds",
                    "Sample standard deviation (ddof = 1) of each table column over each configuration's seeds "
                    "(Sy-FAR App. C); lower is more stable. n/a: fewer than two seeds." + _left_out(left), path)]
@@ -119,7 +119,7 @@ def strips_figure(tables: Tables, outdir: Path) -> list[Figure]:
               for col in tables.columns}
     if not any(v for per in panels.values() for v in per.values()):
         return []
-    path = plots.seed_strips(panels, "Every seed per configuration", outdir / "seed_strips.png")
+    path = plotting.seed_strips(panels, "Every seed per configuration", outdir / "seed_strips.png")
     return [Figure("seed_strips.png", "Seeds per configuration",
                    "Each point one seed, in the seed's own colour and marker in every configuration and panel "
                    "(legend: seed), set beside the others at the same place in every configuration; a thin line "
@@ -173,7 +173,7 @@ def pareto_figures(tables: Tables, outdir: Path) -> list[Figure]:
         # the sweep's own name of a target (``Target.name``: ``<metric>_<stat>``, as MLflow names it)
         label = [f"{t['metric']}_{t.get('stat', 'mean')} ({t.get('mode', 'max')})" for t in targets]
         name = f"pareto_{sweep.run_id[:8]}.png"
-        path = plots.pareto_whiskers(points, f"Sweep {sweep.name}: Pareto set with seed intervals", outdir / name,
+        path = plotting.pareto_whiskers(points, f"Sweep {sweep.name}: Pareto set with seed intervals", outdir / name,
                                      xlabel=label[0], ylabel=label[1])
         out.append(Figure(name, f"Pareto set of sweep {sweep.name}",
                           "Each configuration at its objective statistics over seeds; whiskers: 95% t-interval of "
@@ -192,8 +192,8 @@ def _average_matrices(row: Row, evaluation: str) -> tuple[np.ndarray, np.ndarray
             continue
         abstained = seed.abstained.get(evaluation)
         with_abstained = with_abstained or abstained is not None
-        rates.append(plots.confusion_rates(counts, abstained))
-        asym.append(plots.asymmetry_matrix(counts, abstained))
+        rates.append(plotting.confusion_rates(counts, abstained))
+        asym.append(plotting.asymmetry_matrix(counts, abstained))
     if not rates or len({r.shape for r in rates}) != 1:
         return None
     with warnings.catch_warnings():
@@ -222,13 +222,13 @@ def heatmap_figures(tables: Tables, outdir: Path) -> list[Figure]:
         k = rates.shape[0]
         names = names if names and len(names) == k else [str(i) for i in range(k)]
         name = f"confusion_{row.key}.png"
-        path = plots.mean_rates_heatmap(rates, names, f"{row.key}: confusion under {evaluation}", outdir / name,
+        path = plotting.mean_rates_heatmap(rates, names, f"{row.key}: confusion under {evaluation}", outdir / name,
                                         n_seeds=n, abstained_column=abstained and rates.shape[1] == k + 1)
         out.append(Figure(name, f"{row.key}: confusion rates under {evaluation}",
                           f"{row.label}. Row-normalised confusion matrix (rows true class) averaged over {n} "
                           "seed(s) (Sy-FAR Fig. 5 style).", path))
         name = f"asymmetry_{row.key}.png"
-        path = plots.mean_asymmetry_heatmap(asym, names, f"{row.key}: asymmetry under {evaluation}", outdir / name,
+        path = plotting.mean_asymmetry_heatmap(asym, names, f"{row.key}: asymmetry under {evaluation}", outdir / name,
                                             n_seeds=n, vmax=vmax)
         out.append(Figure(name, f"{row.key}: asymmetry under {evaluation}",
                           f"{row.label}. |C_ij − C_ji| for i < j, C the row-normalised confusion matrix (rows true "
@@ -261,8 +261,8 @@ def group_figures(tables: Tables, outdir: Path) -> list[Figure]:
             if not series:
                 continue
             label = what if "{primary}" not in pattern else f"accuracy under {evaluation}"
-            name = f"groups_{family}_{plots.file_safe(attribute)}.png"
-            path = plots.seed_error_bars(series, groups, f"{label} per {attribute} group (mean ± std over seeds)",
+            name = f"groups_{family}_{plotting.file_safe(attribute)}.png"
+            path = plotting.seed_error_bars(series, groups, f"{label} per {attribute} group (mean ± std over seeds)",
                                          outdir / name, xlabel=attribute, ylabel=label, ylim=(0.0, 1.05))
             out.append(Figure(name, f"{label} per {attribute} group",
                               f"{family}/{attribute}/<group>: mean over each configuration's seeds, error bars ± one "

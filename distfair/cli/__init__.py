@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "distfair run/sweep")
     submit.set_defaults(handler=cmd_submit)
 
-    from distfair.cluster import add_subparser as add_cluster_parser
+    from distfair.deploy import add_subparser as add_cluster_parser
 
     add_cluster_parser(sub)
 
@@ -382,11 +382,11 @@ def format_table(metrics: dict[str, dict], extra_attacks: list[str], primary: st
     """The seeds' table of one configuration: per headline metric mean ± std, the 95% interval,
     min, max and n. ``primary``: the first ``eval.attacks`` entry, whose metrics the seed runs
     log bare as well as ``<primary>/<metric>``: its rows are named with it (``robust_acc
-    (pgd20)``, ``distfair.record.evaluation_label``), as the other attacks' rows are by their
+    (pgd20)``, ``distfair.results.record.evaluation_label``), as the other attacks' rows are by their
     prefix (``fgsm/robust_acc``). ``worst10_acc`` is left out where it equals
     ``worst_class_acc`` for every seed (always with at most 10 classes)."""
     from distfair.metrics import worst10_is_worst_class
-    from distfair.record import evaluation_label
+    from distfair.results.record import evaluation_label
 
     names = [n for n in HEADLINE if n in metrics]
     if "worst10_acc" in names and "worst_class_acc" in metrics and worst10_is_worst_class(
@@ -425,7 +425,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from distfair import tracking
     from distfair.distributed import InsufficientResources, ray_session
     from distfair.distributed.session import session_log_path
-    from distfair.run import (Interrupted, config_hash, default_storage_path, finished_configuration_report,
+    from distfair.experiment.run import (Interrupted, config_hash, default_storage_path, finished_configuration_report,
                               resolve_init_from, resolve_references, run_configuration_with_tracking)
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
@@ -518,7 +518,7 @@ def _earlier_attempts(args: argparse.Namespace, configurations: list, uri: str, 
     """``distfair run --resume``: ``{configuration name: EarlierAttempt or None}`` (the newest
     attempt of each configuration), or None after printing why there is nothing to resume
     (no earlier run of any configuration, or one that ran other seeds). Reads MLflow only."""
-    from distfair.run import find_earlier_attempt
+    from distfair.experiment.run import find_earlier_attempt
 
     missing = f"no earlier run of this configuration in experiment {experiment!r}"
     attempts = {}
@@ -578,7 +578,7 @@ def _print_run_report(report, cfg: dict, label: str, uri: str, human, *, final: 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from distfair.config import ConfigError
-    from distfair.sweep import load_sweep
+    from distfair.experiment.sweep import load_sweep
 
     try:
         cfg, spec = load_sweep(args.config, num_samples=args.num_samples, num_seeds=args.num_seeds,
@@ -591,8 +591,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from distfair.distributed import InsufficientResources, ray_session
     from distfair.distributed.session import session_log_path
     from distfair.distributed.sweep import TRIAL_RESOURCE
-    from distfair.run import default_storage_path, resolve_init_from, resolve_references
-    from distfair.sweep import close_interrupted_sweep, run_sweep, sweep_dir_name, sweep_identity
+    from distfair.experiment.run import default_storage_path, resolve_init_from, resolve_references
+    from distfair.experiment.sweep import close_interrupted_sweep, run_sweep, sweep_dir_name, sweep_identity
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment = args.experiment or Path(args.config).stem
@@ -639,7 +639,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _refuse_unwritable_storage(args: argparse.Namespace, storage: str) -> bool:
     """True, after saying which path and why, when the storage path cannot be written (full,
     read-only, under a file): found by a real probe write before anything starts."""
-    from distfair.run import storage_problem
+    from distfair.experiment.run import storage_problem
 
     problem = storage_problem(storage)
     if problem:
@@ -683,7 +683,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     from distfair.config import ConfigError, load_configurations
     from distfair.distributed.submit import follow_commands, job_entrypoint, submit_job, submit_problems
-    from distfair.sweep import load_sweep
+    from distfair.experiment.sweep import load_sweep
 
     own = argparse.ArgumentParser(prog="distfair submit", add_help=False, allow_abbrev=False)
     own.add_argument("--working-dir", metavar="DIR", default=".")
@@ -742,10 +742,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _analysis_inputs(uri: str, experiment_id: str, configurations: list[dict], log) -> list:
-    """``distfair.analysis.ConfigurationInput`` of each configuration run: its FINISHED seed
+    """``distfair.report.meta_analysis.ConfigurationInput`` of each configuration run: its FINISHED seed
     runs' metrics and clean counts (from their ``confusion_matrices.json``)."""
     from distfair import tracking
-    from distfair.analysis import ConfigurationInput, SeedInput, clean_counts
+    from distfair.report.meta_analysis import ConfigurationInput, SeedInput, clean_counts
 
     out = []
     for i, config in enumerate(configurations, 1):
@@ -787,8 +787,8 @@ def cmd_relog(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from distfair import tracking
-    from distfair.analysis import PARITY_METRICS, analyze, format_exclusions, format_table, write_outputs
-    from distfair.plots import file_safe
+    from distfair.report.meta_analysis import PARITY_METRICS, analyze, format_exclusions, format_table, write_outputs
+    from distfair.plotting import file_safe
 
     unknown = [m for m in args.metrics or [] if m not in PARITY_METRICS]
     if unknown:
@@ -831,7 +831,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                     "interventions": list(result.interventions), "chance_alpha": result.alpha,
                     "method": "speech paper 003 §5.1: Pearson over configurations of the seed-mean metric; "
                               "spread over per-seed-set r's (mean, std, 95% t-interval)"},
-            metrics=result.mlflow_metrics(), tags={"distfair.analysis.sweep": args.sweep or "all",
+            metrics=result.mlflow_metrics(), tags={"distfair.report.meta_analysis.sweep": args.sweep or "all",
                                                    **({tracking.TAG_DESCRIPTION: "\n\n".join(notices)}
                                                       if notices else {})},
             artifacts=list(files.values()))
@@ -902,7 +902,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from distfair import __version__, tracking
     from distfair.data import DATASET_NOTICES
-    from distfair.plots import file_safe
+    from distfair.plotting import file_safe
     from distfair.report import (FIGURES_DIR, ConfigurationInput, Figure, Report, SweepInput, build_tables,
                                  draw_figures, markdown_tables, report_json, write_report)
     from distfair.report.tables import seed_input
@@ -1000,8 +1000,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def format_sweep(report) -> str:
-    from distfair.search_space import matching_test_metric, stat_name
-    from distfair.sweep import objective_metrics, objective_on_test, spread_text
+    from distfair.config.space import matching_test_metric, stat_name
+    from distfair.experiment.sweep import objective_metrics, objective_on_test, spread_text
 
     names = [t.name for t in report.spec.objective]
     lines = [f"{len(report.trials)} configuration(s); objective: " + ", ".join(
@@ -1046,11 +1046,15 @@ def main(argv: list[str] | None = None) -> int:
         # Before anything imports Ray: a driver joining a `ray start` cluster must use the
         # token auth mode that Ray 2.60 clusters have by default (docs/ray-notes.md).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    from distfair.tracking_buffer import TrackingUnavailable
-
     try:
         return args.handler(args)
-    except TrackingUnavailable as err:       # any command whose tracking server stayed away
+    except Exception as err:
+        # imported only here: importing the tracking package imports MLflow, which a command
+        # refusing a bad file must not pay for
+        from distfair.tracking.buffer import TrackingUnavailable
+
+        if not isinstance(err, TrackingUnavailable):   # any command whose tracking server stayed away
+            raise
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
 

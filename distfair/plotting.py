@@ -1,5 +1,5 @@
 """Figures saved as PNG (matplotlib, headless Agg). Plain drawing functions: no MLflow, no Ray,
-and no knowledge of evaluation modes: ``distfair.evaluation.figures`` and the evaluation
+and no knowledge of evaluation modes: ``distfair.evaluation.seed_figures`` and the evaluation
 summaries decide which figures a seed run gets and call these.
 
 Sy-FAR figure styles: per-class robust accuracy bars (Fig. 1), asymmetry heatmap (Fig. 4),

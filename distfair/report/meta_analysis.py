@@ -33,7 +33,7 @@ clipped to [-1, 1], so with 2-3 seed sets it can reach past ±1 and says how lit
 constant intervention or metric (e.g. no configuration has noise), or fewer than 3 points,
 gives no r: it is *undefined*, with the reason, never NaN.
 
-Pure computation (numpy/scipy, figures through ``distfair.plots``): no MLflow, no Ray. The
+Pure computation (numpy/scipy, figures through ``distfair.plotting``): no MLflow, no Ray. The
 command ``distfair analyze`` reads the runs (``distfair.tracking``) and logs the result.
 """
 from __future__ import annotations
@@ -463,7 +463,7 @@ def write_outputs(analysis: Analysis, outdir: str | Path, *, title: str) -> dict
     """``correlations.csv``, ``analysis.json`` and one heatmap per parity metric
     (``pearson_<metric>.png``: attributes x interventions, r as colour, paper Figs. 2-5) in
     ``outdir``. Returns ``{label: path}``."""
-    from distfair.plots import heatmap
+    from distfair.plotting import heatmap
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -6,14 +6,14 @@ Per evaluation (``clean`` and each attack) ``confusion_<e>.png``, ``asymmetry_<e
 (``Summary.figures``: ``groups_<attr>.png``, ``target_success_<e>.png``, ``auc_acc*.png``, ...).
 An evaluation with abstentions (``result["abstentions"]``) draws them as the confusion
 heatmap's "abstained" column and divides every rate by the class totals. The drawing itself
-is ``distfair.plots``.
+is ``distfair.plotting``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from distfair.evaluation.summaries import SUMMARIES
-from distfair.plots import (asymmetry_heatmap, confusion_heatmap, file_safe, per_class_bars, target_share_bars)
+from distfair.plotting import (asymmetry_heatmap, confusion_heatmap, file_safe, per_class_bars, target_share_bars)
 
 
 def seed_figures(result: dict, title: str, outdir: str | Path) -> list[Path]:

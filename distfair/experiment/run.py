@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 from distfair import tracking
 from distfair.config import flatten
 from distfair.metrics import INTERVAL_NOTE, aggregate_seed_metrics
-from distfair.record import CONFIGURATION_RECORD_NAME, configuration_record, evaluation_label
+from distfair.results.record import CONFIGURATION_RECORD_NAME, configuration_record, evaluation_label
 
 
 @dataclass
@@ -197,7 +197,7 @@ def summary_markdown(summary: Mapping[str, dict], metrics: Sequence[str], *, see
     on it must say), then straight away the main ``metrics`` as mean ± sample std, n seeds and
     the 95% interval (``distfair.metrics.summarize``: Student t, clipped to the metric's
     range), the primary evaluation attack's rows named with it (``robust_acc (pgd20)``,
-    ``distfair.record.evaluation_label``); below the table how many seeds finished, the
+    ``distfair.results.record.evaluation_label``); below the table how many seeds finished, the
     failed seeds with why, and where the figure is. Its last line is always the same (the
     end of the section when it is replaced)."""
     lines = [SUMMARY_HEADING, ""]

@@ -50,8 +50,8 @@ from typing import Any, Callable
 
 import yaml
 
-from distfair._blocks import options as _options
-from distfair._schema import (ConfigError, _fixed_block, _Problems, _registry_block, _try_build,
+from distfair.registry import options as _options
+from distfair.config.schema import (ConfigError, _fixed_block, _Problems, _registry_block, _try_build,
                               read_yaml_documents)
 from distfair.attacks import ATTACKS
 from distfair.data import DATASETS

@@ -23,8 +23,8 @@ from typing import Callable
 from distfair import tracking
 from distfair.config import ConfigError, apply_overrides, flatten, parse_override, read_document, validate
 from distfair.metrics import aggregate_seed_metrics
-from distfair.run import RunReport, run_configuration_with_tracking
-from distfair.search_space import (SweepSpec, Target, matching_test_metric, metric_role, objective_values,
+from distfair.experiment.run import RunReport, run_configuration_with_tracking
+from distfair.config.space import (SweepSpec, Target, matching_test_metric, metric_role, objective_values,
                                    optuna_distribution, parse_space, pareto_front, stat_name)
 
 #: the statistics over seeds reported per metric for every configuration: those of the MLflow

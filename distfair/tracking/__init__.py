@@ -11,13 +11,13 @@ Record layout of one configuration (``distfair run``):
   accuracies, each evaluation summary's document (subgroup reports, targeted success rates,
   self-checks, ...; JSON), per-sample robust flags (.npz), the figures under ``plots/`` (PNG)
   and the final checkpoint;
-* the versioned result records of ``distfair.record``: ``result.json`` on each seed run,
+* the versioned result records of ``distfair.results.record``: ``result.json`` on each seed run,
   ``configuration_result.json`` on the parent;
 * on the parent, at the end: ``plots/seed_stability.png`` (every seed, mean ± std and the 95%
   interval of the main metrics) and a Markdown summary at the top of its description (where
   the MLflow UI's run page opens);
 * on both, what reproduces them: the resolved configuration as ``config.yaml`` and tags with
-  the versions and the git commit (``distfair.run.environment_tags``); seed runs also carry
+  the versions and the git commit (``distfair.experiment.run.environment_tags``); seed runs also carry
   the configuration's identity tags and params, so the UI filters them by configuration.
 
 Experiments are tagged ``mlflow.experimentKind = custom_model_development`` (a model
@@ -44,8 +44,8 @@ from typing import Callable, Iterable, Mapping
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from distfair import record as result_record
-from distfair import tracking_buffer
+from distfair.results import record as result_record
+from distfair.tracking import buffer as tracking_buffer
 
 DEFAULT_DB = "mlflow.db"
 TAG_ROLE = "distfair.role"
@@ -468,7 +468,7 @@ class SeedRunLogger:
     sweep's scheduler) is never reopened: a worker that starts a seed after that moment
     raises ``RunClosedError`` instead of leaving a run RUNNING that nobody will close.
 
-    Every write goes through a bounded buffer (``distfair.tracking_buffer``): while the
+    Every write goes through a bounded buffer (``distfair.tracking.buffer``): while the
     tracking server is unreachable, training goes on, the epochs' metrics wait (beyond
     ``buffer_limit`` operations on disk under ``<storage_path>/unlogged/<run id>/``) and are
     flushed when it answers again; ``log`` says both. The end of a seed (``log_result``)
@@ -584,9 +584,9 @@ class SeedRunLogger:
         ``per_class_rejection``), the document of every evaluation summary under its own name
         (``subgroups.json``, ``target_success.json``, ``self_checks.json``, ...), the result
         record ``result.json``, the per-sample robust flags (.npz), every figure of
-        ``distfair.evaluation.figures.seed_figures`` under ``plots/``, and the final
+        ``distfair.evaluation.seed_figures.seed_figures`` under ``plots/``, and the final
         checkpoint. The summaries' findings become tags ``distfair.check.<id>``."""
-        from distfair.evaluation.figures import seed_figures
+        from distfair.evaluation.seed_figures import seed_figures
 
         self._queue(metrics=_metrics(result["metrics"], step=len(result["history"])))
         found = result.get("checks") or []
@@ -639,7 +639,7 @@ def seed_figures_enabled() -> bool:
 
 
 def _apply_op(client: MlflowClient, run_id: str, folder: Path, op: dict) -> None:
-    """One buffered or parked write (``distfair.tracking_buffer``) into ``run_id``."""
+    """One buffered or parked write (``distfair.tracking.buffer``) into ``run_id``."""
     kind = op["op"]
     if kind == "batch":
         client.log_batch(run_id, metrics=[Metric(*m) for m in op.get("metrics", [])],
@@ -697,7 +697,7 @@ def relog(folder: str | Path, uri: str, log: Callable[[str], None]) -> list[str]
     return done_ids
 
 
-#: the parent's seed-stability figure (``distfair.plots.seed_stability``), as an artifact path
+#: the parent's seed-stability figure (``distfair.plotting.seed_stability``), as an artifact path
 SEED_STABILITY_FIGURE = "plots/seed_stability.png"
 
 
@@ -741,7 +741,7 @@ def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *
             client.log_artifact(parent_run_id, str(path))
         drawn = {m: v for m, v in (seed_values or {}).items() if v and m in summary}
         if drawn:
-            from distfair.plots import seed_stability
+            from distfair.plotting import seed_stability
 
             folder, name = SEED_STABILITY_FIGURE.rsplit("/", 1)
             (Path(tmp) / folder).mkdir()

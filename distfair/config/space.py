@@ -74,7 +74,7 @@ class Dimension:
 def optuna_distribution(dim: Dimension):
     """The Optuna distribution of a dimension: the one mapping used by the Tune searcher
     (``distfair.distributed.sweep.build_searcher``) and by the Optuna study the sweep stores
-    (``distfair.sweep``). A grid dimension is categorical over its values. Imports Optuna only
+    (``distfair.experiment.sweep``). A grid dimension is categorical over its values. Imports Optuna only
     when called."""
     import optuna
 

@@ -1,0 +1,1 @@
+"""What a run produced: the versioned result records (and the metric names)."""
