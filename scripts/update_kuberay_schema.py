@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "distfair" / "schemas" / "kuberay"
+OUT = ROOT / "distfair" / "deploy" / "schemas" / "kuberay"
 CRDS = {"raycluster": "ray.io_rayclusters.yaml", "rayjob": "ray.io_rayjobs.yaml"}
 BASES = Path("ray-operator") / "config" / "crd" / "bases"
 

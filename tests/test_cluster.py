@@ -14,7 +14,11 @@ import pytest
 import yaml
 
 from distfair import deploy as cluster
+from distfair.deploy import common as cluster_common
 from distfair.deploy import gpu as cluster_gpu
+from distfair.deploy import kuberay as cluster_kuberay
+from distfair.deploy import launcher as cluster_launcher
+from distfair.deploy import problems as cluster_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
@@ -70,7 +74,7 @@ def test_shipped_launcher_configs_keep_the_safe_defaults():
     for name in ("aws.yaml", "gcp.yaml"):
         doc = load(name)
         head = doc["available_node_types"][doc["head_node_type"]]
-        assert head["resources"][cluster.TRIAL_RESOURCE] >= 1
+        assert head["resources"][cluster_common.TRIAL_RESOURCE] >= 1
         workers = [t for n, t in doc["available_node_types"].items() if n != doc["head_node_type"]]
         assert workers and all(t["resources"].get("GPU", 0) >= 1 and t["resources"]["CPU"] >= 1 for t in workers)
         assert all(0 <= t["min_workers"] <= t["max_workers"] for t in workers)
@@ -505,12 +509,12 @@ def test_validation_never_starts_ray(capsys):
 
 def test_the_trial_resource_is_the_one_sweeps_take():
     source = (ROOT / "distfair" / "distributed" / "sweep.py").read_text()
-    assert re.search(r'^TRIAL_RESOURCE = "([^"]+)"', source, re.M).group(1) == cluster.TRIAL_RESOURCE
+    assert re.search(r'^TRIAL_RESOURCE = "([^"]+)"', source, re.M).group(1) == cluster_common.TRIAL_RESOURCE
 
 
 def test_the_kuberay_schemas_say_where_they_come_from():
-    for kind, file in cluster.KUBERAY_SCHEMAS.items():
-        raw = json.loads((cluster.SCHEMA_DIR / file).read_text())
+    for kind, file in cluster_kuberay.KUBERAY_SCHEMAS.items():
+        raw = json.loads((cluster_kuberay.SCHEMA_DIR / file).read_text())
         source = raw["_source"]
         assert source["repository"] == "ray-project/kuberay" and source["kind"] == kind
         assert re.fullmatch(r"v\d+\.\d+\.\d+", source["release"]) and source["version"] == "v1"
@@ -525,7 +529,7 @@ def test_closing_object_schemas_is_strict_but_leaves_values_and_open_objects_alo
         "map": {"type": "object", "additionalProperties": {"type": "string"}},
         "list": {"type": "array", "items": {"properties": {"d": {}}}},
         "default": {"default": {"properties": {"e": 1}}}}}
-    closed = cluster.close_object_schemas(schema)
+    closed = cluster_problems.close_object_schemas(schema)
     assert closed["additionalProperties"] is False
     assert closed["properties"]["a"]["additionalProperties"] is False
     assert "additionalProperties" not in closed["properties"]["open"]
@@ -533,8 +537,8 @@ def test_closing_object_schemas_is_strict_but_leaves_values_and_open_objects_alo
     assert closed["properties"]["list"]["items"]["additionalProperties"] is False
     assert closed["properties"]["default"]["default"] == {"properties": {"e": 1}}
     assert "additionalProperties" not in schema                    # the input is not changed
-    problems = cluster.schema_problems(closed, {"a": {"b": "x", "bb": 1}, "open": {"z": 1}, "map": {"k": "v"},
-                                                "list": [{"d": 1, "dd": 2}]})
+    problems = cluster_problems.schema_problems(closed, {"a": {"b": "x", "bb": 1}, "open": {"z": 1},
+                                                         "map": {"k": "v"}, "list": [{"d": 1, "dd": 2}]})
     assert problems == [("a.bb", "unknown key (did you mean 'b'?)"), ("list[0].dd", "unknown key (did you mean 'd'?)")]
 
 
@@ -548,12 +552,13 @@ def test_closing_object_schemas_is_strict_but_leaves_values_and_open_objects_alo
     ({"IpProtocol": "tcp", "FromPort": 6379, "ToPort": 6379, "UserIdGroupPairs": [{"GroupId": "sg-1"}]}, False),
 ])
 def test_which_security_group_rules_expose_rays_ports(rule, exposed):
-    assert bool(cluster._port_exposure(rule)) is exposed
+    assert bool(cluster_launcher._port_exposure(rule)) is exposed
 
 
 def test_key_paths_read_like_the_file():
-    assert cluster.key_path(["available_node_types", "ray.worker.gpu", "resources", "GPU"]) == \
+    assert cluster_problems.key_path(["available_node_types", "ray.worker.gpu", "resources", "GPU"]) == \
         "available_node_types[ray.worker.gpu].resources.GPU"
-    assert cluster.key_path(["spec", "workerGroupSpecs", 0, "template"]) == "spec.workerGroupSpecs[0].template"
-    assert cluster.key_path(["limits", "nvidia.com/gpu"]) == "limits[nvidia.com/gpu]"
-    assert cluster.key_path([]) == "(top level)"
+    assert cluster_problems.key_path(["spec", "workerGroupSpecs", 0, "template"]) == \
+        "spec.workerGroupSpecs[0].template"
+    assert cluster_problems.key_path(["limits", "nvidia.com/gpu"]) == "limits[nvidia.com/gpu]"
+    assert cluster_problems.key_path([]) == "(top level)"

@@ -18,7 +18,7 @@ to skip the lock file:
   (``ray/autoscaler/ray-schema.json``; ``StandardAutoscaler._get_node_type_specific_fields``).
 
 Warnings never change the exit code. Each is ``(path, reason)`` with ``path`` a list of keys
-(``distfair.deploy`` turns it into ``a.b[0]``). Nothing of distfair is imported here.
+(``distfair.deploy.validate`` turns it into ``a.b[0]``). Nothing of distfair is imported here.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Ray's own offline checks of a cluster launcher config, for ``distfair cluster validate``
-(``distfair/deploy/__init__.py`` formats what they say; Ray is imported only here, in ``distributed``).
+(``distfair/deploy/launcher.py`` formats what they say; Ray is imported only here, in ``distributed``).
 """
 from __future__ import annotations
 

@@ -1,0 +1,79 @@
+"""The credential scan of ``distfair cluster validate``: no credential written literally into a
+cluster definition (a ``PASSWORD=...`` or a URI with a password in a launcher command, a
+Kubernetes env ``value`` instead of ``valueFrom.secretKeyRef``, a RayJob's ``runtimeEnvYAML``
+``env_vars``)."""
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from distfair.deploy.problems import Problem, _one_line, key_path
+
+#: an environment variable name that holds a credential (not a path to one)
+_CREDENTIAL_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|ACCESS_KEY|API_KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
+_NOT_A_CREDENTIAL = re.compile(r"(_PATH|_FILE|_DIR|_MODE)$", re.I)
+#: ``NAME=value`` in a shell command, the value not taken from another variable or command
+_SHELL_ASSIGNMENT = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)=(?![\"']?[$`])([\"']?)([^\s;&|\"'`]+)")
+#: a password inside a URI: scheme://user:password@host
+_URI_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:[^/\s@'\"]+@", re.I)
+
+
+def _credential_name(name: str) -> bool:
+    return bool(_CREDENTIAL_NAME.search(name)) and not _NOT_A_CREDENTIAL.search(name)
+
+
+def _literal_credentials_in_command(command: str) -> list[str]:
+    """Reasons for each credential a shell command writes literally."""
+    found = []
+    for match in _SHELL_ASSIGNMENT.finditer(command):
+        name = match.group(1)
+        if _credential_name(name):
+            found.append(f"{name} is written literally: keep credentials out of the file (put them in a file "
+                         f"that file_mounts copies, e.g. ~/.distfair-cluster/mlflow.env, and source it)")
+    if _URI_PASSWORD.search(command):
+        found.append("a URI with a password written literally: keep credentials out of the file")
+    return found
+
+
+def _env_problems(doc) -> list[Problem]:
+    """Every Kubernetes ``env`` entry in ``doc`` that writes a credential literally."""
+    found = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "env" and isinstance(value, list):
+                    for i, entry in enumerate(value):
+                        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry.get("value"):
+                            literal = str(entry["value"])
+                            what = (f"{entry['name']} is a credential" if _credential_name(entry["name"]) else
+                                    f"{entry['name']} holds a password in its URI" if _URI_PASSWORD.search(literal)
+                                    else None)
+                            if what:
+                                found.append((key_path(path + [key, i, "value"]),
+                                              f"{what} written literally: take it from a Secret "
+                                              f"(valueFrom.secretKeyRef)"))
+                walk(value, path + [key])
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, path + [i])
+
+    walk(doc, [])
+    return found
+
+
+def _runtime_env_problems(text: str) -> list[Problem]:
+    try:
+        runtime_env = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        return [("spec.runtimeEnvYAML", f"invalid YAML: {_one_line(err)}")]
+    env_vars = runtime_env.get("env_vars") if isinstance(runtime_env, dict) else None
+    found = []
+    if isinstance(env_vars, dict):
+        for name, value in env_vars.items():
+            if value and (_credential_name(str(name)) or _URI_PASSWORD.search(str(value))):
+                found.append((f"spec.runtimeEnvYAML.env_vars.{name}",
+                              "a credential written literally: give the Ray pods the variable from a Secret "
+                              "(env valueFrom.secretKeyRef) instead"))
+    return found
