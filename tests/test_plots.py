@@ -123,22 +123,22 @@ class _no_op:
 
 def test_tick_labels_hand_values():
     # 3 short names: 3 * 3 = 9 characters side by side fit, no rotation
-    assert plots._tick_labels(["cat", "dog", "car"], 3) == ([0, 1, 2], ["cat", "dog", "car"], 0)
+    assert plots.common._tick_labels(["cat", "dog", "car"], 3) == ([0, 1, 2], ["cat", "dog", "car"], 0)
     # names of the wrong length fall back to indices
-    assert plots._tick_labels(["a", "b"], 3) == ([0, 1, 2], ["0", "1", "2"], 0)
-    assert plots._tick_labels(None, 2) == ([0, 1], ["0", "1"], 0)
+    assert plots.common._tick_labels(["a", "b"], 3) == ([0, 1, 2], ["0", "1", "2"], 0)
+    assert plots.common._tick_labels(None, 2) == ([0, 1], ["0", "1"], 0)
     # CIFAR-10: 10 labels x "automobile" (10 chars) = 100 > 40 -> 45 degrees
-    assert plots._tick_labels(CIFAR10, 10) == (list(range(10)), CIFAR10, 45)
+    assert plots.common._tick_labels(CIFAR10, 10) == (list(range(10)), CIFAR10, 45)
     # 10 digits: 10 x 1 = 10 characters -> flat
-    assert plots._tick_labels(None, 10)[2] == 0
+    assert plots.common._tick_labels(None, 10)[2] == 0
     # 40 classes: every one labelled, 40 x 2 = 80 > 40 and more than 20 labels -> 90 degrees
-    positions, labels, rotation = plots._tick_labels(None, 40)
+    positions, labels, rotation = plots.common._tick_labels(None, 40)
     assert positions == list(range(40)) and rotation == 90
     # 41 classes: step ceil(41 / 40) = 2 -> 0, 2, ..., 40 (21 labels)
-    assert plots._tick_labels(None, 41)[0] == list(range(0, 41, 2))
+    assert plots.common._tick_labels(None, 41)[0] == list(range(0, 41, 2))
     # 100 classes: step ceil(100 / 40) = 3 -> 0, 3, ..., 99 (34 labels)
     names = [f"c{i}" for i in range(100)]
-    positions, labels, rotation = plots._tick_labels(names, 100)
+    positions, labels, rotation = plots.common._tick_labels(names, 100)
     assert positions == list(range(0, 100, 3)) and len(positions) == 34
     assert labels[:3] == ["c0", "c3", "c6"] and labels[-1] == "c99" and rotation == 90
 
@@ -166,7 +166,7 @@ def test_heatmaps_write_png_with_labels(kind, k, named, tmp_path, saved_figures)
     ax, cbar = fig.axes  # the heatmap and its colour bar
     assert ax.get_title() == f"{kind} K={k}"
     assert cbar.get_ylabel() == cbar_label
-    expected_ticks = plots._tick_labels(names, k)[1]
+    expected_ticks = plots.common._tick_labels(names, k)[1]
     assert [t.get_text() for t in ax.get_xticklabels()] == expected_ticks
     assert [t.get_text() for t in ax.get_yticklabels()] == expected_ticks
     if k > 20:
@@ -234,7 +234,7 @@ def test_per_class_bars(k, named, tmp_path, saved_figures):
     assert texts(ax) == ["n/a"] * n_missing
     assert ax.get_ylim() == (0, 1) and ax.get_title() == "per class"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["clean", "pgd20"]
-    assert [t.get_text() for t in ax.get_xticklabels()] == plots._tick_labels(names, k)[1]
+    assert [t.get_text() for t in ax.get_xticklabels()] == plots.common._tick_labels(names, k)[1]
 
 
 def test_per_class_bars_rejects_bad_lengths(tmp_path):

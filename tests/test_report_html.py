@@ -97,13 +97,13 @@ def test_the_comparisons_table_fits_a_1600px_window(tmp_path, browser_1600):
 # --------------------------------------------------------------- (b, c) the asymmetry heatmaps
 def test_asymmetry_heatmaps_share_one_colour_scale_and_name_the_same_matrix(tmp_path, monkeypatch):
     drawn = {}
-    real = plots._heatmap
+    real = plots.seeds._heatmap
 
     def spy(values, class_names, title, path, **kw):
         drawn[os.path.basename(str(path))] = (np.asarray(values, dtype=float), kw)
         return real(values, class_names, title, path, **kw)
 
-    monkeypatch.setattr(plots, "_heatmap", spy)
+    monkeypatch.setattr(plots.seeds, "_heatmap", spy)
     t = build_tables(_configs(), metrics=["robust_acc"])
     figures = {f.name: f for f in draw_figures(t, tmp_path / "figures")}
     asym = {name: drawn[name] for name in drawn if name.startswith("asymmetry_")}
@@ -122,14 +122,14 @@ def test_asymmetry_heatmaps_share_one_colour_scale_and_name_the_same_matrix(tmp_
 # ------------------------------------------------------------------ (d) the every-seed figure
 def test_every_seed_figure_marks_the_points_of_each_seed(tmp_path, monkeypatch):
     kept = {}
-    real_save = plots._save
+    real_save = plots.seeds._save
 
     def keep(fig, path):
         kept[os.path.basename(str(path))] = fig
         fig.canvas.draw()
         return real_save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots.seeds, "_save", keep)
     t = build_tables(_configs(), metrics=["robust_acc"])
     figure = next(f for f in report_figures.strips_figure(t, tmp_path) if f.name == "seed_strips.png")
     assert "colour and marker" in figure.caption and "legend" in figure.caption

@@ -1,14 +1,9 @@
 """Ray Tune + Optuna: one Tune trial per configuration, each running its seeds on Ray Train.
 
-* The searcher is Optuna (seeded sampler) wrapped in :class:`CrossedSearch`, which crosses
-  every sampled point with the grid dimensions and only ever tells Optuna the *final*,
-  seed-aggregated objective (never a partial result; an early-stopped configuration is told
-  as PRUNED). Multi-objective searches pass a list of metrics to ``OptunaSearch`` and never
-  set ``TuneConfig(metric=...)``, which would silently make them single-objective (ray.md).
-* A trial (:func:`sweep_trial`) is a Tune function trainable acting as the Ray Train driver:
-  it runs its configuration in a thread and, while the seeds train, reports progress read
-  back from the record: seeds done, the objective so far and, with early stopping, the mean
-  across seeds of a per-epoch metric for ASHA.
+* The searcher is Optuna wrapped in :class:`~distfair.distributed.search.CrossedSearch`,
+  which only ever tells Optuna the final, seed-aggregated objective (:mod:`distfair.distributed.search`).
+* A trial (:func:`~distfair.distributed.trial.sweep_trial`) is a Tune function trainable acting as
+  the Ray Train driver of one configuration (:mod:`distfair.distributed.trial`).
 * :class:`SweepCallback` prints one progress line per configuration in the driver and closes
   the records of trials that ended without closing them (stopped by ASHA, or killed).
 
@@ -27,249 +22,21 @@ module-level functions in the trial ``context`` (they pickle by reference for Ra
 """
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import threading
 from pathlib import Path
 from typing import Callable
 
 from ray.tune import Callback
-from ray.tune.search import Searcher
 
-from distfair.config.space import SweepSpec, Target, objective_values, optuna_distribution
+from distfair.config.space import SweepSpec, Target
+# re-exported: imported from here, and named in the pickles of earlier sweeps (their searcher
+# state and trial error files), which a resumed sweep reads
+from distfair.distributed.search import (CrossedSearch, _crossed_search_from_state, build_searcher,  # noqa: F401
+                                         dumps_lock_safe)
+from distfair.distributed.trial import (SeedsFailed, _failure_of, _trial_config, failure_text,  # noqa: F401
+                                        short_value, sweep_trial)
 
 TRIAL_RESOURCE = "distfair_trial"        # custom resource a local instance declares for trial drivers
-
-
-class CrossedSearch(Searcher):
-    """Sampled points (from ``inner``, an OptunaSearch, or a single empty point for a grid-only
-    search) crossed with ``grid`` points; Optuna sees one trial per sampled point whose value
-    is the mean over its grid points of the final objective values (of the grid trials that
-    finished; if none did, the point is FAIL when one errored and PRUNED otherwise)."""
-
-    def __init__(self, inner: Searcher | None, grid: list[dict], names: list[str], modes: list[str],
-                 max_points: int):
-        super().__init__(metric=names if len(names) > 1 else names[0], mode=modes if len(modes) > 1 else modes[0])
-        self._inner, self._grid, self._names, self._max_points = inner, grid, names, max_points
-        self._queue: list[tuple[str, int]] = []
-        self._points: dict[str, dict] = {}
-        self._trial_point: dict[str, tuple[str, int]] = {}
-        self._n_points = 0
-
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return True       # the objective is fixed by the sweep file, not by TuneConfig
-
-    def suggest(self, trial_id: str):
-        if not self._queue:
-            if self._n_points >= self._max_points:
-                return Searcher.FINISHED
-            point_id = f"point{self._n_points}"
-            params = {} if self._inner is None else self._inner.suggest(point_id)
-            if params is None or params == Searcher.FINISHED:
-                return params
-            self._n_points += 1
-            self._points[point_id] = {"params": params, "pending": set(range(len(self._grid))), "values": {}}
-            self._queue = [(point_id, i) for i in range(len(self._grid))]
-        point_id, index = self._queue.pop(0)
-        self._trial_point[trial_id] = (point_id, index)
-        return {**self._points[point_id]["params"], **self._grid[index]}
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Progress results never reach Optuna: it only learns seed-aggregated final values."""
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self._trial_point:
-            return
-        point_id, index = self._trial_point.pop(trial_id)
-        point = self._points[point_id]
-        final = bool(result) and result.get("final") == 1 and all(result.get(n) is not None for n in self._names)
-        point["values"][index] = [float(result[n]) for n in self._names] if final else None
-        point.setdefault("errors", set()).update({index} if error else set())
-        point["pending"].discard(index)
-        if point["pending"] or self._inner is None:
-            return
-        values = [v for v in point["values"].values() if v is not None]
-        if values:
-            mean = {n: sum(v[i] for v in values) / len(values) for i, n in enumerate(self._names)}
-            self._inner.on_trial_complete(point_id, {**mean, "final": 1})
-        else:   # nothing finished: FAIL if any grid trial errored, else PRUNED (stopped early)
-            self._inner.on_trial_complete(point_id, None, error=bool(point["errors"]))
-
-    # Tune pickles the searcher (with the Tuner's state, and in every experiment snapshot).
-    # Optuna's samplers may hold thread locks (NSGAIISampler does since Optuna 5.1), which no
-    # pickler takes: the state goes through :func:`dumps_lock_safe`, where a lock is recreated
-    # on load, never pickled, whatever Optuna keeps.
-    def __reduce__(self):
-        return _crossed_search_from_state, (dumps_lock_safe(self.__dict__),)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            f.write(dumps_lock_safe(self.__dict__))
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
-
-_LOCK_TYPES = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
-
-
-def dumps_lock_safe(obj) -> bytes:
-    """``obj`` pickled (by cloudpickle, as Ray pickles it), with every ``threading.Lock`` and
-    ``RLock`` inside it pickled as a new, unlocked lock of the same kind."""
-    import io
-
-    from ray import cloudpickle
-
-    class _Pickler(cloudpickle.Pickler):
-        def reducer_override(self, o):
-            new = _LOCK_TYPES.get(type(o))
-            return (new, ()) if new is not None else super().reducer_override(o)
-
-    buf = io.BytesIO()
-    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    return buf.getvalue()
-
-
-def _crossed_search_from_state(blob: bytes) -> "CrossedSearch":
-    searcher = CrossedSearch.__new__(CrossedSearch)
-    searcher.__dict__.update(pickle.loads(blob))
-    return searcher
-
-
-def build_searcher(spec: SweepSpec) -> CrossedSearch:
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    names = [t.name for t in spec.objective]
-    modes = [t.mode for t in spec.objective]
-    inner = None
-    if spec.sampler != "grid":
-        sampler = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
-                   "random": optuna.samplers.RandomSampler}[spec.sampler](seed=spec.seed)
-        space = {d.key: optuna_distribution(d) for d in spec.dims}
-        inner = OptunaSearch(space=space, metric=names if len(names) > 1 else names[0],
-                             mode=modes if len(modes) > 1 else modes[0], sampler=sampler)
-    max_points = 1 if spec.sampler == "grid" else spec.num_samples
-    return CrossedSearch(inner, spec.grid_points(), names, modes, max_points)
-
-
-# ------------------------------------------------------------------------------ the trial
-def _trial_config(context: dict, params: dict) -> dict:
-    from distfair.config import apply_overrides, validate
-
-    cfg = validate(apply_overrides(context["base"], list(params.items())),
-                   f"{context['config_path']} (trial {json.dumps(params, default=str)})")
-    cfg["scaling"]["max_concurrent_seeds"] = context["groups_per_trial"]
-    return cfg
-
-
-def _progress(context: dict, trial_id: str, targets: list[Target], es) -> dict | None:
-    """What the record says about this trial so far (None before its configuration run exists)."""
-    from distfair.metrics import aggregate_seed_metrics
-
-    record = context["trial_record"](context, trial_id, es["metric"] if es is not None else None)
-    if record is None:
-        return None
-    per_seed, curves = record
-    out = {"seeds_done": len(per_seed), "seeds_total": len(context["seeds"]), "final": 0}
-    if per_seed:
-        out.update({f"so_far.{k}": v for k, v in objective_values(targets, aggregate_seed_metrics(
-            list(per_seed.values()))).items() if v is not None})
-    if es is not None and curves is not None:
-        if len(curves) == len(context["seeds"]) and all(curves.values()):
-            epochs = set.intersection(*(set(c) for c in curves.values()))
-            if epochs:
-                last = max(epochs)
-                out["epoch"] = last + 1
-                out[f"{es['metric']}.seed_mean"] = sum(c[last] for c in curves.values()) / len(curves)
-    return out
-
-
-class SeedsFailed(RuntimeError):
-    """A configuration of which a seed failed (e.g. diverged: ``loss is nan at epoch e, batch
-    b``): its trial ends in ERROR, so the searcher records it as failed and the sweep goes on."""
-
-    def __init__(self, errors: dict):
-        self.errors = {int(k): str(v) for k, v in errors.items()}
-        super().__init__(failure_text(self.errors))
-
-    def __reduce__(self):          # pickled by Ray into the trial's error file
-        return SeedsFailed, (self.errors,)
-
-
-def failure_text(errors: dict) -> str:
-    """``seed 2: loss is nan at epoch 1, batch 3; seed 5: ...`` (the configuration run's
-    ``distfair.failure_reason`` tag says the same)."""
-    return "; ".join(f"seed {s}: {why}" for s, why in sorted(errors.items()))
-
-
-def _failure_of(trial) -> str | None:
-    """The :class:`SeedsFailed` text of an errored trial, or None (another error, or none saved)."""
-    from ray import cloudpickle
-
-    try:
-        # Tune writes the pickled error in the trial's local folder first; get_pickled_error
-        # reads the storage copy, which is not synced yet when on_trial_error runs
-        local = trial.pickled_error_file
-        if local and os.path.exists(local):
-            with open(local, "rb") as f:
-                err = cloudpickle.load(f)
-        else:
-            err = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001 - a missing or unreadable error file: say nothing
-        return None
-    seen = 0
-    while err is not None and seen < 5:
-        if isinstance(err, SeedsFailed):
-            return failure_text(err.errors)
-        err, seen = getattr(err, "cause", None) or err.__cause__, seen + 1
-    return None
-
-
-def sweep_trial(params: dict, context: dict) -> None:
-    """One Tune trial = one configuration over all its seeds (a Ray Train driver), run by
-    ``context["run_trial"]`` (see the module docstring)."""
-    from ray import tune
-
-    trial_id = tune.get_context().get_trial_id()
-    targets = [Target(**t) for t in context["objective"]]
-    cfg = _trial_config(context, params)
-    box: dict = {}
-
-    def work() -> None:
-        try:
-            box["report"] = context["run_trial"](cfg, params, trial_id, context,
-                                                 lambda msg: print(f"[distfair {trial_id}] {msg}", flush=True))
-        except BaseException as err:  # noqa: BLE001 - re-raised in the trial thread below
-            box["error"] = err
-
-    worker = threading.Thread(target=work, name="distfair-configuration", daemon=True)
-    worker.start()
-    last: dict = {}
-    while worker.is_alive():
-        worker.join(timeout=context["poll_s"])
-        progress = _progress(context, trial_id, targets, context["early_stopping"])
-        if progress and progress != last and worker.is_alive():
-            tune.report(progress)
-            last = progress
-    if "error" in box:
-        raise box["error"]
-    report = box["report"]
-    if report.errors:
-        # its statistics over the surviving seeds would be biased towards them (a diverged seed
-        # is not a random loss): the trial errors, so the searcher is told FAIL, never a value
-        raise SeedsFailed(report.errors)
-    final = {"final": 1, "seeds_done": len(report.seeds), "seeds_total": len(context["seeds"]),
-             "parent_run_id": report.parent_run_id}
-    final.update({k: v for k, v in objective_values(targets, report.metrics).items() if v is not None})
-    tune.report(final)
-
-
-def short_value(value) -> str:
-    """A parameter value as trial names and progress lines show it."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # --------------------------------------------------------------------------- the driver
