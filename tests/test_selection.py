@@ -22,6 +22,7 @@ from distfair.config import ConfigError
 from distfair.config.space import SweepSpec, Target
 from distfair.experiment.sweep import (SweepReport, best_metrics, choose, collect_trials, history_figure, load_sweep,
                             objective_on_test, sweep_artifacts)
+from distfair.tracking import writes as tracking_writes
 
 #: a statistic of a metric named the dotted way (``worst_class_acc.mean``) instead of MLflow's
 #: ``worst_class_acc_mean``: nothing a sweep reports may use it
@@ -51,7 +52,7 @@ def _store(tmp_path):
             logger = tracking.SeedRunLogger(uri, run_id)
             # a per-epoch curve first (step = epoch), then the final values after training
             logger.log_epoch(0, {"epoch": 0, "val_worst_class_acc": 0.1, "train_loss": 1.0})
-            tracking._log(client, run_id, metrics=tracking._metrics(
+            tracking_writes._log(client, run_id, metrics=tracking_writes._metrics(
                 {"val_worst_class_acc": val, "worst_class_acc": test, "val_clean_acc": 0.9, "clean_acc": 0.95,
                  "train_time_s": 3.0}, step=1))
             client.set_terminated(run_id, "FINISHED")

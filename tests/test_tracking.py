@@ -253,3 +253,34 @@ def test_parent_closed_killed_by_the_driver_stays_killed(tmp_path):
     other = tracking.start_parent_run(uri, exp, {"a": 1}, run_name="q")
     tracking.log_parent_summary(uri, other, {}, n_seeds=0, status="FAILED")
     assert MlflowClient(uri).get_run(other).info.status == "FAILED"
+
+
+def test_importing_the_package_or_its_buffer_loads_no_mlflow():
+    """``from distfair import tracking`` (the CLI, the Ray workers' imports) and the outage
+    buffer stay free of MLflow; a name's module, with MLflow, is loaded on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import distfair.tracking.buffer; from distfair import tracking\n"
+            "assert 'mlflow' not in sys.modules\n"
+            "assert tracking.TAG_PARENT == 'mlflow.parentRunId' and tracking.TrackingUnavailable\n"
+            "assert tracking.resolve_tracking_uri('http://h:1') == 'http://h:1'\n"
+            "assert 'mlflow' not in sys.modules\n"
+            "assert tracking.SeedRunLogger.__module__ == 'distfair.tracking.seed_logger'\n"
+            "assert 'mlflow' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_public_name_of_the_package_resolves():
+    import importlib
+
+    for name in tracking.__all__:
+        assert getattr(tracking, name) is getattr(importlib.import_module(
+            f"distfair.tracking.{tracking._EXPORTS[name]}"), name)
+    assert set(tracking.__all__) <= set(dir(tracking))
+    try:
+        tracking.no_such_name
+    except AttributeError as err:
+        assert "no_such_name" in str(err)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")
