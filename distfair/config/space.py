@@ -39,25 +39,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from distfair.evaluation.summaries import nested_families
+# the metric names and their roles (what a configuration reports, validation or test, the
+# statistics over seeds): distfair.results.names, re-exported here for the space's callers
+from distfair.results.names import CURVES as _CURVES
+from distfair.results.names import OBJECTIVE_STATISTICS as STATS
+from distfair.results.names import (VAL_PREFIX, known_metric, known_test_metric, known_val_metric,  # noqa: F401
+                                    matching_test_metric, metric_role, stat_name, validation_counterpart)
 
-STATS = ("mean", "std", "min", "max", "median", "mean_minus_std", "mean_plus_std", "ci95_low", "ci95_high")
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 DIM_TYPES = ("float", "int", "categorical")
-#: metrics a configuration reports (per seed): test metrics and the last epoch's curves
-_METRIC_FAMILY = ("acc", "worst_class_acc", "acc_gap", "nsd", "worst10_acc", "max_asym_gap", "sym_loss",
-                  "tgt_max", "tgt_min", "tgt_std")
-#: per-epoch validation curves (``step = epoch``): what early stopping can watch
-_CURVES = ("val_clean_acc", "val_robust_acc")
-VAL_PREFIX = "val_"
-#: metrics of training itself (neither validation nor test)
-_TRAINING_PREFIXES = ("train_", "defense_", "finish_")
-_TRAINING_NAMES = ("lr", "epoch_time_s", "train_time_s", "val_time_s", "eval_time_s", "finish_time_s")
-#: further metrics: the evaluation summaries' families (``distfair.evaluation.summaries``: the
-#: bipartition audit, targeted success, subgroup families named by the configuration, AUC_acc,
-#: ...) and ensemble stages; a family with fields nests exactly those (``group_gap/<attr>``)
-_EVAL_EXTRA = tuple(f for f, fields in nested_families().items() if not fields)
-_EVAL_NESTED = ("stage_acc/", *(f"{f}/" for f, fields in nested_families().items() if fields))
 
 
 @dataclass(frozen=True)
@@ -83,14 +73,6 @@ def optuna_distribution(dim: Dimension):
     if dim.type == "int":
         return optuna.distributions.IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
     return optuna.distributions.CategoricalDistribution(list(dim.choices))
-
-
-def stat_name(metric: str, stat: str) -> str:
-    """The name of one statistic over seeds of one metric, ``<metric>_<stat>``
-    (``val_worst_class_acc_mean``, ``worst_class_acc_ci95_low``): the naming of the MLflow
-    configuration runs (``distfair.tracking.log_parent_summary``), used by everything a sweep
-    reports."""
-    return f"{metric}_{stat}"
 
 
 @dataclass(frozen=True)
@@ -173,72 +155,6 @@ class SweepSpec:
                 "objective": [t.__dict__ for t in self.objective], "sampler": self.sampler, "seed": self.seed,
                 "num_samples": self.num_samples, "max_concurrent": self.max_concurrent,
                 "early_stopping": self.early_stopping.__dict__ if self.early_stopping else None}
-
-
-def _per_evaluation(metric: str) -> bool:
-    """A metric every evaluation (clean or one attack) reports, in the bare naming of the
-    primary attack: ``robust_acc``, ``worst_class_acc``, ``group_gap/<attr>``, ..."""
-    bare = {"robust_acc" if m == "acc" else m for m in _METRIC_FAMILY} | set(_EVAL_EXTRA)
-    return metric in bare or (metric.startswith(_EVAL_NESTED) and not metric.endswith("/"))
-
-
-def _clean_metric(name: str) -> bool:
-    """``clean_acc``, ``clean_worst_class_acc``, ``clean_group_gap/<attr>``, ..."""
-    if not name.startswith("clean_"):
-        return False
-    rest = name[len("clean_"):]
-    return rest == "acc" or (rest != "robust_acc" and _per_evaluation(rest))
-
-
-def metric_role(name: str) -> str:
-    """``validation`` (``val_*``), ``training`` (losses, learning rate, timings) or ``test``
-    (everything the final evaluation of the test set reports)."""
-    if name.startswith(_TRAINING_PREFIXES) or name in _TRAINING_NAMES:
-        return "training"
-    if name.startswith(VAL_PREFIX):
-        return "validation"
-    return "test"
-
-
-def known_val_metric(name: str) -> bool:
-    """Whether a configuration reports the validation metric ``name``: the per-epoch curves
-    and the final validation pass (clean and the primary evaluation attack)."""
-    if name in _CURVES:
-        return True
-    if not name.startswith(VAL_PREFIX):
-        return False
-    rest = name[len(VAL_PREFIX):]
-    return _per_evaluation(rest) or _clean_metric(rest)
-
-
-def known_test_metric(name: str, eval_names: list[str]) -> bool:
-    """Whether a configuration reports the test metric ``name`` (final evaluation)."""
-    if _per_evaluation(name) or _clean_metric(name):
-        return True
-    prefix, _, rest = name.partition("/")
-    return prefix in eval_names and _per_evaluation(rest)
-
-
-def known_metric(name: str, eval_names: list[str]) -> bool:
-    """Whether a configuration reports ``name`` at all (validation, test or training)."""
-    return known_val_metric(name) or known_test_metric(name, eval_names) or metric_role(name) == "training"
-
-
-def validation_counterpart(name: str, eval_names: list[str]) -> str | None:
-    """The validation metric that stands for the test metric ``name`` (None if there is none:
-    only the clean and the primary evaluation are repeated on the validation split)."""
-    if _per_evaluation(name) or _clean_metric(name):
-        return VAL_PREFIX + name
-    prefix, _, rest = name.partition("/")
-    if eval_names and prefix == eval_names[0] and _per_evaluation(rest):
-        return VAL_PREFIX + rest
-    return None
-
-
-def matching_test_metric(name: str) -> str | None:
-    """The test metric reported beside the validation metric ``name`` (``val_robust_acc`` →
-    ``robust_acc``, ``val_clean_acc`` → ``clean_acc``); None for a name that is not one."""
-    return name[len(VAL_PREFIX):] if name.startswith(VAL_PREFIX) else None
 
 
 def _not_a_selection_metric(metric: str, eval_names: list[str]) -> str:

@@ -7,18 +7,27 @@ The interval is Student's t interval of the mean, clipped to the metric's declar
 (:data:`UNIT_INTERVAL_FAMILIES`, :func:`metric_range`): an accuracy's interval over two seeds
 is ``[0.0412, 1.0]``, not ``[0.0412, 1.1303]``. Metrics without a declared range (losses,
 timings, ``nsd``, the grid-dependent AUCs, anything new) are never clipped.
+
+The range rules (:data:`METRIC_RANGES`, :func:`metric_family`, :func:`metric_range`, and the two
+key prefixes :func:`metric_family` strips) are defined here because the seed statistics need
+them and ``metrics`` sits below ``results``; every other module reads them, with the rest of
+the metric naming, from ``distfair.results.names``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from scipy import stats
 
-__all__ = ["INTERVAL_NOTE", "METRIC_RANGES", "UNBOUNDED_FAMILIES", "UNIT_INTERVAL_FAMILIES", "aggregate_seed_metrics", "metric_family",
-           "metric_range", "summarize"]
+__all__ = ["CLEAN_PREFIX", "INTERVAL_NOTE", "METRIC_RANGES", "UNBOUNDED_FAMILIES", "UNIT_INTERVAL_FAMILIES", "VAL_PREFIX",
+           "aggregate_seed_metrics", "metric_family", "metric_range", "summarize"]
+
+#: the key prefixes of the validation split and of the clean evaluation (``val_clean_acc``); the
+#: rest of the key grammar is ``distfair.results.names``, which builds every key with these
+VAL_PREFIX, CLEAN_PREFIX = "val_", "clean_"
 
 #: metric families whose every value is a proportion in [0, 1]: accuracies (clean, attacked,
 #: per group, per ensemble stage), differences and maxima of accuracies or of row-normalised
@@ -52,7 +61,7 @@ def metric_family(key: str) -> str:
     fields (``/<attribute>/<group>``) too: ``pgd20/group_acc/gender/F`` -> ``group_acc``,
     ``val_clean_acc`` -> ``acc``, ``clean_false_rejection_rate`` -> ``false_rejection_rate``."""
     name = key
-    for prefix in ("val_clean_", "val_", "clean_"):
+    for prefix in (VAL_PREFIX + CLEAN_PREFIX, VAL_PREFIX, CLEAN_PREFIX):
         if name.startswith(prefix):
             name = name[len(prefix):]
             break
@@ -110,9 +119,11 @@ def summarize(values: Sequence[float | None], *, bounds: tuple[float, float] | N
     return summary
 
 
-def aggregate_seed_metrics(per_seed: Sequence[Mapping[str, float | None]]) -> dict[str, dict]:
+def aggregate_seed_metrics(per_seed: Sequence[Mapping[str, float | None]], *,
+                           bounds: Callable[[str], tuple[float, float] | None] | None = metric_range
+                           ) -> dict[str, dict]:
     """``{name: summarize(values across seeds)}``, names sorted; each interval clipped to
-    the name's declared range (:func:`metric_range`).
+    the name's declared range (``bounds(name)``, by default :func:`metric_range`; None: never clipped).
 
     ``per_seed`` holds one flat dict per seed (metric name -> float or ``None``). A name
     missing from a seed, or ``None`` there, simply contributes nothing for that seed.
@@ -129,4 +140,5 @@ def aggregate_seed_metrics(per_seed: Sequence[Mapping[str, float | None]]) -> di
         for name, value in metrics.items():
             if value is None or _is_number(value):
                 collected.setdefault(name, []).append(value)
-    return {name: summarize(collected[name], bounds=metric_range(name)) for name in sorted(collected)}
+    return {name: summarize(collected[name], bounds=None if bounds is None else bounds(name))
+            for name in sorted(collected)}

@@ -32,14 +32,15 @@ is in fields, never in a name to parse:
   ``configuration_result.json`` of the parent run): the seeds, and one *entry* per row
   identity (split, evaluation, metric, attribute, group, stage, epoch) with the value of
   every seed and ``mean``, ``std`` (ddof = 1), ``min``, ``max``, ``ci95_low``,
-  ``ci95_high`` (clipped to the metric's range, ``distfair.metrics.metric_range``), ``n``
+  ``ci95_high`` (clipped to the metric's range, ``distfair.results.names.metric_range``), ``n``
   (``distfair.metrics.summarize``). ``parent_summary: true`` marks the
   entries whose statistics the parent run logs as ``<mlflow_key>_<stat>`` (the latest value
   of each key, as MLflow reports it).
 
 The JSON Schemas :data:`SEED_RECORD_SCHEMA` and :data:`CONFIGURATION_RECORD_SCHEMA` document
 the formats. Built from structured results (``SeedResult.to_dict()``: the evaluations'
-metric dicts, the validation pass's, the per-epoch history, timings), never from MLflow.
+metric dicts, the validation pass's, the per-epoch history, timings), never from MLflow. Every
+MLflow name in them is built by ``distfair.results.names`` (:class:`~distfair.results.names.MetricKey`).
 """
 from __future__ import annotations
 
@@ -48,27 +49,25 @@ import numbers
 from collections.abc import Mapping, Sequence
 
 from distfair import __version__
-from distfair.evaluation.summaries import nested_families
-from distfair.metrics import metric_range, summarize
+from distfair.metrics import summarize
+from distfair.results import names
+from distfair.results.names import (CLEAN, PER_CLASS_ACC, TEST, TRAIN, TRAIN_PREFIX, VAL, VAL_PREFIX, MetricKey,
+                                    metric_range, split_fields)
+#: re-exported where they were defined before ``distfair.results.names``
+from distfair.results.names import TRAIN_ATTACK, evaluation_label  # noqa: F401
 
 #: 2: the evaluation summaries' documents under ``summaries`` (1 had ``subgroups`` and
 #: ``target_success`` at the top) and their cross-evaluation metrics as rows
 SCHEMA_VERSION = 2
 SEED_RECORD_NAME = "result.json"
 CONFIGURATION_RECORD_NAME = "configuration_result.json"
-#: the per-epoch validation under the training attack (``val_robust_acc`` & co. with step=epoch)
-TRAIN_ATTACK = "train_attack"
 IDENTITY = ("split", "evaluation", "metric", "attribute", "group", "stage", "epoch")
-STATS = ("mean", "std", "min", "max", "ci95_low", "ci95_high")
+#: the statistics of every configuration entry (``distfair.results.names.SEED_STATISTICS``)
+STATS = names.SEED_STATISTICS
 #: per-epoch validation keys of ``train_epoch`` -> (evaluation, metric)
-_EPOCH_VAL = {"val_clean_acc": ("clean", "acc"), "val_robust_acc": (TRAIN_ATTACK, "acc"),
-              "val_sym": (TRAIN_ATTACK, "sym_loss"), "val_soft_sym": (TRAIN_ATTACK, "soft_sym_loss"),
-              "val_asym_gap": (TRAIN_ATTACK, "max_asym_gap")}
-#: metric families whose keys nest ``<family>/<field>[/<field>]`` (an ensemble's stages, and
-#: the families every evaluation summary declares: ``group_acc/<attr>/<group>``, ...)
-_NESTED = {"stage_acc": ("stage",), **nested_families()}
+_EPOCH_VAL = names.EPOCH_VALIDATION
 #: timings of the final step: metric -> split
-_TIMINGS = {"train_time_s": "train", "val_time_s": "val", "eval_time_s": "test"}
+_TIMINGS = names.TIMINGS
 
 
 def _value(v) -> float | None:
@@ -86,31 +85,8 @@ def _row(split, evaluation, metric, value, *, step, epoch=None, key, aliases=(),
     return row
 
 
-def _fields(metric: str) -> tuple[str, dict]:
-    """The metric family and its fields of one key of an evaluation's metric dict. Subgroup
-    and stage keys nest their (metric-safe, so '/'-free) attribute, group or stage label; a
-    key of a family not in ``_NESTED`` stays whole as the metric name."""
-    family, _, rest = metric.partition("/")
-    names = _NESTED.get(family)
-    if names is None or not rest:
-        return metric, {}
-    parts = rest.split("/", len(names) - 1)
-    return family, dict(zip(names, parts))
-
-
-def _attacked_name(metric: str) -> str:
-    return "robust_acc" if metric == "acc" else metric
-
-
-def evaluation_label(key: str, keys, primary: str | None) -> str:
-    """``key`` as a table names it: a key of the primary evaluation attack (the first
-    ``eval.attacks`` entry), which the seed runs log bare as well as ``<primary>/<key>``
-    (:func:`evaluation_rows`), gets the attack's name, ``robust_acc (pgd20)``; every other key
-    already says where it comes from (``clean_acc``, ``fgsm/robust_acc``, ``val_*``) or spans
-    evaluations (``auc_acc``) and stays as it is. ``keys``: the metric keys the runs have."""
-    if primary and f"{primary}/{key}" in keys:
-        return f"{key} ({primary})"
-    return key
+#: the family and the nested fields of one key of an evaluation's metric dict
+_fields = split_fields
 
 
 def evaluation_rows(split: str, per_eval: Mapping[str, Mapping], primary: str | None, *, step: int) -> list[dict]:
@@ -119,21 +95,21 @@ def evaluation_rows(split: str, per_eval: Mapping[str, Mapping], primary: str | 
     rows = []
     for evaluation, metrics in per_eval.items():
         for metric, value in (metrics or {}).items():
-            if metric == "per_class_acc":
+            if metric == PER_CLASS_ACC:
                 continue
             family, fields = _fields(metric)
-            if split == "val":
-                if evaluation == "clean":
-                    key, aliases = f"val_clean_{metric}", ()
+            if split == VAL:
+                if evaluation == CLEAN:
+                    key, aliases = MetricKey.of(VAL, CLEAN, metric).mlflow_key(), ()
                 elif evaluation == primary:
-                    key, aliases = f"val_{_attacked_name(metric)}", ()
+                    key, aliases = MetricKey.of(VAL, None, metric).mlflow_key(), ()
                 else:
                     continue                    # only the clean and the primary pass are logged
-            elif evaluation == "clean":
-                key, aliases = f"clean_{metric}", ()
+            elif evaluation == CLEAN:
+                key, aliases = MetricKey.of(split, CLEAN, metric).mlflow_key(), ()
             else:
-                key = f"{evaluation}/{_attacked_name(metric)}"
-                aliases = [_attacked_name(metric)] if evaluation == primary else []
+                key = MetricKey.of(split, evaluation, metric).mlflow_key()
+                aliases = [MetricKey.of(split, None, metric).mlflow_key()] if evaluation == primary else []
             rows.append(_row(split, evaluation, family, value, step=step, key=key, aliases=aliases, **fields))
     return rows
 
@@ -146,7 +122,7 @@ def summary_rows(summary_metrics: Mapping[str, Mapping], *, step: int) -> list[d
     for split, metrics in summary_metrics.items():
         for key, value in (metrics or {}).items():
             family, fields = _fields(key)
-            rows.append(_row(split, None, family, value, step=step, key=key if split == "test" else f"val_{key}",
+            rows.append(_row(split, None, family, value, step=step, key=MetricKey(split, None, key).mlflow_key(),
                              **fields))
     return rows
 
@@ -163,10 +139,10 @@ def history_rows(history: Sequence[Mapping]) -> list[dict]:
                 continue
             if key in _EPOCH_VAL:
                 evaluation, metric, split = *_EPOCH_VAL[key], "val"
-            elif key.startswith("val_"):
-                evaluation, metric, split = None, key[len("val_"):], "val"
+            elif key.startswith(VAL_PREFIX):
+                evaluation, metric, split = None, key[len(VAL_PREFIX):], VAL
             else:
-                evaluation, metric, split = None, key[len("train_"):] if key.startswith("train_") else key, "train"
+                evaluation, metric, split = None, key[len(TRAIN_PREFIX):] if key.startswith(TRAIN_PREFIX) else key, TRAIN
             rows.append(_row(split, evaluation, metric, value, step=epoch, epoch=epoch, key=key))
     return rows
 
@@ -178,8 +154,8 @@ def seed_record(result: Mapping) -> dict:
     evaluations = list(result.get("evaluations") or [])
     primary = evaluations[0]["name"] if evaluations else None
     rows = history_rows(history)
-    rows += evaluation_rows("val", result.get("val_per_eval") or {}, primary, step=step)
-    rows += evaluation_rows("test", result.get("per_eval") or {}, primary, step=step)
+    rows += evaluation_rows(VAL, result.get("val_per_eval") or {}, primary, step=step)
+    rows += evaluation_rows(TEST, result.get("per_eval") or {}, primary, step=step)
     rows += summary_rows(result.get("summary_metrics") or {}, step=step)
     for metric, value in (result.get("timings") or {}).items():
         rows.append(_row(_TIMINGS.get(metric), None, metric, value, step=step, key=metric))
