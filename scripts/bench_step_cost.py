@@ -70,7 +70,7 @@ def make_datafree_case(defense_name: str, k: int, args, device, model, optimizer
         return step, None, 1
 
     def epoch_pass() -> None:
-        defense.start_epoch(model, None, epoch=1, device=device, batch_size=args.batch, generator=attack_gen)
+        defense.start_epoch(model, None, epoch=1, batch_size=args.batch, generator=attack_gen)
     return step, epoch_pass, args.datafree_iterations
 
 
@@ -101,8 +101,11 @@ def make_case(defense_name: str, k: int, args, device) -> tuple[Callable[[], Non
     train = TensorDataset(torch.rand(args.train_size, 1, 8, 8, generator=g),
                           torch.randint(0, k, (args.train_size,), generator=g))
 
+    defense.setup(DefenseContext(num_classes=k, in_shape=(1, 8, 8), bounds=(0.0, 1.0), class_names=(),
+                                 device=device, make_generator=lambda *labels: torch.Generator(device=device)))
+
     def epoch_pass() -> None:
-        defense.start_epoch(model, train, epoch=0, device=device, batch_size=256, generator=attack_gen)
+        defense.start_epoch(model, train, epoch=0, batch_size=256, generator=attack_gen)
     return step, epoch_pass, max(1, args.train_size // args.batch)
 
 

@@ -14,6 +14,7 @@ from scipy import stats
 
 from distfair import cli, tracking
 from distfair.report import meta_analysis as analysis
+from distfair.report import meta_analysis_output as analysis_output
 from distfair.report.meta_analysis import ConfigurationInput, SeedInput
 
 K, N = 10, 100          # classes and test-set size of the hand-made seed runs
@@ -24,7 +25,14 @@ def _config(name, params, seeds):
     return ConfigurationInput(run_id=f"id-{name}", name=name, params=params, seeds=[
         SeedInput(seed=s, run_id=f"id-{name}-{s}", metrics=m, counts=None if c is None else (c, N, K),
                   counts_missing=None if c is not None else "no confusion_matrices.json")
-        for s, (m, c) in seeds.items()])
+        for s, (m, c) in seeds.items()], defense=_traits(params))
+
+
+def _traits(params):
+    """What the configuration's defense class declares, as the command reads it."""
+    from distfair.defenses import DEFENSES
+
+    return analysis.declared_traits(params, DEFENSES)
 
 
 def _params(defense="waveform_at", eps=0.0, sigma=0.0, model="m5"):
@@ -34,7 +42,9 @@ def _params(defense="waveform_at", eps=0.0, sigma=0.0, model="m5"):
 
 # ------------------------------------------------------------------------- interventions
 def test_interventions_from_flat_params():
-    value = analysis.intervention_values
+    def value(params):
+        return analysis.intervention_values(params, _traits(params))
+
     assert value(_params(eps=0.0, sigma=0.05)) == {"at": 0.0, "tricks": 0.0, "noise": 1.0, "budget": 0.0,
                                                    "sigma": 0.05}
     assert value(_params(eps=0.01, sigma=0.0, model="m5_tricks")) == {"at": 1.0, "tricks": 1.0, "noise": 0.0,
@@ -57,7 +67,12 @@ def test_interventions_from_flat_params():
 def test_adversarial_training_defenses_are_those_that_train_on_the_attack():
     from distfair.defenses import DEFENSES
 
-    assert analysis.ADVERSARIAL_TRAINING_DEFENSES == {n for n, c in DEFENSES.items() if c.needs_attack}
+    assert {n for n, c in DEFENSES.items() if c.adversarial_training} == {n for n, c in DEFENSES.items()
+                                                                         if c.needs_attack}
+    # what a defense declares reaches the analysis as data; an unknown defense declares nothing
+    assert analysis.declared_traits({"defense.name": "waveform_at"}, DEFENSES) == analysis.DefenseTraits(
+        adversarial_training=True, adversarial_weight_option="adv_weight", noise_sigma_option="sigma")
+    assert analysis.declared_traits({"defense.name": "third_party"}, DEFENSES) == analysis.DefenseTraits()
 
 
 def test_each_intervention_is_described():
@@ -111,7 +126,7 @@ def test_point_estimate_uses_the_seed_mean_and_the_spread_is_per_seed_set():
     assert (at.seed_sets["n"], at.seed_sets["mean"], at.seed_sets["std"]) == (3, pytest.approx(mean), pytest.approx(sd))
     assert at.seed_sets["ci95_low"] == pytest.approx(mean - half)
     assert at.seed_sets["ci95_high"] == pytest.approx(mean + half)
-    assert "per seed set" in analysis.format_table(result)
+    assert "per seed set" in analysis_output.format_table(result)
 
 
 def test_constant_intervention_or_metric_is_undefined_never_nan():
@@ -135,7 +150,7 @@ def test_constant_intervention_or_metric_is_undefined_never_nan():
     doc = json.loads(json.dumps(result.to_json(), allow_nan=False))
     row = next(c for c in doc["correlations"] if (c["parity"], c["intervention"]) == ("defense_parity", "noise"))
     assert row["r"] is None and "constant" in row["undefined"]
-    assert "undefined" in analysis.format_table(result)
+    assert "undefined" in analysis_output.format_table(result)
     assert metrics["n_correlations_undefined"] == sum(c.pearson.undefined is not None for c in result.correlations)
 
 
@@ -189,7 +204,7 @@ def test_chance_exclusion_of_seed_runs_and_configurations():
     metrics = result.mlflow_metrics()
     assert (metrics["n_configurations_found"], metrics["n_configurations"], metrics["n_excluded_chance"],
             metrics["n_seed_runs_at_chance"], metrics["n_seed_runs_untested"]) == (6, 4, 1, 3, 1)
-    text = analysis.format_exclusions(result)
+    text = analysis_output.format_exclusions(result)
     assert "6 configuration(s) found, 4 analysed; 1 excluded at chance" in text
     assert "excluded (chance): dead (id-dead)" in text and "10/100 correct, K=10" in text
     assert "seed run(s) at chance left out of half" in text and "15/100 correct" in text
@@ -201,7 +216,7 @@ def test_chance_exclusion_of_seed_runs_and_configurations():
 def test_nothing_left_to_correlate_is_said():
     result = analysis.analyze([_config("dead", _params(), {0: ({"defense_parity/gender": 0.0}, 10)})])
     assert result.correlations == [] and result.n_excluded_chance == 1
-    assert analysis.format_table(result).startswith("nothing to correlate")
+    assert analysis_output.format_table(result).startswith("nothing to correlate")
 
 
 def test_unknown_parity_metric_is_refused():

@@ -287,9 +287,9 @@ def test_reweighting_favours_the_class_the_teacher_is_weak_on(weak_on_3_teacher,
     # probability margins of this barely trained teacher saturate: see the test below)
     defense = ferd(weak_on_3_teacher, reweight=rule, reweight_samples=60, reweight_margin="logit")
     uniform = torch.full((K,), 1 / K)
-    logged = defense.start_epoch(None, None, epoch=0, device=torch.device("cpu"), batch_size=16, generator=None)
+    logged = defense.start_epoch(None, None, epoch=0, batch_size=16, generator=None)
     assert torch.equal(defense.class_probs, uniform) and "vulnerability_max" not in logged   # epoch 0: uniform
-    logged = defense.start_epoch(None, None, epoch=1, device=torch.device("cpu"), batch_size=16, generator=None)
+    logged = defense.start_epoch(None, None, epoch=1, batch_size=16, generator=None)
     assert int(defense.vulnerability.argmax()) == 3 and int(defense.class_probs.argmax()) == 3
     assert defense.class_probs.sum().item() == pytest.approx(1.0)
     assert logged["class_prob_max"] == pytest.approx(float(defense.class_probs[3]))
@@ -303,7 +303,7 @@ def test_reweighting_favours_the_class_the_teacher_is_weak_on(weak_on_3_teacher,
 
 def test_reweight_none_measures_but_keeps_uniform(weak_on_3_teacher):
     defense = ferd(weak_on_3_teacher, reweight="none", reweight_samples=60, reweight_margin="logit")
-    logged = defense.start_epoch(None, None, epoch=1, device=torch.device("cpu"), batch_size=16, generator=None)
+    logged = defense.start_epoch(None, None, epoch=1, batch_size=16, generator=None)
     assert torch.equal(defense.class_probs, torch.full((K,), 1 / K))
     assert int(defense.vulnerability.argmax()) == 3 and "vulnerability_max" in logged
 
@@ -347,7 +347,7 @@ def test_reweighting_margin_is_on_the_teachers_probabilities_by_default(soft_wea
     options = {} if margin == "probability" else {"reweight_margin": "logit"}
     defense = ferd(soft_weak_on_3_teacher, reweight_samples=60, reweight=rule, **options)
     assert defense.reweight_margin == margin
-    defense.start_epoch(None, None, epoch=1, device=torch.device("cpu"), batch_size=16, generator=None)
+    defense.start_epoch(None, None, epoch=1, batch_size=16, generator=None)
     expected = _margins_by_hand(defense, 1, on_probabilities=margin == "probability")
     assert torch.allclose(defense.vulnerability, expected, atol=1e-5)
     if margin == "probability":
@@ -387,7 +387,7 @@ def test_teacher_parameters_buffers_and_eval_mode_never_change(teacher_path, mak
     handles = [m.register_forward_pre_hook(lambda module, inputs: modes.append(module.training))
                for m in teacher.modules()]
     model = student()
-    defense.start_epoch(model, None, epoch=1, device=torch.device("cpu"), batch_size=16, generator=None)
+    defense.start_epoch(model, None, epoch=1, batch_size=16, generator=None)
     run_steps(defense, model, epoch=1)
     for h in handles:
         h.remove()
@@ -471,7 +471,7 @@ def test_utae_network_student_ascends_the_student_not_the_teacher(teacher_path):
 
 def test_without_reweighting_there_is_no_reweighting_pass_and_labels_are_balanced(weak_on_3_teacher):
     on, off = ferd(weak_on_3_teacher), ferd(weak_on_3_teacher, reweighting=False)
-    kwargs = {"device": torch.device("cpu"), "batch_size": 16, "generator": None}
+    kwargs = {"batch_size": 16, "generator": None}
     assert {"class_prob_max", "vulnerability_max"} <= on.start_epoch(None, None, epoch=1, **kwargs).keys()
     assert off.start_epoch(None, None, epoch=1, **kwargs) == {}
     assert torch.equal(off.class_probs, torch.full((K,), 1 / K)) and torch.isnan(off.vulnerability).all()

@@ -68,6 +68,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "distributed": {"tracking", "experiment", "deploy", "cli", "report"},
     "experiment": {"deploy", "cli"},
     "cli": set(),
+    # the plug-in contract checks (like optuna.testing): the math and the engine, nothing that drives them
+    "testing": {"tracking", "distributed", "experiment", "cli", "deploy", "report", "config"},
     # `distfair cluster validate`: YAML and jsonschema, Ray's packaged launcher schema and offline
     # config checks (never starting Ray); of distfair, at most config (its schema machinery) and distributed
     "deploy": DRIVERS - {"config", "distributed"} | MATH | {"seeding", "registry", "__init__"},

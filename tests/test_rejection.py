@@ -220,7 +220,7 @@ def test_neural_rejection_fits_an_rbf_svm_and_rejects_below_the_threshold():
     model = Identityish().train()
     d = NeuralRejection(attack=None, num_classes=3, threshold=0.6)
     assert d.predictor().can_abstain is False                      # no SVM before finish_training
-    numbers = d.finish_training(model, train, device=CPU, batch_size=16)
+    numbers = d.finish_training(model, train, batch_size=16)
     assert model.training                                          # mode restored
     assert numbers["svm_fit_samples"] == 60 and numbers["svm_support_vectors"] >= 3
     assert d.svm.estimator.kernel == "rbf" and d.svm.method == "sigmoid" and numbers["svm_calibration_folds"] == 5
@@ -232,7 +232,7 @@ def test_neural_rejection_fits_an_rbf_svm_and_rejects_below_the_threshold():
     assert torch.equal(pred == ABSTAIN, score < 0.6)
     assert pred[:5].tolist() == [0] * 5
     again = NeuralRejection(attack=None, num_classes=3, threshold=0.6)
-    again.finish_training(model, train, device=CPU, batch_size=16)
+    again.finish_training(model, train, batch_size=16)
     assert torch.equal(again.predictor()(model.eval(), x)[1], score)   # same features, same seed: same SVM
 
 
@@ -241,7 +241,7 @@ def test_neural_rejection_options_are_checked():
         with pytest.raises(ValueError):
             NeuralRejection(attack=None, num_classes=3, **bad)
     d = NeuralRejection(attack=None, num_classes=3, max_fit_samples=30)
-    assert d.finish_training(Identityish(), blobs(), device=CPU, batch_size=16)["svm_fit_samples"] == 30
+    assert d.finish_training(Identityish(), blobs(), batch_size=16)["svm_fit_samples"] == 30
 
 
 def test_dataset_features_keep_order_and_labels():

@@ -253,6 +253,16 @@ def test_seed_runs_carry_the_configuration_identity_and_metadata(uri, tmp_path, 
     _assert_no_secret(client, list(children.values()), tmp_path / "dl")
 
 
+def test_git_state_by_default_is_this_checkouts_commit():
+    """Without an argument it looks at the checkout holding the installed package (here, this
+    repository): the module's own folder moved once and the tag silently went missing."""
+    root = Path(run.__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert run.git_state()[0] == head
+
+
 def test_git_state_of_a_checkout_and_of_no_checkout(tmp_path, monkeypatch):
     package = tmp_path / "repo" / "distfair"
     package.mkdir(parents=True)

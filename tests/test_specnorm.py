@@ -9,6 +9,7 @@ from torch import nn
 
 from distfair.attacks import PGD, PGDL2, ROA, Square
 from distfair.data import build_dataset
+from distfair.defenses import DefenseContext
 from distfair.defenses.specnorm import SpecNorm, csr_weights
 from distfair.defenses.trades import TRADES, trades_adversarial
 from distfair.evaluation import confusion_counts
@@ -88,7 +89,9 @@ def test_start_epoch_stores_weights_and_restores_mode(training):
     model = build_model("mlp", num_classes=K, in_shape=(4,)).train(training)
     defense = SpecNorm(attack=make_attack(0.3), num_classes=K)
     assert defense.weights is None
-    logged = defense.start_epoch(model, data.train, epoch=0, device=torch.device("cpu"), batch_size=16,
+    defense.setup(DefenseContext(num_classes=K, in_shape=(4,), bounds=data.bounds, class_names=(),
+                                 device=torch.device("cpu"), make_generator=lambda *labels: gen(1)))
+    logged = defense.start_epoch(model, data.train, epoch=0, batch_size=16,
                                  generator=gen(1))
     assert all(m.training == training for m in model.modules())
     assert set(logged) == {"spec_norm", "weight_min", "weight_max"}

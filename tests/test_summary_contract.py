@@ -1,10 +1,9 @@
-"""Properties every registered evaluation summary must have, run over every entry of ``SUMMARIES``.
+"""The evaluation-summary contract over every entry of ``SUMMARIES``.
 
-Adding a summary to the registry adds it here. A summary that needs options to run gets an
-example in ``EXAMPLE_OPTIONS`` (a test fails until it has one). The shared fixture is one
-small model and dataset evaluated clean, under an FGSM budget grid, toward a fixed target and
-toward every target, with a class-level and a per-sample attribute, with the default
-predictor and with one that abstains.
+The checks ship with the package (``distfair.testing.summaries``, run on any summary class, a
+third party's too, on a toy grid of evaluations); this module runs each of them on each
+registered summary, with its declared ``TEST_OPTIONS`` (a summary that needs options to run
+declares some: a check fails until it does). Adding a summary to the registry adds it here.
 
 The last tests show the point of the plug-in path: a summary defined here, registered for one
 test, reaches the seed's metrics, its MLflow run (metric, artifact, figure) and its result
@@ -12,114 +11,32 @@ record, with no change to the training loop, the tracking layer or the plots.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import TensorDataset
 
-from distfair.data import DataBundle
-from distfair.evaluation import ABSTAIN, Predictor, build_eval_attack, entry_result, predict_dataset, resolve_groupings
 from distfair.evaluation import summaries as registry
-from distfair.evaluation.summaries import (SUMMARIES, Summary, SummaryContext, SummaryOutput, check_summaries,
-                                           nested_families, run_summaries)
+from distfair.evaluation.summaries import (SUMMARIES, Summary, SummaryOutput, check_summaries, nested_families,
+                                           run_summaries)
 from distfair.metrics import fairness_metrics
+from distfair.testing import summaries as contract
+from distfair.testing.summaries import ENTRIES, K, make_context
 
 #: the fixed-target entry leaves its class's row out, which the metrics announce (as designed)
 pytestmark = pytest.mark.filterwarnings("ignore:.*have no .*:UserWarning")
 NAMES = list(SUMMARIES)
-CPU = torch.device("cpu")
-K = 3
-ENTRIES = [{"name": "fgsm_small", "attack": "fgsm", "eps": 0.05},
-           {"name": "fgsm_large", "attack": "fgsm", "eps": 0.3},
-           {"name": "to_a", "attack": "fgsm", "eps": 0.2, "target": "a"},
-           {"name": "every", "attack": "fgsm", "eps": 0.2, "target": "every"}]
-#: options for the summaries that need some (those not run by default or with required options)
-EXAMPLE_OPTIONS = {"auc_acc": {"entries": ["fgsm_small", "fgsm_large"]}}
 #: artifacts the core writes on every seed run: a summary's document must not replace one
 CORE_ARTIFACTS = {"confusion_matrices.json", "per_class_acc.json", "result.json", "robust_flags.npz",
                   "configuration_result.json", "seed_summary.json"}
 
 
-class AbstainAboveHalf(Predictor):
-    """Rejects by thresholding its score (the rejection summaries sweep the threshold)."""
-    can_abstain = True
-    reject_rule = "below"
-    threshold = 0.5
-
-    def __call__(self, model, x):
-        logits = model(x)
-        pred = logits.argmax(dim=1)
-        score = logits.softmax(1).amax(1)
-        return torch.where(score < self.threshold, torch.full_like(pred, ABSTAIN), pred), score
-
-
-def problem() -> tuple[nn.Module, DataBundle]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(30, 4, generator=g)
-    y = torch.arange(30) % K
-    x[torch.arange(30), y] += 0.4                       # mostly separable, some errors
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, K))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        model[0].weight.copy_(torch.eye(8, 4) * 3)
-        model[0].bias.zero_()
-        model[2].weight.copy_(torch.eye(K, 8))
-        model[2].bias.zero_()
-    data = TensorDataset(x.clamp(0, 1), y)
-    voice = ["v1" if i % 4 < 2 else "v2" for i in range(30)]
-    bundle = DataBundle(train=data, val=data, test=data, num_classes=K, in_shape=(4,), bounds=(0.0, 1.0),
-                        class_names=["a", "b", "c"], test_attributes={"voice": voice},
-                        val_attributes={"voice": voice})
-    return model.eval(), bundle
-
-
-def make_context(split: str = "test", *, abstain: bool = False, drop: str | None = None,
-                 options: dict | None = None) -> SummaryContext:
-    model, data = problem()
-    predictor = AbstainAboveHalf() if abstain else None
-    entries = {"clean": entry_result("clean", predict_dataset(model, data.test, K, device=CPU, batch_size=7,
-                                                              predictor=predictor), K, None)}
-    for i, spec in enumerate(ENTRIES):
-        attack, target = build_eval_attack(spec, data)
-        pred = predict_dataset(model, data.test, K, device=CPU, batch_size=7, attack=attack, target=target,
-                               generator=torch.Generator().manual_seed(i), predictor=predictor)
-        entries[spec["name"]] = entry_result(spec["name"], pred, K, target, spec=spec, attack=attack)
-    entries.pop(drop, None)
-    groupings = resolve_groupings({"half": {"a": "x", "b": "x", "c": "y"}, "voice": "metadata"}, data)
-    with_model = split == "test"
-    return SummaryContext(split=split, entries=entries, groupings=groupings, class_names=list(data.class_names),
-                          num_classes=K, options=dict(options or {}), model=model if with_model else None,
-                          data=data if with_model else None, device=CPU if with_model else None, batch_size=7)
-
-
-def options_of(name: str) -> dict:
-    return copy.deepcopy(EXAMPLE_OPTIONS.get(name, {}))
-
-
 @pytest.fixture(params=NAMES)
 def name(request):
     return request.param
-
-
-def _keys_follow_families(cls: type[Summary], metrics: dict) -> None:
-    for key in metrics:
-        family, *fields = key.split("/")
-        assert family in cls.families, f"{cls.name}: metric {key!r}: family {family!r} not declared in families"
-        assert len(fields) == len(cls.families[family]), f"{cls.name}: {key!r} does not nest what its family declares"
-        assert all(fields), f"{cls.name}: {key!r} has an empty field"
-
-
-def _values_are_numbers_or_none(metrics: dict) -> None:
-    for key, value in metrics.items():
-        assert value is None or (isinstance(value, float) and math.isfinite(value)), f"{key}: {value!r}"
 
 
 # ------------------------------------------------------------------------- registry-level rules
@@ -134,90 +51,60 @@ def test_every_summary_declares_what_the_contract_needs():
     assert not set(families) & core, "a summary's family would shadow a core metric of an evaluation"
     for name, cls in SUMMARIES.items():
         assert cls.name == name, f"registry key {name!r} != {cls.__name__}.name {cls.name!r}"
-        assert set(cls.splits) <= {"val", "test"} and cls.splits
-        assert not (cls.needs_model and "val" in cls.splits), f"{name}: the model is only given on the test split"
-        if check_summaries({name: {}}, ENTRIES):
-            assert name in EXAMPLE_OPTIONS, f"{name} needs options: add an example to EXAMPLE_OPTIONS"
         assert nested_families()[next(iter(cls.families))] == next(iter(cls.families.values())) \
             if cls.families else True
 
 
 def test_unknown_summary_and_unknown_option_are_named(name):
     assert check_summaries({"no_such_summary": {}}, ENTRIES)[0][0] == "eval.summaries.no_such_summary"
-    problems = check_summaries({name: {**options_of(name), "no_such_option": 1}}, ENTRIES)
+    options = dict(SUMMARIES[name].TEST_OPTIONS)
+    problems = check_summaries({name: {**options, "no_such_option": 1}}, ENTRIES)
     assert [key for key, _ in problems] == [f"eval.summaries.{name}.no_such_option"]
-    assert check_summaries({name: options_of(name)}, ENTRIES) == []
+    assert check_summaries({name: options}, ENTRIES) == []
 
 
 # ----------------------------------------------------------------------- per-summary properties
-@pytest.mark.parametrize("abstain", [False, True])
-def test_output_is_json_able_keyed_by_declared_families_and_finite_or_none(name, abstain):
-    cls = SUMMARIES[name]
-    for split in cls.splits:
-        out = cls().summarize(make_context(split, abstain=abstain, options=options_of(name)))
-        assert isinstance(out, SummaryOutput)
-        ctx_entries = set(make_context(split).entries)
-        assert set(out.entry_metrics) <= ctx_entries
-        for metrics in [out.metrics, *out.entry_metrics.values()]:
-            _keys_follow_families(cls, metrics)
-            _values_are_numbers_or_none(metrics)
-        json.dumps(out.document, allow_nan=False)
-        json.dumps(out.findings, allow_nan=False)
-        for finding in out.findings:
-            assert set(finding) == {"check", "message"} and finding["message"]
-        if cls.artifact is None:
-            assert out.document is None
+@pytest.mark.parametrize("check", list(contract.CHECKS))
+def test_contract(check, name, tmp_path):
+    """``distfair.testing.summaries.<check>`` on the registered summary ``name``."""
+    contract.CHECKS[check](SUMMARIES[name], tmp_path)
 
 
-def test_inputs_model_and_its_mode_are_untouched(name):
-    cls = SUMMARIES[name]
-    ctx = make_context(options=options_of(name))
-    before = copy.deepcopy([(n, dataclasses.asdict(e.predictions), e.counts.clone(), dict(e.metrics),
-                             None if e.included is None else e.included.copy()) for n, e in ctx.entries.items()])
-    params = [p.detach().clone() for p in ctx.model.parameters()]
-    ctx.model.train()
-    cls().summarize(ctx)
-    assert ctx.model.training
-    assert all(torch.equal(a, b) for a, b in zip(params, ctx.model.parameters()))
-    assert all(p.grad is None for p in ctx.model.parameters())
-    after = [(n, dataclasses.asdict(e.predictions), e.counts, e.metrics, e.included) for n, e in ctx.entries.items()]
-    for (n, pred, counts, metrics, included), (_, pred2, counts2, metrics2, included2) in zip(before, after):
-        assert all(torch.equal(v, pred2[k]) if isinstance(v, torch.Tensor) else v == pred2[k]
-                   for k, v in pred.items() if not isinstance(v, dict)), n
-        assert torch.equal(counts, counts2) and metrics == metrics2, n
-        assert (included is None and included2 is None) or np.array_equal(included, included2)
+def test_a_third_party_summary_is_checked_by_the_same_contract(tmp_path):
+    """A summary outside the registry runs through the same checks; one whose keys leave its
+    declared families fails them."""
+    class SaysWhatIsMissing(CleanMinusRobust):
+        families: ClassVar = {"largest_acc_drop": (), "acc_drop": ()}
+
+        def summarize(self, ctx):
+            if "clean" not in ctx.entries:
+                raise ValueError("acc_drop: needs the clean evaluation")
+            return super().summarize(ctx)
+
+        def figures(self, document, class_names, title, outdir):
+            return [] if document is None else super().figures(document, class_names, title, outdir)
+
+    contract.check_summary(SaysWhatIsMissing, tmp_path)
+
+    class Undeclared(SaysWhatIsMissing):
+        families: ClassVar = {"largest_acc_drop": ()}
+
+    with pytest.raises(AssertionError, match="not declared in families"):
+        contract.check_output_is_json_able_keyed_by_declared_families_and_finite_or_none(Undeclared, tmp_path)
 
 
-def test_deterministic(name):
-    cls = SUMMARIES[name]
-    a = cls().summarize(make_context(options=options_of(name)))
-    b = cls().summarize(make_context(options=options_of(name)))
-    assert json.dumps(dataclasses.asdict(a), sort_keys=True) == json.dumps(dataclasses.asdict(b), sort_keys=True)
+def test_results_read_each_summary_through_its_view(monkeypatch):
+    """``result.<summary>`` is that summary's ``view`` of its document; the base names none."""
+    from distfair.evaluation.summaries import SummaryDocuments
 
-
-def test_figures_come_from_the_json_document_alone(name, tmp_path):
-    cls = SUMMARIES[name]
-    out = cls().summarize(make_context(options=options_of(name)))
-    document = json.loads(json.dumps(out.document))           # what the artifact holds
-    paths = cls().figures(document, ["a", "b", "c"], f"{name} test", tmp_path)
-    for path in paths:
-        assert Path(path).parent == tmp_path and Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len({Path(p).name for p in paths}) == len(paths)
-    assert cls().figures(None, ["a", "b", "c"], "none", tmp_path / "none") == []
-
-
-def test_a_failed_evaluation_is_absent_not_fatal_or_the_summary_says_why(name):
-    """With the clean pass or one grid entry missing (it failed), a summary either reports on
-    what is there or raises an error whose message names what is missing."""
-    cls = SUMMARIES[name]
-    for missing in ("clean", "fgsm_large"):
-        ctx = make_context(drop=missing, options=options_of(name))
-        try:
-            out = cls().summarize(ctx)
-        except ValueError as err:
-            assert missing in str(err)
-            continue
-        assert missing not in out.entry_metrics
+    monkeypatch.setitem(registry.SUMMARIES, "acc_drop", CleanMinusRobust)
+    result = SummaryDocuments()
+    result.summaries = {"acc_drop": {"artifact": "acc_drop.json", "document": {"drops": {"p": 0.1}}},
+                        "target_success": {"artifact": "target_success.json", "document": {"rates": {"every": []}}}}
+    assert result.acc_drop == {"drops": {"p": 0.1}}
+    assert result.target_success == {"every": []} and result.subgroups == {}
+    with pytest.raises(AttributeError, match="no_such_summary"):
+        result.no_such_summary
 
 
 def test_run_summaries_records_a_failing_summary_and_runs_the_others(monkeypatch):

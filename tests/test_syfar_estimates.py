@@ -13,7 +13,7 @@ from distfair.config import validate
 from distfair.defenses.syfar import SyFAR
 from distfair.engine import run_seed
 from distfair.evaluation import confusion_counts
-from distfair.engine.train import validation_symmetry
+from distfair.defenses.syfar import validation_symmetry
 from distfair.metrics import soft_confusion_matrix, symmetry_loss
 
 K = 3
@@ -74,7 +74,7 @@ def test_ema_restarts_every_epoch():
     y = torch.tensor([0, 1, 2, 0])
     first = torch.softmax(torch.randn(4, K), 1)
     d.soft_confusion(first, y)
-    d.start_epoch(None, None, epoch=1, device="cpu", batch_size=4, generator=None)
+    d.start_epoch(None, None, epoch=1, batch_size=4, generator=None)
     p = torch.softmax(torch.randn(4, K), 1)
     C, batch = d.soft_confusion(p, y)
     torch.testing.assert_close(C, batch)

@@ -1,7 +1,8 @@
 """Adversarial attacks: the contract in ``_base.py``, one attack per module, a registry.
 
 Adding an attack = one module with an ``Attack`` subclass + one line in ``ATTACKS``; the
-contract tests (tests/test_attack_contract.py) pick it up automatically. What the gradient
+contract tests (tests/test_attack_contract.py) pick it up automatically and run
+``distfair.testing.attacks`` on it, with its ``TEST_OPTIONS``. What the gradient
 attacks maximise is an ``Objective`` (``_objectives.py``), given per call.
 
 Nothing is imported until it is used (``distfair.registry.Registry``): the configuration checks
@@ -13,7 +14,7 @@ from distfair.registry import Registry, lazy_package
 
 __all__ = ["ATTACKS", "Attack", "AutoAttack", "CWLinf", "CWMargin", "CrossEntropy", "Ensemble", "EyeglassAttack",
            "FGSM", "FaceMaskAttack", "Objective", "PGD", "PGDL2", "ROA", "ReferenceKL", "SoftTargetKL", "Square",
-           "UniformTargetKL", "build_attack", "cw_margin"]
+           "StagedAttack", "UniformTargetKL", "build_attack", "cw_margin"]
 
 ATTACKS = Registry(__name__, {
     "fgsm": ".fgsm:FGSM",
@@ -43,6 +44,7 @@ def build_attack(name: str, *, bounds: tuple[float, float], **params):
 
 lazy_package(__name__, {
     "Attack": "._base:Attack",
+    "StagedAttack": "._base:StagedAttack",
     **{name: f"._objectives:{name}" for name in ("CrossEntropy", "CWMargin", "Objective", "ReferenceKL",
                                                   "SoftTargetKL", "UniformTargetKL", "cw_margin")},
     **{target.split(":")[1]: target for target in ATTACKS._targets.values()},

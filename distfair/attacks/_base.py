@@ -19,13 +19,21 @@ Lifecycle of one call ``attack(model, x, y, target=None, generator=None, objecti
 Input gradients come from ``torch.autograd.grad`` only, so parameters' ``.grad`` stay exactly
 as they were. Gradient attacks ascend their objective through one helper,
 ``_ascent_direction``. Projection order: onto the ε-ball around the clean x, then onto ``bounds``.
+
+Declared beside the math: the threat model (``norm``), ``black_box``, ``accepts_objective``, the
+step schedule (``steps`` × ``step_size``, read by defenses that re-implement the inner
+maximisation) and ``TEST_OPTIONS`` (what the contract checks of ``distfair.testing`` build it
+with). An attack made of stages run one after the other on the still-robust samples
+(ensembles, AutoAttack) subclasses :class:`StagedAttack`, which adds ``run_stages`` and
+``black_box_stages`` to the contract.
 """
 import abc
 import math
 import numbers
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distfair.attacks._objectives import CrossEntropy, Objective
@@ -77,6 +85,15 @@ class Attack(abc.ABC):
     #: attacks through ART, ensembles, the physical attacks whose best-iterate rule is
     #: misclassification) refuse a custom objective with a ValueError.
     accepts_objective: ClassVar[bool] = False
+    #: the search's schedule, ``steps`` iterations of ``step_size`` (input units): what a defense
+    #: that re-implements the inner maximisation with this attack's budget takes from it
+    #: (TRADES, SpecNorm). Default: one step of size ``eps`` (FGSM's); iterative attacks set
+    #: their own ``steps`` and ``step_size``.
+    steps: int = 1
+    #: the smallest extra constructor keywords (beyond ``eps`` and ``bounds``) that make the
+    #: attack run in about a second on a tiny model: what the contract checks of
+    #: ``distfair.testing`` build it with. Default: none (its own defaults are small enough).
+    TEST_OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none"):
         self.eps = _check_real("eps", eps)
@@ -91,6 +108,11 @@ class Attack(abc.ABC):
         if target_mode not in TARGET_MODES:
             raise ValueError(f"target_mode must be one of {TARGET_MODES}, got {target_mode!r}")
         self.target_mode = target_mode
+
+    @property
+    def step_size(self) -> float:
+        """The size of one step of the search (see ``steps``). Default: ``eps``."""
+        return self.eps
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -171,6 +193,124 @@ class Attack(abc.ABC):
         """Onto the ℓ∞ ball of radius eps around x, then onto ``bounds`` (in that order)."""
         x_adv = torch.maximum(torch.minimum(x_adv, x + self.eps), x - self.eps)
         return x_adv.clamp(*self.bounds)
+
+
+def sequential(model: nn.Module, x: Tensor, y: Tensor, members: list[tuple[str, Attack]], *,
+               target: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Run ``members`` one after the other, each on the samples still robust; what a
+    :class:`StagedAttack` runs.
+
+    Robust means: untargeted (``target`` None) — predicted as y; targeted — not predicted as
+    the target. At the start this is judged on the clean x, so misclassified clean points
+    (untargeted) are non-robust from the start and never attacked. Each member is called
+    through its own ``Attack.__call__`` on the robust subset, with ``target`` restricted to
+    it (a member's own ``target_mode`` only matters when ``target`` is None). The model is
+    used in its current mode: ``Attack.__call__`` of the caller has put it in eval mode.
+
+    Args:
+        model: returns logits (B, K).
+        x, y, target: clean inputs (B, ...), labels (B,), optional targets (B,).
+        members: (label, attack) pairs in running order; labels must be distinct.
+        generator: passed to every member call, in order.
+
+    Returns:
+        (x_adv, stages). x_adv per sample: the output of the first member that broke it; for
+        a sample never broken, the member output with the highest objective (CE of y, or
+        −CE of the target; the earliest on ties); x itself for samples never attacked.
+        ``stages`` maps each label, in order, to a bool tensor (B,) of the samples still
+        robust after that member (cumulative: the last entry is the final per-sample flag).
+    """
+    labels = [label for label, _ in members]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"members must have distinct labels, got {labels}")
+    with torch.no_grad():
+        robust = _still_robust(model(x), y, target)
+    x_adv = x.detach().clone()
+    best = torch.full(y.shape, float("-inf"), device=y.device)
+    stages: dict[str, Tensor] = {}
+    for label, attack in members:
+        idx = robust.nonzero().squeeze(1)
+        if idx.numel() > 0:
+            sub_target = None if target is None else target[idx]
+            out = attack(model, x[idx], y[idx], target=sub_target, generator=generator)
+            with torch.no_grad():
+                logits = model(out)
+                ok = _still_robust(logits, y[idx], sub_target)
+                if sub_target is None:
+                    objective = F.cross_entropy(logits, y[idx], reduction="none")
+                else:
+                    objective = -F.cross_entropy(logits, sub_target, reduction="none")
+            objective = objective.to(device=best.device, dtype=best.dtype)
+            better = ~ok | (objective > best[idx])  # broken, or a better failed try
+            x_adv[idx[better]] = out[better].to(x_adv.dtype)
+            best[idx[better & ok]] = objective[better & ok]
+            robust = robust.clone()
+            robust[idx[~ok]] = False
+        stages[label] = robust.clone()
+    return x_adv, stages
+
+
+def _still_robust(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    pred = logits.argmax(dim=1).to(y.device)
+    return pred == y if target is None else pred != target
+
+
+class StagedAttack(Attack):
+    """An attack made of stages run by :func:`sequential`, each on the samples every earlier
+    one failed on (AutoAttack's per-sample ensemble, Croce & Hein, ICML 2020, §4).
+
+    Adds to the contract: :meth:`run_stages` (the adversarial examples and, per stage, the
+    samples still robust after it: the evaluation records them as ``stage_acc/<label>``) and
+    :meth:`black_box_stages` (the stages that only query outputs: the self-checks compare
+    them with the white-box ones). Subclasses implement :meth:`_stages` (called in eval mode,
+    per call) and :meth:`black_box_stages`; the evaluation recognises a staged attack by
+    ``isinstance(attack, StagedAttack)``.
+    """
+
+    def run_stages(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Tensor | None = None,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(x_adv, stages) as in :func:`sequential`, with ``Attack.__call__``'s bookkeeping.
+
+        x_adv equals what ``attack(model, x, y, ...)`` returns; ``stages`` maps each stage
+        label to the bool tensor (B,) of samples still robust after it (cumulative). With
+        eps = 0 every stage returns x, so the flags are the clean ones.
+        """
+        runner = _StageRunner(self)
+        x_adv = runner(model, x, y, target=target, generator=generator)
+        return x_adv, runner.stages
+
+    @abc.abstractmethod
+    def black_box_stages(self) -> set[str]:
+        """Labels of the stages (keys of ``run_stages``' dict) that only query outputs."""
+
+    @abc.abstractmethod
+    def _stages(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> list[tuple[str, Attack]]:
+        """The (label, attack) pairs to run, in order."""
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None,
+             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+        return sequential(model, x, y, self._stages(model, x, y, target), target=target, generator=generator)
+
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None,
+                 generator: torch.Generator | None) -> Tensor:
+        return self._run(model, x, y, target, generator)[0]
+
+
+class _StageRunner(Attack):
+    """Runs a StagedAttack's ``_run`` under ``Attack.__call__`` and keeps its stages."""
+
+    name = "_stage_runner"
+
+    def __init__(self, owner: StagedAttack):
+        # eps only gates Attack.__call__'s eps == 0 shortcut here: the budget lives in the
+        # stages, which return x themselves when eps == 0, so the flags are still computed.
+        super().__init__(eps=owner.eps or 1.0, bounds=owner.bounds, target_mode=owner.target_mode)
+        self.owner = owner
+        self.stages: dict[str, Tensor] = {}
+
+    def _perturb(self, model, x, y, target, generator):
+        x_adv, self.stages = self.owner._run(model, x, y, target, generator)
+        return x_adv
 
 
 def _check_real(param: str, value) -> float:

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distfair.attacks._art import ART_NORMS, EOT, NORMS, declares_randomized, run_art
-from distfair.attacks._base import Attack, _check_int
-from distfair.attacks.ensemble import StagedAttack, sequential
+from distfair.attacks._base import Attack, StagedAttack, _check_int, sequential
 from distfair.attacks.square import Square
 
 VERSIONS = ("standard", "rand", "auto")
@@ -77,6 +76,8 @@ class AutoAttack(StagedAttack):
     """
 
     name = "autoattack"
+    #: a tenth of the default Square queries: the contract checks (distfair.testing) in about a second
+    TEST_OPTIONS = {"n_queries": 500}
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none",
                  norm: str = "linf", version: str = "auto", n_iter: int = 100, n_target_classes: int = 9,

@@ -62,6 +62,8 @@ class EyeglassAttack(MaskMomentumAttack):
     """
 
     name = "eyeglass"
+    #: a tenth of the default steps: the contract checks (distfair.testing) in about a second
+    TEST_OPTIONS = {"steps": 30}
 
     def __init__(self, *, eps: float | None = None, bounds: tuple[float, float] = (0.0, 1.0),
                  target_mode: str = "none", mask: str | None = None, steps: int = 300,

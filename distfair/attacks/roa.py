@@ -103,6 +103,11 @@ class ROA(Attack):
         self.random_start = random_start
         self.search_batch = _check_int("search_batch", search_batch, minimum=1)
 
+    @property
+    def step_size(self) -> float:
+        """The signed-gradient step inside the rectangle: ``alpha``."""
+        return self.alpha
+
     def geometry(self, height: int, width: int) -> tuple[int, int]:
         """(size, stride) used for an (H, W) image; ValueError if the rectangle does not fit."""
         size, stride = scaled_geometry(height, width)

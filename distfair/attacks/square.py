@@ -55,6 +55,8 @@ class Square(Attack):
     """
 
     name = "square"
+    #: a tenth of the default queries: the contract checks (distfair.testing) in about a second
+    TEST_OPTIONS = {"n_queries": 500}
     black_box = True
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none",

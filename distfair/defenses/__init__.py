@@ -1,5 +1,6 @@
 """Defenses: one file each behind the :class:`Defense` contract; adding one is one file plus
-one line in ``DEFENSES`` (the contract tests in tests/test_defense_contract.py pick it up).
+one line in ``DEFENSES`` (the contract tests in tests/test_defense_contract.py pick it up and
+run ``distfair.testing.defenses`` on it, with its ``TEST_OPTIONS``).
 Entries are imported on first use (``distfair.registry.Registry``): the configuration checks
 the names without importing PyTorch.
 """

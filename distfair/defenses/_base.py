@@ -14,7 +14,8 @@ Lifecycle, for one (configuration, seed), on every DDP rank:
 4. Every epoch: :meth:`Defense.start_epoch` (a per-epoch pass over the training set, as
    SpecNorm's), then :meth:`Defense.train_step` once per batch of
    :meth:`Defense.batches` with the model in train mode; after the epoch the engine steps its
-   schedule, validates and checkpoints, and the checkpoint holds every rank's
+   schedule, validates (adding the defense's own numbers, :meth:`Defense.validation_metrics`)
+   and checkpoints, and the checkpoint holds every rank's
    :meth:`Defense.state_dict`. A step never reads a tensor on the host; the engine checks
    :attr:`Defense.finite_parts` on the device and ends an epoch whose loss became NaN or
    infinite with ``Diverged`` (see :meth:`Defense.train_step`).
@@ -24,6 +25,9 @@ Lifecycle, for one (configuration, seed), on every DDP rank:
    :meth:`Defense.predictor`, the per-epoch validation counts through
    :meth:`Defense.epoch_predictor` (default: the same): a class or an abstention per sample,
    and a score. Default: the arg-max of the model's logits.
+
+The hooks after :meth:`Defense.setup` read the device, rank and world size from the context it
+kept (:meth:`Defense.require_context`); they are not passed again.
 
 The simple case, all of today's per-batch losses, implements :meth:`Defense.loss` only: the
 batches are the engine's loader over the training set and the step is loss → backward → the
@@ -107,6 +111,20 @@ class Defense(abc.ABC):
     #: or infinite. In order of cause: the first non-finite one of the earliest batch is named
     #: (data-free distillation: ``generator_loss`` before the student's ``loss``).
     finite_parts: ClassVar[tuple[str, ...]] = ("loss",)
+    #: whether the defense trains on adversarial examples of its configured ``attack``
+    #: (adversarial training; the meta-analysis's ``at`` and ``budget`` interventions). Such a
+    #: defense still trains clean when ``attack.eps`` is 0 or its adversarial weight (below) is 0.
+    adversarial_training: ClassVar[bool] = False
+    #: the option holding the weight of the adversarial loss, where it has one (waveform_at's
+    #: λ ``adv_weight``); None: the adversarial loss always has weight
+    adversarial_weight_option: ClassVar[str | None] = None
+    #: the option holding the std of the Gaussian input noise the defense trains on (noise
+    #: augmentation's ``sigma``); None: it trains on no noise
+    noise_sigma_option: ClassVar[str | None] = None
+    #: the smallest options (constructor keywords beyond ``attack`` and ``num_classes``) that make
+    #: the defense run in about a second on a tiny model: what the contract checks of
+    #: ``distfair.testing`` build it with. Default: none (its own defaults are small enough).
+    TEST_OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, attack: Attack | None, num_classes: int):
         if self.needs_attack and attack is None:
@@ -134,11 +152,19 @@ class Defense(abc.ABC):
                 f"would silently change the threat model of attack {attack.name!r} ({attack.norm!r}); "
                 f"use a training attack with threat model {allowed}" + (f" (e.g. {examples})" if examples else ""))
 
-    def start_epoch(self, model: nn.Module, train_set, *, epoch: int, device: torch.device, batch_size: int,
-                    generator: torch.Generator | None, rank: int = 0, world: int = 1) -> dict[str, float]:
+    def require_context(self) -> DefenseContext:
+        """The context :meth:`setup` kept (device, rank, world size, generators); RuntimeError
+        naming the defense when it was not set up."""
+        if self.context is None:
+            raise RuntimeError(f"defense {self.name!r} was not set up: call setup(ctx) before its other hooks")
+        return self.context
+
+    def start_epoch(self, model: nn.Module, train_set, *, epoch: int, batch_size: int,
+                    generator: torch.Generator | None) -> dict[str, float]:
         """Called before each training epoch with the plain (unwrapped) model. Per-epoch state
-        (e.g. weights from the training set's robust confusion matrix) is computed here; under
-        DDP every rank calls it, on its shard, and must reach the same state. Returns numbers
+        (e.g. weights from the training set's robust confusion matrix) is computed here, on the
+        device of the context (:meth:`require_context`); under DDP every rank calls it, on its
+        shard (``ctx.rank`` of ``ctx.world``), and must reach the same state. Returns numbers
         to log with the epoch. Default: nothing."""
         return {}
 
@@ -187,13 +213,23 @@ class Defense(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, after :meth:`setup`, before the next epoch."""
 
-    def finish_training(self, model: nn.Module, train_set, *, device: torch.device, batch_size: int,
-                        rank: int = 0, world: int = 1) -> dict[str, float]:
+    def finish_training(self, model: nn.Module, train_set, *, batch_size: int) -> dict[str, float]:
         """Called once after the last training epoch (also when a resumed run had nothing left
         to train), with the plain trained model in eval mode, before the validation pass and
         the test-set evaluation: fit what the predict step needs on the training set (neural
         rejection's SVM). Every rank calls it and must reach the same state. Must not change
         the model. Returns numbers to log on the seed run (``finish_<name>``). Default: nothing."""
+        return {}
+
+    def validation_metrics(self, counts: torch.Tensor, soft_sums: torch.Tensor) -> dict[str, float]:
+        """This defense's own per-epoch validation numbers, logged with the epoch beside
+        ``val_clean_acc`` and ``val_robust_acc``; called on every rank after each epoch that has
+        a training attack, with that attack's validation pass (the per-epoch predict step,
+        :meth:`epoch_predictor`): ``counts`` the K×K confusion counts (rows true, columns
+        predicted, abstentions in no cell, summed over ranks) and ``soft_sums`` (K×K float64)
+        the summed softmax of the attacked samples of each true class. Keys are metric names,
+        ``val_``-prefixed (Sy-FAR: ``val_sym``, ``val_soft_sym``, ``val_asym_gap``); values
+        finite floats. Default: nothing."""
         return {}
 
     def epoch_predictor(self, epoch: int):

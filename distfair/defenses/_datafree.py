@@ -1,6 +1,9 @@
 """Data-free robustness distillation: what FERD (``ferd.py``) and its DFRD baseline (``dfrd.py``)
 share. Paper 002 (FERD), §"Methodology" and §"Experimental Settings"; methods.md "FERD".
 
+Over 400 lines because it is the one shared base of both data-free defenses (generator, teacher,
+schedule, state), kept in one place so that FERD and DFRD cannot drift apart.
+
 Neither defense reads the training split: a label-conditioned generator G(z, y)
 (``distfair.models.generator``) synthesises every batch, and a frozen robust teacher T
 (``DefenseContext.references["teacher"]``, an engine epoch checkpoint) is distilled into the

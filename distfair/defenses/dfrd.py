@@ -33,6 +33,8 @@ from distfair.models import unwrap_model
 
 class DFRD(DataFreeDistillation):
     name = "dfrd"
+    #: small enough for the contract checks (distfair.testing): two batches of six, a tiny generator
+    TEST_OPTIONS = {"iterations_per_epoch": 2, "batch_size": 6, "z_dim": 4, "generator_width": 2, "steps": 2}
 
     def loss(self, model, x, y, *, generator=None):
         """RSLAD on the synthetic batch x (B, ...) (``y`` (B,) only shapes the attack call):

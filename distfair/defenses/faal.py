@@ -47,6 +47,7 @@ def per_class_means(losses: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
 
 class FAAL(Defense):
     name = "faal"
+    adversarial_training = True
 
     def __init__(self, *, attack, num_classes: int, r: float = 0.5, lambda_clean: float = 0.0):
         super().__init__(attack=attack, num_classes=num_classes)

@@ -1,6 +1,10 @@
 """FERD: Fairness-Enhanced data-free Robustness Distillation (Li, Lu, Zheng, Liang, Chen, Zhou &
 Pang, 2025; paper 002, §"Methodology"; methods.md "FERD").
 
+Over 400 lines because the method is one training step (generator, sample re-weighting, distillation
+terms) whose parts are each cited to the paper and read in order; the shared machinery is already in
+``_datafree.py``.
+
 A data-free defense (shared machinery and conventions in ``_datafree.py``): a label-conditioned
 generator and the student are trained in alternation against a frozen robust teacher T,
 without ever reading the training split. On top of the DFRD baseline (``dfrd.py``) FERD adds:
@@ -279,6 +283,9 @@ class InformationBottleneck:
 # ------------------------------------------------------------------------------------ FERD
 class FERD(DataFreeDistillation):
     name = "ferd"
+    #: small enough for the contract checks (distfair.testing): two batches of six, a tiny generator
+    TEST_OPTIONS = {"iterations_per_epoch": 2, "batch_size": 6, "z_dim": 4, "generator_width": 2, "steps": 2,
+                    "reweight_steps": 2, "ib_steps": 1}
 
     def __init__(self, *, attack=None, num_classes: int, teacher: str | None = None,
                  iterations_per_epoch: int = 400, batch_size: int = 256, z_dim: int = 100,
@@ -345,12 +352,12 @@ class FERD(DataFreeDistillation):
                                             beta=self.ib_beta, lr=self.ib_lr, steps=self.ib_steps, device=ctx.device)
 
     # ----------------------------------------------------------------- reweighting (Eq. 1-2)
-    def start_epoch(self, model, train_set, *, epoch, device, batch_size, generator, rank=0, world=1):
+    def start_epoch(self, model, train_set, *, epoch, batch_size, generator):
         """Once per epoch: recompute the class probabilities (Eq. 1-2) from epoch 1 on; the
         training set is never read. Logs the probabilities' range (and D's when measured)."""
         if not self.reweighting:
             return {}
-        logs = self.update_class_probabilities(epoch, world) if epoch > 0 else {}
+        logs = self.update_class_probabilities(epoch, self.require_context().world) if epoch > 0 else {}
         return {"class_prob_max": float(self.class_probs.max()), "class_prob_min": float(self.class_probs.min()),
                 **logs}
 

@@ -130,10 +130,12 @@ class NeuralRejection(Standard):
         g = self.context.generator("neural_rejection", "svm")
         return int(torch.randint(0, 2**31 - 1, (1,), generator=g, device=g.device))
 
-    def finish_training(self, model, train_set, *, device, batch_size, rank=0, world=1):
+    def finish_training(self, model, train_set, *, batch_size):
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.svm import SVC
 
+        # every rank fits on the whole training set, on the device the model is on
+        device = next(model.parameters()).device
         feats, labels = dataset_features(model, train_set, device=device, batch_size=batch_size)
         seed = self._seed()
         if self.max_fit_samples is not None and len(labels) > self.max_fit_samples:

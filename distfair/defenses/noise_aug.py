@@ -60,6 +60,7 @@ def gaussian_augment(x: Tensor, sigma: float, *, bounds: tuple[float, float] | N
 class NoiseAug(Defense):
     name = "noise_aug"
     needs_attack = False
+    noise_sigma_option = "sigma"
 
     def __init__(self, *, attack=None, num_classes: int, sigma: float = 0.0):
         super().__init__(attack=attack, num_classes=num_classes)

@@ -14,6 +14,7 @@ from distfair.models import unwrap_model
 
 class PGDAT(Defense):
     name = "pgd_at"
+    adversarial_training = True
 
     def __init__(self, *, attack, num_classes: int):
         super().__init__(attack=attack, num_classes=num_classes)

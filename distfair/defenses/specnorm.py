@@ -111,6 +111,7 @@ def csr_weights(confusion: Tensor, *, errors_only: bool = True) -> Tensor:
 class SpecNorm(Defense):
     name = "specnorm"
     attack_norms = frozenset({"linf"})  # the TRADES inner maximisation is ℓ∞ only
+    adversarial_training = True
 
     def __init__(self, *, attack, num_classes: int, clean_weight: float = 0.7, beta: float = 6.0,
                  csr_weight: float = 0.3):
@@ -121,11 +122,12 @@ class SpecNorm(Defense):
         #: (K, K) weights indexed [predicted, true]; None (all ones) until the first start_epoch
         self.weights: Tensor | None = None
 
-    def start_epoch(self, model, train_set, *, epoch, device, batch_size, generator, rank=0, world=1):
-        counts = confusion_counts(model, train_set, self.num_classes, device=device, batch_size=batch_size,
-                                  attack=self.attack, generator=generator, rank=rank, world=world)
+    def start_epoch(self, model, train_set, *, epoch, batch_size, generator):
+        ctx = self.require_context()
+        counts = confusion_counts(model, train_set, self.num_classes, device=ctx.device, batch_size=batch_size,
+                                  attack=self.attack, generator=generator, rank=ctx.rank, world=ctx.world)
         top, sigma = _top_component(counts, errors_only=True)
-        self.weights = _stored_weights(top).to(device)
+        self.weights = _stored_weights(top).to(ctx.device)
         return {"spec_norm": sigma, "weight_min": float(self.weights.min()),
                 "weight_max": float(self.weights.max())}
 

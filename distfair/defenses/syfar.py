@@ -47,8 +47,25 @@ from distfair.models import unwrap_model
 SYM_ESTIMATES = ("batch", "ema")
 
 
+def validation_symmetry(counts: torch.Tensor, soft_sums: torch.Tensor) -> dict[str, float]:
+    """Per-epoch symmetry of the attacked validation set (Sy-FAR §4.2, Eq. 1-2, ε = 1/K):
+    ``val_sym`` on the row-normalised hard confusion matrix (the test metric ``sym_loss``),
+    ``val_soft_sym`` on the soft confusion matrix of the whole validation set (what Sy-FAR's
+    regulariser estimates from each training batch), ``val_asym_gap`` max |C_ij - C_ji| of
+    the hard matrix. Classes absent from the validation set are left out. (The end-of-training
+    validation pass's ``val_sym_loss`` / ``val_max_asym_gap`` use the primary evaluation attack.)"""
+    n = counts.sum(dim=1, keepdim=True).to(torch.float64)
+    hard = counts.to(torch.float64) / n.clamp_min(1)
+    soft = soft_sums.to(torch.float64) / n.clamp_min(1)
+    present = n.squeeze(1) > 0
+    gap = (hard - hard.T).abs()[present][:, present]
+    return {"val_sym": float(symmetry_loss(hard)), "val_soft_sym": float(symmetry_loss(soft)),
+            "val_asym_gap": float(gap.max()) if gap.numel() else 0.0}
+
+
 class SyFAR(Defense):
     name = "syfar"
+    adversarial_training = True
 
     def __init__(self, *, attack, num_classes: int, lambda_clean: float = 1.0, lambda_adv: float = 1.0,
                  lambda_sym: float = 1.0, sym_eps: float | None = None, sym_estimate: str = "batch",
@@ -67,9 +84,14 @@ class SyFAR(Defense):
         self.sym_estimate, self.sym_momentum, self.grad_norms = sym_estimate, sym_momentum, grad_norms
         self._sums = self._counts = None          # accumulated soft-confusion sums / counts ("ema")
 
-    def start_epoch(self, model, train_set, *, epoch, device, batch_size, generator, rank=0, world=1):
+    def start_epoch(self, model, train_set, *, epoch, batch_size, generator):
         self._sums = self._counts = None           # the accumulated estimate restarts every epoch
         return {}
+
+    def validation_metrics(self, counts: torch.Tensor, soft_sums: torch.Tensor) -> dict[str, float]:
+        """``val_sym``, ``val_soft_sym``, ``val_asym_gap`` of the attacked validation pass
+        (:func:`validation_symmetry`)."""
+        return validation_symmetry(counts, soft_sums)
 
     def soft_confusion(self, probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(C used by the loss, C of this batch alone). ``"batch"``: both the batch's C_soft

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distfair.attacks import Attack
 from distfair.defenses._base import Defense, check_weight
 from distfair.models import unwrap_model
 
@@ -78,21 +79,16 @@ def trades_adversarial(model: nn.Module, x: Tensor, *, eps: float, step_size: fl
     return x_adv.detach()
 
 
-def attack_schedule(attack) -> tuple[float, float, int]:
-    """(eps, step size, steps) of a training attack: PGD's own, or one step of size ε."""
-    eps = float(attack.eps)
-    steps = getattr(attack, "steps", None)
-    if steps is None:
-        return eps, eps, 1
-    step = getattr(attack, "step_size", None)
-    if step is None:
-        step = getattr(attack, "alpha", None)
-    return eps, float(eps if step is None else step), int(steps)
+def attack_schedule(attack: Attack) -> tuple[float, float, int]:
+    """(eps, step size, steps) of a training attack, as it declares them (``Attack.steps``,
+    ``Attack.step_size``): PGD's own, one step of size ε for an attack without a schedule."""
+    return float(attack.eps), float(attack.step_size), int(attack.steps)
 
 
 class TRADES(Defense):
     name = "trades"
     attack_norms = frozenset({"linf"})
+    adversarial_training = True
 
     def __init__(self, *, attack, num_classes: int, beta: float = 6.0):
         super().__init__(attack=attack, num_classes=num_classes)

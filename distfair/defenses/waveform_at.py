@@ -48,6 +48,9 @@ from distfair.models import unwrap_model
 
 class WaveformAT(Defense):
     name = "waveform_at"
+    adversarial_training = True
+    adversarial_weight_option = "adv_weight"
+    noise_sigma_option = "sigma"
 
     def __init__(self, *, attack, num_classes: int, adv_weight: float = 0.5, sigma: float = 0.0):
         super().__init__(attack=attack, num_classes=num_classes)

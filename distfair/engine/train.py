@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +34,13 @@ from distfair.attacks import build_attack
 from distfair.data import DataBundle, build_dataset
 from distfair.defenses import Defense, DefenseContext, build_defense
 from distfair.engine import accel
+from distfair.engine.checkpoint import CHECKPOINT_NAME, restore_checkpoint, save_checkpoint  # noqa: F401 - re-exported
 from distfair.engine.steps import Diverged, run_steps  # noqa: F401 - Diverged re-exported
 from distfair.evaluation import confusion_counts, final_evaluation, validation_evaluation
 from distfair.evaluation.summaries import SummaryDocuments
-from distfair.metrics import symmetry_loss
 from distfair.models import build_model, load_checkpoint, unwrap_model
-from distfair.seeding import generator, rng_state, seed_everything, set_rng_state
+from distfair.seeding import generator, seed_everything
 
-CHECKPOINT_NAME = "last.pt"
 EpochCallback = Callable[[int, dict, "Path | None"], None]
 
 
@@ -105,42 +103,34 @@ def build_scheduler(optimizer, train: dict):
 def metric_record(clean: dict, attacked: list[tuple[str, dict]]) -> dict[str, float | None]:
     """Flat metric names: ``clean_<m>``; the primary attack bare (``robust_acc`` is its ``acc``)
     and every attack as ``<name>/<m>``. ``per_class_acc`` lists go to artifacts instead.
-    Subgroup keys nest the same way: ``clean_group_acc/gender/F``, ``pgd20/group_gap/gender``."""
-    def renamed(metrics: dict) -> dict:
-        return {("robust_acc" if k == "acc" else k): v for k, v in metrics.items() if k != "per_class_acc"}
+    Subgroup keys nest the same way: ``clean_group_acc/gender/F``, ``pgd20/group_gap/gender``.
+    The names: ``distfair.results.names.MetricKey``."""
+    from distfair.results.names import CLEAN, PER_CLASS_ACC, TEST, MetricKey
 
-    out = {f"clean_{k}": v for k, v in clean.items() if k != "per_class_acc"}
+    def keyed(evaluation: str | None, metrics: dict) -> dict:
+        return {MetricKey.of(TEST, evaluation, k).mlflow_key(): v for k, v in metrics.items() if k != PER_CLASS_ACC}
+
+    out = keyed(CLEAN, clean)
     for i, (name, metrics) in enumerate(attacked):
         if i == 0:
-            out.update(renamed(metrics))
-        out.update({f"{name}/{k}": v for k, v in renamed(metrics).items()})
+            out.update(keyed(None, metrics))
+        out.update(keyed(name, metrics))
     return out
-
-
-def validation_symmetry(counts: torch.Tensor, soft_sums: torch.Tensor) -> dict[str, float]:
-    """Per-epoch symmetry of the attacked validation set (Sy-FAR §4.2, Eq. 1-2, ε = 1/K):
-    ``val_sym`` on the row-normalised hard confusion matrix (the test metric ``sym_loss``),
-    ``val_soft_sym`` on the soft confusion matrix of the whole validation set (what Sy-FAR's
-    regulariser estimates from each training batch), ``val_asym_gap`` max |C_ij - C_ji| of
-    the hard matrix. Classes absent from the validation set are left out. (The end-of-training
-    validation pass's ``val_sym_loss`` / ``val_max_asym_gap`` use the primary evaluation attack.)"""
-    n = counts.sum(dim=1, keepdim=True).to(torch.float64)
-    hard = counts.to(torch.float64) / n.clamp_min(1)
-    soft = soft_sums.to(torch.float64) / n.clamp_min(1)
-    present = n.squeeze(1) > 0
-    gap = (hard - hard.T).abs()[present][:, present]
-    return {"val_sym": float(symmetry_loss(hard)), "val_soft_sym": float(symmetry_loss(soft)),
-            "val_asym_gap": float(gap.max()) if gap.numel() else 0.0}
 
 
 def validation_record(per_eval: dict[str, dict], primary: str | None) -> dict[str, float | None]:
     """The end-of-training validation pass as flat ``val_*`` metrics, named like the test
     metrics with a ``val_`` prefix: ``val_clean_<m>`` clean, ``val_<m>`` under the primary
     evaluation attack (``val_robust_acc``, ``val_worst_class_acc``, ``val_group_gap/<attr>``).
-    These are what sweeps select on; the test metrics are only reported."""
-    attacked = [(primary, per_eval[primary])] if primary is not None else []
-    record = metric_record(per_eval["clean"], attacked)
-    return {f"val_{k}": v for k, v in record.items() if primary is None or not k.startswith(f"{primary}/")}
+    These are what sweeps select on; the test metrics are only reported. The names:
+    ``distfair.results.names.MetricKey`` (split ``val``)."""
+    from distfair.results.names import CLEAN, PER_CLASS_ACC, VAL, MetricKey
+
+    out = {MetricKey.of(VAL, CLEAN, k).mlflow_key(): v for k, v in per_eval[CLEAN].items() if k != PER_CLASS_ACC}
+    if primary is not None:
+        out.update({MetricKey.of(VAL, None, k).mlflow_key(): v for k, v in per_eval[primary].items()
+                    if k != PER_CLASS_ACC})
+    return out
 
 
 def parameter_fingerprint(model: nn.Module) -> str:
@@ -283,85 +273,6 @@ def build_seed_training(cfg: dict, seed: int, *, workdir: Path, device: torch.de
     return run
 
 
-def _on_cpu(value):
-    """``value`` with every tensor moved to the CPU (defense state gathered across ranks)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _on_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_on_cpu(v) for v in value)
-    return value
-
-
-def _defense_states(defense: Defense, world: int) -> list[dict]:
-    """Every rank's ``defense.state_dict()`` in rank order (a collective: all ranks call it)."""
-    own = _on_cpu(defense.state_dict())
-    if world == 1:
-        return [own]
-    out: list = [None] * world
-    dist.all_gather_object(out, own)
-    return out
-
-
-def _plain_rng_state() -> dict:
-    """:func:`rng_state` as plain data that ``torch.load(weights_only=True)`` reads back:
-    NumPy's key array becomes a tensor (a pickled ndarray would need NumPy's globals)."""
-    state = rng_state()
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    state["numpy"] = (str(name), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
-    return state
-
-
-def _set_plain_rng_state(state: dict) -> None:
-    """Inverse of :func:`_plain_rng_state`. RNG states are CPU byte tensors whatever device
-    the checkpoint was mapped to."""
-    import numpy as np
-
-    state = _on_cpu(state)
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    set_rng_state({**state, "numpy": (name, np.asarray(keys.numpy(), dtype=np.uint32), pos, has_gauss, cached)})
-
-
-def save_checkpoint(run: SeedTraining, epoch: int) -> Path | None:
-    """The epoch checkpoint: model, optimiser, schedule, global RNG, history and every rank's
-    defense state. Called on every rank (the defense states are gathered); rank 0 writes it,
-    atomically, and gets its path; the other ranks get None."""
-    defense_states = _defense_states(run.defense, run.world)
-    if run.rank != 0:
-        return None
-    state = {"seed": run.seed, "epoch": epoch, "model": run.model.state_dict(),
-             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-             "rng": _plain_rng_state(),
-             "history": run.history, "model_name": run.cfg["model"]["name"], "model_config": dict(run.cfg["model"]),
-             "num_classes": run.data.num_classes,
-             "in_shape": tuple(run.data.in_shape), "defense": defense_states}
-    tmp = run.workdir / (CHECKPOINT_NAME + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, run.checkpoint_path)       # atomic: a crash never leaves a half-written checkpoint
-    return run.checkpoint_path
-
-
-def restore_checkpoint(run: SeedTraining) -> None:
-    """Load the epoch checkpoint into ``run`` (after the defense's setup, before any epoch):
-    the next epoch continues exactly as it would have without the interruption."""
-    path = run.checkpoint_path
-    state = load_checkpoint(path, map_location=run.device)     # weights_only: a pickled payload is refused
-    if state.get("seed") != run.seed:
-        raise RuntimeError(f"checkpoint {path} belongs to seed {state.get('seed')}, not {run.seed}")
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    defense_states = state.get("defense") or []        # absent in checkpoints older than the key
-    if len(defense_states) == run.world:
-        run.defense.load_state_dict(defense_states[run.rank])
-    elif any(defense_states):
-        raise RuntimeError(f"checkpoint {path} holds the defense state of {len(defense_states)} rank(s), "
-                           f"this run has {run.world}: resume with the same number of workers")
-    _set_plain_rng_state(state["rng"])
-    run.start_epoch, run.history = state["epoch"] + 1, state["history"]
-
-
 def _to_device(batch, device: torch.device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
@@ -376,9 +287,8 @@ def train_epoch(run: SeedTraining, epoch: int) -> dict[str, float]:
     t0 = time.perf_counter()
     run.sampler.set_epoch(epoch)
     attack_gen = generator(seed, "train-attack", epoch, rank, device=device)
-    prepared = defense.start_epoch(run.model, data.train, epoch=epoch, device=device, batch_size=eval_bs,
-                                   generator=generator(seed, "epoch-start", epoch, rank, device=device),
-                                   rank=rank, world=world)
+    prepared = defense.start_epoch(run.model, data.train, epoch=epoch, batch_size=eval_bs,
+                                   generator=generator(seed, "epoch-start", epoch, rank, device=device))
     run.train_model.train()
     # the steps' numbers and the divergence check stay on the device until the epoch's end
     # (one all-reduce, one read: distfair.engine.steps); a NaN or infinite loss raises Diverged
@@ -400,7 +310,7 @@ def train_epoch(run: SeedTraining, epoch: int) -> dict[str, float]:
                                              generator=generator(seed, "val-attack", epoch, rank, device=device),
                                              rank=rank, world=world, predictor=predictor)
         row["val_robust_acc"] = float(val_adv.trace()) / float(len(data.val))
-        row.update(validation_symmetry(val_adv, val_soft))
+        row.update(defense.validation_metrics(val_adv, val_soft))     # the defense's own (Sy-FAR's val_sym)
     row["epoch_time_s"] = time.perf_counter() - t0
     return row
 
@@ -450,8 +360,7 @@ def run_seed(cfg: dict, seed: int, *, workdir: str | Path, device: torch.device 
     # selection uses, then the final evaluation on the test set
     t_finish = time.perf_counter()
     model.eval()
-    finished = run.defense.finish_training(model, data.train, device=device, batch_size=eval_bs, rank=rank,
-                                           world=world)
+    finished = run.defense.finish_training(model, data.train, batch_size=eval_bs)
     finish_time = time.perf_counter() - t_finish
     t_val = time.perf_counter()
     predictor = run.defense.predictor()

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from distfair.attacks import Attack, cw_margin
+from distfair.attacks import Attack, StagedAttack, cw_margin
 from distfair.metrics import confusion_matrix
 
 
@@ -194,7 +194,7 @@ class Predictions:
     prediction; ``can_abstain``: the predictor's flag (abstention metrics are reported only
     when it is set); ``reject_rule``/``threshold``: how the scores are thresholded, for a
     predictor that rejects by its score (:meth:`rejected`). ``stages``: for an
-    ensemble (an attack with ``run_stages``), member label -> (N,) bool, still robust after
+    ensemble (a ``StagedAttack``), member label -> (N,) bool, still robust after
     that member (cumulative). ``target_success``: "every target" mode only, (K, K) counts of
     samples of true class i that the attack aimed at class t drove to t.
     """
@@ -321,7 +321,7 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
             elif target is not None:
                 pred, score = _fixed_target(model, attack, x, y, int(target), generator, predictor, num_classes,
                                             attacked)
-            elif hasattr(attack, "run_stages"):
+            elif isinstance(attack, StagedAttack):
                 x_adv, batch_stages = attack.run_stages(attacked, x, y, generator=generator)
                 pred, score = predict(predictor, model, x_adv, num_classes)
                 for label, flags in batch_stages.items():

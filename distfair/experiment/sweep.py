@@ -6,93 +6,35 @@ configuration as ``best.*`` params and metrics, the trials table, the Optuna stu
 history plot, and for multi-objective searches the Pareto set as JSON and a plot) → one
 **configuration run** per trial (``distfair run``'s parent) → one **seed run** per seed.
 Everything reported at the end is recomputed from the seed runs MLflow holds.
+
+The outcomes (trials, best, Pareto set) are in ``sweep_results``, the sweep run's files in
+``sweep_artifacts``; their names stay importable from here. ``sweep_plan`` runs the command.
 """
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from distfair import tracking
 from distfair.config import ConfigError, apply_overrides, flatten, parse_override, read_document, validate
-from distfair.metrics import aggregate_seed_metrics
+from distfair.config.space import SweepSpec, parse_space
 from distfair.experiment.run import RunReport, run_configuration_with_tracking
-from distfair.config.space import (SweepSpec, Target, matching_test_metric, metric_role, objective_values,
-                                   optuna_distribution, parse_space, pareto_front, stat_name)
+from distfair.experiment.sweep_artifacts import history_figure, history_plot, sweep_artifacts
+from distfair.experiment.sweep_results import (SPREAD_STATS, SUMMARY_STATS, SweepReport, TrialOutcome, _on_test,
+                                               best_metrics, choose, collect_trials, objective_metrics,
+                                               objective_on_test, spread_columns, spread_text)
 
-#: the statistics over seeds reported per metric for every configuration: those of the MLflow
-#: configuration runs (``distfair.tracking.log_parent_summary``), named the same way
-#: (``<metric>_<stat>``); the 95% interval is Student's t on the seeds (``distfair.metrics.summarize``)
-SUMMARY_STATS = ("mean", "std", "min", "max", "ci95_low", "ci95_high")
-#: the spread of an objective metric (and of its test counterpart) in trials.csv and the summary
-SPREAD_STATS = ("mean", "std", "n", "ci95_low", "ci95_high")
-
-
-@dataclass
-class TrialOutcome:
-    trial_id: str
-    params: dict
-    parent_run_id: str
-    status: str
-    metrics: dict[str, float | None]             # objective values + <metric>_<stat> summaries
-    objective: list[float | None]
-    #: {metric: {stat: value}} (SUMMARY_STATS and n) over the finished seeds, split by what the
-    #: metric was measured on: "validation" (val_*: what the sweep selects on) and "test"
-    #: (reported, never selected on)
-    validation: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    test: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    #: each objective target's statistic of the matching test metric (``val_robust_acc`` →
-    #: ``robust_acc``), reported beside the validation value; None where there is none
-    objective_test: dict[str, float | None] = field(default_factory=dict)    # target name -> value
-    #: {metric: {seed: value}} of the objective metrics and their test counterparts
-    seed_values: dict[str, dict[int, float]] = field(default_factory=dict)
-    #: why the configuration failed (its run's ``distfair.failure_reason``: ``seed 2: loss is nan
-    #: at epoch 1, batch 3``); "" when it did not. A failed configuration is never chosen.
-    failure: str = ""
-
-    def spread(self, family: str, metric: str) -> dict[str, float | None]:
-        """``{mean, std, n, ci95_low, ci95_high}`` of ``metric`` on ``family`` (validation or
-        test) over the finished seeds; None values (n = 0) where the metric was not recorded."""
-        found = (self.validation if family == "validation" else self.test).get(metric) or {}
-        return {stat: found.get(stat, 0 if stat == "n" else None) for stat in SPREAD_STATS}
-
-    def to_json(self, targets: list[Target]) -> dict:
-        return {"params": self.params, "parent_run_id": self.parent_run_id, "status": self.status,
-                "n_seeds": self.metrics.get("n_seeds"), "failure": self.failure,
-                "objective": {t.name: v for t, v in zip(targets, self.objective)},
-                "validation": self.validation, "test": self.test}
-
-
-@dataclass
-class SweepReport:
-    experiment: str
-    sweep_run_id: str
-    spec: SweepSpec
-    experiment_id: str = ""
-    trials: list[TrialOutcome] = field(default_factory=list)
-    best: TrialOutcome | None = None
-    pareto: list[TrialOutcome] = field(default_factory=list)
-    interrupted: bool = False
-
-    def to_json(self) -> dict:
-        """The sweep for ``--json``. Each configuration carries its objective values (computed
-        from validation metrics only), then ``validation`` and ``test`` summaries kept apart:
-        ``best`` was chosen on the former; the latter is what it scores on the test set."""
-        targets = self.spec.objective
-        best = None
-        if self.best:
-            best = {"selected_on": "validation", **self.best.to_json(targets)}
-        return {"experiment": self.experiment, "sweep_run_id": self.sweep_run_id,
-                "objective": [t.__dict__ for t in targets], "selected_on": "validation", "best": best,
-                "pareto": [t.to_json(targets) for t in self.pareto],
-                "trials": [t.to_json(targets) for t in self.trials]}
+__all__ = ["SPREAD_STATS", "SUMMARY_STATS", "SweepReport", "TrialOutcome", "best_metrics", "choose",
+           "close_interrupted_sweep", "close_trial", "collect_trials", "history_figure", "history_plot",
+           "load_sweep", "objective_metrics", "objective_on_test", "retire_orphan_configurations", "run_sweep",
+           "run_trial_configuration", "spread_columns", "spread_text", "sweep_artifacts", "sweep_dir_name",
+           "sweep_identity", "trial_record", "_on_test"]
 
 
 def load_sweep(path: str, *, num_samples: int | None = None, num_seeds: int | None = None,
@@ -156,224 +98,6 @@ def sweep_dir_name(base: str, storage_path: str, resume: bool) -> str:
             raise FileNotFoundError(f"no sweep named {base}-<n> under {storage_path} to resume")
         return f"{base}-{existing[-1]}"
     return f"{base}-{(existing[-1] + 1) if existing else 1}"
-
-
-def collect_trials(uri: str, experiment_id: str, sweep_run_id: str, targets: list[Target]) -> list[TrialOutcome]:
-    """Every configuration of the sweep, its objective recomputed from its finished seed runs."""
-    out = []
-    for run in tracking.configuration_runs(uri, experiment_id, sweep_run_id):
-        per_seed = tracking.finished_seed_metrics(uri, experiment_id, run.info.run_id)
-        summary = aggregate_seed_metrics(list(per_seed.values()))
-        metrics: dict[str, float | None] = objective_values(targets, summary)
-        split: dict[str, dict] = {"validation": {}, "test": {}}
-        for name, s in summary.items():
-            for stat in SUMMARY_STATS:
-                metrics[stat_name(name, stat)] = s[stat]
-            role = metric_role(name)
-            if role in split:
-                split[role][name] = {**{stat: s[stat] for stat in SUMMARY_STATS}, "n": s["n"]}
-        metrics["n_seeds"] = len(per_seed)
-        seed_values = {m: {seed: values[m] for seed, values in sorted(per_seed.items())
-                           if isinstance(values.get(m), (int, float))}
-                       for _, m in objective_metrics(targets)}
-        out.append(TrialOutcome(
-            trial_id=run.data.tags.get("distfair.trial_id", ""), parent_run_id=run.info.run_id,
-            params=json.loads(run.data.tags.get("distfair.trial_params", "{}")), status=run.info.status,
-            metrics=metrics, objective=[metrics[t.name] for t in targets], **split,
-            objective_test={t.name: _on_test(t).value(summary) if matching_test_metric(t.metric) else None
-                            for t in targets}, seed_values=seed_values,
-            failure=run.data.tags.get(tracking.TAG_FAILURE_REASON, "")))
-    return out
-
-
-def objective_metrics(targets: list[Target]) -> list[tuple[str, str]]:
-    """``(family, metric)`` of every objective metric (validation), then of the test metric
-    matching each (``val_worst_class_acc`` → ``worst_class_acc``: reported, never used to
-    choose), in target order without repeats."""
-    val = [("validation", t.metric) for t in targets]
-    test = [("test", matching_test_metric(t.metric)) for t in targets if matching_test_metric(t.metric)]
-    return list(dict.fromkeys(val + test))
-
-
-def spread_columns(targets: list[Target]) -> list[tuple[str, str, str, str]]:
-    """``(column, family, metric, stat)`` of the spread columns of ``trials.csv``: mean, std,
-    n and the 95% t-interval of each objective metric on validation
-    (``val_worst_class_acc_mean``, ...) and of its test counterpart, labelled
-    ``test:worst_class_acc_mean``, ..."""
-    return [(("test:" if family == "test" else "") + stat_name(metric, stat), family, metric, stat)
-            for family, metric in objective_metrics(targets) for stat in SPREAD_STATS]
-
-
-def spread_text(trial: TrialOutcome, family: str, metric: str) -> str:
-    """``0.6850 ± 0.0200 (n=2) 95% CI [0.5053, 0.8647]`` (a dash for what is undefined)."""
-    s = trial.spread(family, metric)
-    fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
-    return (f"{fmt(s['mean'])} ± {fmt(s['std'])} (n={s['n']}) 95% CI "
-            + (f"[{fmt(s['ci95_low'])}, {fmt(s['ci95_high'])}]" if s["ci95_low"] is not None else "—"))
-
-
-def _on_test(target: Target) -> Target:
-    """The same statistic of the test metric that matches the target's validation metric."""
-    return Target(matching_test_metric(target.metric), target.stat, target.mode, target.k)
-
-
-def best_metrics(best: TrialOutcome, targets: list[Target]) -> dict[str, float | None]:
-    """The chosen configuration as MLflow metrics of the sweep run, in three families kept
-    apart: ``best.objective.<target>`` (what it was chosen on), ``best.validation.<metric>_<stat>``
-    and ``best.test.<metric>_<stat>`` (its test-set numbers: reported, never used to choose),
-    named as the configuration runs name their statistics. A validation metric keeps its
-    ``val_`` name, so ``best.validation.val_worst_class_acc_mean`` sits beside
-    ``best.test.worst_class_acc_mean``."""
-    out: dict[str, float | None] = {f"best.objective.{t.name}": v for t, v in zip(targets, best.objective)}
-    for family, summaries in (("validation", best.validation), ("test", best.test)):
-        for name, stats in summaries.items():
-            out.update({f"best.{family}.{stat_name(name, stat)}": stats.get(stat) for stat in SUMMARY_STATS})
-    out["best.n_seeds"] = best.metrics.get("n_seeds")
-    return out
-
-
-def objective_on_test(target: Target, trial: TrialOutcome) -> float | None:
-    """The target's statistic of the matching test metric (``val_robust_acc`` → ``robust_acc``),
-    to show beside the validation value it was chosen on; None where there is none."""
-    return trial.objective_test.get(target.name)
-
-
-def choose(trials: list[TrialOutcome], targets: list[Target]) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
-    """(best, Pareto set) among the finished configurations whose objective is defined. With
-    one target the Pareto set is the best alone; with several, the best is the Pareto member
-    that is best under the first target."""
-    scored = [t for t in trials if t.status == "FINISHED" and all(v is not None for v in t.objective)]
-    if not scored:
-        return None, []
-    modes = [t.mode for t in targets]
-    front = [scored[i] for i in pareto_front([t.objective for t in scored], modes)]
-    sign = 1.0 if modes[0] == "max" else -1.0
-    best = max(front, key=lambda t: sign * t.objective[0])
-    return best, front if len(targets) > 1 else [best]
-
-
-def sweep_artifacts(report: SweepReport, targets: list[Target], tmp: Path) -> dict[str, Path]:
-    """Trials table, Optuna study (SQLite) and its history plot, Pareto JSON and plot."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import optuna
-
-    files: dict[str, Path] = {}
-    table = tmp / "trials.csv"
-    keys = sorted({k for t in report.trials for k in t.params})
-    # the objective (validation) columns, then the same statistics on the test set, then the
-    # spread of every objective metric on validation and of its test counterpart (labelled
-    # test:, never used to choose); a column already written is not repeated
-    columns: dict[str, Callable[[TrialOutcome], object]] = {}
-    for i, target in enumerate(targets):
-        columns.setdefault(target.name, lambda t, i=i: t.objective[i])
-    for target in targets:
-        if matching_test_metric(target.metric):
-            columns.setdefault(f"test:{_on_test(target).name}", lambda t, g=target: objective_on_test(g, t))
-    for column, family, metric, stat in spread_columns(targets):
-        columns.setdefault(column, lambda t, f=family, m=metric, s=stat: t.spread(f, m)[s])
-    with table.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["trial_id", "parent_run_id", "status", *keys, *columns, "n_seeds", "failure"])
-        for t in report.trials:
-            writer.writerow([t.trial_id, t.parent_run_id, t.status, *(t.params.get(k) for k in keys),
-                             *(get(t) for get in columns.values()), t.metrics.get("n_seeds"), t.failure])
-    files["study"] = table
-    storage = f"sqlite:///{tmp / 'optuna_study.db'}"
-    study = optuna.create_study(storage=storage, study_name="distfair",
-                                directions=["maximize" if t.mode == "max" else "minimize" for t in targets])
-    dims = {d.key: d for d in report.spec.dims + report.spec.grid}
-    for t in report.trials:
-        ok = t.status == "FINISHED" and all(v is not None for v in t.objective)
-        dists = {k: optuna_distribution(dims[k]) for k in t.params if k in dims}
-        study.add_trial(optuna.trial.create_trial(
-            params={k: v for k, v in t.params.items() if k in dists}, distributions=dists,
-            values=t.objective if ok else None,
-            user_attrs={"parent_run_id": t.parent_run_id, **({"failure": t.failure} if t.failure else {})},
-            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
-    files["study_db"] = tmp / "optuna_study.db"
-    history_plot(report, targets, tmp / "history.png")
-    files["history_png"] = tmp / "history.png"
-    if len(targets) > 1:
-        (tmp / "pareto.json").write_text(json.dumps(report.to_json()["pareto"], indent=1, default=str))
-        files["pareto"] = tmp / "pareto.json"
-        fig, ax = plt.subplots(figsize=(5, 4))
-        pts = [t for t in report.trials if all(v is not None for v in t.objective[:2])]
-        front_ids = {t.parent_run_id for t in report.pareto}
-        ax.scatter([t.objective[0] for t in pts], [t.objective[1] for t in pts], c="lightgray", label="configurations")
-        ax.scatter([t.objective[0] for t in report.pareto], [t.objective[1] for t in report.pareto], c="C3",
-                   label="Pareto set")
-        ax.set_xlabel(f"{targets[0].name} ({targets[0].mode})")
-        ax.set_ylabel(f"{targets[1].name} ({targets[1].mode})")
-        ax.legend()
-        ax.set_title(f"{len(front_ids)} non-dominated of {len(pts)}")
-        fig.tight_layout()
-        fig.savefig(tmp / "pareto.png", dpi=110)
-        plt.close(fig)
-        files["pareto_png"] = tmp / "pareto.png"
-    return files
-
-
-def history_plot(report: SweepReport, targets: list[Target], path: Path) -> Path:
-    """``history.png``: :func:`history_figure` saved."""
-    fig = history_figure(report, targets)
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def history_figure(report: SweepReport, targets: list[Target]):
-    """The sweep's history on its first objective target: per configuration (x: trial order,
-    ticks labelled with the trial ids) every seed's value of the target's validation metric
-    (points), their mean ± sample std (whiskers), the target's statistic (cross), the running
-    best of that statistic over the configurations so far (step line) and the chosen
-    configuration (ringed). Selection is on validation only: no test value is drawn."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    target = targets[0]
-    metric = target.metric
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(report.trials) + 2), 4.5))
-    best_id = report.best.parent_run_id if report.best else None
-    running, best_so_far = [], None
-    sign = 1.0 if target.mode == "max" else -1.0
-    for x, t in enumerate(report.trials):
-        values = list(t.seed_values.get(metric, {}).values())
-        ax.scatter([x] * len(values), values, s=14, color="C0", alpha=0.6, zorder=3, gid="seeds",
-                   label=f"{metric} per seed" if x == 0 else None)
-        s = t.spread("validation", metric)
-        if s["mean"] is not None:
-            bars = ax.errorbar([x], [s["mean"]], yerr=[[s["std"] or 0.0], [s["std"] or 0.0]], fmt="_", color="k",
-                               capsize=4, markersize=12, zorder=4, label="mean ± std" if x == 0 else None)
-            bars.lines[0].set_gid("mean")
-            bars.lines[2][0].set_gid("std")
-        value = t.objective[0]
-        if value is not None and t.status == "FINISHED":
-            ax.scatter([x], [value], marker="x", color="C1", zorder=5, gid="objective",
-                       label=target.name if x == 0 else None)
-            if best_so_far is None or sign * value > sign * best_so_far:
-                best_so_far = value
-        running.append(best_so_far)
-        if t.parent_run_id == best_id and value is not None:
-            ax.scatter([x], [value], s=220, facecolors="none", edgecolors="C3", linewidths=2, zorder=6,
-                       gid="chosen", label="chosen (on validation)")
-    if any(v is not None for v in running):
-        ax.step(range(len(running)), [float("nan") if v is None else v for v in running], where="post",
-                color="C2", gid="running_best", label=f"running best {target.name}")
-    ax.set_xlim(-0.5, max(len(report.trials), 1) - 0.5)
-    ax.set_xticks(range(len(report.trials)))
-    ax.set_xticklabels([t.trial_id or str(i) for i, t in enumerate(report.trials)], rotation=45, ha="right",
-                       fontsize=7)
-    ax.set_xlabel("configuration (trial id, in trial order)")
-    ax.set_ylabel(f"{metric} (validation)")
-    ax.set_title(f"Sweep history: {target.mode} {target.name}")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
 
 
 # ---------------------------------------------- what a Tune trial does with its MLflow record

@@ -9,9 +9,11 @@ Each configuration (one model of the paper's Tables 1-2) contributes one point p
 (intervention, parity metric, attribute):
 
 * **interventions** (:data:`INTERVENTIONS`), computed from the configuration's flat params
-  (``defense.name``, ``attack.eps``, ``defense.sigma``, ``model.name``): binary ``at``,
-  ``tricks``, ``noise`` (Figs. 2 and 4) and the levels ``budget`` (ε) and ``sigma`` (σ)
-  (Figs. 3 and 5);
+  (``attack.eps``, ``model.name``, the defense's options) and what its defense declares
+  (:class:`DefenseTraits`: ``Defense.adversarial_training``, the options holding its
+  adversarial weight and its noise σ), handed in by the caller, which reads the defense
+  classes (this layer does not import them): binary ``at``, ``tricks``, ``noise`` (Figs. 2
+  and 4) and the levels ``budget`` (ε) and ``sigma`` (σ) (Figs. 3 and 5);
 * **parity metrics** (:data:`PARITY_METRICS`), per attribute: the mean over the
   configuration's kept seed runs of ``<metric>/<attribute>``. Every one is a largest
   difference between an attribute's groups, so a positive r means the intervention goes with
@@ -35,21 +37,23 @@ gives no r: it is *undefined*, with the reason, never NaN.
 
 Pure computation (numpy/scipy, figures through ``distfair.plotting``): no MLflow, no Ray. The
 command ``distfair analyze`` reads the runs (``distfair.tracking``) and logs the result.
+The interventions are :mod:`distfair.report.interventions`; the printed and written forms
+:mod:`distfair.report.meta_analysis_output`.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
 from distfair.metrics import summarize
+from distfair.report.interventions import (INTERVENTIONS, TRICKS_MODELS, DefenseTraits, Intervention,  # noqa: F401
+                                           adversarial_training, declared_traits, intervention_values,
+                                           noise_sigma)
 
 #: significance level of the chance-level test (speech paper 003 §5.1)
 CHANCE_ALPHA = 0.05
@@ -63,63 +67,6 @@ PARITY_METRICS: dict[str, str] = {
     "clean_group_gap": "Accuracy Parity: largest clean-accuracy difference between the attribute's groups (§3.1)",
     "fpr_parity": "FPR parity: largest AUC_FPR difference between the attribute's groups (§3.2, rejection)",
 }
-
-#: defenses that train on the configuration's ``attack`` (``Defense.needs_attack``): adversarial
-#: training whenever that attack's budget ``attack.eps`` is > 0 (tests keep this in step)
-ADVERSARIAL_TRAINING_DEFENSES = frozenset({"pgd_at", "waveform_at", "trades", "syfar", "faal", "specnorm"})
-#: the model with the paper's robustness "tricks": no BatchNorm, SiLU (§4.2, "M5-Tricks")
-TRICKS_MODELS = frozenset({"m5_tricks"})
-
-
-def _number(params: Mapping[str, object], key: str, default: float = 0.0) -> float:
-    """``params[key]`` as a float; ``default`` when absent or None (MLflow holds None as
-    "None"). Raises ValueError naming the key for anything else that is not a finite number."""
-    value = params.get(key)
-    if value is None or value == "None":
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"param {key}: expected a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"param {key}: expected a finite number, got {value!r}")
-    return number
-
-
-def adversarial_training(params: Mapping[str, object]) -> bool:
-    """Whether a configuration does adversarial training: an AT defense with ``attack.eps`` > 0
-    (``waveform_at`` with ε = 0 is plain training: the tables' budget-0 rows) whose adversarial
-    loss has weight (``waveform_at``'s λ = ``defense.adv_weight`` > 0 where the param exists)."""
-    return (str(params.get("defense.name")) in ADVERSARIAL_TRAINING_DEFENSES and _number(params, "attack.eps") > 0
-            and _number(params, "defense.adv_weight", default=1.0) > 0)
-
-
-class Intervention(NamedTuple):
-    kind: str                                         # "binary" (Figs. 2, 4) or "level" (Figs. 3, 5)
-    description: str
-    value: Callable[[Mapping[str, object]], float]    # flat params -> the configuration's value
-
-
-#: name -> intervention (speech paper 003 §5.1); adding one is one line here
-INTERVENTIONS: dict[str, Intervention] = {
-    "at": Intervention("binary", "1 if adversarial training: an AT defense with attack.eps > 0 (and λ > 0)",
-                       lambda p: float(adversarial_training(p))),
-    "tricks": Intervention("binary", "1 if the model has the robustness tricks (model.name m5_tricks)",
-                           lambda p: float(str(p.get("model.name")) in TRICKS_MODELS)),
-    "noise": Intervention("binary", "1 if noise augmentation: defense.sigma > 0",
-                          lambda p: float(_number(p, "defense.sigma") > 0)),
-    "budget": Intervention("level", "the AT budget: attack.eps with adversarial training, else 0",
-                           lambda p: _number(p, "attack.eps") if adversarial_training(p) else 0.0),
-    "sigma": Intervention("level", "the noise augmentation std: defense.sigma (0 if absent)",
-                          lambda p: _number(p, "defense.sigma")),
-}
-
-
-def intervention_values(params: Mapping[str, object],
-                        interventions: Mapping[str, Intervention] = INTERVENTIONS) -> dict[str, float]:
-    """``{intervention: value}`` of one configuration's flat params. Raises ValueError."""
-    return {name: float(i.value(params)) for name, i in interventions.items()}
-
 
 # ----------------------------------------------------------------------------- chance level
 @dataclass(frozen=True)
@@ -211,11 +158,13 @@ class SeedInput:
 
 @dataclass
 class ConfigurationInput:
-    """One configuration run: its flat params and its FINISHED seed runs."""
+    """One configuration run: its flat params, its FINISHED seed runs and what its defense
+    declares (:class:`DefenseTraits`, read from the defense class by the caller)."""
     run_id: str
     name: str
     params: Mapping[str, object]
     seeds: list[SeedInput] = field(default_factory=list)
+    defense: DefenseTraits = DefenseTraits()
 
 
 # ----------------------------------------------------------------------------------- result
@@ -350,7 +299,7 @@ def analyze(configurations: Sequence[ConfigurationInput], *, parity_metrics: Seq
     for config in configurations:
         ident = {"run_id": config.run_id, "name": config.name}
         try:
-            values = intervention_values(config.params, interventions)
+            values = intervention_values(config.params, config.defense, interventions)
         except ValueError as err:
             excluded.append({**ident, "reason": "params", "detail": str(err)})
             continue
@@ -398,98 +347,3 @@ def analyze(configurations: Sequence[ConfigurationInput], *, parity_metrics: Seq
                     configurations=analysed, excluded=excluded, seed_runs_at_chance=at_chance,
                     seed_runs_untested=untested, correlations=correlations, missing_metrics=missing,
                     alpha=alpha, n_found=len(configurations))
-
-
-# ----------------------------------------------------------------------------------- output
-def _fmt(value, spec: str = ".3f") -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def format_exclusions(analysis: Analysis) -> str:
-    """The chance-level exclusion and every other exclusion, named."""
-    lines = [f"{analysis.n_found} configuration(s) found, {len(analysis.configurations)} analysed; "
-             f"{analysis.n_excluded_chance} excluded at chance (every seed run's clean accuracy not above 1/K: "
-             f"one-sided binomial test, p >= {analysis.alpha})"]
-    by_run: dict[str, list[dict]] = {}
-    for s in analysis.seed_runs_at_chance:
-        by_run.setdefault(s["run_id"], []).append(s)
-    for e in analysis.excluded:
-        lines.append(f"  excluded ({e['reason']}): {e['name']} ({e['run_id']}): {e['detail']}")
-        for s in by_run.pop(e["run_id"], []):
-            lines.append(f"      seed {s['seed']}: {s['describe']}")
-    for run_id, seeds in by_run.items():
-        lines.append(f"  seed run(s) at chance left out of {seeds[0]['name']} ({run_id}): "
-                     + "; ".join(f"seed {s['seed']}: {s['describe']}" for s in seeds))
-    if analysis.seed_runs_untested:
-        lines.append(f"  {len(analysis.seed_runs_untested)} seed run(s) could not be tested for chance and were "
-                     f"KEPT (fallback: no clean confusion matrix to count correct, n and K):")
-        lines += [f"    {s['name']} seed {s['seed']} ({s['seed_run_id']}): {s['reason']}"
-                  for s in analysis.seed_runs_untested]
-    return "\n".join(lines)
-
-
-def format_table(analysis: Analysis) -> str:
-    """One block per parity metric: a row per (attribute, intervention) with r, p, n and the
-    spread per seed set; undefined correlations say why."""
-    if not analysis.parity_metrics:
-        return ("nothing to correlate: no analysed configuration recorded a parity metric ("
-                + ", ".join(f"{m}/<attribute>" for m in PARITY_METRICS) + ")")
-    lines = []
-    for family in analysis.parity_metrics:
-        lines.append(f"\n{family}: {PARITY_METRICS[family]}; r > 0: the intervention goes with more disparity")
-        if family in analysis.missing_metrics:
-            lines.append("  not recorded by any analysed configuration")
-            continue
-        lines.append(f"  {'attribute':<12} {'intervention':<12} {'r':>7} {'p':>8} {'n':>4}   "
-                     "per seed set: mean r ± std [95% t-interval] (sets)")
-        for c in (c for c in analysis.correlations if c.parity == family):
-            s = c.seed_sets
-            spread = (f"{_fmt(s['mean'])} ± {_fmt(s['std'])} [{_fmt(s['ci95_low'])}, {_fmt(s['ci95_high'])}] "
-                      f"({s['n']})" if s["n"] else "—")
-            if c.pearson.undefined:
-                lines.append(f"  {c.attribute:<12} {c.intervention:<12} {'undefined':>7}          {c.pearson.n:>4}"
-                             f"   {spread}   ({c.pearson.undefined})")
-            else:
-                lines.append(f"  {c.attribute:<12} {c.intervention:<12} {c.pearson.r:>7.3f} {c.pearson.p:>8.3g} "
-                             f"{c.pearson.n:>4}   {spread}")
-    return "\n".join(lines).lstrip("\n")
-
-
-CSV_COLUMNS = ("parity", "attribute", "intervention", "kind", "r", "p", "n", "undefined", "seed_sets_n",
-               "seed_r_mean", "seed_r_std", "seed_r_ci95_low", "seed_r_ci95_high", "seed_r_per_seed")
-
-
-def write_outputs(analysis: Analysis, outdir: str | Path, *, title: str) -> dict[str, Path]:
-    """``correlations.csv``, ``analysis.json`` and one heatmap per parity metric
-    (``pearson_<metric>.png``: attributes x interventions, r as colour, paper Figs. 2-5) in
-    ``outdir``. Returns ``{label: path}``."""
-    from distfair.plotting import heatmap
-
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    files = {"csv": outdir / "correlations.csv", "json": outdir / "analysis.json"}
-    with files["csv"].open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for c in analysis.correlations:
-            s = c.seed_sets
-            per_seed = ";".join(f"{seed}:{'' if r is None else f'{r:.6g}'}" for seed, r in s["r"].items())
-            writer.writerow([c.parity, c.attribute, c.intervention, analysis.interventions[c.intervention].kind,
-                             c.pearson.r, c.pearson.p, c.pearson.n, c.pearson.undefined or "", s["n"], s["mean"],
-                             s["std"], s["ci95_low"], s["ci95_high"], per_seed])
-    files["json"].write_text(json.dumps(analysis.to_json(), indent=1, allow_nan=False))
-    names = list(analysis.interventions)
-    binary = sum(i.kind == "binary" for i in analysis.interventions.values())
-    for family in analysis.parity_metrics:
-        attrs = analysis.attributes[family]
-        if not attrs:
-            continue
-        cells = {(c.attribute, c.intervention): c.pearson.r for c in analysis.correlations if c.parity == family}
-        values = np.array([[np.nan if cells[(a, n)] is None else cells[(a, n)] for n in names] for a in attrs])
-        n = max((c.pearson.n for c in analysis.correlations if c.parity == family), default=0)
-        files[f"heatmap_{family}"] = heatmap(
-            values, attrs, names, f"{title}\nPearson r: intervention vs {family} ({n} configurations)",
-            outdir / f"pearson_{family}.png", vmin=-1.0, vmax=1.0, cmap="RdBu_r",
-            cbar_label="Pearson r (> 0: more disparity)", xlabel="intervention", ylabel="attribute",
-            column_split=binary if 0 < binary < len(names) else None)
-    return files

@@ -1,5 +1,7 @@
 """The metric names: how every value a run produces is keyed, in one place.
 
+Over 400 lines because every naming rule is here on purpose: renaming a metric touches this file only.
+
 A seed run logs each value of its final evaluation under a flat MLflow key whose parts say
 where it comes from; :class:`MetricKey` holds those parts as fields and writes and reads the
 key (:meth:`MetricKey.mlflow_key`, :meth:`MetricKey.parse`). The grammar::

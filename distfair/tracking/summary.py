@@ -9,6 +9,7 @@ from typing import Mapping
 from mlflow.tracking import MlflowClient
 
 from distfair.results import record as result_record
+from distfair.results.names import SEED_STATISTICS, stat_name
 from distfair.tracking.client import _client
 from distfair.tracking.tags import TAG_DESCRIPTION, TAG_FAILURE_REASON
 from distfair.tracking.writes import MAX_TAG_LEN, _log, _metrics
@@ -44,8 +45,8 @@ def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *
         elif TAG_FAILURE_REASON in client.get_run(parent_run_id).data.tags:   # an earlier attempt's
             client.delete_tag(parent_run_id, TAG_FAILURE_REASON)
     for name, stats in summary.items():
-        for stat in ("mean", "std", "min", "max", "ci95_low", "ci95_high"):
-            values[f"{name}_{stat}"] = stats.get(stat)
+        for stat in SEED_STATISTICS:
+            values[stat_name(name, stat)] = stats.get(stat)
     _log(client, parent_run_id, metrics=_metrics(values))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "seed_summary.json"

@@ -88,8 +88,8 @@ class SummaryContext:
     """Everything a summary may read: the evaluations of one split (``clean`` first, then
     ``eval.attacks`` order; a failed evaluation is absent), the split's subgroup partitions,
     the class names, this summary's options from ``eval.summaries``, and, on the test split
-    only, the model, the dataset and the device (summaries that probe the model, such as the
-    self-checks, need them; elsewhere they are None)."""
+    only, the model, the dataset and the device (for the summaries that declare
+    ``needs_model``; elsewhere they are None)."""
     split: str
     entries: dict[str, EntryResult]
     groupings: list
@@ -124,8 +124,11 @@ class Summary:
       ``auc_acc``); every key it returns, in ``entry_metrics`` or ``metrics``, is
       ``<family>`` followed by exactly its fields, ``/``-separated;
 
-    and implement :meth:`summarize`; optionally :meth:`entries_needed`, :meth:`check_options`
-    and :meth:`figures`.
+    - ``TEST_OPTIONS``: the options the contract checks (``distfair.testing``) run it with,
+      when it needs some (its required options; entries of the checks' toy grid);
+
+    and implement :meth:`summarize`; optionally :meth:`entries_needed`, :meth:`check_options`,
+    :meth:`figures` and :meth:`view`.
     """
     name: ClassVar[str]
     artifact: ClassVar[str | None] = None
@@ -133,6 +136,7 @@ class Summary:
     default: ClassVar[bool] = True
     needs_model: ClassVar[bool] = False
     families: ClassVar[dict[str, tuple[str, ...]]] = {}
+    TEST_OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def summarize(self, ctx: SummaryContext) -> SummaryOutput:
         raise NotImplementedError
@@ -153,22 +157,31 @@ class Summary:
         """PNG files drawn from ``document`` alone (what the artifact holds) into ``outdir``."""
         return []
 
+    @classmethod
+    def view(cls, document: Any) -> Any:
+        """What a result exposes as ``result.<name>``, read from this summary's ``document``
+        (None when it produced none). Default: the document itself."""
+        return document
+
 
 class SummaryDocuments:
     """Read access to ``self.summaries`` (summary name -> {"artifact", "document"}), shared by
-    the evaluation result and the seed result."""
+    the evaluation result and the seed result. ``result.<name>`` is what the registered summary
+    ``<name>`` reads back from its document (:meth:`Summary.view`: ``result.subgroups``,
+    ``result.target_success``), so a new summary needs no attribute here."""
     summaries: dict[str, dict]
 
     def document(self, summary: str):
         """The JSON document of one summary (None if it produced none)."""
         return (self.summaries.get(summary) or {}).get("document")
 
-    @property
-    def subgroups(self) -> dict[str, dict]:
-        """Evaluation name -> subgroup report (the ``subgroups`` summary's document)."""
-        return self.document("subgroups") or {}
+    def __getattr__(self, name: str):
+        # only reached for names that are not attributes: a registered summary's view
+        if name.startswith("_") or name == "summaries":
+            raise AttributeError(name)
+        from distfair.evaluation.summaries import SUMMARIES   # the registry imports this module
 
-    @property
-    def target_success(self) -> dict[str, list[list[float | None]]]:
-        """"every target" evaluation -> K×K success rates (the ``target_success`` summary)."""
-        return (self.document("target_success") or {}).get("rates", {})
+        if name not in SUMMARIES:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r} "
+                                 f"(nor is it a registered summary: {', '.join(SUMMARIES)})")
+        return SUMMARIES[name].view(self.document(name))

@@ -51,6 +51,8 @@ class AccuracyAUC(Summary):
     splits = ("val", "test")
     default = False
     families = {"auc_acc": (), "group_auc_acc": ("attribute", "group"), "defense_parity": ("attribute",)}
+    #: two entries of the contract checks' toy grid (distfair.testing), an ε grid of two points
+    TEST_OPTIONS = {"entries": ["fgsm_small", "fgsm_large"]}
 
     @classmethod
     def check_options(cls, options: dict, entries: list[dict]) -> list[tuple[str, str]]:

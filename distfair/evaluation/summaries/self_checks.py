@@ -10,18 +10,14 @@ from __future__ import annotations
 
 from torch.utils.data import DataLoader
 
+from distfair.attacks import StagedAttack
 from distfair.evaluation import checks
 from distfair.evaluation.summaries._base import Summary, SummaryContext, SummaryOutput
 
 
 def black_box_stages(attack) -> set[str]:
-    """Labels of an ensemble's black-box stages (empty for a plain attack)."""
-    marked = getattr(attack, "black_box_stages", None)
-    if callable(marked):
-        marked = marked()
-    if isinstance(marked, dict):
-        return {k for k, v in marked.items() if v}
-    return set(marked or ())
+    """Labels of a staged attack's black-box stages (empty for a plain attack)."""
+    return set(attack.black_box_stages()) if isinstance(attack, StagedAttack) else set()
 
 
 class SelfChecks(Summary):

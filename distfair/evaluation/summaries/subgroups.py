@@ -22,6 +22,11 @@ class Subgroups(Summary):
     families = {"max_bipartition_asym": (), "group_acc": ("attribute", "group"), "group_gap": ("attribute",),
                 "max_group_asym": ("attribute",), "group_rejection": ("attribute", "group")}
 
+    @classmethod
+    def view(cls, document):
+        """Evaluation name -> subgroup report (``result.subgroups``; empty without one)."""
+        return document or {}
+
     def summarize(self, ctx: SummaryContext) -> SummaryOutput:
         out = SummaryOutput(document={})
         for name, entry in ctx.entries.items():

@@ -30,6 +30,11 @@ class TargetSuccess(Summary):
     splits = ("val", "test")
     families = {"target_success_rate": ()}
 
+    @classmethod
+    def view(cls, document):
+        """"every target" evaluation -> K×K success rates (``result.target_success``)."""
+        return (document or {}).get("rates", {})
+
     def summarize(self, ctx: SummaryContext) -> SummaryOutput:
         out = SummaryOutput()
         rates = {}

@@ -1,0 +1,67 @@
+"""The ``distfair`` parser (one subcommand per module of ``distfair.cli``; ``cluster``'s from
+``distfair.deploy``) and :func:`main`, which maps what escapes a command to an exit code."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from distfair.cli import analyze, relog, report, run, submit, sweep
+from distfair.cli.output import EXIT_FAILED
+
+DESCRIPTION = """\
+distfair: fairness-aware adversarial robustness, repeated over seeds.
+
+Each defense is trained by Ray Train (DDP across workers and nodes), once per seed,
+evaluated clean and under attack, and recorded in MLflow: a parent run per configuration
+with mean/std/min/max across seeds, and a child run per seed with curves, metrics,
+confusion matrices, plots and the final checkpoint.
+
+Without --address a local Ray instance is started; without --tracking-uri (or
+MLFLOW_TRACKING_URI) results go to sqlite:///mlflow.db in the working directory.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distfair", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    run.add_parser(sub)
+    sweep.add_parser(sub)
+    analyze.add_parser(sub)
+    report.add_parser(sub)
+    submit.add_parser(sub)
+
+    from distfair.deploy import add_subparser as add_cluster_parser
+
+    add_cluster_parser(sub)
+
+    relog.add_parser(sub)
+    return parser
+
+
+def _version() -> str:
+    from distfair import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "address", None):
+        # Before anything imports Ray: a driver joining a `ray start` cluster must use the
+        # token auth mode that Ray 2.60 clusters have by default (docs/ray-notes.md).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        return args.handler(args)
+    except Exception as err:
+        # imported only here: importing the tracking package imports MLflow, which a command
+        # refusing a bad file must not pay for
+        from distfair.tracking.buffer import TrackingUnavailable
+
+        if not isinstance(err, TrackingUnavailable):   # any command whose tracking server stayed away
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED

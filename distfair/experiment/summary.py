@@ -1,0 +1,81 @@
+"""The configuration run's own summary: the Markdown section that opens its MLflow description,
+and which metrics it (and the seed-stability figure) shows."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from distfair.metrics import INTERVAL_NOTE
+from distfair.results.record import evaluation_label
+
+
+# ---------------------------------------------------------- the configuration run's own summary
+#: the configuration run's headline metrics, in this order (those its seeds have): accuracy
+#: clean and under the primary attack, the worst class (Sy-FAR §2 / Table 1: worst-class
+#: accuracy, the best-worst gap ``acc_gap``, the normalised std ``nsd`` of the class accuracies
+#: and the largest pairwise confusion asymmetry ``max_asym_gap``), and an abstaining predictor's
+#: rejection rate
+MAIN_METRICS = ("clean_acc", "robust_acc", "clean_worst_class_acc", "worst_class_acc", "acc_gap", "nsd",
+                "max_asym_gap", "rejection_rate")
+#: then, when the evaluation has them, its primary per-attribute and speech (paper 003 §3)
+#: fairness summaries: the subgroup gap per attribute, AUC_acc and the defense parity
+MAIN_FAMILIES = ("group_gap/", "auc_acc", "defense_parity/")
+#: at most this many metrics in the figure and the description's table
+MAX_MAIN_METRICS = 12
+SUMMARY_HEADING = "### Seed summary (distfair)"
+
+
+def main_metrics(names: Sequence[str]) -> list[str]:
+    """The metrics of :data:`MAIN_METRICS` then :data:`MAIN_FAMILIES` among ``names``, at most
+    :data:`MAX_MAIN_METRICS`: what the seed-stability figure and the description show."""
+    have = set(names)
+    out = [m for m in MAIN_METRICS if m in have]
+    for family in MAIN_FAMILIES:
+        out += sorted(n for n in have if n == family or (family.endswith("/") and n.startswith(family)))
+    return out[:MAX_MAIN_METRICS]
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _cell(text: str, limit: int = 300) -> str:
+    """One line of Markdown table or list text: no pipes or line breaks, at most ``limit`` chars."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def summary_markdown(summary: Mapping[str, dict], metrics: Sequence[str], *, seeds: Sequence[int],
+                     planned: Sequence[int], errors: Mapping[int, str], figure: str | None,
+                     primary: str | None = None, notice: str | None = None) -> str:
+    """The Markdown section that opens the configuration run's description (what the MLflow
+    UI shows before its "Show more"): the heading, the dataset's ``notice`` (what every result
+    on it must say), then straight away the main ``metrics`` as mean ± sample std, n seeds and
+    the 95% interval (``distfair.metrics.summarize``: Student t, clipped to the metric's
+    range), the primary evaluation attack's rows named with it (``robust_acc (pgd20)``,
+    ``distfair.results.record.evaluation_label``); below the table how many seeds finished, the
+    failed seeds with why, and where the figure is. Its last line is always the same (the
+    end of the section when it is replaced)."""
+    lines = [SUMMARY_HEADING, ""]
+    if notice:
+        lines += [f"*{_cell(notice, 600)}*", ""]
+    if metrics:
+        lines += ["| metric | mean ± std | n | 95% CI |", "|---|---|---|---|"]
+        for name in metrics:
+            s = summary[name]
+            spread = "" if s.get("std") is None else f" ± {_number(s['std'])}"
+            interval = "n/a" if s.get("ci95_low") is None else f"[{_number(s['ci95_low'])}, {_number(s['ci95_high'])}]"
+            label = evaluation_label(name, summary, primary)
+            lines.append(f"| {_cell(label)} | {_number(s.get('mean'))}{spread} | {s.get('n', 0)} | {interval} |")
+        lines.append("")
+    lines += [f"{len(seeds)} of {len(planned)} seeds finished ({', '.join(map(str, seeds)) or 'none'}). "
+              f"Mean ± sample std (ddof = 1) over the seeds; {INTERVAL_NOTE}.", ""]
+    if errors:
+        lines.append(f"Failed seeds ({len(errors)}, metric `n_failed`; the statistics are over the finished seeds "
+                     "only):")
+        lines += [f"- seed {seed}: {_cell(why)}" for seed, why in sorted(errors.items())]
+        lines.append("")
+    if figure:
+        lines.append(f"Figure: `{figure}` (Artifacts): every seed, the mean ± std and the 95% interval per metric.")
+    lines.append("Every metric's statistics: `<metric>_mean`, `_std`, `_min`, `_max`, `_ci95_low`, `_ci95_high` "
+                 "and `seed_summary.json`.")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""What ``distfair analyze`` prints and writes of a meta-analysis (:mod:`distfair.report.meta_analysis`):
+the exclusions, the correlation table, ``correlations.csv``, ``analysis.json`` and one heatmap per
+parity metric."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from distfair.report.meta_analysis import PARITY_METRICS, Analysis
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def format_exclusions(analysis: Analysis) -> str:
+    """The chance-level exclusion and every other exclusion, named."""
+    lines = [f"{analysis.n_found} configuration(s) found, {len(analysis.configurations)} analysed; "
+             f"{analysis.n_excluded_chance} excluded at chance (every seed run's clean accuracy not above 1/K: "
+             f"one-sided binomial test, p >= {analysis.alpha})"]
+    by_run: dict[str, list[dict]] = {}
+    for s in analysis.seed_runs_at_chance:
+        by_run.setdefault(s["run_id"], []).append(s)
+    for e in analysis.excluded:
+        lines.append(f"  excluded ({e['reason']}): {e['name']} ({e['run_id']}): {e['detail']}")
+        for s in by_run.pop(e["run_id"], []):
+            lines.append(f"      seed {s['seed']}: {s['describe']}")
+    for run_id, seeds in by_run.items():
+        lines.append(f"  seed run(s) at chance left out of {seeds[0]['name']} ({run_id}): "
+                     + "; ".join(f"seed {s['seed']}: {s['describe']}" for s in seeds))
+    if analysis.seed_runs_untested:
+        lines.append(f"  {len(analysis.seed_runs_untested)} seed run(s) could not be tested for chance and were "
+                     f"KEPT (fallback: no clean confusion matrix to count correct, n and K):")
+        lines += [f"    {s['name']} seed {s['seed']} ({s['seed_run_id']}): {s['reason']}"
+                  for s in analysis.seed_runs_untested]
+    return "\n".join(lines)
+
+
+def format_table(analysis: Analysis) -> str:
+    """One block per parity metric: a row per (attribute, intervention) with r, p, n and the
+    spread per seed set; undefined correlations say why."""
+    if not analysis.parity_metrics:
+        return ("nothing to correlate: no analysed configuration recorded a parity metric ("
+                + ", ".join(f"{m}/<attribute>" for m in PARITY_METRICS) + ")")
+    lines = []
+    for family in analysis.parity_metrics:
+        lines.append(f"\n{family}: {PARITY_METRICS[family]}; r > 0: the intervention goes with more disparity")
+        if family in analysis.missing_metrics:
+            lines.append("  not recorded by any analysed configuration")
+            continue
+        lines.append(f"  {'attribute':<12} {'intervention':<12} {'r':>7} {'p':>8} {'n':>4}   "
+                     "per seed set: mean r ± std [95% t-interval] (sets)")
+        for c in (c for c in analysis.correlations if c.parity == family):
+            s = c.seed_sets
+            spread = (f"{_fmt(s['mean'])} ± {_fmt(s['std'])} [{_fmt(s['ci95_low'])}, {_fmt(s['ci95_high'])}] "
+                      f"({s['n']})" if s["n"] else "—")
+            if c.pearson.undefined:
+                lines.append(f"  {c.attribute:<12} {c.intervention:<12} {'undefined':>7}          {c.pearson.n:>4}"
+                             f"   {spread}   ({c.pearson.undefined})")
+            else:
+                lines.append(f"  {c.attribute:<12} {c.intervention:<12} {c.pearson.r:>7.3f} {c.pearson.p:>8.3g} "
+                             f"{c.pearson.n:>4}   {spread}")
+    return "\n".join(lines).lstrip("\n")
+
+
+CSV_COLUMNS = ("parity", "attribute", "intervention", "kind", "r", "p", "n", "undefined", "seed_sets_n",
+               "seed_r_mean", "seed_r_std", "seed_r_ci95_low", "seed_r_ci95_high", "seed_r_per_seed")
+
+
+def write_outputs(analysis: Analysis, outdir: str | Path, *, title: str) -> dict[str, Path]:
+    """``correlations.csv``, ``analysis.json`` and one heatmap per parity metric
+    (``pearson_<metric>.png``: attributes x interventions, r as colour, paper Figs. 2-5) in
+    ``outdir``. Returns ``{label: path}``."""
+    from distfair.plotting import heatmap
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    files = {"csv": outdir / "correlations.csv", "json": outdir / "analysis.json"}
+    with files["csv"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for c in analysis.correlations:
+            s = c.seed_sets
+            per_seed = ";".join(f"{seed}:{'' if r is None else f'{r:.6g}'}" for seed, r in s["r"].items())
+            writer.writerow([c.parity, c.attribute, c.intervention, analysis.interventions[c.intervention].kind,
+                             c.pearson.r, c.pearson.p, c.pearson.n, c.pearson.undefined or "", s["n"], s["mean"],
+                             s["std"], s["ci95_low"], s["ci95_high"], per_seed])
+    files["json"].write_text(json.dumps(analysis.to_json(), indent=1, allow_nan=False))
+    names = list(analysis.interventions)
+    binary = sum(i.kind == "binary" for i in analysis.interventions.values())
+    for family in analysis.parity_metrics:
+        attrs = analysis.attributes[family]
+        if not attrs:
+            continue
+        cells = {(c.attribute, c.intervention): c.pearson.r for c in analysis.correlations if c.parity == family}
+        values = np.array([[np.nan if cells[(a, n)] is None else cells[(a, n)] for n in names] for a in attrs])
+        n = max((c.pearson.n for c in analysis.correlations if c.parity == family), default=0)
+        files[f"heatmap_{family}"] = heatmap(
+            values, attrs, names, f"{title}\nPearson r: intervention vs {family} ({n} configurations)",
+            outdir / f"pearson_{family}.png", vmin=-1.0, vmax=1.0, cmap="RdBu_r",
+            cbar_label="Pearson r (> 0: more disparity)", xlabel="intervention", ylabel="attribute",
+            column_split=binary if 0 < binary < len(names) else None)
+    return files
