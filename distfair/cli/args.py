@@ -38,6 +38,13 @@ def _name_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def destination(args: argparse.Namespace) -> dict:
+    """The options :func:`add_cluster_args` added, as the experiment layer's ``Destination`` keywords."""
+    from distfair.experiment.run_plan import DESTINATION_FIELDS
+
+    return {name: getattr(args, name) for name in DESTINATION_FIELDS}
+
+
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", metavar="NAME", help="MLflow experiment name (default: the config file's stem)")
     p.add_argument("--tracking-uri", metavar="URI",

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from distfair.cli.args import _positive_int, _seed_list, add_cluster_args
+from distfair.cli.args import _positive_int, _seed_list, add_cluster_args, destination
 from distfair.cli.output import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _human_output, _json_safe, fail, format_table,
                                  stdout_to_stderr)
 from distfair.experiment.errors import Refused, RunAborted, RunInterrupted
@@ -60,9 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from distfair.experiment.run_plan import RunRequest, execute_run, plan_run
 
     request = RunRequest(config=args.config, overrides=args.overrides, seeds=args.seeds, num_seeds=args.num_seeds,
-                         resume=args.resume, experiment=args.experiment, tracking_uri=args.tracking_uri,
-                         address=args.address, num_cpus=args.num_cpus, storage_path=args.storage_path,
-                         allow_local=args.allow_local)
+                         resume=args.resume, **destination(args))
     try:
         plan = plan_run(request)
     except Refused as err:
@@ -111,10 +109,9 @@ def _resume_command(args: argparse.Namespace) -> str:
 def _print_run_report(report, cfg: dict, label: str, uri: str, human, *, final: bool) -> None:
     """The seeds' mean ± std table of one configuration, its failures and where to look."""
     from distfair import tracking
-
-    attacks = [a["name"] for a in cfg["eval"]["attacks"]]
     from distfair.results.names import INTERVAL_NOTE
 
+    attacks = [a["name"] for a in cfg["eval"]["attacks"]]
     print(f"\n{label}{len(report.seeds)}/{len(cfg['seeds'])} seeds finished. Mean ± std across seeds; "
           f"{INTERVAL_NOTE}:\n"
           + format_table(report.metrics, attacks[1:], attacks[0] if attacks else None), file=human)

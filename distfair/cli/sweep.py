@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from distfair.cli.args import _positive_int, add_cluster_args
+from distfair.cli.args import _positive_int, add_cluster_args, destination
 from distfair.cli.output import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _fmt, _human_output, _json_safe, fail,
                                  stdout_to_stderr)
 from distfair.experiment.errors import Refused, RunInterrupted
@@ -57,8 +57,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     request = SweepRequest(config=args.config, overrides=args.overrides, num_samples=args.num_samples,
                            num_seeds=args.num_seeds, max_concurrent=args.max_concurrent, resume=args.resume,
-                           experiment=args.experiment, tracking_uri=args.tracking_uri, address=args.address,
-                           num_cpus=args.num_cpus, storage_path=args.storage_path, allow_local=args.allow_local)
+                           **destination(args))
     try:
         plan = plan_sweep(request)
     except Refused as err:

@@ -18,21 +18,31 @@ from typing import Callable
 from distfair.experiment.errors import Refused, RunAborted, RunInterrupted
 
 
-@dataclass
-class RunRequest:
-    """What ``distfair run`` was asked: the file, its overrides and seeds, where to record and
-    on which cluster."""
-    config: str
-    overrides: list[str] = field(default_factory=list)
-    seeds: list[int] | None = None
-    num_seeds: int | None = None
-    resume: bool = False
+@dataclass(kw_only=True)
+class Destination:
+    """Where a training command records (experiment, tracking store, Ray Train storage) and on
+    which Ray cluster it runs: the options ``distfair run`` and ``distfair sweep`` share."""
     experiment: str | None = None
     tracking_uri: str | None = None
     address: str | None = None
     num_cpus: float | None = None
     storage_path: str | None = None
     allow_local: bool = False
+
+
+#: the fields of :class:`Destination`, as the command line's option names say them
+DESTINATION_FIELDS = tuple(Destination.__dataclass_fields__)
+
+
+@dataclass
+class RunRequest(Destination):
+    """What ``distfair run`` was asked: the file, its overrides and seeds, and its
+    :class:`Destination`."""
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    seeds: list[int] | None = None
+    num_seeds: int | None = None
+    resume: bool = False
 
 
 @dataclass

@@ -10,23 +10,19 @@ from pathlib import Path
 from typing import Callable
 
 from distfair.experiment.errors import Refused, RunInterrupted
+from distfair.experiment.run_plan import Destination
 
 
 @dataclass
-class SweepRequest:
-    """What ``distfair sweep`` was asked."""
+class SweepRequest(Destination):
+    """What ``distfair sweep`` was asked: the file, its overrides, how much to search, and its
+    :class:`~distfair.experiment.run_plan.Destination`."""
     config: str
     overrides: list[str] = field(default_factory=list)
     num_samples: int | None = None
     num_seeds: int | None = None
     max_concurrent: int | None = None
     resume: bool = False
-    experiment: str | None = None
-    tracking_uri: str | None = None
-    address: str | None = None
-    num_cpus: float | None = None
-    storage_path: str | None = None
-    allow_local: bool = False
 
 
 @dataclass
