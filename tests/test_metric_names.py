@@ -313,3 +313,13 @@ def test_the_range_rules_are_the_seed_statistics_own():
     assert out["nsd"]["ci95_low"] < 0.0
     unclipped = metrics.aggregate_seed_metrics([{"robust_acc": 0.3}, {"robust_acc": 0.9}], bounds=None)
     assert unclipped["robust_acc"]["ci95_low"] < 0.0
+
+
+def test_defense_parity_is_a_test_metric_not_a_training_value():
+    """``defense_parity/<attr>`` (speech paper 003 §3.1, Eq. 1) starts like a defense's training
+    value (``defense_...``) but is a test metric: a sweep reports its test value beside the
+    chosen configuration (it was once taken for training and left out)."""
+    assert names.metric_role("defense_parity/gender") == "test"
+    assert names.is_training_key("defense_parity/gender") is False
+    assert names.is_training_key("defense_lambda") is True
+    assert names.metric_role("defense_lambda") == "training"

@@ -122,7 +122,8 @@ def format_table(metrics: dict[str, dict], extra_attacks: list[str], primary: st
     # the table's rows, one list for every consumer (distfair.results.names; imported here, as it
     # loads torch, which a refused file must not pay for): the headline metrics, the primary
     # attack's subgroup summaries (one row per attribute) and the cross-evaluation summaries
-    from distfair.results.names import HEADLINE, SUBGROUP_HEADLINE, SUMMARY_HEADLINE, SUMMARY_HEADLINE_FAMILIES
+    from distfair.results.names import (HEADLINE, SUBGROUP_HEADLINE, SUMMARY_HEADLINE, SUMMARY_HEADLINE_FAMILIES, TEST,
+                                        MetricKey)
     from distfair.results.record import evaluation_label
 
     names = [n for n in HEADLINE if n in metrics]
@@ -133,7 +134,8 @@ def format_table(metrics: dict[str, dict], extra_attacks: list[str], primary: st
     names += [n for n in SUMMARY_HEADLINE if n in metrics]
     names += sorted(n for n in metrics if n.startswith(SUMMARY_HEADLINE_FAMILIES))
     for attack in extra_attacks:
-        names += [n for n in (f"{attack}/robust_acc", f"{attack}/worst_class_acc") if n in metrics]
+        names += [n for n in (MetricKey.of(TEST, attack, "acc").mlflow_key(),
+                              MetricKey(TEST, attack, "worst_class_acc").mlflow_key()) if n in metrics]
     names += [n for n in ("train_time_s",) if n in metrics]
     labels = {n: evaluation_label(n, metrics, primary) for n in names}
     width = max(len(label) for label in labels.values()) if names else 10

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from distfair.metrics import INTERVAL_NOTE
-from distfair.results.record import evaluation_label
+# the configuration run's headline metrics (MAIN_METRICS, then the MAIN_FAMILIES its evaluation
+# has) are named in distfair.results.names, with every other metric name
+from distfair.results.names import INTERVAL_NOTE, MAIN_FAMILIES, MAIN_METRICS, evaluation_label
 
 
-# ---------------------------------------------------------- the configuration run's own summary
-#: the configuration run's headline metrics, in this order (those its seeds have): accuracy
-#: clean and under the primary attack, the worst class (Sy-FAR §2 / Table 1: worst-class
-#: accuracy, the best-worst gap ``acc_gap``, the normalised std ``nsd`` of the class accuracies
-#: and the largest pairwise confusion asymmetry ``max_asym_gap``), and an abstaining predictor's
-#: rejection rate
-MAIN_METRICS = ("clean_acc", "robust_acc", "clean_worst_class_acc", "worst_class_acc", "acc_gap", "nsd",
-                "max_asym_gap", "rejection_rate")
-#: then, when the evaluation has them, its primary per-attribute and speech (paper 003 §3)
-#: fairness summaries: the subgroup gap per attribute, AUC_acc and the defense parity
-MAIN_FAMILIES = ("group_gap/", "auc_acc", "defense_parity/")
 #: at most this many metrics in the figure and the description's table
 MAX_MAIN_METRICS = 12
 SUMMARY_HEADING = "### Seed summary (distfair)"

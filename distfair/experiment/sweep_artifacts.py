@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from distfair.config.space import Target, matching_test_metric, optuna_distribution
+from distfair.config.space import Target, optuna_distribution
+from distfair.results.names import matching_test_metric
 from distfair.experiment.sweep_results import (SweepReport, TrialOutcome, _on_test, objective_on_test,
                                                spread_columns)
 

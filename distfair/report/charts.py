@@ -35,7 +35,8 @@ from typing import Sequence
 import numpy as np
 
 from distfair import plotting
-from distfair.metrics import metric_range, summarize
+from distfair.metrics import summarize
+from distfair.results.names import metric_range, stat_name
 from distfair.report.stats import std_interval
 from distfair.report.tables import Row, Tables
 
@@ -171,7 +172,7 @@ def pareto_figures(tables: Tables, outdir: Path) -> list[Figure]:
         if not points:
             continue
         # the sweep's own name of a target (``Target.name``: ``<metric>_<stat>``, as MLflow names it)
-        label = [f"{t['metric']}_{t.get('stat', 'mean')} ({t.get('mode', 'max')})" for t in targets]
+        label = [f"{stat_name(t['metric'], t.get('stat', 'mean'))} ({t.get('mode', 'max')})" for t in targets]
         name = f"pareto_{sweep.run_id[:8]}.png"
         path = plotting.pareto_whiskers(points, f"Sweep {sweep.name}: Pareto set with seed intervals", outdir / name,
                                      xlabel=label[0], ylabel=label[1])

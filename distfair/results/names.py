@@ -155,17 +155,12 @@ def _evaluation_metric(name: str, evaluation: str | None) -> str:
 
 def is_training_key(key: str) -> bool:
     """A quantity of training itself (losses, learning rate, defense values, timings), by
-    :data:`TRAINING_PREFIXES` and :data:`TRAINING_NAMES` (the rule of :func:`metric_role`; note
-    that it also takes the speech summaries' ``defense_parity/<attr>`` for one, see
-    :meth:`MetricKey.parse`)."""
-    return key.startswith(TRAINING_PREFIXES) or key in TRAINING_NAMES
-
-
-def _training(key: str) -> bool:
-    """:func:`is_training_key`, except for a key of a declared metric family (``defense_parity/<attr>``
-    is a test metric, ``defense_<value>`` a defense's training value)."""
+    :data:`TRAINING_PREFIXES` and :data:`TRAINING_NAMES`, except a key of a declared metric family
+    (``defense_parity/<attr>`` is a test metric of the speech summaries, ``defense_<value>`` a
+    defense's training value)."""
     family = key.partition(SEPARATOR)[0]
-    return is_training_key(key) and family not in METRIC_RANGES and family not in NESTED_FAMILIES
+    return ((key.startswith(TRAINING_PREFIXES) or key in TRAINING_NAMES)
+            and family not in METRIC_RANGES and family not in NESTED_FAMILIES)
 
 
 def metric_role(name: str) -> str:
@@ -319,7 +314,7 @@ class MetricKey:
             if stat is None:
                 raise ValueError(f"{key!r}: no statistic suffix (_{', _'.join(STATISTICS)})")
             base = key[:-len(stat) - 1]
-        if _training(base):
+        if is_training_key(base):
             return cls(TRAIN, None, base, stat)
         split, rest = (VAL, base[len(VAL_PREFIX):]) if base.startswith(VAL_PREFIX) else (TEST, base)
         evaluation = None
