@@ -8,6 +8,7 @@ import sys
 
 from distfair.cli import analyze, relog, report, run, submit, sweep
 from distfair.cli.output import EXIT_FAILED
+from distfair.tracking.buffer import TrackingUnavailable   # no MLflow: the package loads it on first use
 
 DESCRIPTION = """\
 distfair: fairness-aware adversarial robustness, repeated over seeds.
@@ -56,12 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         return args.handler(args)
-    except Exception as err:
-        # imported only here: importing the tracking package imports MLflow, which a command
-        # refusing a bad file must not pay for
-        from distfair.tracking.buffer import TrackingUnavailable
-
-        if not isinstance(err, TrackingUnavailable):   # any command whose tracking server stayed away
-            raise
+    except TrackingUnavailable as err:       # any command whose tracking server stayed away
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED

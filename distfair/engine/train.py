@@ -39,6 +39,7 @@ from distfair.engine.steps import Diverged, run_steps  # noqa: F401 - Diverged r
 from distfair.evaluation import confusion_counts, final_evaluation, validation_evaluation
 from distfair.evaluation.summaries import SummaryDocuments
 from distfair.models import build_model, load_checkpoint, unwrap_model
+from distfair.results.names import CLEAN, PER_CLASS_ACC, TEST, VAL, MetricKey
 from distfair.seeding import generator, seed_everything
 
 EpochCallback = Callable[[int, dict, "Path | None"], None]
@@ -105,8 +106,6 @@ def metric_record(clean: dict, attacked: list[tuple[str, dict]]) -> dict[str, fl
     and every attack as ``<name>/<m>``. ``per_class_acc`` lists go to artifacts instead.
     Subgroup keys nest the same way: ``clean_group_acc/gender/F``, ``pgd20/group_gap/gender``.
     The names: ``distfair.results.names.MetricKey``."""
-    from distfair.results.names import CLEAN, PER_CLASS_ACC, TEST, MetricKey
-
     def keyed(evaluation: str | None, metrics: dict) -> dict:
         return {MetricKey.of(TEST, evaluation, k).mlflow_key(): v for k, v in metrics.items() if k != PER_CLASS_ACC}
 
@@ -124,8 +123,6 @@ def validation_record(per_eval: dict[str, dict], primary: str | None) -> dict[st
     evaluation attack (``val_robust_acc``, ``val_worst_class_acc``, ``val_group_gap/<attr>``).
     These are what sweeps select on; the test metrics are only reported. The names:
     ``distfair.results.names.MetricKey`` (split ``val``)."""
-    from distfair.results.names import CLEAN, PER_CLASS_ACC, VAL, MetricKey
-
     out = {MetricKey.of(VAL, CLEAN, k).mlflow_key(): v for k, v in per_eval[CLEAN].items() if k != PER_CLASS_ACC}
     if primary is not None:
         out.update({MetricKey.of(VAL, None, k).mlflow_key(): v for k, v in per_eval[primary].items()
