@@ -1,6 +1,7 @@
 """Rejection defenses of the speech paper (003, §4.3): randomized smoothing (Cohen et al. 2019) and
-neural rejection (Sotgiu et al. 2020), the AUC_FPR / FPR-parity summary (§3.2 Eq. 2), and the
-``configurations`` block that runs their comparison in one ``distfair run``.
+neural rejection (Melis et al. 2017, single layer; its score: test_rejection_score.py), the
+AUC_FPR / FPR-parity summary (§3.2 Eq. 2), and the ``configurations`` block that runs their
+comparison in one ``distfair run``.
 
 Hand values: binomial p-values and the abstain-iff-p>α rule on made-up counts; AUC_FPR and
 FPR parity on a 4-sample, 5-threshold grid worked out in the comments.
@@ -215,7 +216,7 @@ class Identityish(nn.Module):
         return self.head(self.body(x))
 
 
-def test_neural_rejection_fits_an_rbf_svm_and_rejects_below_the_threshold():
+def test_neural_rejection_fits_ovr_rbf_svms_and_rejects_below_the_threshold():
     train = blobs()
     model = Identityish().train()
     d = NeuralRejection(attack=None, num_classes=3, threshold=0.6)
@@ -223,14 +224,19 @@ def test_neural_rejection_fits_an_rbf_svm_and_rejects_below_the_threshold():
     numbers = d.finish_training(model, train, batch_size=16)
     assert model.training                                          # mode restored
     assert numbers["svm_fit_samples"] == 60 and numbers["svm_support_vectors"] >= 3
-    assert d.svm.estimator.kernel == "rbf" and d.svm.method == "sigmoid" and numbers["svm_calibration_folds"] == 5
+    assert d.svm.estimator.kernel == "rbf" and len(d.svm.estimators_) == 3          # one-vs-rest, raw values
+    lo, hi = d.score_range
+    assert (numbers["svm_score_min"], numbers["svm_score_max"]) == (lo, hi) and lo < hi
     predictor = d.predictor()
     assert isinstance(predictor, SVMRejectPredictor) and predictor.reject_rule == "below"
+    assert predictor.threshold == pytest.approx(lo + 0.6 * (hi - lo)) and predictor.score_range == (lo, hi)
     x = torch.cat([train.tensors[0][:5], torch.full((3, 6), 2.0)])  # 5 in-distribution, 3 between the blobs
     pred, score = predictor(model.eval(), x)
     assert score.dtype == torch.float64
-    assert torch.equal(pred == ABSTAIN, score < 0.6)
-    assert pred[:5].tolist() == [0] * 5
+    assert torch.equal(pred == ABSTAIN, score < predictor.threshold)
+    assert set(pred[:5].tolist()) <= {0, ABSTAIN}
+    kept, _ = SVMRejectPredictor(d.svm, lo, (lo, hi))(model.eval(), x[:5])   # position 0: no training sample rejected
+    assert kept.tolist() == [0] * 5
     again = NeuralRejection(attack=None, num_classes=3, threshold=0.6)
     again.finish_training(model, train, batch_size=16)
     assert torch.equal(again.predictor()(model.eval(), x)[1], score)   # same features, same seed: same SVM

@@ -59,6 +59,17 @@ def rejected_at(scores, rule: str, thresholds) -> np.ndarray:
     raise ValueError(f"unknown rejection rule {rule!r}; known: {', '.join(REJECT_RULES)}")
 
 
+def thresholds_on_range(alphas, score_range: tuple[float, float] | None) -> np.ndarray:
+    """The score thresholds of the positions ``alphas`` (T,): ``lo + α·(hi − lo)`` for a
+    predictor's ``score_range = (lo, hi)`` (a raw score with no fixed scale, neural rejection's
+    SVM decision value), the ``alphas`` themselves for None (a p-value's own [0, 1] scale)."""
+    alphas = np.asarray(alphas, dtype=np.float64)
+    if score_range is None:
+        return alphas
+    lo, hi = (float(v) for v in score_range)
+    return lo + alphas * (hi - lo)
+
+
 class Predictor:
     """The predict step every evaluation goes through.
 
@@ -73,6 +84,9 @@ class Predictor:
     the rule (:data:`REJECT_RULES`) and its operating threshold; then ``pred`` is
     :data:`ABSTAIN` exactly where ``rejected_at(score, reject_rule, [threshold])`` and the
     rejection summaries sweep other thresholds over the stored scores (speech paper §3 Eq. 2).
+    ``score_range``: None when those thresholds are on the score's own scale (a p-value); else
+    (lo, hi), the range (fixed before the test set is seen) that the summaries' grid α is mapped
+    onto, threshold ``lo + α·(hi − lo)`` (:func:`thresholds_on_range`).
     :meth:`attack_model`: the differentiable module evaluation attacks run against (default
     the model itself; a randomised predictor returns its EOT form).
     Called under ``torch.no_grad()``; must not change the model's mode.
@@ -80,6 +94,7 @@ class Predictor:
     can_abstain: bool = False
     reject_rule: str | None = None
     threshold: float | None = None
+    score_range: tuple[float, float] | None = None
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -193,7 +208,8 @@ class Predictions:
     the predictor abstained; ``scores``: (N,) float64, the predictor's score of each final
     prediction; ``can_abstain``: the predictor's flag (abstention metrics are reported only
     when it is set); ``reject_rule``/``threshold``: how the scores are thresholded, for a
-    predictor that rejects by its score (:meth:`rejected`). ``stages``: for an
+    predictor that rejects by its score (:meth:`rejected`); ``score_range``: the predictor's
+    (``Predictor.score_range``), what a threshold grid is mapped onto. ``stages``: for an
     ensemble (a ``StagedAttack``), member label -> (N,) bool, still robust after
     that member (cumulative). ``target_success``: "every target" mode only, (K, K) counts of
     samples of true class i that the attack aimed at class t drove to t.
@@ -208,6 +224,7 @@ class Predictions:
     #: for a predictor that does not reject by thresholding its score
     reject_rule: str | None = None
     threshold: float | None = None
+    score_range: tuple[float, float] | None = None
 
     def counts(self, num_classes: int) -> torch.Tensor:
         """K×K confusion counts of the samples not abstained on (an abstention is no column)."""
@@ -349,7 +366,8 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
                        target_success=None if success is None else success.cpu(), scores=scores.cpu(),
                        can_abstain=bool(getattr(predictor, "can_abstain", False)),
                        reject_rule=getattr(predictor, "reject_rule", None),
-                       threshold=getattr(predictor, "threshold", None))
+                       threshold=getattr(predictor, "threshold", None),
+                       score_range=getattr(predictor, "score_range", None))
 
 
 def _agree_on_stages(stages: dict[str, torch.Tensor], error: BaseException | None, n: int, device, rank: int,

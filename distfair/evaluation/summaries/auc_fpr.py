@@ -2,16 +2,20 @@
 summary over the clean evaluation's stored scores and groups.
 
 For a predictor that rejects by thresholding its score (``Predictor.reject_rule``:
-randomized smoothing's binomial p-value, rejected above α; neural rejection's SVM
-probability, rejected below t), every clean sample is benign, so every rejection of one is a
-false positive. ``FPR_s(α)`` = the fraction of subgroup s's clean samples rejected at
-threshold α, recomputed from the per-sample scores for each α of the grid (the predictor ran
+randomized smoothing's binomial p-value, rejected above α; neural rejection's raw
+one-vs-rest SVM decision value, rejected below t), every clean sample is benign, so every
+rejection of one is a false positive. ``FPR_s(α)`` = the fraction of subgroup s's clean
+samples rejected at threshold α, recomputed from the per-sample scores for each α of the grid (the predictor ran
 once; its operating threshold plays no role here), and
 
     AUC_FPR(s) = ∫_{α_min}^{α_max} FPR_s(α) dα        (Eq. 2)
 
 by the trapezoid rule on a linear α axis over the grid α_min, α_min + step, ..., α_max (the
-paper's [0.001, 1] in steps of 0.001, 1000 points), not normalised by the range. FPR parity
+paper's [0.001, 1] in steps of 0.001, 1000 points), not normalised by the range. A score on
+[0, 1] (a p-value) is thresholded at α itself; a raw score without a fixed scale comes with
+the predictor's ``score_range`` (lo, hi), fixed before the test set is seen (neural rejection:
+the min and max score over its SVMs' training samples), and is thresholded at
+lo + α·(hi − lo), so the grid spans that range and AUC_FPR stays an integral over α. FPR parity
 of an attribute = the largest AUC_FPR difference between its subgroups (§3.2: "the largest
 difference between subgroups"; the paper plots it as "parity", lower = more equal).
 
@@ -19,8 +23,9 @@ Options (``eval.summaries.auc_fpr``): ``alpha_min`` (0.001), ``alpha_max`` (1.0)
 (0.001). Runs by default on both splits; it reports nothing for a predictor without a
 threshold rule. Metrics (bare on test, ``val_``-prefixed from the validation pass, so a sweep
 can select on them): ``auc_fpr`` over all clean samples, ``group_auc_fpr/<attr>/<group>``,
-``fpr_parity/<attr>``. Document ``auc_fpr.json`` (the grid, each curve); figures: FPR against
-the threshold, overall and per attribute.
+``fpr_parity/<attr>``. Document ``auc_fpr.json`` (the grid, the score range and the score
+thresholds where there is one, each curve); figures: FPR against the threshold, overall and
+per attribute.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distfair.evaluation.predict import thresholds_on_range
 from distfair.evaluation.subgroups import metric_safe
 from distfair.evaluation.summaries._base import Summary, SummaryContext, SummaryOutput
 from distfair.evaluation.summaries.auc_acc import _fmt, trapezoid_auc
@@ -90,11 +96,15 @@ class FalseRejectionAUC(Summary):
             return out                      # no clean results or a predictor without a threshold rule
         opts = {**DEFAULTS, **ctx.options}
         grid = threshold_grid(float(opts["alpha_min"]), float(opts["alpha_max"]), float(opts["step"]))
-        rejected = clean.predictions.rejected(grid)                 # (T, N)
+        score_range = clean.predictions.score_range
+        cuts = thresholds_on_range(grid, score_range)               # the score thresholds of the grid
+        rejected = clean.predictions.rejected(cuts)                 # (T, N)
         members = clean.members
         overall = fpr_curve(rejected, members)
         doc = {"rule": clean.predictions.reject_rule, "operating_threshold": clean.predictions.threshold,
                "grid": {k: float(opts[k]) for k in DEFAULTS}, "axis": "linear", "thresholds": grid.tolist(),
+               "score_range": None if score_range is None else [float(v) for v in score_range],
+               "score_thresholds": None if score_range is None else cuts.tolist(),
                "fpr": overall, "auc_fpr": None if overall is None else trapezoid_auc(grid.tolist(), overall),
                "attributes": {}}
         out.metrics["auc_fpr"] = doc["auc_fpr"]
@@ -132,7 +142,11 @@ class FalseRejectionAUC(Summary):
             return [values[i] for i in pick]
 
         xs = sub(thresholds)
-        label = "threshold α (reject p > α)" if document["rule"] == "above" else "threshold t (reject score < t)"
+        if document.get("score_range") is not None:
+            lo, hi = document["score_range"]
+            label = f"threshold position α (reject score < {lo:.3g} + α·{hi - lo:.3g})"
+        else:
+            label = "threshold α (reject p > α)" if document["rule"] == "above" else "threshold t (reject score < t)"
         paths = [accuracy_curves(xs, {"all clean samples": sub(document["fpr"])},
                                  f"{title}: false rejection (AUC_FPR {_fmt(document['auc_fpr'])})",
                                  Path(outdir) / "auc_fpr.png", xlabel=label, ylabel="false rejection rate")]
