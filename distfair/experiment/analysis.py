@@ -23,6 +23,8 @@ class AnalysisRequest:
     metrics: list[str] | None = None
     output_dir: str | None = None
     tracking_uri: str | None = None
+    #: the chance-level rule (``distfair.report.meta_analysis.CHANCE_RULES``): "majority" (default) or "binomial"
+    chance_rule: str = "majority"
 
 
 @dataclass
@@ -46,7 +48,7 @@ class AnalysisOutcome:
 
 def analysis_inputs(uri: str, experiment_id: str, configurations: list[dict], log) -> list:
     """``distfair.report.meta_analysis.ConfigurationInput`` of each configuration run: its FINISHED seed
-    runs' metrics and clean counts (from their ``confusion_matrices.json``)."""
+    runs' metrics and clean counts (correct, samples per true class: from their ``confusion_matrices.json``)."""
     from distfair import tracking
     from distfair.defenses import DEFENSES
     from distfair.report.meta_analysis import ConfigurationInput, SeedInput, clean_counts, declared_traits
@@ -73,12 +75,14 @@ def analysis_inputs(uri: str, experiment_id: str, configurations: list[dict], lo
 
 def plan_analysis(request: AnalysisRequest) -> AnalysisPlan:
     """The experiment (and sweep) and its configuration runs; raises :class:`Refused` for an
-    unknown parity metric, experiment or sweep, or no configuration runs."""
+    unknown parity metric or chance rule, experiment or sweep, or no configuration runs."""
     from distfair import tracking
     from distfair.plotting import file_safe
-    from distfair.report.meta_analysis import PARITY_METRICS
+    from distfair.report.meta_analysis import CHANCE_RULES, PARITY_METRICS
 
     args = request
+    if args.chance_rule not in CHANCE_RULES:
+        raise Refused(f"--chance-rule: unknown rule {args.chance_rule!r}; known: {', '.join(CHANCE_RULES)}")
     unknown = [m for m in args.metrics or [] if m not in PARITY_METRICS]
     if unknown:
         raise Refused(f"--metric: unknown parity metric(s) {', '.join(unknown)}; known: {', '.join(PARITY_METRICS)}")
@@ -116,7 +120,8 @@ def run_analysis(plan: AnalysisPlan, *, log: Callable[[str], None]) -> AnalysisO
     scope = f"{args.experiment}" + (f"-sweep-{args.sweep[:8]}" if args.sweep else "")
     log(f"experiment {args.experiment!r}" + (f", sweep run {args.sweep}" if args.sweep else "")
         + f": {len(configurations)} configuration run(s) ({uri})")
-    result = analyze(analysis_inputs(uri, experiment_id, configurations, log), parity_metrics=args.metrics)
+    result = analyze(analysis_inputs(uri, experiment_id, configurations, log), parity_metrics=args.metrics,
+                     chance_rule=args.chance_rule)
     try:
         files = write_outputs(result, outdir, title=f"{args.experiment}" + (f" (sweep {args.sweep[:8]})"
                                                                           if args.sweep else ""))
@@ -125,9 +130,11 @@ def run_analysis(plan: AnalysisPlan, *, log: Callable[[str], None]) -> AnalysisO
     run_id = tracking.log_analysis_run(
         uri, experiment_id, run_name=f"analysis-{scope}",
         params={"sweep_run_id": args.sweep or "all", "parity_metrics": result.parity_metrics,
-                "interventions": list(result.interventions), "chance_alpha": result.alpha,
-                "method": "speech paper 003 §5.1: Pearson over configurations of the seed-mean metric; "
-                          "spread over per-seed-set r's (mean, std, 95% t-interval)"},
+                "interventions": list(result.interventions), "chance_rule": result.chance_rule,
+                "chance_alpha": result.alpha,
+                "method": "speech paper 003 §5.1: Pearson over configurations of the seed-mean metric, 95% "
+                          "Fisher-z interval, Holm's correction over the analysis's correlations; per-seed-set "
+                          "r's descriptive (mean, std)"},
         metrics=result.mlflow_metrics(), tags={"distfair.report.meta_analysis.sweep": args.sweep or "all",
                                                **({tracking.TAG_DESCRIPTION: "\n\n".join(notices)}
                                                   if notices else {})},

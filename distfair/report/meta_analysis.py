@@ -19,24 +19,62 @@ Each configuration (one model of the paper's Tables 1-2) contributes one point p
   difference between an attribute's groups, so a positive r means the intervention goes with
   *more disparity* (the paper's reading of its figures).
 
-**Chance-level exclusion** (§4.2, §5.1.1-2: 15 of 40 and 6 of 40 models removed): a seed run
-is at chance when a one-sided binomial test of its clean correct count against 1/K
-(``scipy.stats.binomtest(correct, n, 1/K, alternative="greater")``) does not reject at
-``alpha`` = 0.05, i.e. its p-value is >= 0.05. Such seed runs are left out; a configuration
-left with no seed run is excluded. ``correct``, ``n`` (the test set, abstentions included) and K
-come from the seed run's clean confusion matrix (:func:`clean_counts`); a seed run without it
-cannot be tested and is kept, and the output says so.
+**Chance-level exclusion** (§4.2: "we remove any model from the analysis that performs random
+guessing on the evaluation set"; §5.1.1: 15 of AudioMNIST's 40 models "had a clean performance
+at random guessing (10% accuracy)"; §5.1.2: 6 of Common Voice's 40). Two rules
+(:data:`CHANCE_RULES`), chosen with ``chance_rule`` (``distfair analyze --chance-rule``):
+
+* ``"majority"`` (the default): a seed run is at chance when its clean correct count is **not
+  above the test set's majority-class support**, i.e. its clean accuracy is no better than
+  always predicting the most frequent test class (the best a model that ignores its input can
+  score). A model whose confusion matrix has one predicted column (a constant predictor) is
+  always caught: its accuracy is its one class's share, at most the majority's. This is the
+  rule that reproduces both of the paper's counts from its own Tables 1-2 (appendix B):
+
+  - AudioMNIST (10 digits, test split stratified by speaker x digit, §4.1: 600 clips per class
+    of 6000, so the majority rate is 1/K = 0.1): the 15 models at accuracy <= 0.1 (one at
+    0.0803, fourteen at exactly 0.1) are excluded and 0.101 and 0.102 are kept: **15**, as §5.1.1
+    says. The one-sided binomial test against 1/K also drops 0.101 (p = 0.40) and 0.102
+    (p = 0.29): **17**.
+  - Common Voice (13 classes, 7640 test clips, §4.1): the paper drops the six models at
+    0.0699-0.0877 although five of them are above 1/13 = 0.0769, so its "random guessing" is
+    not 1/K. The M5-Tricks models at AT ε = 0.1, which on AudioMNIST all collapsed to one
+    predicted class (accuracy exactly one class's share, 0.1), score 589, 601, 614 and 670 of
+    7640 here: four different class shares, so Common Voice's test classes are imbalanced and
+    the majority class holds at least 670 clips (0.0877). With a majority support from 670 to
+    950 (the paper keeps 0.1245 = 951/7640), "not above the majority class" excludes **6**, as
+    §5.1.2 says; the binomial test against 1/13 keeps 0.0823 (p = 0.04) and 0.0877: **4**.
+
+  A fixed margin above 1/K cannot give both counts (AudioMNIST needs it below 0.001, Common
+  Voice at least 0.0108), and a binomial test against the majority rate gives AudioMNIST's 17
+  again. ``tests/test_chance_rule.py`` holds the tables and checks these counts.
+* ``"binomial"`` (the former rule, kept as an option): at chance when a one-sided binomial test
+  of the clean correct count against 1/K (``scipy.stats.binomtest(correct, n, 1/K,
+  alternative="greater")``) gives p >= ``alpha`` (0.05). It ignores class imbalance: on
+  imbalanced classes a model that always predicts the majority class passes it.
+
+Seed runs at chance are left out; a configuration left with no seed run is excluded. The
+counts (correct; the clean samples per true class, abstentions included, whose sum is n and
+whose maximum is the majority support; K) come from the seed run's clean confusion matrix
+(:func:`clean_counts`); a seed run without it cannot be tested and is kept, and the output says so.
 
 **Statistics**: the point estimate is ``scipy.stats.pearsonr`` over the configurations of the
-seed-mean metric (r, two-sided p, n = configurations with the metric). The seed spread is the
-same correlation *per seed set* (seed s of every configuration that kept it), summarised by the
-mean, sample std and 95% Student-t interval of those r's (``distfair.metrics.summarize``; not
-clipped to [-1, 1], so with 2-3 seed sets it can reach past ±1 and says how little they pin r). A
-constant intervention or metric (e.g. no configuration has noise), or fewer than 3 points,
-gives no r: it is *undefined*, with the reason, never NaN.
+seed-mean metric (r, two-sided p, n = configurations with the metric), with its 95% **Fisher-z
+interval** ``tanh(atanh(r) ∓ z_{0.975} / sqrt(n - 3))`` (the interval
+``scipy.stats.pearsonr(...).confidence_interval()`` gives; none for n < 4; approximate for a
+binary intervention, which is not normal). **Holm's step-down correction** (statsmodels
+``multipletests(method="holm")``) runs over every defined correlation of one analysis (all
+parity metrics, attributes and interventions together), giving ``p_holm`` and ``significant``
+(``p_holm`` < :data:`SIGNIFICANCE`): only those should be claimed. The per-seed-set r's (seed s
+of every configuration that kept it) are reported as a description of seed sensitivity only
+(mean, sample std, per seed), with no interval: seed indices are unrelated across
+configurations, and a t-interval over 2-3 such r's (df = 1-2) says little. A constant
+intervention or metric (e.g. no configuration has noise), or fewer than 3 points, gives no r:
+it is *undefined*, with the reason, never NaN.
 
-Pure computation (numpy/scipy, figures through ``distfair.plotting``): no MLflow, no Ray. The
-command ``distfair analyze`` reads the runs (``distfair.tracking``) and logs the result.
+Pure computation (numpy/scipy, Holm through statsmodels, figures through
+``distfair.plotting``): no MLflow, no Ray. The command ``distfair analyze`` reads the runs
+(``distfair.tracking``) and logs the result.
 The interventions are :mod:`distfair.report.interventions`; the printed and written forms
 :mod:`distfair.report.meta_analysis_output`.
 """
@@ -55,8 +93,23 @@ from distfair.report.interventions import (INTERVENTIONS, TRICKS_MODELS, Defense
                                            adversarial_training, declared_traits, intervention_values,
                                            noise_sigma)
 
-#: significance level of the chance-level test (speech paper 003 §5.1)
+#: significance level of the binomial chance rule (speech paper 003 §5.1)
 CHANCE_ALPHA = 0.05
+#: the chance rules (``analyze(chance_rule=...)``, ``distfair analyze --chance-rule``) -> what they exclude
+CHANCE_RULES: dict[str, str] = {
+    "majority": "a seed run is at chance when its clean correct count is not above the test set's majority-class "
+                "support (accuracy no better than always predicting the most frequent class); reproduces the "
+                "speech paper's 15/40 (AudioMNIST) and 6/40 (Common Voice) exclusions from its Tables 1-2",
+    "binomial": "a seed run is at chance when binomtest(correct, n, 1/K, alternative='greater') has p >= alpha; "
+                "gives 17/40 and 4/40 on the paper's tables, and passes a majority-class predictor on "
+                "imbalanced classes",
+}
+#: the default chance rule (see the module docstring for why)
+DEFAULT_CHANCE_RULE = "majority"
+#: family-wise significance level of the Holm-corrected correlations of one analysis
+SIGNIFICANCE = 0.05
+#: the level of the Fisher-z interval of r
+CONFIDENCE = 0.95
 #: fewer points than this give no correlation (two points always lie on a line)
 MIN_POINTS = 3
 
@@ -68,67 +121,177 @@ PARITY_METRICS: dict[str, str] = {
     "fpr_parity": "FPR parity: largest AUC_FPR difference between the attribute's groups (§3.2, rejection)",
 }
 
+
 # ----------------------------------------------------------------------------- chance level
+def _integer(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name}: expected an integer, got {v!r}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class CleanCounts:
+    """One seed run's clean test evaluation, as the chance rules need it: ``correct`` (the
+    confusion matrix's trace), ``supports`` (the samples per true class, abstentions included:
+    their sum is n, their maximum the majority-class support) and, where known,
+    ``predicted_classes`` (how many columns of the matrix hold a prediction)."""
+    correct: int
+    supports: tuple[int, ...]
+    predicted_classes: int | None = None
+
+    def __post_init__(self):
+        correct = _integer("correct", self.correct)
+        supports = tuple(_integer("supports", s) for s in self.supports)
+        if len(supports) < 2 or any(s < 0 for s in supports) or sum(supports) < 1:
+            raise ValueError(f"supports: need K >= 2 non-negative class counts summing to n >= 1, got {supports}")
+        if not 0 <= correct <= sum(supports):
+            raise ValueError(f"need 0 <= correct <= n, got correct={correct}, n={sum(supports)}")
+        object.__setattr__(self, "correct", correct)
+        object.__setattr__(self, "supports", supports)
+
+    @classmethod
+    def balanced(cls, correct: int, n: int, k: int) -> "CleanCounts":
+        """n samples spread as evenly as possible over k classes (the first n mod k get one more)."""
+        n, k = _integer("n", n), _integer("k", k)
+        if n < 1 or k < 2:
+            raise ValueError(f"need n >= 1 and k >= 2, got n={n}, k={k}")
+        return cls(correct, tuple(n // k + (i < n % k) for i in range(k)))
+
+    @property
+    def n(self) -> int:
+        return sum(self.supports)
+
+    @property
+    def k(self) -> int:
+        return len(self.supports)
+
+    @property
+    def majority(self) -> int:
+        """The majority class's support: the correct count of always predicting it."""
+        return max(self.supports)
+
+
 @dataclass(frozen=True)
 class ChanceTest:
-    """One seed run's one-sided binomial test of its clean correct count against 1/K."""
+    """One seed run's chance-rule verdict: ``rule`` (a key of :data:`CHANCE_RULES`), its counts,
+    and for ``"binomial"`` the one-sided p-value against 1/K and ``alpha``."""
+    rule: str
     correct: int
     n: int
     k: int
-    p_value: float
-    alpha: float
+    majority: int | None = None
+    p_value: float | None = None
+    alpha: float | None = None
+    predicted_classes: int | None = None
 
     @property
     def at_chance(self) -> bool:
-        """The test does not reject "accuracy <= 1/K" at ``alpha`` (p >= alpha)."""
+        """``"majority"``: correct <= the majority-class support; ``"binomial"``: the test does not
+        reject "accuracy <= 1/K" at ``alpha`` (p >= alpha)."""
+        if self.rule == "majority":
+            return self.correct <= self.majority
         return not self.p_value < self.alpha
 
     def describe(self) -> str:
-        return (f"{self.correct}/{self.n} correct, K={self.k}, chance {1 / self.k:.3g}, "
-                f"one-sided binomial p={self.p_value:.3g}")
+        head = f"{self.correct}/{self.n} correct ({self.correct / self.n:.4g}), K={self.k}"
+        one = f", predicts {self.predicted_classes} class(es)" if self.predicted_classes is not None else ""
+        if self.rule == "majority":
+            return (f"{head}{one}, majority class {self.majority}/{self.n} ({self.majority / self.n:.4g}): "
+                    + ("not above it" if self.at_chance else "above it"))
+        return f"{head}{one}, chance 1/K = {1 / self.k:.3g}, one-sided binomial p={self.p_value:.3g}"
 
 
 def chance_test(correct: int, n: int, k: int, alpha: float = CHANCE_ALPHA) -> ChanceTest:
-    """``binomtest(correct, n, 1/k, alternative="greater")`` (speech paper 003 §5.1's
-    "random guessing"). Raises ValueError for counts that are not 0 <= correct <= n, n >= 1, k >= 2."""
+    """The ``"binomial"`` rule: ``binomtest(correct, n, 1/k, alternative="greater")``. Raises
+    ValueError for counts that are not 0 <= correct <= n, n >= 1, k >= 2."""
     for name, v in (("correct", correct), ("n", n), ("k", k)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"{name}: expected an integer, got {v!r}")
+        _integer(name, v)
     if not (n >= 1 and 0 <= correct <= n and k >= 2):
         raise ValueError(f"need 0 <= correct <= n, n >= 1 and k >= 2, got correct={correct}, n={n}, k={k}")
     p = float(stats.binomtest(int(correct), int(n), 1.0 / int(k), alternative="greater").pvalue)
-    return ChanceTest(int(correct), int(n), int(k), p, alpha)
+    return ChanceTest("binomial", int(correct), int(n), int(k), p_value=p, alpha=alpha)
 
 
-def clean_counts(confusion_document: Mapping) -> tuple[int, int, int]:
-    """``(correct, n, K)`` of the clean test evaluation from a seed run's
-    ``confusion_matrices.json``: the trace of ``matrices.clean``, all its cells plus the clean
-    abstentions (``abstained.clean``, a rejecting predictor's; an abstention is never correct),
-    and the number of classes. Raises ValueError when the document has no clean matrix."""
+def majority_test(counts: CleanCounts) -> ChanceTest:
+    """The ``"majority"`` rule: at chance when ``counts.correct <= counts.majority``."""
+    return ChanceTest("majority", counts.correct, counts.n, counts.k, majority=counts.majority,
+                      predicted_classes=counts.predicted_classes)
+
+
+def chance_verdict(counts: CleanCounts, rule: str = DEFAULT_CHANCE_RULE, alpha: float = CHANCE_ALPHA) -> ChanceTest:
+    """``counts`` judged by ``rule`` (a key of :data:`CHANCE_RULES`)."""
+    if rule == "majority":
+        return majority_test(counts)
+    if rule == "binomial":
+        test = chance_test(counts.correct, counts.n, counts.k, alpha=alpha)
+        return ChanceTest(**{**test.__dict__, "majority": counts.majority,
+                             "predicted_classes": counts.predicted_classes})
+    raise ValueError(f"unknown chance rule {rule!r}; known: {', '.join(CHANCE_RULES)}")
+
+
+def clean_counts(confusion_document: Mapping) -> CleanCounts:
+    """:class:`CleanCounts` of the clean test evaluation from a seed run's
+    ``confusion_matrices.json``: the trace of ``matrices.clean`` (rows true classes, columns
+    predictions), each row's sum plus that class's clean abstentions (``abstained.clean``, a
+    rejecting predictor's; an abstention is never correct) as the class's support, and the
+    number of columns holding a prediction. Raises ValueError when the document has no clean matrix."""
     matrix = (confusion_document.get("matrices") or {}).get("clean")
     if matrix is None:
         raise ValueError("confusion_matrices.json has no clean matrix")
     counts = np.asarray(matrix, dtype=np.int64)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] < 2:
         raise ValueError(f"confusion_matrices.json: the clean matrix must be K x K with K >= 2, got {counts.shape}")
-    abstained = (confusion_document.get("abstained") or {}).get("clean") or []
-    n = int(counts.sum()) + int(np.sum(np.asarray(abstained, dtype=np.int64)))
-    return int(np.trace(counts)), n, int(counts.shape[0])
+    abstained = (confusion_document.get("abstained") or {}).get("clean")
+    supports = counts.sum(axis=1)
+    if abstained:
+        extra = np.asarray(abstained, dtype=np.int64)
+        if extra.shape != supports.shape:
+            raise ValueError(f"confusion_matrices.json: abstained.clean must have {len(supports)} entries, "
+                             f"got {extra.shape}")
+        supports = supports + extra
+    return CleanCounts(int(np.trace(counts)), tuple(int(s) for s in supports),
+                       predicted_classes=int(np.count_nonzero(counts.sum(axis=0))))
 
 
 # ------------------------------------------------------------------------------- correlation
 @dataclass(frozen=True)
 class Pearson:
-    """``scipy.stats.pearsonr`` of n points, or ``undefined`` (the reason) with r and p None."""
+    """``scipy.stats.pearsonr`` of n points, or ``undefined`` (the reason) with r and p None;
+    ``ci95_low``/``ci95_high``: the Fisher-z interval (None for n < 4 or undefined r)."""
     r: float | None
     p: float | None
     n: int
     undefined: str | None = None
+    ci95_low: float | None = None
+    ci95_high: float | None = None
+
+
+def fisher_interval(r: float, n: int, level: float = CONFIDENCE) -> tuple[float, float] | None:
+    """The Fisher-z confidence interval of a Pearson r of n points:
+    ``tanh(atanh(r) ∓ z_{(1+level)/2} / sqrt(n - 3))`` (``scipy.stats.norm``); None for n < 4.
+    |r| = 1 gives the point [r, r]."""
+    if n < 4:
+        return None
+    if abs(r) >= 1.0:
+        return float(np.sign(r)), float(np.sign(r))
+    z = math.atanh(r)
+    half = float(stats.norm.ppf((1 + level) / 2)) / math.sqrt(n - 3)
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979; statsmodels ``multipletests(method="holm")``):
+    the i-th smallest p times (m - i + 1), made non-decreasing in that order and capped at 1."""
+    if len(p_values) == 0:
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(p) for p in multipletests(list(p_values), method="holm")[1]]
 
 
 def pearson(x: Sequence[float], y: Sequence[float], *, x_name: str = "x", y_name: str = "y") -> Pearson:
-    """Pearson r and its two-sided p-value; undefined for fewer than 3 points or a constant
-    ``x`` or ``y`` (no variance: r is 0/0), never NaN."""
+    """Pearson r, its two-sided p-value and its Fisher-z 95% interval; undefined for fewer than 3
+    points or a constant ``x`` or ``y`` (no variance: r is 0/0), never NaN."""
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n = len(xs)
     if n < MIN_POINTS:
@@ -142,17 +305,18 @@ def pearson(x: Sequence[float], y: Sequence[float], *, x_name: str = "x", y_name
     r, p = float(result.statistic), float(result.pvalue)
     if not (math.isfinite(r) and math.isfinite(p)):
         return Pearson(None, None, n, f"{x_name} or {y_name} has too little variance for a correlation")
-    return Pearson(r, p, n)
+    interval = fisher_interval(r, n)
+    return Pearson(r, p, n, None, *(interval or (None, None)))
 
 
 # ------------------------------------------------------------------------------------ inputs
 @dataclass
 class SeedInput:
-    """One FINISHED seed run: its final metrics and the clean counts of the chance test."""
+    """One FINISHED seed run: its final metrics and the clean counts of the chance rule."""
     seed: int
     run_id: str
     metrics: Mapping[str, float]
-    counts: tuple[int, int, int] | None = None      # (correct, n, K) of the clean test evaluation
+    counts: CleanCounts | None = None               # of the clean test evaluation
     counts_missing: str | None = None               # why ``counts`` is None
 
 
@@ -174,9 +338,12 @@ class Correlation:
     intervention: str
     attribute: str
     pearson: Pearson
-    #: per seed set: "seeds", "r" {seed: r or None}, "undefined" {seed: reason}, "n" (defined
-    #: r's) and their "mean", "std", "ci95_low", "ci95_high" (None where undefined)
+    #: per seed set (descriptive only): "seeds", "r" {seed: r or None}, "undefined" {seed: reason},
+    #: "n" (defined r's) and their "mean", "std" (None where undefined)
     seed_sets: dict
+    #: Holm-adjusted p over the defined correlations of the analysis (None where r is undefined)
+    p_holm: float | None = None
+    significant: bool = False
 
     @property
     def key(self) -> str:
@@ -196,15 +363,28 @@ class Analysis:
     missing_metrics: list[str]                     # asked for but recorded by no analysed configuration
     alpha: float = CHANCE_ALPHA
     n_found: int = 0
+    chance_rule: str = DEFAULT_CHANCE_RULE
 
     @property
     def n_excluded_chance(self) -> int:
         return sum(e["reason"] == "chance" for e in self.excluded)
 
+    @property
+    def n_holm(self) -> int:
+        """The size of the Holm family: the defined correlations."""
+        return sum(c.p_holm is not None for c in self.correlations)
+
+    def chance_rule_text(self) -> str:
+        if self.chance_rule == "binomial":
+            return (f"binomial: a seed run is at chance when binomtest(correct, n, 1/K, alternative='greater') "
+                    f"has p >= {self.alpha}")
+        return f"{self.chance_rule}: {CHANCE_RULES[self.chance_rule]}"
+
     def mlflow_metrics(self) -> dict[str, float]:
-        """Counts, then per correlation ``pearson_r|pearson_p|pearson_n/<parity>/<intervention>/
-        <attribute>`` and ``seed_r_mean|seed_r_std|seed_r_ci95_low|seed_r_ci95_high|seed_sets_n/...``;
-        an undefined value is left out (its reason is in the JSON), never NaN."""
+        """Counts, then per correlation ``pearson_r|pearson_p|pearson_n|pearson_ci95_low|
+        pearson_ci95_high|pearson_p_holm|significant/<parity>/<intervention>/<attribute>`` and
+        ``seed_r_mean|seed_r_std|seed_sets_n/...``; an undefined value is left out (its reason is in
+        the JSON), never NaN."""
         out: dict[str, float] = {
             "n_configurations_found": self.n_found, "n_configurations": len(self.configurations),
             "n_excluded_chance": self.n_excluded_chance,
@@ -213,12 +393,15 @@ class Analysis:
             "n_seed_runs_at_chance": len(self.seed_runs_at_chance),
             "n_seed_runs_untested": len(self.seed_runs_untested),
             "n_correlations": len(self.correlations),
-            "n_correlations_undefined": sum(c.pearson.undefined is not None for c in self.correlations)}
+            "n_correlations_undefined": sum(c.pearson.undefined is not None for c in self.correlations),
+            "n_correlations_significant": sum(c.significant for c in self.correlations)}
         for c in self.correlations:
             values = {"pearson_r": c.pearson.r, "pearson_p": c.pearson.p, "pearson_n": c.pearson.n,
+                      "pearson_ci95_low": c.pearson.ci95_low, "pearson_ci95_high": c.pearson.ci95_high,
+                      "pearson_p_holm": c.p_holm,
+                      "significant": None if c.p_holm is None else float(c.significant),
                       "seed_sets_n": c.seed_sets["n"], "seed_r_mean": c.seed_sets["mean"],
-                      "seed_r_std": c.seed_sets["std"], "seed_r_ci95_low": c.seed_sets["ci95_low"],
-                      "seed_r_ci95_high": c.seed_sets["ci95_high"]}
+                      "seed_r_std": c.seed_sets["std"]}
             out.update({f"{name}/{c.key}": float(v) for name, v in values.items()
                         if v is not None and math.isfinite(v)})
         return out
@@ -226,10 +409,11 @@ class Analysis:
     def to_json(self) -> dict:
         return {
             "method": "speech paper 003 §5.1: Pearson r between each intervention and each parity metric per "
-                      "attribute across configurations (seed-mean metric); spread over per-seed-set r's "
-                      "(mean, sample std, 95% t-interval)",
-            "chance_rule": f"a seed run is at chance when binomtest(correct, n, 1/K, alternative='greater') has "
-                           f"p >= {self.alpha}; configurations left without seed runs are excluded",
+                      "attribute across configurations (seed-mean metric), its 95% Fisher-z interval, and Holm's "
+                      f"correction over the analysis's {self.n_holm} defined correlations (significant: p_holm < "
+                      f"{SIGNIFICANCE}); per-seed-set r's are descriptive (mean, sample std), no interval",
+            "chance_rule": self.chance_rule_text() + "; configurations left without seed runs are excluded",
+            "chance_rule_name": self.chance_rule,
             "parity_metrics": {m: PARITY_METRICS.get(m, "") for m in self.parity_metrics},
             "missing_metrics": self.missing_metrics,
             "interventions": {n: {"kind": i.kind, "description": i.description} for n, i in self.interventions.items()},
@@ -239,17 +423,19 @@ class Analysis:
             "seed_runs_at_chance": self.seed_runs_at_chance, "seed_runs_untested": self.seed_runs_untested,
             "correlations": [{"parity": c.parity, "intervention": c.intervention, "attribute": c.attribute,
                               "kind": self.interventions[c.intervention].kind, "r": c.pearson.r, "p": c.pearson.p,
-                              "n": c.pearson.n, "undefined": c.pearson.undefined, "per_seed_set": c.seed_sets}
+                              "n": c.pearson.n, "ci95_low": c.pearson.ci95_low, "ci95_high": c.pearson.ci95_high,
+                              "p_holm": c.p_holm, "significant": c.significant, "undefined": c.pearson.undefined,
+                              "per_seed_set": c.seed_sets}
                              for c in self.correlations],
         }
 
 
-def _seed_chance(seed: SeedInput, alpha: float) -> tuple[ChanceTest | None, str | None]:
-    """(the chance test, None) or (None, why the seed run cannot be tested)."""
+def _seed_chance(seed: SeedInput, rule: str, alpha: float) -> tuple[ChanceTest | None, str | None]:
+    """(the chance verdict, None) or (None, why the seed run cannot be tested)."""
     if seed.counts is None:
         return None, seed.counts_missing or "no clean counts"
     try:
-        return chance_test(*seed.counts, alpha=alpha), None
+        return chance_verdict(seed.counts, rule, alpha), None
     except ValueError as err:
         return None, f"bad clean counts {seed.counts}: {err}"
 
@@ -266,8 +452,9 @@ def _value(metrics: Mapping[str, float], key: str) -> float | None:
 
 
 def _seed_sets(kept: Sequence[dict], intervention: str, key: str) -> dict:
-    """The correlation per seed set (seed s of every configuration that kept it) and the
-    mean, sample std and 95% t-interval of the defined r's (``summarize``)."""
+    """The correlation per seed set (seed s of every configuration that kept it) and the mean
+    and sample std of the defined r's: a description of seed sensitivity, no interval (seed
+    indices are unrelated across configurations)."""
     seeds = sorted({s for c in kept for s in c["seed_metrics"]})
     rs: dict[int, float | None] = {}
     undefined: dict[int, str] = {}
@@ -280,18 +467,23 @@ def _seed_sets(kept: Sequence[dict], intervention: str, key: str) -> dict:
         if result.undefined:
             undefined[seed] = result.undefined
     spread = summarize([r for r in rs.values() if r is not None])
-    return {"seeds": seeds, "r": rs, "undefined": undefined, "n": spread["n"],
-            **{s: spread[s] for s in ("mean", "std", "ci95_low", "ci95_high")}}
+    return {"seeds": seeds, "r": rs, "undefined": undefined, "n": spread["n"], "mean": spread["mean"],
+            "std": spread["std"]}
 
 
 def analyze(configurations: Sequence[ConfigurationInput], *, parity_metrics: Sequence[str] | None = None,
-            interventions: Mapping[str, Intervention] = INTERVENTIONS, alpha: float = CHANCE_ALPHA) -> Analysis:
+            interventions: Mapping[str, Intervention] = INTERVENTIONS, alpha: float = CHANCE_ALPHA,
+            chance_rule: str = DEFAULT_CHANCE_RULE) -> Analysis:
     """The §5.1 meta-analysis of ``configurations`` (speech paper 003 §5.1).
 
     ``parity_metrics``: families of :data:`PARITY_METRICS` to correlate (default: every one
-    some analysed configuration recorded). Configurations are excluded, with the reason, when
+    some analysed configuration recorded). ``chance_rule``: a key of :data:`CHANCE_RULES`
+    (``alpha`` is the binomial rule's level). Configurations are excluded, with the reason, when
     their params give no intervention value (``params``), they have no FINISHED seed run
-    (``no_seeds``), or every seed run is at chance (``chance``)."""
+    (``no_seeds``), or every seed run is at chance (``chance``). Holm's correction runs over
+    every defined correlation of the result."""
+    if chance_rule not in CHANCE_RULES:
+        raise ValueError(f"unknown chance rule {chance_rule!r}; known: {', '.join(CHANCE_RULES)}")
     kept: list[dict] = []
     excluded: list[dict] = []
     at_chance: list[dict] = []
@@ -308,18 +500,19 @@ def analyze(configurations: Sequence[ConfigurationInput], *, parity_metrics: Seq
             continue
         seed_metrics: dict[int, Mapping[str, float]] = {}
         for seed in sorted(config.seeds, key=lambda s: s.seed):
-            test, why = _seed_chance(seed, alpha)
+            test, why = _seed_chance(seed, chance_rule, alpha)
             where = {**ident, "seed": seed.seed, "seed_run_id": seed.run_id}
             if test is None:
                 untested.append({**where, "reason": why})
             elif test.at_chance:
-                at_chance.append({**where, "correct": test.correct, "n": test.n, "k": test.k,
-                                  "p_value": test.p_value, "describe": test.describe()})
+                at_chance.append({**where, "rule": test.rule, "correct": test.correct, "n": test.n, "k": test.k,
+                                  "majority": test.majority, "p_value": test.p_value, "describe": test.describe()})
                 continue
             seed_metrics[seed.seed] = seed.metrics
         if not seed_metrics:
+            why = (f"p >= {alpha}" if chance_rule == "binomial" else "clean accuracy not above the majority class")
             excluded.append({**ident, "reason": "chance",
-                             "detail": f"all {len(config.seeds)} seed run(s) at chance (p >= {alpha})"})
+                             "detail": f"all {len(config.seeds)} seed run(s) at chance ({why})"})
             continue
         kept.append({**ident, "interventions": values, "seeds": sorted(seed_metrics), "seed_metrics": seed_metrics})
 
@@ -342,8 +535,11 @@ def analyze(configurations: Sequence[ConfigurationInput], *, parity_metrics: Seq
                 result = pearson([x for x, _ in points], [y for _, y in points],
                                  x_name=f"intervention {name!r}", y_name=f"{key}")
                 correlations.append(Correlation(family, name, attribute, result, _seed_sets(kept, name, key)))
+    defined = [c for c in correlations if c.pearson.p is not None]
+    for c, adjusted in zip(defined, holm_adjust([c.pearson.p for c in defined])):
+        c.p_holm, c.significant = adjusted, adjusted < SIGNIFICANCE
     analysed = [{k: c.get(k, {}) for k in ("run_id", "name", "interventions", "seeds", "means")} for c in kept]
     return Analysis(parity_metrics=wanted, interventions=dict(interventions), attributes=attributes,
                     configurations=analysed, excluded=excluded, seed_runs_at_chance=at_chance,
                     seed_runs_untested=untested, correlations=correlations, missing_metrics=missing,
-                    alpha=alpha, n_found=len(configurations))
+                    alpha=alpha, n_found=len(configurations), chance_rule=chance_rule)

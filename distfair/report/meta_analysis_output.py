@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distfair.report.meta_analysis import PARITY_METRICS, Analysis
+from distfair.report.meta_analysis import PARITY_METRICS, SIGNIFICANCE, Analysis
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -17,10 +17,13 @@ def _fmt(value, spec: str = ".3f") -> str:
 
 
 def format_exclusions(analysis: Analysis) -> str:
-    """The chance-level exclusion and every other exclusion, named."""
+    """The chance-level exclusion (its rule named) and every other exclusion, named."""
+    if analysis.chance_rule == "binomial":
+        rule = f"every seed run's clean accuracy not above 1/K: one-sided binomial test, p >= {analysis.alpha}"
+    else:
+        rule = "every seed run's clean accuracy not above the test set's majority-class rate"
     lines = [f"{analysis.n_found} configuration(s) found, {len(analysis.configurations)} analysed; "
-             f"{analysis.n_excluded_chance} excluded at chance (every seed run's clean accuracy not above 1/K: "
-             f"one-sided binomial test, p >= {analysis.alpha})"]
+             f"{analysis.n_excluded_chance} excluded at chance ({rule}; --chance-rule {analysis.chance_rule})"]
     by_run: dict[str, list[dict]] = {}
     for s in analysis.seed_runs_at_chance:
         by_run.setdefault(s["run_id"], []).append(s)
@@ -40,34 +43,39 @@ def format_exclusions(analysis: Analysis) -> str:
 
 
 def format_table(analysis: Analysis) -> str:
-    """One block per parity metric: a row per (attribute, intervention) with r, p, n and the
-    spread per seed set; undefined correlations say why."""
+    """One block per parity metric: a row per (attribute, intervention) with r, its 95% Fisher-z
+    interval, p, Holm's p over the analysis (``*``: significant) and n, then the per-seed-set
+    r's (descriptive); undefined correlations say why."""
     if not analysis.parity_metrics:
         return ("nothing to correlate: no analysed configuration recorded a parity metric ("
                 + ", ".join(f"{m}/<attribute>" for m in PARITY_METRICS) + ")")
-    lines = []
+    lines = [f"95% interval: Fisher z over configurations; p (Holm): Holm's correction over the "
+             f"{analysis.n_holm} defined correlation(s) of this analysis, * = p (Holm) < {SIGNIFICANCE} "
+             f"(only these are significant); per seed set: mean r ± std over seed sets, descriptive only"]
     for family in analysis.parity_metrics:
         lines.append(f"\n{family}: {PARITY_METRICS[family]}; r > 0: the intervention goes with more disparity")
         if family in analysis.missing_metrics:
             lines.append("  not recorded by any analysed configuration")
             continue
-        lines.append(f"  {'attribute':<12} {'intervention':<12} {'r':>7} {'p':>8} {'n':>4}   "
-                     "per seed set: mean r ± std [95% t-interval] (sets)")
+        lines.append(f"  {'attribute':<12} {'intervention':<12} {'r':>7} {'95% interval':>17} {'p':>8} "
+                     f"{'p (Holm)':>9}  {'n':>4}   per seed set: mean r ± std (sets)")
         for c in (c for c in analysis.correlations if c.parity == family):
             s = c.seed_sets
-            spread = (f"{_fmt(s['mean'])} ± {_fmt(s['std'])} [{_fmt(s['ci95_low'])}, {_fmt(s['ci95_high'])}] "
-                      f"({s['n']})" if s["n"] else "—")
+            spread = f"{_fmt(s['mean'])} ± {_fmt(s['std'])} ({s['n']})" if s["n"] else "—"
             if c.pearson.undefined:
-                lines.append(f"  {c.attribute:<12} {c.intervention:<12} {'undefined':>7}          {c.pearson.n:>4}"
-                             f"   {spread}   ({c.pearson.undefined})")
-            else:
-                lines.append(f"  {c.attribute:<12} {c.intervention:<12} {c.pearson.r:>7.3f} {c.pearson.p:>8.3g} "
-                             f"{c.pearson.n:>4}   {spread}")
-    return "\n".join(lines).lstrip("\n")
+                lines.append(f"  {c.attribute:<12} {c.intervention:<12} {'undefined':>7} {'':>17} {'':>8} "
+                             f"{'':>9}  {c.pearson.n:>4}   {spread}   ({c.pearson.undefined})")
+                continue
+            interval = (f"[{c.pearson.ci95_low:.3f}, {c.pearson.ci95_high:.3f}]"
+                        if c.pearson.ci95_low is not None else "—")
+            lines.append(f"  {c.attribute:<12} {c.intervention:<12} {c.pearson.r:>7.3f} {interval:>17} "
+                         f"{c.pearson.p:>8.3g} {_fmt(c.p_holm, '.3g'):>9}{'*' if c.significant else ' '} "
+                         f"{c.pearson.n:>4}   {spread}")
+    return "\n".join(lines)
 
 
-CSV_COLUMNS = ("parity", "attribute", "intervention", "kind", "r", "p", "n", "undefined", "seed_sets_n",
-               "seed_r_mean", "seed_r_std", "seed_r_ci95_low", "seed_r_ci95_high", "seed_r_per_seed")
+CSV_COLUMNS = ("parity", "attribute", "intervention", "kind", "r", "ci95_low", "ci95_high", "p", "p_holm",
+               "significant", "n", "undefined", "seed_sets_n", "seed_r_mean", "seed_r_std", "seed_r_per_seed")
 
 
 def write_outputs(analysis: Analysis, outdir: str | Path, *, title: str) -> dict[str, Path]:
@@ -86,8 +94,9 @@ def write_outputs(analysis: Analysis, outdir: str | Path, *, title: str) -> dict
             s = c.seed_sets
             per_seed = ";".join(f"{seed}:{'' if r is None else f'{r:.6g}'}" for seed, r in s["r"].items())
             writer.writerow([c.parity, c.attribute, c.intervention, analysis.interventions[c.intervention].kind,
-                             c.pearson.r, c.pearson.p, c.pearson.n, c.pearson.undefined or "", s["n"], s["mean"],
-                             s["std"], s["ci95_low"], s["ci95_high"], per_seed])
+                             c.pearson.r, c.pearson.ci95_low, c.pearson.ci95_high, c.pearson.p, c.p_holm,
+                             c.significant if c.p_holm is not None else "", c.pearson.n, c.pearson.undefined or "",
+                             s["n"], s["mean"], s["std"], per_seed])
     files["json"].write_text(json.dumps(analysis.to_json(), indent=1, allow_nan=False))
     names = list(analysis.interventions)
     binary = sum(i.kind == "binary" for i in analysis.interventions.values())
