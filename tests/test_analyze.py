@@ -17,7 +17,8 @@ from scipy import stats
 from distfair import cli, tracking
 from distfair.report import meta_analysis as analysis
 from distfair.report import meta_analysis_output as analysis_output
-from distfair.report.meta_analysis import CleanCounts, ConfigurationInput, SeedInput
+from distfair.report.chance import CleanCounts
+from distfair.report.meta_analysis import ConfigurationInput, SeedInput
 
 K, N = 10, 100          # classes and test-set size of the hand-made seed runs (10 per class)
 Z975 = 1.959964         # the standard normal's 97.5% quantile

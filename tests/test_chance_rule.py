@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from distfair.report import meta_analysis as analysis
-from distfair.report.meta_analysis import CleanCounts
+from distfair.report.chance import CleanCounts
 
 # Speech paper 003, appendix B, Table 1: "All models trained for the AudioMNIST dataset. Ordered
 # by average aggregated clean accuracy." (model, AT budget, noise aug., clean acc.), transcribed
