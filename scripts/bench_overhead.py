@@ -135,7 +135,8 @@ def group_parts(records: list[dict]) -> dict[str, list[float]]:
             if not mine or "fit_started_at" not in group:
                 continue
             starts.append(min(c["worker_started_at"] for c in mine) - group["fit_started_at"])
-            ends.append(group["fit_ended_at"] - max(c["seed_logged_at"] for c in mine))
+            if "fit_ended_at" in group:        # a slot still up for the command's next items has none yet
+                ends.append(group["fit_ended_at"] - max(c["seed_logged_at"] for c in mine))
     return {"worker group start-up": starts, "worker group teardown": ends}
 
 
@@ -174,10 +175,12 @@ def bench_run(args, config: str, seeds: list[int], overrides: list[str], tmp: Pa
     print(f"distfair run (end to end):                   {run_s:7.1f} s   ratio {run_s / plain_s:.2f}x")
     t_first = first(lambda s: "Ray, Tune and worker output" in s)
     t_ray = first(lambda s: "] Ray: " in s)
-    t_plan = first(lambda s: "concurrent worker group(s)" in s)
+    t_plan = first(lambda s: "worker group(s) of" in s)
     t_epoch = first(lambda s: ": epoch 1/" in s)
     t_table = first(lambda s: "seeds finished. Mean" in s)
-    fit_end = max((g["fit_ended_at"] for r in records for g in r["groups"] if "fit_ended_at" in g), default=None)
+    # the slots stay up until the command closes them: the last seed logged ends their work
+    fit_end = max((g.get("fit_ended_at") or max(r["seeds"][str(s)]["seed_logged_at"] for s in g["seeds"])
+                   for r in records for g in r["groups"] if g["seeds"]), default=None)
     fit_start = min((g["fit_started_at"] for r in records for g in r["groups"] if "fit_started_at" in g),
                     default=None)
     if None in (t_first, t_ray, t_plan, t_table, fit_end) or not records:
@@ -198,7 +201,8 @@ def bench_run(args, config: str, seeds: list[int], overrides: list[str], tmp: Pa
     print_parts(f"PARTS of distfair run (wall, {run_s:.1f} s in all; first epoch line at {t_epoch or 0:.1f} s):",
                 driver)
     per_seed = {k: mean(s["parts"][k] for s in seeds_split) for k in seeds_split[0]["parts"]}
-    per_seed["worker group teardown (per group)"] = mean(groups["worker group teardown"])
+    teardown = mean(groups["worker group teardown"]) if groups["worker group teardown"] else 0.0
+    per_seed["worker group teardown (per group)"] = teardown
     print_parts(f"PARTS per seed run in its worker (mean of {len(seeds_split)}; wall "
                 f"{mean(s['wall'] for s in seeds_split):.2f} s):", per_seed)
     print(f"  of the MLflow writes, drawing the seed's figures:  {figures_s:7.2f} s (measured in this process)")
@@ -206,7 +210,7 @@ def bench_run(args, config: str, seeds: list[int], overrides: list[str], tmp: Pa
     n_groups = sum(len(r["groups"]) for r in records)
     fixed_warm = (per_seed["set-up (data, model, defense)"] + per_seed["MLflow writes (open, epochs, final record)"]
                   + per_seed["Ray Train checkpoint reports"] + per_seed["other (checkpoint saves, finish)"]
-                  + (mean(groups["worker group start-up"]) + mean(groups["worker group teardown"])) * n_groups / n
+                  + (mean(groups["worker group start-up"]) + teardown) * n_groups / n
                   + (driver["MLflow set-up in the driver (experiment, runs)"]
                      + driver["driver summary: MLflow reads, record, seed-stability figure"]) / n)
     print(f"FIXED COST per seed run on a warm instance (beyond training and evaluation; group start-up, teardown "

@@ -1,11 +1,9 @@
 """The driver's decision after a node is lost (``distfair.distributed.runner.lost_node_reason``)
-and the daemon-thread loop giving up on a group, without Ray; the real node loss is in
+without Ray (what the slots then do with their items is in tests/test_slots.py); the real node loss is in
 tests/test_multinode.py."""
 from __future__ import annotations
 
-import threading
-
-from distfair.distributed.runner import _run_in_daemon_threads, lost_node_reason
+from distfair.distributed.runner import lost_node_reason
 
 HEAD = {"NodeID": "aaaaaaaa" + "0" * 48, "NodeManagerAddress": "10.0.0.1",
         "Resources": {"distfair_trial": 1000.0, "memory": 1e9, "node:10.0.0.1": 1.0}}
@@ -47,19 +45,3 @@ def test_workers_must_fit_on_nodes_not_just_in_the_total():
     # STRICT_SPREAD: one worker per node, so the 4-CPU node alone no longer holds 2 workers
     assert "was lost" in lost_node_reason([HEAD, W1, BIG], [HEAD, BIG], scaling(strategy="STRICT_SPREAD"))
     assert lost_node_reason([HEAD, W1, BIG], [HEAD, BIG], scaling(strategy="PACK")) is None
-
-
-def test_an_abandoned_group_is_not_waited_for_and_its_late_result_is_dropped():
-    release = threading.Event()
-    abandoned: set[int] = set()
-    jobs = [lambda: [{"seed": 0}], lambda: (release.wait(30), [{"seed": 1}])[1]]
-    ticks = []
-
-    def tick():
-        ticks.append(1)
-        if len(ticks) >= 2:          # the group still blocked is given up on, then returns late
-            abandoned.add(1)
-            release.set()
-
-    got = list(_run_in_daemon_threads(jobs, tick=tick, abandoned=abandoned))
-    assert got == [(0, [{"seed": 0}], None)]

@@ -1,8 +1,9 @@
 """Run the seeds of one configuration on Ray Train and hand back their results.
 
-Each worker group is one ``TorchTrainer.fit()`` (DDP over ``scaling.num_workers`` workers),
-driven from its own thread of this process. This function is also what a Ray Tune trial
-calls for its configuration (a Tune function trainable may drive Train itself; ray.md).
+The seeds become items of a slot pool (:mod:`distfair.distributed.slots`): long-lived worker
+groups, one ``TorchTrainer.fit()`` each (DDP over ``scaling.num_workers`` workers), driven from
+daemon threads of the process that owns the pool. :func:`run_configuration` is also what a Ray
+Tune trial calls for its configuration, with the handle of the sweep's pool.
 
 The seeds to run are ``cfg["seeds"]`` (the one list, set by the caller). The record is not
 written here: the caller passes ``seed_logger``, a picklable factory (e.g.
@@ -12,20 +13,16 @@ with a seed's child run id, so this package never imports MLflow (``distfair.tra
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
-import queue
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from distfair.distributed.layout import InsufficientResources, concurrent_groups, plan_seed_groups, worker_resources
-from distfair.distributed.session import alive_node_resources
-from distfair.distributed.worker import train_loop_per_worker
+from distfair.distributed.layout import InsufficientResources, concurrent_groups, worker_resources
+from distfair.distributed.worker import slot_loop_per_worker
 
 
 @dataclass
@@ -76,93 +73,40 @@ def _abortable_trainer(on_controller: Callable | None):
     return AbortableTorchTrainer
 
 
-def _fit_group(cfg: dict, seeds: list[int], *, name: str, storage_path: str, seed_logger: Callable,
-               child_run_ids: dict[int, str], init_paths: dict[int, str],
-               references: dict[int, dict[str, str]], progress=None,
-               on_controller: Callable | None = None) -> list[dict]:
+def fit_slot(scaling: dict, *, slot: int, name: str, storage_path: str, ledger, progress=None,
+             on_controller: Callable | None = None) -> None:
+    """One ``fit()`` of a slot (:mod:`distfair.distributed.slots`): its workers take items from
+    ``ledger`` until it says stop. Raises what ``fit()`` raises once Ray Train gave up."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
-    scaling = cfg["scaling"]
     per_worker = worker_resources(scaling)
     trainer = _abortable_trainer(on_controller)(
-        train_loop_per_worker,
+        slot_loop_per_worker,
         train_loop_config={
-            "cfg": cfg, "seeds": seeds, "run_name": name, "seed_logger": seed_logger,
-            "child_run_ids": {str(s): child_run_ids[s] for s in seeds}, "use_gpu": scaling["use_gpu"],
-            "init_paths": {str(s): init_paths[s] for s in seeds if s in init_paths},
-            "references": {str(s): references[s] for s in seeds if s in references},
-            "threads_per_worker": max(1, math.floor(per_worker.get("CPU", 1.0))),
-            "progress": progress,
+            "ledger": ledger, "slot": slot, "run_name": name, "storage_path": storage_path,
+            "use_gpu": scaling["use_gpu"],
+            "threads_per_worker": max(1, math.floor(per_worker.get("CPU", 1.0))), "progress": progress,
         },
         scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
                                      resources_per_worker=per_worker,
                                      placement_strategy=scaling["placement_strategy"]),
+        # one checkpoint kept, ranked by nothing: a score across items would be meaningless
         run_config=RunConfig(name=name, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=scaling["max_failures"]),
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
-    result = trainer.fit()
-    return list(result.return_value or [])
-
-
-def _timed(job: Callable[[], list[dict]], clock: dict) -> list[dict]:
-    clock["fit_started_at"] = time.time()
-    try:
-        return job()
-    finally:
-        clock["fit_ended_at"] = time.time()
+    trainer.fit()
 
 
 def timings_line(outcome: ConfigurationOutcome) -> str:
-    """One line for the log file saying where a configuration's time went: each group's
-    ``fit()`` span and each seed's stamps (``scripts/bench_overhead.py`` reads it back)."""
+    """One line for the log file saying where a configuration's time went: each slot's
+    ``fit()`` span (so far) and each seed's stamps (``scripts/bench_overhead.py`` reads it back)."""
     seeds = {str(s): {**r["clock"], **(r.get("timings") or {}),
                       "first_epoch_s": (r.get("history") or [{}])[0].get("epoch_time_s")}
              for s, r in outcome.results.items() if r.get("clock")}
     return "[distfair timings] " + json.dumps({"groups": [{"seeds": g, **c} for g, c in
                                                          zip(outcome.groups, outcome.group_clock)], "seeds": seeds})
-
-
-def _run_in_daemon_threads(jobs: list[Callable[[], list[dict]]], tick: Callable[[], None] = lambda: None,
-                           abandoned: set[int] | None = None, abandon_grace_s: float = 30.0):
-    """Run each job in a daemon thread; yield ``(index, result, error)`` as they finish.
-
-    Daemon threads, not a thread pool: on Ctrl-C the command marks its runs KILLED and shuts
-    Ray down, and must then exit without joining threads still blocked inside ``fit()``. The
-    main thread wakes twice a second so a signal is acted on promptly, and calls ``tick``
-    each time (and before each result is handed over). An index that ``tick`` adds to
-    ``abandoned`` is no longer waited for and its late result (if any) is dropped: the caller
-    has given up on it (a lost node, :func:`lost_node_reason`) and its daemon thread is left
-    blocked in ``fit()`` like on Ctrl-C.
-    """
-    abandoned = set() if abandoned is None else abandoned
-    done: queue.Queue = queue.Queue()
-
-    def target(index: int, job) -> None:
-        try:
-            done.put((index, job(), None))
-        except BaseException as err:  # noqa: BLE001 - handed to the main thread
-            done.put((index, None, err))
-
-    for i, job in enumerate(jobs):
-        threading.Thread(target=target, args=(i, job), name=f"distfair-group-{i}", daemon=True).start()
-    waiting = set(range(len(jobs)))
-    while waiting - abandoned:
-        try:
-            item = done.get(timeout=0.5)
-        except queue.Empty:
-            tick()
-            continue
-        tick()
-        waiting.discard(item[0])
-        if item[0] not in abandoned:
-            yield item
-    # give the abandoned threads (their controllers killed by the caller) a moment to leave fit()
-    deadline = time.monotonic() + abandon_grace_s
-    while waiting and time.monotonic() < deadline:
-        with contextlib.suppress(queue.Empty):
-            waiting.discard(done.get(timeout=0.5)[0])
 
 
 class ProgressChannel:
@@ -180,8 +124,11 @@ class ProgressChannel:
         import ray
         from ray.util.queue import Queue
 
+        from distfair.distributed.slots import on_this_node
+
         self.log = log
-        self.queue = Queue(actor_options={"num_cpus": 0}) if ray.get_runtime_context().get_actor_id() is None \
+        self.queue = Queue(actor_options={"num_cpus": 0, **on_this_node()}) \
+            if ray.get_runtime_context().get_actor_id() is None \
             else None
 
     def drain(self) -> None:
@@ -291,65 +238,57 @@ class _NodeWatch:
 def run_configuration(cfg: dict, *, child_run_ids: dict[int, str], seed_logger: Callable, run_name: str,
                       storage_path: str | Path, init_paths: dict[int, str] | None = None,
                       references: dict[int, dict[str, str]] | None = None,
-                      log: Callable[[str], None] = print) -> ConfigurationOutcome:
+                      log: Callable[[str], None] = print, pool=None, owner: str | None = None) -> ConfigurationOutcome:
     """Train and evaluate every seed of ``cfg["seeds"]``; their child runs must already exist
     (``child_run_ids``), and ``seed_logger(child_run_id)`` writes one on rank 0.
 
-    ``run_name`` must be deterministic for the configuration (never a timestamp): Ray Train
-    resumes a group from ``(storage_path, name)``. A group that fails does not stop the
-    others; its seeds without a result are listed in ``errors``. ``references`` (seed ->
-    {name: local file}, resolved by the caller) reach the defense as ``DefenseContext.references``.
+    The seeds go to ``pool``'s slots (a :class:`~distfair.distributed.slots.SlotPool` of this
+    process, or the :class:`~distfair.distributed.slots.PoolHandle` of the command's pool, which a
+    sweep trial gets); without one, a pool is started for this configuration and closed after it.
+    ``run_name`` must be unique for the configuration's attempt: it names the seeds' items (and
+    their working folders). A seed that fails does not stop the others; the seeds without a result
+    are listed in ``errors``. ``references`` (seed -> {name: local file}, resolved by the caller)
+    reach the defense as ``DefenseContext.references``. ``owner`` (a sweep trial) lets the command
+    cancel the items of a configuration it stopped.
     """
-    import ray
+    from distfair.distributed.slots import SlotPool, wait_for
 
     seeds = list(cfg["seeds"])
+    if not seeds:
+        raise ValueError("no seeds to run")
+    own = pool is None
+    if own:
+        pool = SlotPool(cfg["scaling"], storage_path=str(storage_path), log=log, slots=len(seeds),
+                        name=f"{run_name}-slots")
+    handle = pool.handle if isinstance(pool, SlotPool) else pool
     outcome = ConfigurationOutcome()
-    outcome.groups = plan_seed_groups(seeds, cfg["scaling"], dict(ray.cluster_resources()), alive_node_resources())
-    log(f"{len(seeds)} seed(s) in {len(outcome.groups)} concurrent worker group(s) of "
-        f"{cfg['scaling']['num_workers']} worker(s): " + " | ".join(",".join(map(str, g)) for g in outcome.groups))
-    channel = ProgressChannel(log)
-    outcome.group_clock = [{} for _ in outcome.groups]
-    controllers: dict[int, object] = {}        # group index -> its Train controller's actor handle
-    jobs = [functools.partial(_timed, functools.partial(
-                _fit_group, cfg, group, name=f"{run_name}-g{i}", storage_path=str(storage_path),
-                seed_logger=seed_logger, child_run_ids=child_run_ids, init_paths=init_paths or {},
-                references=references or {}, progress=channel.queue,
-                on_controller=functools.partial(controllers.__setitem__, i)), outcome.group_clock[i])
-            for i, group in enumerate(outcome.groups)]
-    watch, finished, abandoned = _NodeWatch(cfg["scaling"]), set(), set()
-
-    def tick() -> None:
-        channel.drain()
-        reason = watch.check()
-        if reason is None:
-            return
-        for i, group in enumerate(outcome.groups):
-            if i not in finished and i not in abandoned:
-                abandoned.add(i)
-                log(f"worker group with seeds {group} failed: {reason}")
-                for seed in group:
-                    outcome.errors.setdefault(seed, reason)
-                if i in controllers:          # fit() returns instead of retrying the start forever
-                    with contextlib.suppress(Exception):
-                        ray.kill(controllers[i])
-
+    items = [{"key": f"{run_name}/seed{s}", "owner": owner or run_name, "seed": s, "run_name": run_name,
+              "cfg": {**cfg, "seeds": [s]}, "child_run_id": child_run_ids[s], "seed_logger": seed_logger,
+              "init_path": (init_paths or {}).get(s), "references": (references or {}).get(s)} for s in seeds]
+    keys = [item["key"] for item in items]
     try:
-        for index, records, err in _run_in_daemon_threads(jobs, tick=tick, abandoned=abandoned):
-            finished.add(index)
-            group = outcome.groups[index]
-            if err is not None:
-                reason = f"{type(err).__name__}: {err}"
-                log(f"worker group with seeds {group} failed: {reason}")
-            for record in records or []:
-                if "failed" in record:           # diverged: failed alone, its group went on
-                    outcome.errors[record["seed"]] = record["failed"]
-                else:
-                    outcome.results[record["seed"]] = record
-            for seed in group:
-                if seed not in outcome.results:
-                    outcome.errors.setdefault(seed, reason if err is not None else "no result returned")
-    finally:
-        channel.close()
+        handle.submit(items)
+        log(f"{len(seeds)} seed(s) queued for {handle.slots} worker group(s) of {handle.num_workers} worker(s) "
+            f"that stay up for the command: {','.join(map(str, seeds))}")
+        results = pool.wait(keys) if isinstance(pool, SlotPool) else wait_for(handle, keys)
+    except BaseException:
+        if own:
+            pool.abandon()
+        raise
+    if own:
+        pool.close()
+    by_slot: dict[int, list[int]] = {}
+    for seed, key in zip(seeds, keys):
+        record = results[key]
+        if "failed" in record:
+            outcome.errors[seed] = record["failed"]
+            log(f"seed {seed} failed: {record['failed']}")
+        else:
+            outcome.results[seed] = record
+            by_slot.setdefault(record.get("slot", 0), []).append(seed)
+    clocks = pool.fit_clock() if isinstance(pool, SlotPool) else []
+    outcome.groups = [by_slot[i] for i in sorted(by_slot)]
+    outcome.group_clock = [clocks[i] if i < len(clocks) else {} for i in sorted(by_slot)]
     # to this process's stdout: the log file while a command runs (distfair.distributed.session)
     print(timings_line(outcome), file=sys.stdout, flush=True)
     return outcome

@@ -147,8 +147,9 @@ class SweepCallback(Callback):
     """Progress in the driver (:class:`SweepProgress`), and records closed for trials that did
     not close them."""
 
-    def __init__(self, context: dict, log: Callable[[str], None], total: int | None = None):
-        self.context, self.log = context, log
+    def __init__(self, context: dict, log: Callable[[str], None], total: int | None = None,
+                 cancel: Callable[[str], None] | None = None):
+        self.context, self.log, self.cancel = context, log, cancel
         targets = [Target(**t) for t in context["objective"]]
         self.names = [t.name for t in targets]
         self.progress = SweepProgress(total or 0, targets, log)
@@ -157,7 +158,8 @@ class SweepCallback(Callback):
     def __getstate__(self) -> dict:
         # Tune pickles its run config, callbacks included, into the experiment folder; the
         # terminal stays out of it (a resumed sweep gets fresh callbacks, see run_tune)
-        return {**self.__dict__, "log": None, "progress": None}
+        return {**self.__dict__, "log": None, "progress": None, "cancel": None,
+                "context": {k: v for k, v in self.context.items() if k != "pool"}}
 
     def _line(self, trial, result: dict) -> str:
         params = " ".join(f"{k}={short_value(v)}" for k, v in trial.config.items())
@@ -193,12 +195,16 @@ class SweepCallback(Callback):
         self.progress.close()
 
     def _close(self, trial_id: str, status: str, reason: str) -> None:
+        if self.cancel is not None:          # its items left in the shared slots, before its runs close
+            self.cancel(trial_id)
         self.context["close_trial"](self.context, trial_id, status, reason)
 
 
 def run_tune(spec: SweepSpec, context: dict, *, name: str, storage_path: str, resume: bool,
-             max_concurrent: int, trial_resources: dict, log: Callable[[str], None]) -> None:
-    """Run (or resume) the Tune experiment ``storage_path/name``; results land in MLflow."""
+             max_concurrent: int, trial_resources: dict, log: Callable[[str], None],
+             cancel: Callable[[str], None] | None = None) -> None:
+    """Run (or resume) the Tune experiment ``storage_path/name``; results land in MLflow.
+    ``cancel(trial_id)`` drops the queued items of a trial that ended (the shared slots')."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -206,7 +212,7 @@ def run_tune(spec: SweepSpec, context: dict, *, name: str, storage_path: str, re
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, context=context), trial_resources)
     path = str(Path(storage_path) / name)
-    callbacks = [SweepCallback(context, log, total=spec.total_trials())]
+    callbacks = [SweepCallback(context, log, total=spec.total_trials(), cancel=cancel)]
     if resume and tune.Tuner.can_restore(path):
         log(f"resuming the Tune experiment at {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)

@@ -1,25 +1,31 @@
-"""The function every Ray Train worker runs: its group's seeds, one after the other.
+"""The function every Ray Train worker runs: its slot's items, one after the other.
+
+A slot (:mod:`distfair.distributed.slots`) is one ``TorchTrainer.fit()``; its train function
+takes (configuration, seed) items from the command's ledger until the ledger says stop. Rank 0
+leases each item and hands it to the other ranks (a broadcast), so every rank runs the same item.
 
 Rank 0 writes each seed's child run (epoch curves, final metrics, artifacts) through the
-logger ``config["seed_logger"](child_run_id)`` the caller passed in (``distfair.experiment.run`` passes
-``distfair.tracking.SeedRunLogger``; this package never imports MLflow) and reports a
-checkpoint every epoch; every rank calls ``ray.train.report`` the same number of
-times (Ray Train synchronises on it). The return value of rank 0 (a list of per-seed result
-dicts) arrives in the driver as ``Result.return_value``.
+item's logger ``item["seed_logger"](child_run_id)`` (``distfair.experiment.run`` passes
+``distfair.tracking.SeedRunLogger``; this package never imports MLflow), reports a checkpoint
+every epoch, and completes the item in the ledger with its result record. Every rank calls
+``ray.train.report`` the same number of times (Ray Train synchronises on it).
 
 A seed whose training diverges (``distfair.engine.train.Diverged``: the loss became NaN or
-infinite) fails alone: its run is closed FAILED with the reason, its entry in the returned
-list is ``{"seed": s, "failed": reason}``, and the group goes on with its next seeds.
+infinite) fails alone: its run is closed FAILED with the reason, its result is
+``{"seed": s, "failed": reason}``, and the slot goes on with its next item.
 
 Fault tolerance: each reported checkpoint holds the engine's epoch checkpoint plus
-``progress.json`` (the seed in progress and the results of the seeds already done). When
-Ray Train restarts the worker group (``scaling.max_failures``), the loop skips the finished
-seeds and resumes the current one from its last epoch.
+``progress.json`` naming the item and epoch. When Ray Train restarts the worker group
+(``scaling.max_failures``), the ledger leases the slot the same item again, and the item resumes
+from that checkpoint if the checkpoint is the item's own (Ray Train's latest checkpoint may be
+a previous item's).
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -33,23 +39,27 @@ from distfair.engine.train import CHECKPOINT_NAME, Diverged
 
 PROGRESS = "progress.json"
 
+#: fault injection for the tests (``tests/test_worker_faults.py``): ``"<seed>:<epoch>"`` makes the
+#: worker running that seed SIGKILL itself once that epoch's checkpoint (epochs counted from 1) is
+#: the one Ray Train would restart from, on the item's first attempt only. No timing windows.
+KILL_WORKER_AT = "DISTFAIR_TEST_KILL_WORKER_AT"
 
-def _restore(workdir: Path) -> tuple[list[dict], int | None]:
-    """Results already done and the seed in progress, from Ray Train's latest checkpoint."""
+
+def _restore(key: str, seed_dir: Path) -> int | None:
+    """The epoch the item ``key`` resumes after, its checkpoint copied into ``seed_dir``; None
+    when Ray Train's latest checkpoint is not this item's (or there is none)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return [], None
+        return None
     with checkpoint.as_directory() as ckpt_dir:
         progress = json.loads((Path(ckpt_dir) / PROGRESS).read_text())
-        seed = progress["seed"]
-        if progress.get("seed_done"):
-            return progress["done"], None
-        target = workdir / f"seed_{seed}"
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(Path(ckpt_dir) / CHECKPOINT_NAME, target / CHECKPOINT_NAME)
-    return progress["done"], seed
+        if progress.get("item") != key or not (Path(ckpt_dir) / CHECKPOINT_NAME).exists():
+            return None
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(ckpt_dir) / CHECKPOINT_NAME, seed_dir / CHECKPOINT_NAME)
+    return int(progress["epoch"])
 
 
 def _report(metrics: dict, files: dict[str, Path | str] | None) -> None:
@@ -113,22 +123,38 @@ def _progress_log(progress) -> Callable[[str], None]:
     return log
 
 
-def _seed_diverged(seed: int, reason: str, *, rank: int, logger, log, done: list[dict]) -> None:
-    """A seed whose loss became NaN or infinite (``Diverged``, raised by every rank at the same
-    epoch's end, so no rank waits in a collective) fails alone: rank 0 closes its run FAILED
-    with the reason and adds ``{"seed", "failed": reason}`` to ``done`` (the driver's error for
-    it; a restarted group skips it like a finished seed); every rank reports once, as for a
-    finished seed, and the group goes on with its next seed."""
-    if rank != 0:
-        _report({"seed": seed, "seed_done": 1}, None)
-        return
-    log(f"seed {seed}: FAILED: {reason}")
-    logger.log_failure(reason)
-    done.append({"seed": seed, "failed": reason})
-    _report({"seed": seed, "seed_done": 1}, {PROGRESS: json.dumps({"seed": seed, "seed_done": True, "done": done})})
+class _Cancelled(Exception):
+    """The item's owner was stopped (a sweep trial stopped early): leave the item."""
 
 
-def train_loop_per_worker(config: dict) -> list[dict] | None:
+def _share(obj, world: int):
+    """Rank 0's ``obj`` on every rank (a collective: every rank calls it at the same point)."""
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _next_item(ledger, slot: int, rank: int, world: int) -> tuple[dict | None, int]:
+    """(item, attempt) from the ledger (rank 0 asks, every rank gets it); (None, 0): stop."""
+    import ray
+
+    msg = None
+    if rank == 0:
+        while True:
+            kind, item, attempt = ray.get(ledger.lease.remote(slot))
+            if kind != "wait":
+                msg = (item, attempt)
+                break
+            time.sleep(0.2)
+    return _share(msg, world)
+
+
+def slot_loop_per_worker(config: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -139,64 +165,105 @@ def train_loop_per_worker(config: dict) -> list[dict] | None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     torch.set_num_threads(config["threads_per_worker"])
-    cfg, child_runs = config["cfg"], config["child_run_ids"]
-    workdir = Path(tempfile.gettempdir()) / "distfair" / config["run_name"] / f"rank{rank}"
+    ledger, slot = config["ledger"], config["slot"]
     node_ids = _worker_node_ids(world)
-    done, resume_seed = _restore(workdir)
-    done_seeds = {r["seed"] for r in done}
     log = _progress_log(config.get("progress")) if rank == 0 else None
-    if rank == 0 and done:
-        log(f"resuming group: seeds {sorted(done_seeds)} already done")
 
-    for seed in config["seeds"]:
-        if seed in done_seeds:
-            continue
-        seed_dir = workdir / f"seed_{seed}"
-        if seed != resume_seed and seed_dir.exists():
-            shutil.rmtree(seed_dir)          # stale files of an earlier attempt, never reused
-        # where a seed's wall time goes besides the math (wall-clock stamps and summed seconds)
-        clock = {"worker_started_at": started_at, "seed_started_at": time.time(), "mlflow_epoch_s": 0.0,
-                 "report_s": 0.0}
-        # log: "tracking server ... unreachable / back" reach the driver's progress output
-        logger = config["seed_logger"](child_runs[str(seed)], log=log) if rank == 0 else None
-        clock["mlflow_open_s"] = time.time() - clock["seed_started_at"]
+    while True:
+        item, attempt = _next_item(ledger, slot, rank, world)
+        if item is None:
+            return
+        item = {**item, "snapshot": Path(config["storage_path"]) / config["run_name"] / "checkpoint_manager_snapshot.json"}
+        record = _run_item(item, attempt, rank=rank, world=world, device=device, node_ids=node_ids, log=log,
+                           ledger=ledger, started_at=started_at)
+        if rank == 0:
+            record["slot"] = slot
+            ray.get(ledger.complete.remote(slot, item["key"], record))
 
-        def on_epoch(epoch: int, row: dict, checkpoint: Path | None, seed=seed, logger=logger, clock=clock) -> None:
-            metrics = {"seed": seed, **row}
-            clock.setdefault("first_epoch_done_at", time.time())
-            if rank != 0:
-                _report(metrics, None)
-                return
+
+def _run_item(item: dict, attempt: int, *, rank: int, world: int, device, node_ids: list[str], log, ledger,
+              started_at: float) -> dict:
+    """Train and evaluate one seed of one configuration; rank 0's result record (others: {})."""
+    import ray
+
+    seed, key = item["seed"], item["key"]
+    seed_dir = Path(tempfile.gettempdir()) / "distfair" / item["run_name"] / f"rank{rank}" / f"seed_{seed}"
+    if seed_dir.exists():
+        shutil.rmtree(seed_dir)              # stale files of an earlier attempt, never reused
+    resumed = _restore(key, seed_dir) if attempt > 1 else None
+    if rank == 0 and attempt > 1:
+        log(f"seed {seed}: worker group restarted (attempt {attempt}), "
+            + ("from the seed's last epoch checkpoint" if resumed is not None else "the seed starts over"))
+    # where a seed's wall time goes besides the math (wall-clock stamps and summed seconds)
+    clock = {"worker_started_at": started_at, "seed_started_at": time.time(), "mlflow_epoch_s": 0.0,
+             "report_s": 0.0}
+    # log: "tracking server ... unreachable / back" reach the driver's progress output
+    logger = item["seed_logger"](item["child_run_id"], log=log) if rank == 0 else None
+    clock["mlflow_open_s"] = time.time() - clock["seed_started_at"]
+
+    def on_epoch(epoch: int, row: dict, checkpoint: Path | None) -> None:
+        metrics = {"seed": seed, **row}
+        clock.setdefault("first_epoch_done_at", time.time())
+        if rank == 0:
             t0 = time.time()
             logger.log_epoch(epoch, row)
             t1 = time.time()
-            _report(metrics, {CHECKPOINT_NAME: checkpoint,
-                              PROGRESS: json.dumps({"seed": seed, "epoch": epoch, "done": done})})
+            _report(metrics, {CHECKPOINT_NAME: checkpoint, PROGRESS: json.dumps({"item": key, "epoch": epoch})})
             clock["mlflow_epoch_s"] += t1 - t0
             clock["report_s"] += time.time() - t1
-
-        try:
-            result = run_seed(cfg, seed, workdir=seed_dir, device=device, rank=rank, world=world, on_epoch=on_epoch,
-                              init_from=config.get("init_paths", {}).get(str(seed)),
-                              references=config.get("references", {}).get(str(seed)),
-                              log=log)
-        except Diverged as err:
-            _seed_diverged(seed, str(err), rank=rank, logger=logger, log=log, done=done)
-            shutil.rmtree(seed_dir, ignore_errors=True)
-            continue
-        if rank == 0:
-            clock["seed_computed_at"] = time.time()
-            record = result.to_dict()
-            record["worker_node_ids"] = node_ids
-            record["tags"] = {**(record.get("tags") or {}), "distfair.worker_node_ids": ",".join(node_ids)}
-            logger.log_result(record, title=f"{cfg['defense']['name']}, seed {seed}")
-            record["final_model_path"] = None      # local to this worker; the copy is in MLflow
-            clock["seed_logged_at"] = time.time()
-            record["clock"] = clock                # not in MLflow: the driver's timings (runner)
-            done.append(record)
-            _report({"seed": seed, "seed_done": 1},
-                    {PROGRESS: json.dumps({"seed": seed, "seed_done": True, "done": done})})
         else:
-            _report({"seed": seed, "seed_done": 1}, None)
+            _report(metrics, None)
+        if rank == 0 and attempt == 1 and os.environ.get(KILL_WORKER_AT) == f"{seed}:{epoch + 1}":
+            _kill_self_once_registered(item["snapshot"], seed, epoch, log)
+        if _share(ray.get(ledger.is_cancelled.remote(key)) if rank == 0 else None, world):
+            raise _Cancelled(key)
+
+    try:
+        return _train_item(item, seed_dir, rank=rank, world=world, device=device, node_ids=node_ids, log=log,
+                           logger=logger, clock=clock, on_epoch=on_epoch)
+    finally:
         shutil.rmtree(seed_dir, ignore_errors=True)
-    return done if rank == 0 else None
+
+
+def _kill_self_once_registered(snapshot: Path, seed: int, epoch: int, log) -> None:
+    """The :data:`KILL_WORKER_AT` hook: wait (at most a minute) until Ray Train's controller has
+    registered this epoch's checkpoint (its ``checkpoint_manager_snapshot.json``), then SIGKILL."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            latest = json.loads(Path(snapshot).read_text()).get("latest_checkpoint_result") or {}
+        except (OSError, ValueError):          # not written yet, or being rewritten
+            latest = {}
+        if (latest.get("metrics") or {}).get("seed") == seed and latest["metrics"].get("epoch") == epoch:
+            break
+        time.sleep(0.05)
+    log(f"test hook {KILL_WORKER_AT}: killing this worker after seed {seed}'s epoch {epoch + 1} checkpoint")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _train_item(item: dict, seed_dir: Path, *, rank: int, world: int, device, node_ids: list[str], log, logger,
+                clock: dict, on_epoch) -> dict:
+    cfg, seed = item["cfg"], item["seed"]
+    try:
+        result = run_seed(cfg, seed, workdir=seed_dir, device=device, rank=rank, world=world, on_epoch=on_epoch,
+                          init_from=item.get("init_path"), references=item.get("references"), log=log)
+    except Diverged as err:
+        if rank == 0:
+            log(f"seed {seed}: FAILED: {err}")
+            logger.log_failure(str(err))
+        return {"seed": seed, "failed": str(err)}
+    except _Cancelled:
+        if rank == 0:
+            log(f"seed {seed}: left, its configuration was stopped")
+        return {"seed": seed, "failed": "cancelled"}
+    if rank != 0:
+        return {}
+    clock["seed_computed_at"] = time.time()
+    record = result.to_dict()
+    record["worker_node_ids"] = node_ids
+    record["tags"] = {**(record.get("tags") or {}), "distfair.worker_node_ids": ",".join(node_ids)}
+    logger.log_result(record, title=f"{cfg['defense']['name']}, seed {seed}")
+    record["final_model_path"] = None      # local to this worker; the copy is in MLflow
+    clock["seed_logged_at"] = time.time()
+    record["clock"] = clock                # not in MLflow: the driver's timings (runner)
+    return record

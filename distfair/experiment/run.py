@@ -39,14 +39,17 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
                                     parent_run_name: str | None = None, ray_run_name: str | None = None,
                                     init_paths: dict[int, str] | None = None,
                                     references: dict[int, dict[str, str]] | None = None,
-                                    resume_parent: str | None = None) -> RunReport:
+                                    resume_parent: str | None = None, pool=None,
+                                    owner: str | None = None) -> RunReport:
     """Create (or, with ``lookup`` tags, find; with ``resume_parent``, reopen that
     configuration run: ``distfair run --resume``) the MLflow records, train every seed that has
     no FINISHED run yet on the connected Ray cluster, and aggregate.
 
     ``init_paths`` / ``references``: ``train.init_from`` and the defense's reference files
     resolved per seed (``resolve_init_from``, ``resolve_references``); resolved here if None.
-    Ray must already be initialised (see ``distfair.distributed.ray_session``). Whatever
+    Ray must already be initialised (see ``distfair.distributed.ray_session``). ``pool``: the
+    command's slots (``distfair.distributed.slots``; None: slots for this configuration alone);
+    ``owner``: the sweep trial whose items these are. Whatever
     happens, the parent and every child end in a terminal state: FINISHED, or FAILED for a
     seed that produced no result (and then the parent too), or KILLED on Ctrl-C. A seed run
     left unfinished by an earlier, interrupted attempt is retired and redone.
@@ -92,7 +95,7 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
             outcome = run_configuration(cfg, child_run_ids=children, init_paths=init_paths, references=references,
                                         seed_logger=tracking.seed_logger_factory(tracking_uri, storage_path),
                                         run_name=ray_run_name or _ray_run_name(parent, children),
-                                        storage_path=storage_path, log=log)
+                                        storage_path=storage_path, log=log, pool=pool, owner=owner)
         except KeyboardInterrupt:
             opened = [*children.values(), parent]
             tracking.mark_runs(tracking_uri, opened, "KILLED")

@@ -154,6 +154,7 @@ def execute_run(plan: RunPlan, *, log: Callable[[str], None], on_report: OnRepor
             if resources is not None:
                 log(f"Ray: {'joined ' + request.address if request.address else 'local instance'} with "
                     f"{ {k: v for k, v in resources.items() if k in ('CPU', 'GPU')} }")
+            slots = _CommandSlots(storage, log, [(cfg, name) for name, cfg, *_ in resolved if name not in done])
             for name, cfg, init_paths, references in resolved:
                 label = "" if name is None else f"[{name}] "
                 attempt = attempts.get(name)
@@ -177,9 +178,11 @@ def execute_run(plan: RunPlan, *, log: Callable[[str], None], on_report: OnRepor
                 report = run_configuration_with_tracking(
                     cfg, config_path=request.config, experiment=plan.experiment, tracking_uri=uri,
                     storage_path=storage, log=log, init_paths=init_paths, references=references,
-                    resume_parent=attempt.run_id if attempt is not None else None, **named)
+                    resume_parent=attempt.run_id if attempt is not None else None,
+                    pool=slots.for_configuration(cfg), **named)
                 reports.append((name, cfg, report))
                 on_report(name, cfg, report, label, len(reports) == len(resolved))
+            slots.close()
     except InsufficientResources as err:
         raise Refused(f"{request.config}: scaling: {err}") from None
     except tracking.TrackingUnavailable as err:
@@ -195,3 +198,32 @@ def execute_run(plan: RunPlan, *, log: Callable[[str], None], on_report: OnRepor
             err.close_again()            # Ray is down now: no worker can reopen a run
         raise RunInterrupted([str(n) for n, *_ in reports]) from None
     return outcome
+
+
+class _CommandSlots:
+    """The worker groups of one ``distfair run`` (``distfair.distributed.slots``): started for
+    the first configuration to train and kept for every later one with the same scaling (a
+    different scaling closes them and starts its own). As many as the cluster holds at once,
+    and no more than the seeds left to train with that scaling."""
+
+    def __init__(self, storage: str, log: Callable[[str], None], todo: list[tuple[dict, str | None]]):
+        self.storage, self.log, self.todo = storage, log, todo
+        self.pool = None
+        self.key = None
+
+    def for_configuration(self, cfg: dict):
+        from distfair.distributed.slots import SlotPool, scaling_key
+
+        key = scaling_key(cfg["scaling"])
+        if self.pool is not None and key != self.key:
+            self.close()
+        if self.pool is None:
+            seeds = sum(len(c["seeds"]) for c, _ in self.todo if scaling_key(c["scaling"]) == key)
+            self.pool, self.key = SlotPool(cfg["scaling"], storage_path=self.storage, log=self.log,
+                                           slots=max(1, seeds)), key
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None

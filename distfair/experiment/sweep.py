@@ -18,6 +18,7 @@ import json
 import os
 import re
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -120,7 +121,8 @@ def run_trial_configuration(cfg: dict, params: dict, trial_id: str, context: dic
         lookup=_trial_lookup(context, trial_id),
         extra_tags={tracking.TAG_PARENT: context["sweep_run_id"],
                     "distfair.trial_params": json.dumps(params, default=str)},
-        parent_run_name=f"{trial_id} " + " ".join(f"{k}={short_value(v)}" for k, v in params.items()))
+        parent_run_name=f"{trial_id} " + " ".join(f"{k}={short_value(v)}" for k, v in params.items()),
+        pool=context.get("pool"), owner=trial_id)
 
 
 def trial_record(context: dict, trial_id: str, curve: str | None):
@@ -178,6 +180,7 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
     """Run (or resume) the sweep ``name`` (see :func:`sweep_dir_name`) on the connected Ray
     cluster and record it in MLflow."""
     from distfair.distributed import concurrent_groups
+    from distfair.distributed.slots import SlotPool, pool_ticking
     from distfair.distributed.sweep import TRIAL_RESOURCE, groups_and_concurrency, run_tune
 
     experiment_id = tracking.prepare_experiment(tracking_uri, experiment)
@@ -194,16 +197,21 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
         usable["CPU"] = cluster.get("CPU", 0.0) - 0.01 * most
     capacity = concurrent_groups(cfg["scaling"], usable)
     groups, concurrent = groups_and_concurrency(len(cfg["seeds"]), capacity, spec.max_concurrent)
+    # one set of worker groups for the whole sweep, fed by every trial (distfair.distributed.slots);
+    # not when the scaling itself is searched: then each configuration starts its own
+    shared = not any(d.key.startswith("scaling.") for d in spec.dims + spec.grid)
+    slots = capacity if shared else groups
     sweep_run = tracking.start_sweep_run(
         tracking_uri, experiment_id, name=name, lookup={"distfair.sweep_name": name},
         params={"sweep_file": config_path, "selected_on": "validation", "sampler": spec.sampler, "sampler_seed": spec.seed,
                 "num_samples": spec.num_samples, "num_seeds": len(cfg["seeds"]), "seeds": cfg["seeds"],
                 "objective": [t.__dict__ for t in spec.objective], "grid_points": len(spec.grid_points()),
                 "early_stopping": spec.early_stopping.__dict__ if spec.early_stopping else None,
-                "max_concurrent": concurrent, "groups_per_configuration": groups})
+                "max_concurrent": concurrent, "worker_groups": slots})
     log(f"sweep {name}: {spec.total_trials()} configuration(s) x {len(cfg['seeds'])} seed(s), sampler "
-        f"{spec.sampler} (seed {spec.seed}), {concurrent} configuration(s) at once, {groups} worker group(s) each; "
-        f"MLflow sweep run {sweep_run}")
+        f"{spec.sampler} (seed {spec.seed}), {concurrent} configuration(s) at once, "
+        + (f"{slots} worker group(s) that stay up for the sweep; " if shared else f"{groups} worker group(s) each; ")
+        + f"MLflow sweep run {sweep_run}")
     context = {"base": copy.deepcopy(spec.base), "config_path": config_path, "experiment": experiment, "experiment_id": experiment_id,
                "tracking_uri": tracking_uri, "storage_path": storage_path, "sweep_run_id": sweep_run,
                "seeds": list(cfg["seeds"]), "groups_per_trial": groups, "poll_s": poll_s,
@@ -211,11 +219,21 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
                "early_stopping": spec.early_stopping.__dict__ if spec.early_stopping else None,
                "run_trial": run_trial_configuration, "trial_record": trial_record, "close_trial": close_trial}
     interrupted = False
+    pool = SlotPool(cfg["scaling"], storage_path=storage_path, log=log, progress=False, slots=slots,
+                    name=f"{name}-slots-{uuid.uuid4().hex[:6]}") if shared else None
+    if pool is not None:
+        context["pool"] = pool.handle
     try:
-        run_tune(spec, context, name=name, storage_path=storage_path, resume=resume, max_concurrent=concurrent,
-                 trial_resources=trial_resources, log=log)
+        with pool_ticking(pool):
+            run_tune(spec, context, name=name, storage_path=storage_path, resume=resume, max_concurrent=concurrent,
+                     trial_resources=trial_resources, log=log, cancel=pool.cancel_owner if pool else None)
     except KeyboardInterrupt:
         interrupted = True
+    if pool is not None:
+        if interrupted:
+            pool.abandon()
+        else:
+            pool.close()
     if resume and not interrupted:
         retire_orphan_configurations(tracking_uri, experiment_id, sweep_run, log)
     report = SweepReport(experiment=experiment, sweep_run_id=sweep_run, spec=spec, experiment_id=experiment_id)
