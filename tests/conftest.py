@@ -51,7 +51,10 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 16, "lr": 0.05},
     "attack": {"name": "pgd", "eps": 0.1, "steps": 2},
     "eval": {"attacks": [{"name": "pgd5", "attack": "pgd", "steps": 5}, {"name": "fgsm", "attack": "fgsm"}]},
-    "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 1}},
+    # one worker group per command: a tiny seed trains in about a second, and a second group
+    # costs some 8 s of start-up on a 2-core machine; the shipped quickstart (tests/test_ray_run.py),
+    # the benchmarks and the multi-node tests run several side by side
+    "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 1}, "max_concurrent_seeds": 1},
     "seeds": [0, 1],
 }
 

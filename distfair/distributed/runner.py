@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from distfair.distributed.layout import InsufficientResources, concurrent_groups, worker_resources
-from distfair.distributed.worker import slot_loop_per_worker
+from distfair.distributed.worker import TEST_HOOKS, slot_loop_per_worker
 
 
 @dataclass
@@ -84,7 +85,7 @@ def fit_slot(scaling: dict, *, slot: int, name: str, storage_path: str, ledger, 
         slot_loop_per_worker,
         train_loop_config={
             "ledger": ledger, "slot": slot, "run_name": name, "storage_path": storage_path,
-            "use_gpu": scaling["use_gpu"],
+            "use_gpu": scaling["use_gpu"], "test_hooks": {h: os.environ[h] for h in TEST_HOOKS if os.environ.get(h)},
             "threads_per_worker": max(1, math.floor(per_worker.get("CPU", 1.0))), "progress": progress,
         },
         scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],

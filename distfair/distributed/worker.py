@@ -39,10 +39,15 @@ from distfair.engine.train import CHECKPOINT_NAME, Diverged
 
 PROGRESS = "progress.json"
 
-#: fault injection for the tests (``tests/test_worker_faults.py``): ``"<seed>:<epoch>"`` makes the
-#: worker running that seed SIGKILL itself once that epoch's checkpoint (epochs counted from 1) is
-#: the one Ray Train would restart from, on the item's first attempt only. No timing windows.
+#: fault injection for the tests, read from the driver's environment (and handed to the workers
+#: in the slot's config, so that it reaches the workers of a cluster started elsewhere):
+#: ``"<seed>:<epoch>"`` makes rank 0 of the group running that seed, once that epoch's checkpoint
+#: (epochs counted from 1) is the one Ray Train would restart from and on the seed's first attempt
+#: only, SIGKILL itself (``tests/test_worker_faults.py``) or pause for up to ten minutes, saying
+#: so, while the test kills its node (``tests/test_multinode.py``). No timing windows.
 KILL_WORKER_AT = "DISTFAIR_TEST_KILL_WORKER_AT"
+PAUSE_WORKER_AT = "DISTFAIR_TEST_PAUSE_WORKER_AT"
+TEST_HOOKS = (KILL_WORKER_AT, PAUSE_WORKER_AT)
 
 
 def _restore(key: str, seed_dir: Path) -> int | None:
@@ -173,7 +178,8 @@ def slot_loop_per_worker(config: dict) -> None:
         item, attempt = _next_item(ledger, slot, rank, world)
         if item is None:
             return
-        item = {**item, "snapshot": Path(config["storage_path"]) / config["run_name"] / "checkpoint_manager_snapshot.json"}
+        item = {**item, "hooks": config.get("test_hooks") or {},
+                "snapshot": Path(config["storage_path"]) / config["run_name"] / "checkpoint_manager_snapshot.json"}
         record = _run_item(item, attempt, rank=rank, world=world, device=device, node_ids=node_ids, log=log,
                            ledger=ledger, started_at=started_at)
         if rank == 0:
@@ -213,8 +219,9 @@ def _run_item(item: dict, attempt: int, *, rank: int, world: int, device, node_i
             clock["report_s"] += time.time() - t1
         else:
             _report(metrics, None)
-        if rank == 0 and attempt == 1 and os.environ.get(KILL_WORKER_AT) == f"{seed}:{epoch + 1}":
-            _kill_self_once_registered(item["snapshot"], seed, epoch, log)
+        hooks = [h for h, at in item["hooks"].items() if at == f"{seed}:{epoch + 1}"]
+        if rank == 0 and attempt == 1 and hooks:
+            _hook_once_registered(hooks[0], item["snapshot"], seed, epoch, log)
         if _share(ray.get(ledger.is_cancelled.remote(key)) if rank == 0 else None, world):
             raise _Cancelled(key)
 
@@ -225,9 +232,10 @@ def _run_item(item: dict, attempt: int, *, rank: int, world: int, device, node_i
         shutil.rmtree(seed_dir, ignore_errors=True)
 
 
-def _kill_self_once_registered(snapshot: Path, seed: int, epoch: int, log) -> None:
-    """The :data:`KILL_WORKER_AT` hook: wait (at most a minute) until Ray Train's controller has
-    registered this epoch's checkpoint (its ``checkpoint_manager_snapshot.json``), then SIGKILL."""
+def _hook_once_registered(hook: str, snapshot: Path, seed: int, epoch: int, log) -> None:
+    """A :data:`TEST_HOOKS` hook: wait (at most a minute) until Ray Train's controller has
+    registered this epoch's checkpoint (its ``checkpoint_manager_snapshot.json``), then SIGKILL
+    this worker or pause it."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -237,8 +245,11 @@ def _kill_self_once_registered(snapshot: Path, seed: int, epoch: int, log) -> No
         if (latest.get("metrics") or {}).get("seed") == seed and latest["metrics"].get("epoch") == epoch:
             break
         time.sleep(0.05)
-    log(f"test hook {KILL_WORKER_AT}: killing this worker after seed {seed}'s epoch {epoch + 1} checkpoint")
-    os.kill(os.getpid(), signal.SIGKILL)
+    if hook == KILL_WORKER_AT:
+        log(f"test hook {hook}: killing this worker after seed {seed}'s epoch {epoch + 1} checkpoint")
+        os.kill(os.getpid(), signal.SIGKILL)
+    log(f"test hook {hook}: pausing this worker after seed {seed}'s epoch {epoch + 1} checkpoint")
+    time.sleep(600)
 
 
 def _train_item(item: dict, seed_dir: Path, *, rank: int, world: int, device, node_ids: list[str], log, logger,
