@@ -131,9 +131,6 @@ class Ledger:
     def results_of(self, keys: list[str]) -> dict[str, dict]:
         return {k: self.results[k] for k in keys if k in self.results}
 
-    def held(self, slot: int) -> str | None:
-        return self.leases.get(slot)
-
     def close(self) -> None:
         self.closed = True
 
@@ -375,10 +372,5 @@ def pool_ticking(pool: SlotPool | None, every_s: float = 0.5):
         stop.set()
 
 
-def slots_needed(n_items: int, capacity: int) -> int:
-    """Slots worth starting for ``n_items`` items on a cluster holding ``capacity`` groups."""
-    return max(1, min(capacity, n_items)) if n_items else 1
-
-
-__all__ = ["Ledger", "MAX_EMPTY_FAILURES", "PoolHandle", "SlotPool", "ledger_actor", "pool_ticking", "scaling_key", "slots_needed",
+__all__ = ["Ledger", "MAX_EMPTY_FAILURES", "PoolHandle", "SlotPool", "ledger_actor", "pool_ticking", "scaling_key",
            "wait_for"]
