@@ -16,9 +16,14 @@ A YAML file with these top-level blocks (see tune_spaces/quickstart.yaml for a c
     range); PGD's step defaults to eps/4. ``target``: null (untargeted), a class index or
     name, ``random`` (a random wrong class per sample) or ``every`` (each wrong class in turn,
     worst case per sample, targeted success matrix). Default: one PGD-20 at the training ε.
-    ``subgroups``: ``{<attribute>: metadata | {<class name or index>: <group>, ...}}``, see
-    ``distfair.evaluation.subgroups``. ``summaries``: ``{<summary>: {<option>: ...}}``, the
-    evaluation summaries to run beyond the default ones, with their options (e.g.
+    ``subgroups``: ``{<attribute>: metadata | {<class name or index>: <group>, ...}}`` or, for
+    a metadata attribute, ``{source: metadata, exclude: [unknown, ""], min_group_size: 1,
+    size_by: samples}`` (the defaults; ``size_by``: a per-sample attribute such as ``speaker``
+    whose distinct values are counted instead of samples) or ``{intersect: [<attr>, ...],
+    ...}`` (groups ``female|us``). "unknown" and empty values form no group unless
+    ``exclude: []``; see ``distfair.evaluation.subgroup_spec`` and ``distfair.evaluation.subgroups``.
+    ``summaries``: ``{<summary>: {<option>: ...}}``, the evaluation summaries to run beyond
+    the default ones, with their options (e.g.
     ``auc_acc: {entries: [<eval.attacks names>]}``); see ``distfair.evaluation.summaries``.
 ``scaling``
     Ray Train resources of one seed run (``SCALING_FIELDS``).

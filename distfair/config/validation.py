@@ -12,6 +12,7 @@ from distfair.attacks import ATTACKS
 from distfair.data import DATASETS
 from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES
 from distfair.evaluation.summaries import check_summaries
+from distfair.evaluation.subgroup_spec import METADATA, is_options_form, metadata_options, subgroup_problems
 from distfair.models import MODEL_DATA_ARGS, MODELS
 from distfair.config.buildable import _check_buildable
 from distfair.config.fields import (CONFIGURATION_NAME, DEFAULT_EVAL_ATTACK, EVAL_FIELDS, SCALING_FIELDS,
@@ -193,7 +194,9 @@ def _entry_target(entry: dict, prefix: str, problems: _Problems) -> bool:
 
 
 def _subgroups_block(raw, problems: _Problems) -> dict:
-    """``{attribute: "metadata" | {class name or index: group}}``."""
+    """``{attribute: "metadata" | {source: metadata, ...} | {intersect: [...], ...} | {class name or
+    index: group}}`` (``distfair.evaluation.subgroup_spec``). The bare word stays as written; the
+    options form is resolved with every default filled in, so the record says what was left out."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -205,8 +208,14 @@ def _subgroups_block(raw, problems: _Problems) -> dict:
         key = f"eval.subgroups.{attr}"
         if not isinstance(attr, str) or not attr or "/" in attr:
             problems.add(key, "an attribute name must be a non-empty string without '/'")
-        elif source == "metadata":
+        elif source == METADATA:
             out[attr] = source
+        elif is_options_form(source):
+            found = subgroup_problems(attr, source)
+            for where, reason in found:
+                problems.add(where, reason)
+            if not found:
+                out[attr] = metadata_options(source)
         elif isinstance(source, dict) and source:
             bad = [k for k, v in source.items() if isinstance(k, bool) or not isinstance(k, (int, str))
                    or isinstance(v, (dict, list)) or v is None]
@@ -215,9 +224,10 @@ def _subgroups_block(raw, problems: _Problems) -> dict:
             else:
                 out[attr] = {k: str(v) for k, v in source.items()}
         else:
-            problems.add(key, f"must be 'metadata' or a non-empty class -> group mapping, got {source!r}")
+            problems.add(key, f"must be 'metadata' or a non-empty class -> group mapping (or the options form "
+                              f"{{source: metadata, exclude: [...], min_group_size: <n>, size_by: ...}}), "
+                              f"got {source!r}")
     return out
-
 
 
 def configuration_problems(raw: Any) -> list[tuple[str, str]]:

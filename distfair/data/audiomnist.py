@@ -17,7 +17,8 @@ Per-sample attributes (``DataBundle.test_attributes`` / ``val_attributes``, and
 ``<split>.attributes`` for every split) come from the metadata file, lower-cased:
 ``gender``, ``accent``, ``native`` (the "native speaker" field, "yes"/"no"), ``age`` (a
 decade, "20s", "30s", ...; "unknown" when the field is not a plausible age: the published
-file gives speaker 45 the age "1234"), ``age_years`` (the field as written) and ``speaker``.
+file gives speaker 45 the age "1234"; ``eval.subgroups`` leaves "unknown" out of every group
+by default), ``age_years`` (the field as written) and ``speaker``.
 
 Splits (``split``):
 

@@ -25,8 +25,9 @@ samples (default 48,000 = 3 s: the clips average about 2.7 s, the word usually e
 values in [-1, 1].
 
 Per-sample attributes, lower-cased, with an empty field as "unknown" (many contributors
-leave them blank): ``gender``, ``age`` (Common Voice's decades: "teens", "twenties", ...),
-``accent`` (from ``accent`` or ``accents``) and ``speaker`` (``client_id``), in
+leave them blank; ``eval.subgroups`` leaves "unknown" out of every group by default):
+``gender``, ``age`` (Common Voice's decades: "teens", "twenties", ...), ``accent`` (from
+``accent`` or ``accents``) and ``speaker`` (``client_id``), in
 ``DataBundle.test_attributes`` / ``val_attributes`` and ``<split>.attributes``.
 ``max_per_split`` keeps the first rows (in table order) of each table, for quick runs.
 """

@@ -11,6 +11,8 @@
   (subgroup fairness, targeted success, self-checks, AUC_acc over a budget grid, ...): one
   module and one registry line each, shared contract tests.
 - ``subgroups.py``: ``eval.subgroups`` resolved against a dataset, and the subgroup report.
+- ``subgroup_spec.py``: the forms of an ``eval.subgroups`` entry, their defaults and checks (pure
+  Python: the configuration's first pass reads it).
 - ``checks.py``: the self-check functions (AutoAttack's sanity checks).
 - ``seed_figures.py``: every figure of a seed run, from its result (the drawing is ``distfair.plotting``).
 

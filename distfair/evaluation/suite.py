@@ -23,7 +23,8 @@ from distfair.attacks import Attack, build_attack
 from distfair.attacks.autoattack import pin_versions
 from distfair.data import DataBundle
 from distfair.evaluation.predict import Predictions, Predictor, predict_dataset
-from distfair.evaluation.subgroups import METADATA, metric_safe, resolve_groupings
+from distfair.evaluation.subgroup_spec import needed_attributes
+from distfair.evaluation.subgroups import metric_safe, resolve_groupings
 from distfair.evaluation.summaries import (EntryResult, SummaryContext, SummaryDocuments, run_summaries,
                                            validation_entries)
 from distfair.metrics import fairness_metrics
@@ -225,9 +226,11 @@ def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: di
         return None
     spec = dict(eval_cfg.get("subgroups") or {})
     for attribute, source in list(spec.items()):
-        if source == METADATA and attribute not in data.class_attributes and attribute not in data.val_attributes:
-            log(f"seed {seed}: validation: subgroup attribute {attribute!r} has no values for the validation "
-                "samples; its validation metrics are skipped")
+        missing = [a for a in needed_attributes(attribute, source)
+                   if a not in data.class_attributes and a not in data.val_attributes]
+        if missing:
+            log(f"seed {seed}: validation: subgroup attribute {', '.join(map(repr, missing))} has no values for "
+                f"the validation samples; the validation metrics of eval.subgroups.{attribute} are skipped")
             del spec[attribute]
     view = dataclasses.replace(data, test=data.val, test_attributes=data.val_attributes)
     try:

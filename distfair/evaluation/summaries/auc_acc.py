@@ -21,8 +21,11 @@ a fixed-target entry's own target class (not attacked) is left out.
 
 Metrics (bare on the test split, ``val_``-prefixed from the validation pass, which then also
 evaluates every grid entry): ``auc_acc`` over all samples, ``group_auc_acc/<attr>/<group>``
-per ``eval.subgroups`` group, and ``defense_parity/<attr>``: the largest ``AUC_acc`` difference
-between the groups of one attribute (§3: "the largest difference between subgroups").
+per ``eval.subgroups`` group (its samples at each budget, ``n``, beside it in the document), and
+``defense_parity/<attr>``: the largest ``AUC_acc`` difference between the groups of one
+attribute (§3: "the largest difference between subgroups"); groups left out by ``exclude`` or
+``min_group_size`` (``distfair.evaluation.subgroups``) take no part and are listed under
+``left_out``.
 Accuracy Parity, the same on clean accuracy, is ``clean_group_gap/<attr>`` for per-sample
 attributes. A group without samples at some budget has no ``AUC_acc`` (a ``UserWarning``)
 and is left out of the parity. Document ``auc_acc.json``; figure: accuracy against ε per
@@ -96,12 +99,13 @@ class AccuracyAUC(Summary):
             attr = metric_safe(grouping.attribute)
             groups, aucs = {}, {}
             for g, group in enumerate(grouping.names):
-                curve = []
+                curve, sizes = [], []
                 for e in entries:
                     members = e.members & (e.groups(grouping) == g)
+                    sizes.append(int(members.sum()))
                     curve.append(float(e.robust[members].mean()) if members.any() else None)
                 auc = None if None in curve else trapezoid_auc(eps, curve)
-                groups[group] = {"acc": curve, "auc_acc": auc}
+                groups[group] = {"n": sizes, "acc": curve, "auc_acc": auc}
                 out.metrics[f"group_auc_acc/{attr}/{metric_safe(group)}"] = auc
                 if auc is not None:
                     aucs[group] = auc
@@ -112,7 +116,8 @@ class AccuracyAUC(Summary):
                               UserWarning, stacklevel=2)
             parity = max(aucs.values()) - min(aucs.values()) if len(aucs) >= 2 else None
             out.metrics[f"defense_parity/{attr}"] = parity
-            doc["attributes"][grouping.attribute] = {"groups": groups, "defense_parity": parity}
+            doc["attributes"][grouping.attribute] = {"groups": groups, "defense_parity": parity,
+                                                     "left_out": dict(grouping.left_out)}
         out.document = doc
         return out
 
@@ -127,7 +132,7 @@ class AccuracyAUC(Summary):
                                  f"{title}: accuracy over ε (AUC_acc {_fmt(document['auc_acc'])})",
                                  Path(outdir) / "auc_acc.png")]
         for attr, info in document["attributes"].items():
-            curves = {f"{g} (AUC {_fmt(v['auc_acc'])})": v["acc"] for g, v in info["groups"].items()}
+            curves = {f"{g} ({_n(v.get('n'))}AUC {_fmt(v['auc_acc'])})": v["acc"] for g, v in info["groups"].items()}
             paths.append(accuracy_curves(eps, curves, f"{title}: accuracy over ε by {attr} "
                                          f"(defense parity {_fmt(info['defense_parity'])})",
                                          Path(outdir) / f"auc_acc_{file_safe(attr)}.png"))
@@ -136,3 +141,14 @@ class AccuracyAUC(Summary):
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4g}"
+
+
+def _n(sizes) -> str:
+    """``"n=120, "`` for a legend: the group's samples (a range when they differ between budgets)."""
+    if sizes is None:
+        return ""
+    sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+    if not sizes:
+        return ""
+    low, high = min(sizes), max(sizes)
+    return f"n={low}, " if low == high else f"n={low}-{high}, "

@@ -24,7 +24,8 @@ Options (``eval.summaries.auc_fpr``): ``alpha_min`` (0.001), ``alpha_max`` (1.0)
 threshold rule. Metrics (bare on test, ``val_``-prefixed from the validation pass, so a sweep
 can select on them): ``auc_fpr`` over all clean samples, ``group_auc_fpr/<attr>/<group>``,
 ``fpr_parity/<attr>``. Document ``auc_fpr.json`` (the grid, the score range and the score
-thresholds where there is one, each curve); figures: FPR against the threshold, overall and
+thresholds where there is one, each group's curve and its clean samples ``n``, the groups left
+out by ``exclude`` or ``min_group_size``, which take no part in the parity); figures: FPR against the threshold, overall and
 per attribute.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 from distfair.evaluation.predict import thresholds_on_range
 from distfair.evaluation.subgroups import metric_safe
 from distfair.evaluation.summaries._base import Summary, SummaryContext, SummaryOutput
-from distfair.evaluation.summaries.auc_acc import _fmt, trapezoid_auc
+from distfair.evaluation.summaries.auc_acc import _fmt, _n, trapezoid_auc
 
 DEFAULTS = {"alpha_min": 0.001, "alpha_max": 1.0, "step": 0.001}
 #: points of each curve drawn in the figures (the document keeps every grid point)
@@ -125,7 +126,8 @@ class FalseRejectionAUC(Summary):
                               "they have no AUC_FPR and are left out of the FPR parity", UserWarning, stacklevel=2)
             parity = max(aucs.values()) - min(aucs.values()) if len(aucs) >= 2 else None
             out.metrics[f"fpr_parity/{attr}"] = parity
-            doc["attributes"][grouping.attribute] = {"groups": groups, "fpr_parity": parity}
+            doc["attributes"][grouping.attribute] = {"groups": groups, "fpr_parity": parity,
+                                                     "left_out": dict(grouping.left_out)}
         out.document = doc
         return out
 
@@ -151,7 +153,8 @@ class FalseRejectionAUC(Summary):
                                  f"{title}: false rejection (AUC_FPR {_fmt(document['auc_fpr'])})",
                                  Path(outdir) / "auc_fpr.png", xlabel=label, ylabel="false rejection rate")]
         for attr, info in document["attributes"].items():
-            curves = {f"{g} (AUC {_fmt(v['auc_fpr'])})": (sub(v["fpr"]) if v["fpr"] is not None else [None] * len(xs))
+            curves = {f"{g} ({_n(v.get('n'))}AUC {_fmt(v['auc_fpr'])})":
+                      (sub(v["fpr"]) if v["fpr"] is not None else [None] * len(xs))
                       for g, v in info["groups"].items()}
             paths.append(accuracy_curves(xs, curves, f"{title}: false rejection by {attr} "
                                          f"(FPR parity {_fmt(info['fpr_parity'])})",
