@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 import wave
@@ -106,7 +107,8 @@ def test_spoken_words_split_seed_changes_the_voices(words_bundle, sw_root):
 def test_spoken_words_attributes_per_sample(words_bundle):
     b = words_bundle
     assert b.test_attributes == b.test.attributes and b.val_attributes == b.val.attributes
-    assert set(b.test_attributes) == {"gender", "accent", "age", "voice", "variant", "speed", "pitch"}
+    assert set(b.test_attributes) == {"gender", "accent", "age", "voice", "variant", "speed", "pitch", "utterance"}
+    assert set(b.test_attributes["utterance"]) == {"0"}                            # one utterance by default
     for ds in (b.train, b.val, b.test):
         for name, values in ds.attributes.items():
             assert len(values) == len(ds), name
@@ -233,6 +235,141 @@ def test_library_without_rand_seed_is_refused(tmp_path):
         build_dataset("spoken_words", root=str(tmp_path), espeak_library=str(fake), espeak_data=data, **GRID)
 
 
+# ---------------------------------------------------------------- within-voice jitter (issue 27)
+#: a tinier grid for the jitter tests: 1 accent x 2 variants x 3 speeds = 6 voices, 1 / 1 / 1 per gender
+JGRID = {**GRID, "words": ("one", "two"), "accents": ("en",)}
+JITTER = {"repeats": 2, "pitch_jitter": 6, "rate_jitter": 15, "gain_jitter_db": 3.0}
+JLENGTH = 8000
+
+
+def all_clips(b) -> tuple[torch.Tensor, dict[str, list[str]], list[int]]:
+    parts = (b.train, b.val, b.test)
+    attributes = {k: sum((p.attributes[k] for p in parts), []) for k in b.test.attributes}
+    return torch.cat([p.waveforms for p in parts]), attributes, sum((p.targets for p in parts), [])
+
+
+def test_default_cache_key_is_unchanged(words_bundle, sw_root):
+    """Without jitter the cache key is the one used before jitter existed: cached grids stay valid."""
+    voices = sw.voice_grid(GRID["accents"], GRID["variants"], GRID["speeds"], GRID["pitches"])
+    old_key = importlib.import_module("distfair.data._spoken_cache")._digest({"format": 1, "words": list(GRID["words"]), "voices": [v.id for v in voices],
+                                        "length": LENGTH, "sample_rate": SAMPLE_RATE})
+    assert sw.cache_key(list(GRID["words"]), voices, LENGTH) == old_key
+    assert (sw_root / old_key[:20] / "waveforms.npy").exists()
+    assert sw.cache_key(list(GRID["words"]), voices, LENGTH, sw.Jitter(2, 0, 0, 1.0)) != old_key
+
+
+def test_jitter_varies_utterances_and_is_reproducible(tmp_path):
+    b = build_dataset("spoken_words", root=str(tmp_path / "a"), length=JLENGTH, **JGRID, **JITTER)
+    waves, attributes, targets = all_clips(b)
+    assert len(targets) == 6 * 2 * 2 and set(attributes["utterance"]) == {"0", "1"}
+    clip = {(v, u, t): i for i, (v, u, t) in enumerate(zip(attributes["voice"], attributes["utterance"], targets))}
+    assert len(clip) == len(targets)                                   # each (voice, utterance, word) once
+    for part in (b.train, b.val, b.test):                              # a voice's repeats stay in its split
+        voices = set(part.attributes["voice"])
+        assert len(part) == len(voices) * 2 * 2
+    for (voice, utterance, word), i in clip.items():
+        if utterance == "0":                                           # the same word twice differs
+            assert not torch.equal(waves[i], waves[clip[(voice, "1", word)]]), (voice, word)
+    # reproducible: generated anew elsewhere, the same bytes; another jitter_seed, other clips
+    again = build_dataset("spoken_words", root=str(tmp_path / "b"), length=JLENGTH, **JGRID, **JITTER)
+    assert torch.equal(all_clips(again)[0], waves)
+    other = build_dataset("spoken_words", root=str(tmp_path / "a"), length=JLENGTH, jitter_seed=1, **JGRID, **JITTER)
+    assert not torch.equal(all_clips(other)[0], waves)
+    assert len(cache_files(tmp_path / "a")) == 4                       # two grids, two folders
+    # the draws stay inside the ranges and the voice's age bucket; the manifest records them
+    (manifest,) = [f for f in cache_files(tmp_path / "b") if f.endswith("manifest.json")]
+    manifest = json.load(open(manifest))
+    assert manifest["jitter"] == {"repeats": 2, "pitch": 6, "rate": 15, "gain_db": 3.0, "seed": 0}
+    spoken = manifest["clips_spoken_as"]["values"]
+    voices = sw.voice_grid(JGRID["accents"], JGRID["variants"], JGRID["speeds"], JGRID["pitches"])
+    nominal = [v for v in voices for _ in range(2 * 2)]
+    assert len(spoken) == len(nominal) and len({tuple(s) for s in spoken}) == len(spoken)
+    for (pitch, speed, gain_db), voice in zip(spoken, nominal):
+        assert abs(pitch - voice.pitch) <= 6 and abs(speed - voice.speed) <= 15 and abs(gain_db) <= 3.0
+        assert sw.Voice(voice.accent, voice.variant, speed, pitch).age == voice.age
+
+
+def test_jitter_draw_is_per_utterance_and_independent_of_the_grid():
+    voice = sw.Voice("en", "m3", 180, 50)
+    jitter = sw.Jitter(3, 5, 10, 2.0, seed=4)
+    draws = [jitter.draw(voice, w, u) for w in ("one", "two") for u in range(3)]
+    assert len(set(draws)) == 6 and draws == [jitter.draw(voice, w, u) for w in ("one", "two") for u in range(3)]
+    assert sw.Jitter().draw(voice, "one", 0) == (voice, 1.0)           # off: the voice itself, unit gain
+
+
+def test_per_seed_split_draws_the_held_out_voices_from_the_run_seed(words_bundle, sw_root):
+    def voices(b):
+        return {p: set(getattr(b, p).attributes["voice"]) for p in ("train", "val", "test")}
+
+    per_seed = {s: voices(build_dataset("spoken_words", root=str(sw_root), length=LENGTH, split_seed="per_seed",
+                                        run_seed=s, **GRID)) for s in range(4)}
+    for s, v in per_seed.items():
+        assert not v["train"] & v["val"] and not v["train"] & v["test"] and not v["val"] & v["test"], s
+        assert len(set.union(*v.values())) == 12 and all(len(part) == 4 for part in v.values())
+    assert len({frozenset(v["test"]) for v in per_seed.values()}) > 1           # the held-out voices move
+    assert len({frozenset(v["val"]) for v in per_seed.values()}) > 1
+    assert per_seed[0] == voices(words_bundle)                                  # seed 0 draws split_seed 0's split
+    fixed = build_dataset("spoken_words", root=str(sw_root), length=LENGTH, split_seed=0, run_seed=3, **GRID)
+    assert voices(fixed) == voices(words_bundle)                                # an integer ignores the run seed
+    stand_in = build_dataset("spoken_words", root=str(sw_root), length=LENGTH, split_seed="per_seed", **GRID)
+    assert voices(stand_in) == per_seed[0]                                      # configuration checks: seed 0's
+
+
+def test_per_seed_split_reaches_the_training_seed(sw_root, tmp_path):
+    """The engine passes each seed to the data set: `split_seed: per_seed` gives each seed its voices."""
+    from conftest import TINY
+    from distfair.config import validate
+    from distfair.engine.train import build_seed_training
+
+    raw = {**TINY, "defense": {"name": "standard"}, "attack": None, "model": {"name": "m5", "width": 4},
+           "eval": {"attacks": []},
+           "dataset": {"name": "spoken_words", "root": str(sw_root), "length": LENGTH, "split_seed": "per_seed",
+                       **{k: list(v) if isinstance(v, tuple) else v for k, v in GRID.items()}}}
+    cfg = validate(raw, "per_seed.yaml")
+    assert cfg["dataset"]["split_seed"] == "per_seed"
+    test_voices = {}
+    for seed in (0, 1, 2, 3):
+        run = build_seed_training(cfg, seed, workdir=tmp_path / str(seed), device=torch.device("cpu"), rank=0,
+                                  world=1, log=lambda msg: None)
+        test_voices[seed] = frozenset(run.data.test_attributes["voice"])
+        others = set(run.data.train.attributes["voice"]) | set(run.data.val_attributes["voice"])
+        assert not test_voices[seed] & others and len(others) == 8
+    assert len(set(test_voices.values())) > 1
+
+
+def test_stratify_by_age_puts_every_age_in_every_split(tmp_path):
+    grid = {**JGRID, "words": ("one",), "pitches": (40, 50, 60)}       # 18 voices: 3 per (gender, age)
+    b = build_dataset("spoken_words", root=str(tmp_path), length=JLENGTH, stratify=("gender", "accent", "age"), **grid)
+    for part in (b.train, b.val, b.test):
+        assert len(part) == 6
+        assert set(zip(part.attributes["gender"], part.attributes["age"])) == {
+            (g, a) for g in ("male", "female") for a in ("slow", "medium", "fast")}
+
+
+def test_split_sizes_default_and_wide_grid():
+    """What docs/datasets/spoken_words.md says: the default test split holds 1 voice per (gender,
+    accent), 2 per accent (20 clips: parity steps of 0.05); 5 variants per gender stratified by
+    age as well hold 3 per (gender, accent), one per speed (60 clips per accent)."""
+    def test_voices(variants, stratify):
+        voices = sw.voice_grid(sw.DEFAULT_ACCENTS, variants, sw.DEFAULT_SPEEDS, sw.DEFAULT_PITCHES)
+        split = sw.split_voices(voices, stratify, 0.2, 0.1, 0)
+        return [voices[i] for i in split["test"]], {k: len(v) for k, v in split.items()}
+
+    test, sizes = test_voices(sw.DEFAULT_VARIANTS, ["gender", "accent"])
+    assert sizes == {"test": 10, "val": 10, "train": 40}
+    assert sorted((v.gender, v.accent) for v in test) == sorted((g, a) for g in ("male", "female")
+                                                                for a in sw.DEFAULT_ACCENTS)
+    wide = [v for v in sw.ESPEAK_VARIANTS if v[1] in "12345"]
+    test, sizes = test_voices(wide, ["gender", "accent", "age"])
+    assert sizes == {"test": 30, "val": 30, "train": 90}
+    assert sorted((v.gender, v.accent, v.age) for v in test) == sorted(
+        (g, a, s) for g in ("male", "female") for a in sw.DEFAULT_ACCENTS for s in ("slow", "medium", "fast"))
+
+
+def test_espeak_ships_the_gender_labelled_variants():
+    assert sorted(sw.Engine.locate(None, None).variants()) == sorted(sw.ESPEAK_VARIANTS)
+
+
 @pytest.mark.parametrize("options,match", [
     ({"accents": ("en-gb",)}, "no voice 'en-gb\\+m3'"),
     ({"variants": ("klatt",)}, "m1..m8 / f1..f5"),
@@ -240,10 +377,42 @@ def test_library_without_rand_seed_is_refused(tmp_path):
     ({"speeds": (40,)}, "speeds"), ({"pitches": (120,)}, "pitches"), ({"words": ()}, "words"),
     ({"words": ("one", "one")}, "duplicates"), ({"length": 0}, "length"),
     ({"test_fraction": 0.0}, "test_fraction"), ({"test_fraction": 0.1}, "test split has no voice"),
+    ({"repeats": 0}, "repeats must be"), ({"repeats": 2}, "repeats=2 needs within-voice jitter"),
+    ({"pitch_jitter": -1}, "pitch_jitter must be"), ({"pitch_jitter": 40, "pitches": (70,)}, "pitch_jitter=40"),
+    ({"rate_jitter": 25}, "rate_jitter=25 .* age bucket"), ({"gain_jitter_db": -1.0}, "gain_jitter_db"),
+    ({"gain_jitter_db": float("nan")}, "gain_jitter_db"), ({"jitter_seed": -1}, "jitter_seed"),
+    ({"stratify": ("speaker",)}, "stratify must name"), ({"stratify": ()}, "stratify"),
+    ({"split_seed": "random"}, "split_seed must be .*per_seed"), ({"split_seed": -1}, "split_seed must be"),
+    ({"stratify": ("gender", "accent", "age")}, "test split has no voice .*gender, accent, age"),
 ])
 def test_spoken_words_bad_options(tmp_path, options, match):
     with pytest.raises(ValueError, match=match):
         build_dataset("spoken_words", root=str(tmp_path), **{**GRID, **options})
+
+
+def test_direct_call_cannot_resolve_per_seed(tmp_path):
+    with pytest.raises(ValueError, match="split_seed 'per_seed' takes the training seed.*run_seed"):
+        sw.spoken_words(root=str(tmp_path), split_seed="per_seed", **GRID)
+
+
+@pytest.mark.parametrize("options,key,match", [
+    ({"split_seed": "random"}, "dataset", "split_seed must be a non-negative integer or 'per_seed'"),
+    ({"split_seed": 1.5}, "dataset.split_seed", "must be int or str"),
+    ({"repeats": "two"}, "dataset.repeats", "must be int"),
+    ({"repeats": 3}, "dataset", "repeats=3 needs within-voice jitter"),
+    ({"rate_jitter": 50}, "dataset", "rate_jitter=50"),
+    ({"stratify": ["voice"]}, "dataset", "stratify must name"),
+])
+def test_configuration_check_names_the_option(sw_root, options, key, match):
+    from conftest import TINY
+    from distfair.config import ConfigError, validate
+
+    grid = {k: list(v) if isinstance(v, tuple) else v for k, v in GRID.items()}
+    raw = {**TINY, "dataset": {"name": "spoken_words", "root": str(sw_root), "length": LENGTH, **grid, **options}}
+    with pytest.raises(ConfigError) as err:
+        validate(raw, "bad.yaml")
+    problems = err.value.problems
+    assert any(k == key and re.search(match, reason) for k, reason in problems), problems
 
 
 # ------------------------------------------------------------------------------- AudioMNIST

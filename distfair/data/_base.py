@@ -3,7 +3,9 @@ attacks need to know about them (class count, input shape, valid input range).
 
 Validation is always carved from the training data (methods.md "Conventions": model
 selection never looks at the test set). Splits are decided by an explicit ``split_seed``,
-independent of the run seed, so every seed of a configuration sees the same split.
+independent of the run seed, so every seed of a configuration sees the same split, unless a
+dataset accepts ``split_seed: per_seed`` (``spoken_words``) and the configuration asks for it:
+then :func:`distfair.data.build_dataset` passes each training seed as the split seed.
 """
 from __future__ import annotations
 

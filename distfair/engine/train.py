@@ -10,7 +10,8 @@ inverse), then the validation pass and the final evaluation.
 
 Determinism: ``seed`` seeds model initialisation (identical on every rank; DDP broadcasts rank
 0's parameters anyway), the data order (``DistributedSampler(seed=...)`` + ``set_epoch``) and
-the attacks' random starts (a generator per (seed, epoch, rank)). The same seed gives the
+the attacks' random starts (a generator per (seed, epoch, rank)), and, where the dataset block
+says ``split_seed: per_seed``, the data split. The same seed gives the
 same metrics on CPU, and a run resumed from its epoch checkpoint continues exactly as an
 uninterrupted one would.
 """
@@ -238,7 +239,8 @@ def build_seed_training(cfg: dict, seed: int, *, workdir: Path, device: torch.de
     the determinism contract: keep it."""
     train_cfg = cfg["train"]
     seed_everything(seed)
-    data = build_dataset(cfg["dataset"]["name"], **_options(cfg["dataset"], "name"))
+    # run_seed: `dataset.split_seed: per_seed` draws this seed's own split (spoken_words)
+    data = build_dataset(cfg["dataset"]["name"], run_seed=seed, **_options(cfg["dataset"], "name"))
     model = build_model(cfg["model"]["name"], num_classes=data.num_classes, in_shape=data.in_shape,
                         **_options(cfg["model"], "name")).to(device)
     accel.prepare_model(model, train_cfg, log)         # train.channels_last (in place; no RNG draw)
