@@ -41,19 +41,26 @@ class ConfigurationOutcome:
         return not self.errors
 
 
-def _abortable_trainer(on_controller: Callable | None):
+def _abortable_trainer(on_controller: Callable | None, *, torch_backend: bool = True):
     """``TorchTrainer`` that hands its Train controller's actor handle to ``on_controller``, so
     the driver can kill the controller of a group it gave up on (:func:`lost_node_reason`):
     ``fit()`` then returns in its thread instead of staying blocked when Ray shuts down (a
     thread blocked there crashed the interpreter on exit). The body is Ray 2.60's
     ``DataParallelTrainer._initialize_and_run_controller`` (Ray is pinned) without its SIGINT
-    handler, which it only registers on the main thread and groups never run there."""
+    handler, which it only registers on the main thread and groups never run there.
+
+    ``torch_backend=False``: Ray Train's plain ``DataParallelTrainer`` instead, with no torch
+    process group; for a single CPU worker, which never makes a collective call (every one in
+    distfair is guarded by ``world > 1``) and so skips the backend's set-up (about 2 s a group
+    on a 2-core machine, ``scripts/bench_overhead.py``)."""
     from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    base = TorchTrainer if torch_backend else DataParallelTrainer
     if on_controller is None:
-        return TorchTrainer
+        return base
 
-    class AbortableTorchTrainer(TorchTrainer):
+    class AbortableTrainer(base):
         def _initialize_and_run_controller(self, **controller_init_kwargs):
             import ray
             from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
@@ -71,7 +78,7 @@ def _abortable_trainer(on_controller: Callable | None):
             ray.get(controller.run.remote())
             return ray.get(controller.get_result.remote())
 
-    return AbortableTorchTrainer
+    return AbortableTrainer
 
 
 def fit_slot(scaling: dict, *, slot: int, name: str, storage_path: str, ledger, progress=None,
@@ -81,11 +88,13 @@ def fit_slot(scaling: dict, *, slot: int, name: str, storage_path: str, ledger, 
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
     per_worker = worker_resources(scaling)
-    trainer = _abortable_trainer(on_controller)(
+    # a single CPU worker needs no torch process group (see _abortable_trainer)
+    torch_backend = bool(scaling["use_gpu"]) or scaling["num_workers"] > 1
+    trainer = _abortable_trainer(on_controller, torch_backend=torch_backend)(
         slot_loop_per_worker,
         train_loop_config={
             "ledger": ledger, "slot": slot, "run_name": name, "storage_path": storage_path,
-            "use_gpu": scaling["use_gpu"], "test_hooks": {h: os.environ[h] for h in TEST_HOOKS if os.environ.get(h)},
+            "use_gpu": scaling["use_gpu"],
             "threads_per_worker": max(1, math.floor(per_worker.get("CPU", 1.0))), "progress": progress,
         },
         scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
@@ -265,7 +274,9 @@ def run_configuration(cfg: dict, *, child_run_ids: dict[int, str], seed_logger: 
     outcome = ConfigurationOutcome()
     items = [{"key": f"{run_name}/seed{s}", "owner": owner or run_name, "seed": s, "run_name": run_name,
               "cfg": {**cfg, "seeds": [s]}, "child_run_id": child_run_ids[s], "seed_logger": seed_logger,
-              "init_path": (init_paths or {}).get(s), "references": (references or {}).get(s)} for s in seeds]
+              "init_path": (init_paths or {}).get(s), "references": (references or {}).get(s),
+              # read where the seeds are queued, so a hook set for this command reaches slots started before it
+              "hooks": {h: os.environ[h] for h in TEST_HOOKS if os.environ.get(h)}} for s in seeds]
     keys = [item["key"] for item in items]
     try:
         handle.submit(items)

@@ -39,8 +39,9 @@ from distfair.engine.train import CHECKPOINT_NAME, Diverged
 
 PROGRESS = "progress.json"
 
-#: fault injection for the tests, read from the driver's environment (and handed to the workers
-#: in the slot's config, so that it reaches the workers of a cluster started elsewhere):
+#: fault injection for the tests, read from the environment of the process that queues the seeds
+#: (the driver, or a sweep's trial) and handed to the workers in each item, so that it reaches
+#: the workers of a cluster started elsewhere and slots started before it was set:
 #: ``"<seed>:<epoch>"`` makes rank 0 of the group running that seed, once that epoch's checkpoint
 #: (epochs counted from 1) is the one Ray Train would restart from and on the seed's first attempt
 #: only, SIGKILL itself (``tests/test_worker_faults.py``) or pause for up to ten minutes, saying
@@ -178,7 +179,7 @@ def slot_loop_per_worker(config: dict) -> None:
         item, attempt = _next_item(ledger, slot, rank, world)
         if item is None:
             return
-        item = {**item, "hooks": config.get("test_hooks") or {},
+        item = {**item, "hooks": item.get("hooks") or {},
                 "snapshot": Path(config["storage_path"]) / config["run_name"] / "checkpoint_manager_snapshot.json"}
         record = _run_item(item, attempt, rank=rank, world=world, device=device, node_ids=node_ids, log=log,
                            ledger=ledger, started_at=started_at)

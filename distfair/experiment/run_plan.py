@@ -137,6 +137,7 @@ def execute_run(plan: RunPlan, *, log: Callable[[str], None], on_report: OnRepor
     from distfair.experiment.run import run_configuration_with_tracking
 
     request, uri, storage, attempts = plan.request, plan.tracking_uri, plan.storage, plan.attempts
+    tracking.forget_open_runs(uri)              # only this command's runs are parked if the server goes
     outcome = RunFileReport(plan=plan)
     reports = outcome.reports
     resolved = plan.resolved

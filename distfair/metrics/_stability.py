@@ -20,7 +20,6 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 
-from scipy import stats
 
 __all__ = ["CLEAN_PREFIX", "INTERVAL_NOTE", "METRIC_RANGES", "UNBOUNDED_FAMILIES", "UNIT_INTERVAL_FAMILIES", "VAL_PREFIX",
            "aggregate_seed_metrics", "metric_family", "metric_range", "summarize"]
@@ -111,6 +110,8 @@ def summarize(values: Sequence[float | None], *, bounds: tuple[float, float] | N
     summary.update(mean=mean, min=min(kept), max=max(kept))
     if n >= 2:
         std = math.sqrt(math.fsum((v - mean) ** 2 for v in kept) / (n - 1))
+        from scipy import stats      # here, not at import: scipy.stats costs every Ray worker ~1 s to import
+
         half_width = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
         low, high = mean - half_width, mean + half_width
         if bounds is not None:

@@ -79,6 +79,7 @@ _EXPORTS: dict[str, str] = {
     "TAG_SEED": "tags",
     # client
     "set_outage_log": "client",
+    "forget_open_runs": "client",
     # buffer
     "TrackingUnavailable": "buffer",
     # writes

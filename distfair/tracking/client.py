@@ -131,6 +131,13 @@ class _RetryingClient:
 _open_runs: dict[str, dict[str, None]] = {}
 
 
+def forget_open_runs(uri: str) -> None:
+    """A command starts remembering afresh: the runs an earlier command of this process created
+    (a long-lived process, such as a notebook or the test suite, runs several) were closed by
+    their workers or parked by that command, and are not this command's to park."""
+    _open_runs.pop(uri, None)
+
+
 def _remember(uri: str, method: str, args: tuple, kwargs: dict, result) -> None:
     runs = _open_runs.setdefault(uri, {})
     if method == "create_run":

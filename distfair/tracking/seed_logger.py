@@ -47,8 +47,10 @@ class SeedRunLogger:
 
     def __init__(self, uri: str, run_id: str, *, storage_path: str | Path | None = None,
                  retry_s: float | None = None, buffer_limit: int | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, figures: bool | None = None):
         self.uri, self.run_id = uri, run_id
+        #: draw the seed's figures (``plots/``); None: ``$DISTFAIR_SEED_FIGURES`` of this process
+        self.figures = seed_figures_enabled() if figures is None else figures
         self.log = log or _stderr_log
         self.retry_s = tracking_buffer.retry_budget_s() if retry_s is None else retry_s
         self.client = _RetryingClient(uri, self.retry_s, self.log)
@@ -184,7 +186,7 @@ class SeedRunLogger:
                 self._queue_file(tmp / filename)
             if result.get("flags_path") and Path(result["flags_path"]).is_file():
                 self._queue_file(result["flags_path"])
-            if seed_figures_enabled():
+            if self.figures:
                 figures = tmp / "plots"
                 figures.mkdir()
                 seed_figures(result, title, figures)
@@ -197,7 +199,8 @@ class SeedRunLogger:
 
 #: ``0`` skips the per-seed figures (``plots/`` of each seed run: about 2 s of drawing per seed on
 #: a small CPU); every number and document is still logged. The test suite sets it, except where
-#: a test looks at the figures. Read where the seed is logged (the worker inherits it).
+#: a test looks at the figures. Read by the driver (:func:`seed_logger_factory`), so it holds
+#: for the command's seeds wherever their workers were started.
 SEED_FIGURES_ENV = "DISTFAIR_SEED_FIGURES"
 
 
@@ -208,8 +211,10 @@ def seed_figures_enabled() -> bool:
 def seed_logger_factory(uri: str, storage_path: str | Path):
     """What the driver hands to the Ray workers: ``factory(run_id, log=...)`` makes the
     :class:`SeedRunLogger` of a seed run, with the retry budget and buffer size read here, in
-    the driver's environment, and ``storage_path`` (shared on a cluster) for what waits."""
+    the driver's environment (so is whether to draw the seed figures), and ``storage_path``
+    (shared on a cluster) for what waits."""
     import functools
 
     return functools.partial(SeedRunLogger, uri, storage_path=str(storage_path),
-                             retry_s=tracking_buffer.retry_budget_s(), buffer_limit=tracking_buffer.buffer_limit())
+                             retry_s=tracking_buffer.retry_budget_s(), buffer_limit=tracking_buffer.buffer_limit(),
+                             figures=seed_figures_enabled())
