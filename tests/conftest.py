@@ -5,6 +5,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -84,15 +85,76 @@ def write_config(tmp_path):
     return write
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    """One real local Ray instance (2 logical CPUs) shared by the tests of a module
-    (module scope: a second local instance started by a subprocess test must not find two)."""
+@pytest.fixture(scope="session")
+def ray_instance():
+    """The session's one local Ray instance (2 logical CPUs, the sweeps' trial resource, the
+    dashboard that Train's placement-group cleaner polls), started at first use and shared by
+    every test that runs the command in this process (:func:`distfair_cli`) or uses Ray
+    directly: the commands find it initialised and reuse it instead of starting their own
+    (``distfair.distributed.session``). Its workers also register the toy defenses of
+    ``tests/toy_defenses.py``. Tests that run the command in a process of its own (a killed
+    driver, Ctrl-C, what a user's terminal shows) still start their own instance: a plain
+    ``ray.init()`` never joins another local instance, only one made by ``ray start``."""
     import ray
 
-    from distfair.distributed import session  # noqa: F401 - sets Ray Train env defaults
+    from distfair.distributed import session
+    from distfair.distributed.sweep import TRIAL_RESOURCE
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=True)
+    tests_dir = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
+    for name, value in session.LOCAL_INSTANCE_ENV.items():
+        os.environ.setdefault(name, value)
+    ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=True, resources={TRIAL_RESOURCE: 1000},
+             runtime_env={"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": "toy_defenses.register"})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(ray_instance):
+    """The session's local Ray instance (:func:`ray_instance`)."""
+    return ray_instance
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def call_cli(*argv, cwd: str | Path | None = None) -> CliResult:
+    """The command called in this process (``distfair.cli.main``) from ``cwd``: its exit code and
+    what it wrote to stdout and stderr, as ``subprocess.run`` would give them (``--json``
+    writes its object to file descriptor 1 itself, so that is captured too). Ray: the
+    session's instance (take the :func:`ray_instance` fixture), which the command reuses."""
+    import io
+    import sys
+    import tempfile
+
+    from distfair import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    with tempfile.TemporaryFile() as fd1:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(fd1.fileno(), 1)
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = cli.main([str(a) for a in argv])
+        finally:
+            os.chdir(before)
+            os.dup2(saved, 1)
+            os.close(saved)
+        fd1.seek(0)
+        written = fd1.read().decode(errors="replace")
+    return CliResult(code, written + out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def distfair_cli(ray_instance):
+    """:func:`call_cli` on the session's Ray instance."""
+    return call_cli

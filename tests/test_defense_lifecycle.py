@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-import toy_defenses
 from distfair.config import validate
 from distfair.defenses import DEFENSES
 from distfair.engine import run_seed
@@ -123,19 +120,11 @@ def test_defense_state_of_another_world_size_is_refused(cfg, teacher_path, tmp_p
 
 
 # ----------------------------------------------------------------------------- real Ray
-@pytest.fixture(scope="module")
-def ray_with_toy():
-    """A local Ray instance whose workers register the toy defense (setup hook)."""
-    import ray
-
-    from distfair.distributed import session  # noqa: F401 - sets Ray Train env defaults
-
-    tests_dir = str(Path(toy_defenses.__file__).parent)
-    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=True,
-             runtime_env={"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": "toy_defenses.register"})
-    yield ray
-    ray.shutdown()
+@pytest.fixture
+def ray_with_toy(ray_instance):
+    """The session's local Ray instance, whose workers register the toy defenses (setup hook;
+    ``tests/conftest.py``)."""
+    return ray_instance
 
 
 @pytest.mark.ray

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -157,22 +156,11 @@ def test_a_diverging_seed_names_epoch_and_batch_and_keeps_the_last_good_checkpoi
 
 
 # ----------------------------------------------------------------------------- real Ray
-@pytest.fixture(scope="module")
-def ray_with_toy():
-    """A local Ray instance whose workers (Train workers and Tune trial actors) register the
-    toy defenses, with the sweep's trial resource."""
-    import ray
-
-    from distfair.distributed import session  # noqa: F401 - sets Ray Train env defaults
-    from distfair.distributed.sweep import TRIAL_RESOURCE
-
-    tests_dir = str(Path(toy_defenses.__file__).parent)
-    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=True, resources={TRIAL_RESOURCE: 1000},
-             runtime_env={"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": "toy_defenses.register"})
-    yield ray
-    ray.shutdown()
+@pytest.fixture
+def ray_with_toy(ray_instance):
+    """The session's local Ray instance, whose workers register the toy defenses (setup hook;
+    ``tests/conftest.py``)."""
+    return ray_instance
 
 
 def _runs(uri: str, experiment: str):

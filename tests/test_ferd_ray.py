@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from distfair import tracking
 from distfair.config import load_config, validate
+from distfair.distributed.slots import SlotPool
 from distfair.results.record import find_entry
 from distfair.experiment.run import run_configuration_with_tracking
 from distfair.experiment.sweep import load_sweep
@@ -44,10 +45,12 @@ def test_students_read_their_teachers_back_from_mlflow(ray_local, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = tmp_path / "storage"
     log = lambda msg: None  # noqa: E731
+    # one pool of slots for the three configurations, as a multi-configuration `distfair run` has
+    pool = SlotPool(validate(TEACHER, "teacher.yaml")["scaling"], storage_path=str(storage), log=log)
 
     def run(cfg: dict, label: str):
         report = run_configuration_with_tracking(validate(cfg, label), config_path=label, experiment="ferd",
-                                                 tracking_uri=uri, storage_path=storage, log=log)
+                                                 tracking_uri=uri, storage_path=storage, log=log, pool=pool)
         assert report.errors == {}, report.errors
         return report
 
@@ -73,6 +76,7 @@ def test_students_read_their_teachers_back_from_mlflow(ray_local, tmp_path):
     one_teacher = teacher_seed_runs[0]
     dfrd = run(student("dfrd", one_teacher), "dfrd.yaml")
     assert find_entry(dfrd.record, split="test", evaluation="clean", metric="acc")["n"] == 2
+    pool.close()
 
 
 def test_shipped_ferd_files_validate(tmp_path):

@@ -127,15 +127,15 @@ def test_cli_run_records_parent_and_one_child_per_seed(itest_run):
         child.data.metrics["max_bipartition_asym"])
 
 
-def test_shipped_quickstart_runs_end_to_end(tmp_path):
-    """The README's main command, exactly as shipped (real digits, Sy-FAR, 3 seeds)."""
+def test_shipped_quickstart_runs_end_to_end(tmp_path, distfair_cli):
+    """The README's main command, exactly as shipped (real digits, Sy-FAR, 3 seeds), called in
+    this process (the command in a process of its own: ``itest_run``)."""
     import time
     from pathlib import Path
 
     config = Path(__file__).resolve().parents[1] / "tune_spaces" / "quickstart.yaml"
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(config), "--json"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+    proc = distfair_cli("run", config, "--json", cwd=tmp_path)
     print(f"quickstart took {time.perf_counter() - start:.1f}s")       # measured, never asserted
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
@@ -223,12 +223,11 @@ def test_ctrl_c_marks_every_run_killed_and_exits_promptly(tmp_path, write_config
     assert len(statuses) == 3 and set(statuses.values()) == {"KILLED"}, statuses
 
 
-def test_a_failing_run_is_reported_and_left_failed_not_running(tmp_path, write_config, tiny_cfg_dict):
+def test_a_failing_run_is_reported_and_left_failed_not_running(tmp_path, write_config, tiny_cfg_dict, distfair_cli):
     tiny_cfg_dict["train"]["lr"] = 1e12                          # diverges: non-finite loss in epoch 1
     tiny_cfg_dict["seeds"] = [0]
     path = write_config(tiny_cfg_dict)
-    proc = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--experiment", "itest"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = distfair_cli("run", path, "--experiment", "itest", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert re.search(r"seed 0 FAILED: loss is (nan|-?inf) at epoch 1, batch \d+", proc.stdout), proc.stdout[-2000:]
     statuses = _statuses(tmp_path / "mlflow.db")
@@ -236,7 +235,7 @@ def test_a_failing_run_is_reported_and_left_failed_not_running(tmp_path, write_c
 
 
 def test_fine_tuning_from_a_configuration_run_uses_each_seeds_own_checkpoint(itest_run, tmp_path, write_config,
-                                                                             tiny_cfg_dict):
+                                                                             tiny_cfg_dict, distfair_cli):
     """Fine-tunes seeds 0 and 1 of the 3-seed run of ``itest_run`` (same store, own folder)."""
     root, first = itest_run
     assert first.returncode == 0, first.stderr[-2000:]
@@ -244,10 +243,8 @@ def test_fine_tuning_from_a_configuration_run_uses_each_seeds_own_checkpoint(ite
     tiny_cfg_dict["defense"] = {"name": "faal"}
     tiny_cfg_dict["train"]["init_from"] = parent
     path = write_config(tiny_cfg_dict, "finetune.yaml")
-    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}                  # every worker line, not deduplicated
-    second = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--experiment", "ft",
-                             "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    second = distfair_cli("run", path, "--experiment", "ft", "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
+                          cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     out = second.stdout + second.stderr
     for seed in (0, 1):

@@ -1,5 +1,6 @@
-"""``distfair sweep`` end to end: real Ray (its own local instance, in a subprocess), real
-Optuna, a real SQLite MLflow store read back through MLflow's client."""
+"""``distfair sweep`` end to end: real Ray (the session's local instance; the killed driver's
+sweep in a process of its own, with its own instance), real Optuna, a real SQLite MLflow store
+read back through MLflow's client."""
 from __future__ import annotations
 
 import copy
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from conftest import TINY, call_cli
 from distfair import cli, tracking
 from distfair.config.space import pareto_front
 
@@ -34,9 +35,9 @@ def sweep_file(tmp_path, tiny_cfg_dict, space: dict, name: str = "sw.yaml"):
     return path
 
 
-def run_sweep_cli(path, cwd, *extra, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "distfair.cli", "sweep", str(path), "--experiment", "sw",
-                           "--json", *extra], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run_sweep_cli(path, cwd, *extra):
+    """``distfair sweep --json`` called in this process, on the session's Ray instance."""
+    proc = call_cli("sweep", path, "--experiment", "sw", "--json", *extra, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -85,7 +86,7 @@ def kill_once_a_configuration_finished(path, cwd, db) -> None:
 
 
 @pytest.fixture(scope="module")
-def tpe_sweep(tmp_path_factory):
+def tpe_sweep(tmp_path_factory, ray_instance):
     """One real single-objective sweep (3 configurations x 2 seeds, one configuration at a
     time), killed without cleanup once its first configuration finished, then completed with
     ``--resume``: shared by the resume test and the tests that read its record (a resumed
@@ -223,7 +224,7 @@ def test_report_of_a_real_sweep(tpe_sweep):
     assert not DOTTED.search(json.dumps({k: v for k, v in doc.items() if k != "rows"}))
 
 
-def test_multi_objective_sweep_reports_exactly_the_non_dominated_configurations(tmp_path, tiny_cfg_dict):
+def test_multi_objective_sweep_reports_exactly_the_non_dominated_configurations(tmp_path, tiny_cfg_dict, ray_instance):
     objective = [{"metric": "val_robust_acc", "stat": "mean", "mode": "max"},
                  {"metric": "val_acc_gap", "stat": "mean", "mode": "min"}]
     space = {"params": {"defense.lambda_sym": LAMBDA, "train.lr": LR}, "objective": objective,
@@ -252,7 +253,7 @@ def test_resume_after_the_driver_was_killed_runs_every_configuration_seed_once(t
     assert len(report["trials"]) == 3
 
 
-def test_grid_dimensions_are_crossed_and_early_stopping_leaves_no_open_run(tmp_path, tiny_cfg_dict):
+def test_grid_dimensions_are_crossed_and_early_stopping_leaves_no_open_run(tmp_path, tiny_cfg_dict, ray_instance):
     tiny_cfg_dict["train"]["epochs"] = 4
     space = {"params": {"train.lr": LR, "attack.eps": {"grid": [0.05, 0.15]}},
              "objective": {"metric": "val_robust_acc", "stat": "mean", "mode": "max"},

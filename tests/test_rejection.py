@@ -363,14 +363,11 @@ def test_a_sweep_refuses_configurations():
 
 # ------------------------------------------------------------------ the real command, end to end
 @pytest.mark.ray
-def test_tiny_rejection_comparison_through_the_cli_ray_and_mlflow(tmp_path):
+def test_tiny_rejection_comparison_through_the_cli_ray_and_mlflow(tmp_path, distfair_cli):
     """speech_rejection.yaml shrunk (3 words x 12 voices, short clips, 1 epoch, 2 seeds, N = 5 and 20
-    against neural rejection) through `distfair run` in its own process: one parent run per
+    against neural rejection) through `distfair run` (in this process, the session's Ray): one parent run per
     configuration, named and tagged after it, every seed run FINISHED, AUC_FPR and FPR parity with
     their seed spread, both smoothing configurations built on the same base network per seed."""
-    import subprocess
-    import sys
-
     import yaml
     from mlflow.tracking import MlflowClient
 
@@ -387,9 +384,7 @@ def test_tiny_rejection_comparison_through_the_cli_ray_and_mlflow(tmp_path):
     raw["defense"]["eot_samples"] = 2
     path = tmp_path / "rejection.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True, sort_keys=False))   # the file order is the run order
-    proc = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--json", "--tracking-uri",
-                           "sqlite:///mlflow.db", "--num-cpus", "2"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
+    proc = distfair_cli("run", path, "--json", "--tracking-uri", "sqlite:///mlflow.db", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)["configurations"]
     assert list(report) == ["rs_n5", "rs_n20", "nr"]

@@ -20,7 +20,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 
-from conftest import TINY
+from conftest import TINY, call_cli
 from distfair import cli, tracking
 from distfair.report import (ConfigurationInput, Report, SeedInput, SweepInput, build_tables, compare, draw_figures,
                              find_baseline, holm, labels, resolve_columns, seeds_needed, write_report)
@@ -514,9 +514,9 @@ def test_the_html_opens_in_a_browser(store, tmp_path, browser):
 
 # ----------------------------------------------------- the command on a real `distfair run`
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
+def experiment(tmp_path_factory, ray_instance):
     """Two tiny configurations (Sy-FAR and PGD-AT) x 3 seeds x 1 epoch, one `distfair run` of a
-    file with a `configurations:` block in its own process (its own local Ray instance)."""
+    file with a `configurations:` block, called in this process on the session's Ray instance."""
     root = tmp_path_factory.mktemp("report_experiment")
     cfg = {**TINY, "train": {**TINY["train"], "epochs": 1}, "seeds": [0, 1, 2],
            "eval": {**TINY["eval"], "subgroups": {"half": {0: "a", 1: "a", 2: "b"}}},
@@ -525,9 +525,7 @@ def experiment(tmp_path_factory):
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))          # syfar runs first, then pgd_at
     uri = f"sqlite:///{root / 'mlflow.db'}"
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "distfair.cli", "run", str(path), "--json", "--tracking-uri", uri,
-                           "--experiment", "tiny_report", "--num-cpus", "2"], cwd=root, capture_output=True, text=True,
-                          timeout=600)
+    proc = call_cli("run", path, "--json", "--tracking-uri", uri, "--experiment", "tiny_report", cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout)["configurations"]
     return {"uri": uri, "root": root, "parents": {n: r["parent_run_id"] for n, r in runs.items()},

@@ -21,24 +21,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, stop_process_group
+from conftest import TINY, call_cli, stop_process_group
 from distfair import tracking
 from distfair.cli import _resume_command, build_parser, main
 from distfair.config import load_configurations
 from distfair.experiment.run import config_hash, find_earlier_attempt
 
 EXPERIMENT = "resume"
-
-
-def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    """The real command in its own process group, which is ended afterwards (whatever Ray left)."""
-    proc = subprocess.Popen([sys.executable, "-m", "distfair.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=600)
-    finally:
-        stop_process_group(proc)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _main(capfd, *argv: str) -> subprocess.CompletedProcess:
@@ -61,9 +50,10 @@ def _seed_runs(runs: list) -> list:
 
 
 @pytest.fixture(scope="module")
-def killed_then_resumed(tmp_path_factory):
-    """A 3-seed ``distfair run`` (one seed at a time) killed with SIGKILL once a seed finished,
-    then ``distfair run FILE --resume --json``. Returns what the tests compare."""
+def killed_then_resumed(tmp_path_factory, ray_instance):
+    """A 3-seed ``distfair run`` (one seed at a time) in its own process, killed with SIGKILL once
+    a seed finished, then ``distfair run FILE --resume --json`` in this process (the session's
+    Ray instance). Returns what the tests compare."""
     root = tmp_path_factory.mktemp("resume")
     cfg = copy.deepcopy(TINY)
     cfg["seeds"] = [0, 1, 2]
@@ -93,7 +83,7 @@ def killed_then_resumed(tmp_path_factory):
     finally:
         stop_process_group(proc)
     before = {r.info.run_id: r for r in _runs(uri)}
-    resumed = _cli("run", *args, "--resume", "--json", cwd=root)
+    resumed = call_cli("run", *args, "--resume", "--json", cwd=root)
     return {"root": root, "uri": uri, "args": args, "before": before, "resumed": resumed, "left": left}
 
 

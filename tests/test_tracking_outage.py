@@ -1,8 +1,9 @@
 """The tracking server goes away in the middle of a `distfair run` (issue 15).
 
-Real processes only: a real ``mlflow server`` (its own SQLite file and artifact folder, HTTP
-only) is stopped (SIGTERM, then SIGKILL, to its process group) once the first epoch metric of
-a real ``distfair run`` is in its store. Down for 30 s and restarted on the same port over the
+A real ``mlflow server`` (its own SQLite file and artifact folder, HTTP only, a process of its
+own) is stopped (SIGTERM, then SIGKILL, to its process group) once the first epoch metric of
+a real ``distfair run`` (called in the test's process on a thread, on the session's Ray
+instance) is in its store. Down for 30 s and restarted on the same port over the
 same store, nothing is lost and the output says so; never restarted (a 5 s retry budget), the
 run exits 1 naming the folder that keeps the results and the ``distfair relog`` command, which,
 run once a server is back, completes the record.
@@ -19,6 +20,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -27,7 +29,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, stop_process_group
+from conftest import TINY, call_cli, stop_process_group
 from distfair.tracking import buffer as tracking_buffer
 from distfair.tracking.buffer import WriteBuffer
 
@@ -159,24 +161,46 @@ class Server:
             self.proc = None
 
 
-def _start_run(tmp_path: Path, name: str, uri: str, **env_extra: str) -> tuple[subprocess.Popen, Path, Path]:
+class _Command:
+    """``distfair run`` called in this process (:func:`conftest.call_cli`, the session's Ray
+    instance) on a thread of its own, so that the test can stop the server meanwhile."""
+
+    def __init__(self, *argv, cwd: Path):
+        self.result = None
+        self.thread = threading.Thread(target=self._run, args=(argv, cwd), daemon=True)
+        self.thread.start()
+
+    def _run(self, argv, cwd) -> None:
+        self.result = call_cli(*argv, cwd=cwd)
+
+    def poll(self) -> int | None:
+        return None if self.thread.is_alive() or self.result is None else self.result.returncode
+
+    def wait(self, timeout: float) -> int:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            pytest.fail(f"the command did not end within {timeout} s")
+        return self.result.returncode
+
+    def output(self) -> str:
+        return "" if self.result is None else self.result.stdout + self.result.stderr
+
+
+def _start_run(tmp_path: Path, name: str, uri: str, monkeypatch, **env_extra: str) -> tuple[_Command, Path]:
     cfg = json.loads(json.dumps(TINY))
     cfg["train"]["epochs"] = EPOCHS
     cfg["seeds"] = SEEDS
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    output, storage = tmp_path / f"{name}.out", tmp_path / "storage"
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    env.update(env_extra)
-    with open(output, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "distfair.cli", "run", str(config), "--tracking-uri", uri,
-                                 "--num-cpus", "2", "--storage-path", str(storage)], cwd=tmp_path, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    return proc, output, storage
+    storage = tmp_path / "storage"
+    for key in CLEAN_ENV:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env_extra.items():            # read by the driver (retry budget, buffer)
+        monkeypatch.setenv(key, value)
+    return _Command("run", config, "--tracking-uri", uri, "--storage-path", storage, cwd=tmp_path), storage
 
 
-def _stop_at_first_epoch(server: Server, proc: subprocess.Popen, output: Path, experiment: str) -> None:
+def _stop_at_first_epoch(server: Server, proc: _Command, experiment: str) -> None:
     """Stop the server as soon as an epoch metric of the run is in its store."""
     client = MlflowClient(server.uri)
     deadline = time.monotonic() + 300
@@ -186,7 +210,7 @@ def _stop_at_first_epoch(server: Server, proc: subprocess.Popen, output: Path, e
             server.stop()
             return
         if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"no epoch metric before the run ended ({proc.poll()}):\n{output.read_text()[-4000:]}")
+            pytest.fail(f"no epoch metric before the run ended ({proc.poll()}):\n{proc.output()[-4000:]}")
         time.sleep(0.3)
 
 
@@ -229,16 +253,14 @@ def server(module_server):
 
 
 @pytest.mark.ray
-def test_a_30s_outage_of_the_tracking_server_loses_nothing_and_is_reported(tmp_path, server, seed_figures):
-    proc, output, storage = _start_run(tmp_path, "outage", server.uri)
-    try:
-        _stop_at_first_epoch(server, proc, output, "outage")
-        time.sleep(30)
-        server.start()                                    # same port, same store
-        rc = proc.wait(600)
-    finally:
-        stop_process_group(proc)
-    text = output.read_text()
+def test_a_30s_outage_of_the_tracking_server_loses_nothing_and_is_reported(tmp_path, server, seed_figures,
+                                                                          ray_instance, monkeypatch):
+    proc, storage = _start_run(tmp_path, "outage", server.uri, monkeypatch)
+    _stop_at_first_epoch(server, proc, "outage")
+    time.sleep(30)
+    server.start()                                        # same port, same store
+    rc = proc.wait(600)
+    text = proc.output()
     assert rc == 0, text[-5000:]
     assert re.search(r"tracking server http://127\.0\.0\.1:\d+ unreachable", text), text[-5000:]
     assert re.search(r"tracking server http://127\.0\.0\.1:\d+ back after \d+ s", text), text[-5000:]
@@ -251,14 +273,12 @@ def test_a_30s_outage_of_the_tracking_server_loses_nothing_and_is_reported(tmp_p
 
 
 @pytest.mark.ray
-def test_a_server_that_never_returns_fails_the_run_and_relog_completes_it_later(tmp_path, server, seed_figures):
-    proc, output, storage = _start_run(tmp_path, "gone", server.uri, **{tracking_buffer.RETRY_ENV: "5"})
-    try:
-        _stop_at_first_epoch(server, proc, output, "gone")
-        rc = proc.wait(600)
-    finally:
-        stop_process_group(proc)
-    text = output.read_text()
+def test_a_server_that_never_returns_fails_the_run_and_relog_completes_it_later(tmp_path, server, seed_figures,
+                                                                                ray_instance, monkeypatch):
+    proc, storage = _start_run(tmp_path, "gone", server.uri, monkeypatch, **{tracking_buffer.RETRY_ENV: "5"})
+    _stop_at_first_epoch(server, proc, "gone")
+    rc = proc.wait(600)
+    text = proc.output()
     assert rc == 1, text[-5000:]
     error = [line for line in text.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "unreachable" in error[0], text[-5000:]
@@ -285,17 +305,15 @@ def test_a_server_that_never_returns_fails_the_run_and_relog_completes_it_later(
     assert seed_folders and len(folders) == len(SEEDS) + 1
 
     server.start()                                     # the same store, the URI the command names
-    done = subprocess.run([sys.executable, "-m", "distfair.cli", *command[1:]], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300,
-                          env={k: v for k, v in os.environ.items() if k not in CLEAN_ENV})
+    monkeypatch.delenv(tracking_buffer.RETRY_ENV)
+    done = call_cli(*command[1:], cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     runs = _assert_complete_seed_runs(server.uri, "gone")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     parent = next(r for r in runs if r.data.tags.get("distfair.role") == "configuration")
     assert parent.info.status == "FAILED" and "unreachable" in parent.data.tags["distfair.closed_because"]
     assert not tracking_buffer.parked_folders(unlogged)
-    again = subprocess.run([sys.executable, "-m", "distfair.cli", *command[1:]], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=120)
+    again = call_cli(*command[1:], cwd=tmp_path)
     assert again.returncode == 2 and "no results waiting" in again.stderr
 
 

@@ -1,8 +1,8 @@
 """Faults injected for real into a running ``distfair run`` (issue 15): a Ray Train worker
 killed with SIGKILL in the middle of a slot's items, through the worker's fault hook.
 
-The command runs in its own process with its own local Ray instance (``--num-cpus 1``: one
-worker group looping over every seed) and a SQLite MLflow store; the test reads back through
+The command runs in this process on the session's local Ray instance (one worker group looping
+over every seed: the tests' ``max_concurrent_seeds: 1``) and a SQLite MLflow store; the test reads back through
 ``MlflowClient``. The reference is the plain engine (``distfair.engine.run_seed``) in this
 process at one torch thread, what a 1-CPU Ray worker uses (``scripts/bench_overhead.py``):
 the same seed gives bit-identical metrics on CPU, so an interrupted run must too.
@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import stop_process_group
 from distfair import tracking
 from distfair.distributed.worker import KILL_WORKER_AT
 
@@ -47,34 +43,23 @@ def _same(a: float, b: float) -> bool:
 
 
 def test_killed_train_worker_resumes_its_seed_from_the_last_epoch_and_matches_an_uninterrupted_run(
-        tmp_path, write_config, tiny_cfg_dict):
+        tmp_path, write_config, tiny_cfg_dict, distfair_cli, monkeypatch):
     cfg = tiny_cfg_dict
     cfg["seeds"] = [0, 1, 2]
     cfg["train"]["epochs"] = 3
-    # one to two seconds an epoch: long enough that the kill lands inside seed 1's second epoch
-    cfg["dataset"]["num_samples"] = 3600
-    cfg["attack"]["steps"] = 5
     cfg["scaling"]["max_failures"] = 1
     path = write_config(cfg)
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
     tracking.prepare_experiment(uri, EXPERIMENT)       # before two processes open the store (ray.md)
-    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     # the worker kills itself once seed 1's first epoch checkpoint is the one a restart gets
-    # (distfair.distributed.worker.KILL_WORKER_AT): no timing window to hit
-    env = {**os.environ, KILL_WORKER_AT: "1:1"}
-    with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "distfair.cli", "run", str(path), "--json", "--tracking-uri",
-                                 uri, "--experiment", EXPERIMENT, "--num-cpus", "1"], cwd=tmp_path, stdout=o,
-                                stderr=e, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    # (distfair.distributed.worker.KILL_WORKER_AT, read where the seeds are queued): no timing window to hit
+    monkeypatch.setenv(KILL_WORKER_AT, "1:1")
+    proc = distfair_cli("run", path, "--json", "--tracking-uri", uri, "--experiment", EXPERIMENT, cwd=tmp_path)
     client = MlflowClient(uri)
-    try:
-        proc.wait(timeout=400)
-    finally:
-        stop_process_group(proc)
-    stderr = err.read_text()
+    stderr = proc.stderr
     assert proc.returncode == 0, stderr[-4000:]
-    report = json.loads(out.read_text())
+    report = json.loads(proc.stdout)
     assert report["seeds"] == [0, 1, 2] and not report.get("errors")
 
     # one run per seed, each closed FINISHED once; the configuration run too
