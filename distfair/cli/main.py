@@ -7,7 +7,7 @@ import os
 import sys
 
 from distfair.cli import analyze, relog, report, run, submit, sweep
-from distfair.cli.output import EXIT_FAILED
+from distfair.cli.output import EXIT_FAILED, EXIT_USAGE
 from distfair.tracking.buffer import TrackingUnavailable   # no MLflow: the package loads it on first use
 
 DESCRIPTION = """\
@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _credentials_in_tracking_uri(args: argparse.Namespace) -> str | None:
+    """Why the command's tracking URI is refused before anything starts (a user or password in
+    it), or None."""
+    from distfair.tracking.uris import uri_credentials_problem
+
+    given = getattr(args, "tracking_uri", None)
+    if given:
+        return uri_credentials_problem(given, "--tracking-uri")
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri_credentials_problem(env, "MLFLOW_TRACKING_URI") if env else None
+
+
 def _version() -> str:
     from distfair import __version__
 
@@ -55,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         # Before anything imports Ray: a driver joining a `ray start` cluster must use the
         # token auth mode that Ray 2.60 clusters have by default (docs/ray-notes.md).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+    problem = _credentials_in_tracking_uri(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return args.handler(args)
     except TrackingUnavailable as err:       # any command whose tracking server stayed away

@@ -8,17 +8,53 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_DB = "mlflow.db"
+#: where a tracking server's credentials go instead of the URI (MLflow reads them itself)
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def uri_credentials_problem(uri: str, source: str) -> str | None:
+    """Why ``uri`` (from ``source``: ``--tracking-uri`` or ``$MLFLOW_TRACKING_URI``) is refused,
+    or None: a user or password in it would reach tags, logs, parked folders, a sweep's saved
+    state and a Ray job's entrypoint (issue 28). The message never repeats the secret."""
+    if "://" not in uri:
+        return None
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return None
+    if parts.username is None and parts.password is None:
+        return None
+    return (f"{source}: the URI carries a user name or password ({redact_uri(uri)}); give the URI without them "
+            f"and the credentials in {', '.join(CREDENTIAL_ENV[:2])} (or a token in {CREDENTIAL_ENV[2]})")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any ``user:password@`` replaced by ``***@``."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"***@{host}").geturl()
 
 
 def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
     """``uri`` or ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``, made absolute.
 
     Ray workers run in other working directories, so a relative SQLite or file path is
-    resolved against the driver's working directory here, once.
+    resolved against the driver's working directory here, once. A URI with a user or password
+    in it is refused (ValueError, :func:`uri_credentials_problem`).
     """
+    source = "--tracking-uri" if uri else "MLFLOW_TRACKING_URI"
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    problem = uri_credentials_problem(uri, source)
+    if problem:
+        raise ValueError(problem)
     cwd = Path(cwd or os.getcwd())
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{(cwd / uri[len('sqlite:///'):]).resolve()}"
