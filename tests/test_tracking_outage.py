@@ -358,3 +358,33 @@ def test_a_seed_logger_whose_server_is_away_buffers_spills_parks_and_relog_logs_
     client = MlflowClient(store)
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [0, 1, 2, 3, 4]
     assert client.get_run(run_id).info.status == "FINISHED" and not folder.exists()
+
+
+@pytest.mark.parametrize("planted", ["absolute", "dotdot", "link"])
+def test_relog_refuses_a_parked_folder_that_names_a_file_outside_itself(tmp_path, capsys, planted):
+    """Issue 28 §2: a parked folder whose writes name a file outside it (a planted absolute path,
+    a ``..``, a link out of the folder) makes `distfair relog` upload nothing, exit 2."""
+    from distfair import cli, tracking
+
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = hunter2")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.get_or_create_seed_run(store, tracking.prepare_experiment(store, "planted"), "parent", 0)
+    (tmp_path / "result.json").write_text('{"seed": 0}')
+    buffer = WriteBuffer(tmp_path / "unlogged" / run_id, limit=5)
+    buffer.append({"op": "artifact", "file": str(tmp_path / "result.json"), "artifact_path": None})
+    buffer.stash_files()
+    folder = buffer.park({"run_id": run_id, "tracking_uri": store, "reason": "down"})
+    if planted == "absolute":
+        op = {"op": "artifact", "file": str(secret), "artifact_path": None}
+    elif planted == "dotdot":
+        op = {"op": "artifact", "file": f"../../{secret.name}", "artifact_path": None, "stashed": True}
+    else:
+        (folder / "files" / "link").symlink_to(secret)
+        op = {"op": "artifact", "file": "files/link", "artifact_path": None, "stashed": True}
+    with open(folder / tracking_buffer.PENDING, "a") as f:
+        f.write(json.dumps(op) + "\n")
+    assert cli.main(["relog", str(folder.parent), "--tracking-uri", store]) == 2
+    err = capsys.readouterr().err
+    assert "not a copy inside this folder; nothing was logged" in err and "hunter2" not in err
+    assert MlflowClient(store).list_artifacts(run_id) == [] and folder.exists()      # nothing uploaded

@@ -219,3 +219,23 @@ def mark_replayed(folder: str | Path, count: int) -> None:
 def parked_file(folder: str | Path, op: dict) -> Path:
     """The file or folder a parked operation names."""
     return Path(folder) / op["file"] if op.get("stashed") else Path(op["file"])
+
+
+class OutsideParkedFolder(LookupError):
+    """A parked folder names a file that is not a copy inside it."""
+
+
+def check_parked_files(folder: str | Path, ops: list[dict]) -> None:
+    """Every file a parked folder's writes upload must be a copy inside that folder (parking
+    copies them there): an absolute path, a ``..`` or a link that leads out is refused, so a
+    planted or edited folder cannot make ``distfair relog`` upload other files, such as a
+    credentials file, into the tracking store (issue 28 §2)."""
+    base = Path(folder).resolve()
+    for op in ops:
+        if "file" not in op:
+            continue
+        named = op["file"]
+        inside = op.get("stashed") and not Path(named).is_absolute() and base in (base / named).resolve().parents
+        if not inside:
+            raise OutsideParkedFolder(f"{folder}: a parked write names {named!r}, which is not a copy inside this "
+                                      "folder; nothing was logged")

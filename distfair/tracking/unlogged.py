@@ -77,7 +77,8 @@ def relog(folder: str | Path, uri: str, log: Callable[[str], None]) -> list[str]
     """``distfair relog``: log the writes kept under ``folder`` (``<storage>/unlogged`` or one
     run's folder in it) into ``uri``, in their order, each folder deleted once all of it is
     logged; a relog interrupted again resumes after the writes already logged. Returns the
-    run ids. Raises LookupError when there is nothing to log, TrackingUnavailable when the
+    run ids. Raises LookupError when there is nothing to log or a folder names a file outside
+    itself (:func:`~distfair.tracking.buffer.check_parked_files`), TrackingUnavailable when the
     server does not answer."""
     import shutil
 
@@ -85,6 +86,8 @@ def relog(folder: str | Path, uri: str, log: Callable[[str], None]) -> list[str]
     if not folders:
         raise LookupError(f"{folder}: no results waiting to be logged here (folders with "
                           f"{tracking_buffer.RUN_INFO}, as `distfair run` keeps under <storage>/unlogged)")
+    for run_folder in folders:                  # every file checked before anything is written
+        tracking_buffer.check_parked_files(run_folder, tracking_buffer.read_parked(run_folder)[1])
     client = _RetryingClient(uri, log=log)
     done_ids = []
     for run_folder in folders:
