@@ -562,3 +562,14 @@ def test_key_paths_read_like_the_file():
         "spec.workerGroupSpecs[0].template"
     assert cluster_problems.key_path(["limits", "nvidia.com/gpu"]) == "limits[nvidia.com/gpu]"
     assert cluster_problems.key_path([]) == "(top level)"
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_the_shared_storage_is_the_clusters_group_only_never_world_writable(name):
+    """Issue 28 §2: Tune's state and trial error files on the storage are unpickled, so the
+    launcher files give it to a group of the cluster's own (mode 2770), added to the container."""
+    cfg = yaml.safe_load((CLUSTER / name).read_text())
+    commands = " ".join(cfg["initialization_commands"])
+    assert "chmod 2770 /mnt/distfair" in commands and "chown root:2770 /mnt/distfair" in commands
+    assert re.findall(r"chmod \S+", commands) == ["chmod 2770"], commands          # nothing world-writable
+    assert "--group-add=2770" in cfg["docker"]["run_options"]

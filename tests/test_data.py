@@ -238,8 +238,26 @@ def _images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, 3072), dtype=np.uint8)
 
 
-def write_cifar10(root, per_batch: int = 20, n_test: int = 30):
-    """torchvision's cifar-10-batches-py layout: data_batch_1..5, test_batch, batches.meta."""
+def trust_standins(monkeypatch, cls, folder) -> None:
+    """Register the MD5s of the stand-in files under ``folder`` as ``cls``'s checksums (torchvision
+    keeps the official ones in class attributes): the loader's integrity check then passes on
+    exactly these files, and on no other content."""
+    import hashlib
+
+    from torchvision import datasets
+
+    def md5(name: str) -> str:
+        return hashlib.md5((folder / name).read_bytes()).hexdigest()
+
+    base = getattr(datasets, cls)
+    monkeypatch.setattr(base, "train_list", [[n, md5(n)] for n, _ in base.train_list])
+    monkeypatch.setattr(base, "test_list", [[n, md5(n)] for n, _ in base.test_list])
+    monkeypatch.setattr(base, "meta", {**base.meta, "md5": md5(base.meta["filename"])})
+
+
+def write_cifar10(root, monkeypatch, per_batch: int = 20, n_test: int = 30):
+    """torchvision's cifar-10-batches-py layout: data_batch_1..5, test_batch, batches.meta,
+    their checksums registered for this test (:func:`trust_standins`)."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     train = []
@@ -253,10 +271,11 @@ def write_cifar10(root, per_batch: int = 20, n_test: int = 30):
     _dump(folder / "test_batch", {"data": test, "labels": test_labels})
     names = [f"class{c}" for c in range(10)]
     _dump(folder / "batches.meta", {"label_names": names})
+    trust_standins(monkeypatch, "CIFAR10", folder)
     return train, (test, test_labels), names
 
 
-def write_cifar100(root, n_train: int = 500, n_test: int = 100):
+def write_cifar100(root, monkeypatch, n_train: int = 500, n_test: int = 100):
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     train = _images(n_train, 1)
@@ -267,6 +286,7 @@ def write_cifar100(root, n_train: int = 500, n_test: int = 100):
     _dump(folder / "test", {"data": test, "fine_labels": test_labels, "coarse_labels": [0] * n_test})
     names = [f"fine{c}" for c in range(100)]
     _dump(folder / "meta", {"fine_label_names": names, "coarse_label_names": [str(c) for c in range(20)]})
+    trust_standins(monkeypatch, "CIFAR100", folder)
     return (test, test_labels), names
 
 
@@ -278,8 +298,8 @@ def check_images(ds, n_check: int = 5):
         assert isinstance(y, int)
 
 
-def test_cifar10_from_local_files(tmp_path):
-    train, (test, test_labels), names = write_cifar10(tmp_path)
+def test_cifar10_from_local_files(tmp_path, monkeypatch):
+    train, (test, test_labels), names = write_cifar10(tmp_path, monkeypatch)
     b = build_dataset("cifar10", root=str(tmp_path), split_seed=0, val_fraction=0.2)
     assert b.num_classes == 10 and b.in_shape == (3, 32, 32) and b.bounds == (0.0, 1.0)
     assert b.class_names == names
@@ -299,8 +319,8 @@ def test_cifar10_from_local_files(tmp_path):
     assert sorted(b.val.indices + b.train.indices) == list(range(100))
 
 
-def test_cifar100_from_local_files(tmp_path):
-    (test, test_labels), names = write_cifar100(tmp_path)
+def test_cifar100_from_local_files(tmp_path, monkeypatch):
+    (test, test_labels), names = write_cifar100(tmp_path, monkeypatch)
     b = build_dataset("cifar100", root=str(tmp_path), split_seed=0, val_fraction=0.2, augment=False)
     assert b.num_classes == 100 and b.in_shape == (3, 32, 32)
     assert b.class_names == names
@@ -310,6 +330,32 @@ def test_cifar100_from_local_files(tmp_path):
     x, y = b.test[7]
     assert y == test_labels[7]
     torch.testing.assert_close(x, torch.tensor(test[7].reshape(3, 32, 32), dtype=torch.float32) / 255)
+
+
+@pytest.mark.parametrize("tamper", ["replaced batch", "replaced meta", "official checksums"])
+def test_cifar_files_that_fail_the_md5_check_are_refused_before_unpickling(tmp_path, monkeypatch, tamper):
+    """Issue 28 §2: the batches are pickles; one replaced on shared storage (here a batch whose
+    unpickling would run code, or the meta file) is refused by torchvision's MD5 check, never
+    loaded; so are the stand-ins under the official checksums."""
+    import pickle
+
+    if tamper == "official checksums":
+        folder = tmp_path / "cifar-10-batches-py"
+        write_cifar10(tmp_path, monkeypatch)
+        monkeypatch.undo()                                 # torchvision's own checksums again
+    else:
+        write_cifar10(tmp_path, monkeypatch)
+        folder = tmp_path / "cifar-10-batches-py"
+        name = "data_batch_3" if tamper == "replaced batch" else "batches.meta"
+        marker = tmp_path / "unpickled"
+
+        class Payload:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+        (folder / name).write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match="fails torchvision's MD5 check"):
+        build_dataset("cifar10", root=str(tmp_path))
+    assert not (tmp_path / "unpickled").exists()
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])

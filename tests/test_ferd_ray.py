@@ -79,7 +79,7 @@ def test_students_read_their_teachers_back_from_mlflow(ray_local, tmp_path):
     pool.close()
 
 
-def test_shipped_ferd_files_validate(tmp_path):
+def test_shipped_ferd_files_validate(tmp_path, monkeypatch):
     from test_data import write_cifar10
 
     for name, defense in (("digits_ferd", "ferd"), ("digits_dfrd", "dfrd")):
@@ -93,7 +93,7 @@ def test_shipped_ferd_files_validate(tmp_path):
     assert spec.objective[0].metric == "val_worst_class_acc"
     teacher = load_config(REPO / "tune_spaces" / "digits_teacher.yaml")
     assert teacher["defense"]["name"] == "pgd_at" and teacher["seeds"] == [0, 1, 2, 3, 4]
-    write_cifar10(tmp_path)
+    write_cifar10(tmp_path, monkeypatch)
     cifar = load_config(REPO / "tune_spaces" / "cifar10_ferd.yaml",
                         [f"dataset.root={tmp_path}", "defense.teacher=x"])
     assert (cifar["model"]["name"], cifar["defense"]["iterations_per_epoch"], cifar["train"]["epochs"]) == \

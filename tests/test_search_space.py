@@ -479,10 +479,10 @@ def test_shipped_sweep_files_load(name, n_dims, sampler, n_targets):
     assert cfg["seeds"]
 
 
-def test_cifar10_sweep_space_validates(tmp_path):
+def test_cifar10_sweep_space_validates(tmp_path, monkeypatch):
     from test_data import write_cifar10
 
-    write_cifar10(tmp_path)
+    write_cifar10(tmp_path, monkeypatch)
     cfg = load_config(REPO / "tune_spaces" / "cifar10_syfar.yaml", [f"dataset.root={tmp_path}"])
     spec, problems = parse_space(cfg["space"], config_keys=set(flatten(cfg)),
                                  eval_names=[a["name"] for a in cfg["eval"]["attacks"]])
@@ -495,10 +495,10 @@ def test_cifar10_sweep_space_validates(tmp_path):
 
 @pytest.mark.parametrize("name, defense", [("cifar10_trades", "trades"), ("cifar10_faal", "faal"),
                                            ("cifar10_specnorm", "specnorm")])
-def test_cifar10_baseline_files_validate(tmp_path, name, defense):
+def test_cifar10_baseline_files_validate(tmp_path, name, defense, monkeypatch):
     from test_data import write_cifar10
 
-    write_cifar10(tmp_path)
+    write_cifar10(tmp_path, monkeypatch)
     cfg = load_config(REPO / "tune_spaces" / f"{name}.yaml", [f"dataset.root={tmp_path}"])
     spec, problems = parse_space(cfg["space"], config_keys=set(flatten(cfg)),
                                  eval_names=[a["name"] for a in cfg["eval"]["attacks"]])

@@ -1,14 +1,15 @@
 """CIFAR-10 / CIFAR-100 through torchvision, from a local ``root`` (Sy-FAR §5, Table 1).
 
 Nothing is downloaded unless the config says ``download: true``. Files already on disk in
-torchvision's layout (``cifar-10-batches-py/`` or ``cifar-100-python/``) are trusted as they
-are: torchvision's MD5 check only runs on the download path, so a locally prepared copy
-(or the small stand-ins the tests write) loads too.
+torchvision's layout (``cifar-10-batches-py/`` or ``cifar-100-python/``) must pass
+torchvision's own MD5 check of every batch and of the meta file before they are unpickled
+(in every worker: the batches are pickles, and a replaced one on shared storage would run its
+code; issue 28 §2). A copy that fails it is refused, naming the folder. The tests register
+the checksums of the small stand-ins they write (``tests/test_data.py``).
 """
 from __future__ import annotations
 
 import os
-import pickle
 
 from torch.utils.data import Subset
 from torchvision import datasets, transforms
@@ -16,24 +17,11 @@ from torchvision import datasets, transforms
 from distfair.data._base import DataBundle, check_fraction, stratified_split
 
 
-class _TrustLocalFiles:
-    """Mixin: files present on disk are enough (no MD5 of every batch at every start)."""
-
-    def _check_integrity(self) -> bool:
-        names = [n for n, _ in self.train_list + self.test_list] + [self.meta["filename"]]
-        return all(os.path.isfile(os.path.join(self.root, self.base_folder, n)) for n in names)
-
-    def _load_meta(self) -> None:
-        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-
-class _CIFAR10(_TrustLocalFiles, datasets.CIFAR10):
+class _CIFAR10(datasets.CIFAR10):
     pass
 
 
-class _CIFAR100(_TrustLocalFiles, datasets.CIFAR100):
+class _CIFAR100(datasets.CIFAR100):
     pass
 
 
@@ -43,11 +31,16 @@ def _cifar(cls, num_classes, root, download, augment, split_seed, val_fraction) 
     plain = transforms.ToTensor()
     train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor()]) if augment else plain
+    folder = os.path.join(root, cls.base_folder)
     try:
         train_aug = cls(root, train=True, transform=train_tf, download=download)
     except RuntimeError as err:
+        if os.path.isdir(folder) and not download:
+            raise ValueError(f"{cls.__mro__[1].__name__} under {folder!r} fails torchvision's MD5 check of its "
+                             f"files (corrupted, incomplete or replaced): put torchvision's original "
+                             f"'{cls.base_folder}' there, or set dataset.download: true") from err
         raise FileNotFoundError(
-            f"{cls.__mro__[2].__name__} not found under {root!r} ({err}); put torchvision's "
+            f"{cls.__mro__[1].__name__} not found under {root!r} ({err}); put torchvision's "
             f"'{cls.base_folder}' folder there or set dataset.download: true") from err
     train_plain = cls(root, train=True, transform=plain)
     test = cls(root, train=False, transform=plain)
