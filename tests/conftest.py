@@ -85,18 +85,20 @@ def write_config(tmp_path):
     return write
 
 
-@pytest.fixture(scope="session")
-def ray_instance():
+def ensure_ray():
     """The session's one local Ray instance (2 logical CPUs, the sweeps' trial resource, the
-    dashboard that Train's placement-group cleaner polls), started at first use and shared by
-    every test that runs the command in this process (:func:`distfair_cli`) or uses Ray
-    directly: the commands find it initialised and reuse it instead of starting their own
+    dashboard that Train's placement-group cleaner polls), started at first use and again if a
+    test shut it down (``tests/test_local_instance.py`` needs none running), shared by every
+    test that runs the command in this process (:func:`call_cli`) or uses Ray directly: the
+    commands find it initialised and reuse it instead of starting their own
     (``distfair.distributed.session``). Its workers also register the toy defenses of
     ``tests/toy_defenses.py``. Tests that run the command in a process of its own (a killed
     driver, Ctrl-C, what a user's terminal shows) still start their own instance: a plain
     ``ray.init()`` never joins another local instance, only one made by ``ray start``."""
     import ray
 
+    if ray.is_initialized():
+        return ray
     from distfair.distributed import session
     from distfair.distributed.sweep import TRIAL_RESOURCE
 
@@ -106,13 +108,29 @@ def ray_instance():
         os.environ.setdefault(name, value)
     ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=True, resources={TRIAL_RESOURCE: 1000},
              runtime_env={"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": "toy_defenses.register"})
-    yield ray
-    ray.shutdown()
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session_instance():
+    """Shuts the session's instance (:func:`ensure_ray`) down at the end of the session."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_instance(ray_session_instance):
+    """The session's local Ray instance, running (:func:`ensure_ray`)."""
+    return ensure_ray()
 
 
 @pytest.fixture
 def ray_local(ray_instance):
-    """The session's local Ray instance (:func:`ray_instance`)."""
+    """The session's local Ray instance (:func:`ensure_ray`)."""
     return ray_instance
 
 
@@ -127,13 +145,14 @@ def call_cli(*argv, cwd: str | Path | None = None) -> CliResult:
     """The command called in this process (``distfair.cli.main``) from ``cwd``: its exit code and
     what it wrote to stdout and stderr, as ``subprocess.run`` would give them (``--json``
     writes its object to file descriptor 1 itself, so that is captured too). Ray: the
-    session's instance (take the :func:`ray_instance` fixture), which the command reuses."""
+    session's instance (:func:`ensure_ray`), which the command reuses."""
     import io
     import sys
     import tempfile
 
     from distfair import cli
 
+    ensure_ray()
     out, err = io.StringIO(), io.StringIO()
     before = os.getcwd()
     with tempfile.TemporaryFile() as fd1:
@@ -155,6 +174,6 @@ def call_cli(*argv, cwd: str | Path | None = None) -> CliResult:
 
 
 @pytest.fixture
-def distfair_cli(ray_instance):
+def distfair_cli(ray_session_instance):
     """:func:`call_cli` on the session's Ray instance."""
     return call_cli

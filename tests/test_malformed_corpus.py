@@ -5,7 +5,9 @@ for YAML syntax), no traceback, and nothing started: no Ray, no MLflow store, no
 One test per case file, found by walking the folder, so adding a case is adding a file
 (``tests/malformed/README.md`` says how a case declares what it expects). The CLI runs
 in-process (``distfair.cli.main``): a configuration that passed validation would start Ray in
-this very process, so ``ray.is_initialized()`` afterwards is a real check that nothing started.
+this very process, so ``ray.is_initialized()`` afterwards is a real check that nothing started
+(where the suite's shared instance is already up, the check is that no store, storage or
+output was made, below).
 """
 from __future__ import annotations
 
@@ -150,6 +152,8 @@ def test_malformed_file_is_refused_before_anything_starts(case, tmp_path, monkey
     else:
         argv = [words[0], str(target), *words[1:], "--tracking-uri", f"sqlite:///{db}", "--storage-path", str(storage)]
 
+    ray = sys.modules.get("ray")
+    up_before = ray is not None and ray.is_initialized()        # the suite's shared instance (conftest)
     try:
         code = cli.main(argv)
     except SystemExit as exit_:
@@ -158,7 +162,7 @@ def test_malformed_file_is_refused_before_anything_starts(case, tmp_path, monkey
         pytest.fail(f"{case.id}: the CLI raised instead of refusing:\n{traceback.format_exc()}")
     finally:
         ray = sys.modules.get("ray")
-        started = ray is not None and ray.is_initialized()
+        started = ray is not None and ray.is_initialized() and not up_before
         if started:
             ray.shutdown()
     out, err = capsys.readouterr()

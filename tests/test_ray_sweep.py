@@ -86,7 +86,7 @@ def kill_once_a_configuration_finished(path, cwd, db) -> None:
 
 
 @pytest.fixture(scope="module")
-def tpe_sweep(tmp_path_factory, ray_instance):
+def tpe_sweep(tmp_path_factory, ray_session_instance):
     """One real single-objective sweep (3 configurations x 2 seeds, one configuration at a
     time), killed without cleanup once its first configuration finished, then completed with
     ``--resume``: shared by the resume test and the tests that read its record (a resumed

@@ -514,7 +514,7 @@ def test_the_html_opens_in_a_browser(store, tmp_path, browser):
 
 # ----------------------------------------------------- the command on a real `distfair run`
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory, ray_instance):
+def experiment(tmp_path_factory, ray_session_instance):
     """Two tiny configurations (Sy-FAR and PGD-AT) x 3 seeds x 1 epoch, one `distfair run` of a
     file with a `configurations:` block, called in this process on the session's Ray instance."""
     root = tmp_path_factory.mktemp("report_experiment")

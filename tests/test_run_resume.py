@@ -50,7 +50,7 @@ def _seed_runs(runs: list) -> list:
 
 
 @pytest.fixture(scope="module")
-def killed_then_resumed(tmp_path_factory, ray_instance):
+def killed_then_resumed(tmp_path_factory, ray_session_instance):
     """A 3-seed ``distfair run`` (one seed at a time) in its own process, killed with SIGKILL once
     a seed finished, then ``distfair run FILE --resume --json`` in this process (the session's
     Ray instance). Returns what the tests compare."""
