@@ -51,8 +51,8 @@ def _abortable_trainer(on_controller: Callable | None, *, torch_backend: bool = 
 
     ``torch_backend=False``: Ray Train's plain ``DataParallelTrainer`` instead, with no torch
     process group; for a single CPU worker, which never makes a collective call (every one in
-    distfair is guarded by ``world > 1``) and so skips the backend's set-up (about 2 s a group
-    on a 2-core machine, ``scripts/bench_overhead.py``)."""
+    distfair is guarded by ``world > 1``) and so skips the backend's set-up
+    (``scripts/bench_group_start.py`` measures it)."""
     from ray.train.torch import TorchTrainer
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -60,7 +60,7 @@ def _abortable_trainer(on_controller: Callable | None, *, torch_backend: bool = 
     if on_controller is None:
         return base
 
-    class AbortableTrainer(base):
+    class Trainer(base):
         def _initialize_and_run_controller(self, **controller_init_kwargs):
             import ray
             from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
@@ -78,7 +78,8 @@ def _abortable_trainer(on_controller: Callable | None, *, torch_backend: bool = 
             ray.get(controller.run.remote())
             return ray.get(controller.get_result.remote())
 
-    return AbortableTrainer
+    Trainer.__name__ = Trainer.__qualname__ = f"Abortable{base.__name__}"
+    return Trainer
 
 
 def fit_slot(scaling: dict, *, slot: int, name: str, storage_path: str, ledger, progress=None,
