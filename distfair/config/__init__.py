@@ -47,8 +47,10 @@ The modules: ``fields.py`` (the top-level blocks, ``TRAIN_FIELDS``, ``SCALING_FI
 ``validation.py`` (:func:`validate`, :func:`check_structure`), ``buildable.py`` (the second
 pass: building the cheap objects; :func:`dataset_spec`), ``overrides.py`` (``--set``),
 ``load.py`` (reading files: :func:`load_config`, :func:`load_configurations`),
-``flat_keys.py`` (:func:`flatten`), ``schema.py`` (typed blocks, YAML reading) and
-``space.py`` (the search space of ``distfair sweep``).
+``flat_keys.py`` (:func:`flatten`), ``schema.py`` (typed blocks), ``yaml_input.py`` (reading
+every YAML file and ``--set`` value, in one place), ``limits.py`` (the limits on what a file may
+ask for, and how a value is shown in a message), ``names.py`` (MLflow's key rule, for the names
+that become part of MLflow keys) and ``space.py`` (the search space of ``distfair sweep``).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The second pass of validation: build the cheap objects of a structurally valid
-configuration (attacks, dataset, evaluation attacks, masks, groupings, defense, model) so
-that impossible values and a missing data root are reported before any Ray or MLflow work;
+configuration (attacks, dataset, evaluation attacks, masks, groupings, defense, and the model
+on PyTorch's meta device) so that impossible values, a missing data root and a model too large
+to train are reported before any Ray or MLflow work;
 and :func:`dataset_spec`, from the same cached dataset."""
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ def dataset_spec(cfg: dict) -> tuple[int, tuple[int, ...]]:
 def _check_buildable(cfg: dict, problems: _Problems) -> None:
     from distfair.attacks import build_attack
     from distfair.defenses import build_defense
-    from distfair.models import build_model
 
     attack = None
     if cfg["attack"] is not None:
@@ -65,8 +65,32 @@ def _check_buildable(cfg: dict, problems: _Problems) -> None:
     if not threat_problem:
         _try_build(problems, "defense", lambda: build_defense(
             cfg["defense"]["name"], attack=attack, num_classes=data.num_classes, **_options(cfg["defense"], "name")))
-    _try_build(problems, "model", lambda: build_model(
-        cfg["model"]["name"], num_classes=data.num_classes, in_shape=data.in_shape, **_options(cfg["model"], "name")))
+    _try_build(problems, "model", lambda: _meta_model(cfg["model"], data.num_classes, data.in_shape))
+
+
+def _meta_model(block: dict, num_classes: int, in_shape: tuple):
+    """The configured model, built on PyTorch's meta device (shapes, no memory: a width of 1e10
+    costs nothing here) and refused past ``MAX_PARAMETERS``; ValueError naming the problem."""
+    import torch
+
+    from distfair.models import MAX_PARAMETERS, build_model
+
+    try:
+        with torch.device("meta"):
+            model = build_model(block["name"], num_classes=num_classes, in_shape=in_shape, **_options(block, "name"))
+    except (RuntimeError, OverflowError) as err:    # "Storage size calculation overflowed with sizes=[...]"
+        raise ValueError(f"too large to build: {_first_line(err)}") from None
+    except TypeError as err:                        # PyTorch's add a C++ stack to the line that says why
+        raise TypeError(_first_line(err)) from None
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"{count} parameters, more than the {MAX_PARAMETERS} a model may have; make it smaller")
+    return model
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _check_masks(cfg: dict, in_shape: tuple, problems: _Problems) -> None:

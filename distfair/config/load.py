@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distfair.config.schema import ConfigError, read_yaml_documents
+from distfair.config.schema import ConfigError
+from distfair.config.yaml_input import read_yaml_documents
 from distfair.config.overrides import _parsed_overrides, apply_overrides
 from distfair.config.validation import check_structure, configuration_problems, validate
 
@@ -13,7 +14,8 @@ from distfair.config.validation import check_structure, configuration_problems, 
 def read_document(path: str | Path) -> dict:
     """The YAML document of a config file, unvalidated (a mapping). Raises ConfigError."""
     source = str(path)
-    raw, problem = read_yaml_documents(path)     # one line: `line N: ...`, binary, duplicate keys
+    # one line: `line N: ...`, binary, duplicate keys, not a regular file, over the size limits
+    raw, problem = read_yaml_documents(path)
     if problem is not None:
         raise ConfigError(source, [problem])
     if raw is None:

@@ -5,20 +5,27 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import yaml
-
+from distfair.config.limits import shown
 from distfair.config.schema import ConfigError
+from distfair.config.yaml_input import parse_yaml_text
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``key.path=value`` with the value parsed as YAML (``train.lr=0.01``, ``seeds=[0,1]``)."""
+    """``key.path=value`` with the value parsed as YAML (``train.lr=0.01``, ``seeds=[0,1]``), by
+    the loader of configuration files and with its limits (no alias bomb, no huge integer)."""
     if "=" not in text:
-        raise ValueError(f"--set {text!r}: expected key.path=value")
+        raise ValueError(f"--set {shown(text)}: expected key.path=value")
     key, value = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ValueError(f"--set {text!r}: empty key")
-    return key, yaml.safe_load(value) if value.strip() else None
+        raise ValueError(f"--set {shown(text)}: empty key")
+    if not value.strip():
+        return key, None
+    parsed, problem = parse_yaml_text(value)
+    if problem is not None:
+        where, reason = problem
+        raise ValueError(f"--set {shown(text)}: {reason if where == '(file)' else f'{where}: {reason}'}")
+    return key, parsed
 
 
 def apply_overrides(raw: dict, overrides: list[tuple[str, Any]]) -> dict:

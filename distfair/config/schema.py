@@ -10,14 +10,20 @@ import types
 import typing
 from typing import Any, Callable, Union
 
+from distfair.config.limits import INT64_BOUND, MAX_SHOWN_KEY, MAX_SHOWN_REASON, one_line, shorten, shown
+
 
 class ConfigError(ValueError):
-    """One or more problems in a configuration, each ``(key, reason)``."""
+    """One or more problems in a configuration, each ``(key, reason)``: kept at most
+    ``MAX_SHOWN_KEY`` / ``MAX_SHOWN_REASON`` characters long (a huge value in a reason never
+    reaches the terminal whole), and shown one line each (a newline or a bidirectional control
+    in a key is printed as its escape)."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
-        self.problems = problems
-        super().__init__("\n".join(f"{source}: {key}: {reason}" for key, reason in problems))
+        self.problems = [(shorten(key, MAX_SHOWN_KEY), shorten(reason, MAX_SHOWN_REASON)) for key, reason in problems]
+        shown_source = shorten(source, 2 * MAX_SHOWN_REASON)
+        super().__init__("\n".join(one_line(f"{shown_source}: {key}: {reason}") for key, reason in self.problems))
 
 
 class _Problems:
@@ -85,13 +91,18 @@ def _signature_fields(obj, skip: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
 
 
 # ---------------------------------------------------------------------------------- blocks
-def _typed_value(value, tp, default, key: str, problems: _Problems) -> tuple[bool, Any]:
-    """Check one value against its annotation; null is allowed where the default is null."""
+def _typed_value(value, tp, default, key: str, problems: _Problems, int64: bool = True) -> tuple[bool, Any]:
+    """Check one value against its annotation; null is allowed where the default is null. An
+    integer must fit in 64 bits (``int64``; a field whose own check bounds it says so itself)."""
     if value is None and default is None:
         return True, None
     ok, coerced = _coerce(value, tp)
     if not ok:
-        problems.add(key, f"must be {_describe(tp)}, got {value!r}")
+        problems.add(key, f"must be {_describe(tp)}, got {shown(value)}")
+    elif int64 and isinstance(coerced, int) and not isinstance(coerced, bool) \
+            and not -INT64_BOUND <= coerced < INT64_BOUND:
+        problems.add(key, f"must fit in 64 bits (between -2**63 and 2**63 - 1), got {shown(coerced)}")
+        return False, coerced
     return ok, coerced
 
 
@@ -109,7 +120,7 @@ def _fixed_block(raw, fields, prefix: str, problems: _Problems) -> dict:
         if key not in raw:
             out[key] = copy.deepcopy(default)
             continue
-        ok, value = _typed_value(raw[key], tp, default, f"{prefix}.{key}", problems)
+        ok, value = _typed_value(raw[key], tp, default, f"{prefix}.{key}", problems, int64=check is None)
         if not ok:
             continue
         reason = check(value) if check and value is not None else None
@@ -127,7 +138,7 @@ def _registry_block(raw, registry: dict, prefix: str, problems: _Problems, skip=
     if isinstance(raw, str):
         raw = {name_key: raw}
     if not isinstance(raw, dict):
-        problems.add(prefix, f"must be a mapping with a {name_key!r} key (or a bare name), got {raw!r}")
+        problems.add(prefix, f"must be a mapping with a {name_key!r} key (or a bare name), got {shown(raw)}")
         return None
     name = raw.get(name_key)
     if name is None:
@@ -135,7 +146,7 @@ def _registry_block(raw, registry: dict, prefix: str, problems: _Problems, skip=
         return None
     if name not in registry:
         kind = name_key if name_key != "name" else prefix.split('.')[0].split('[')[0]  # eval entries: "attack"
-        problems.add(f"{prefix}.{name_key}", f"unknown {kind} {name!r}; known: {', '.join(sorted(registry))}")
+        problems.add(f"{prefix}.{name_key}", f"unknown {kind} {shown(name)}; known: {', '.join(sorted(registry))}")
         return None
     if not options:
         return dict(raw)
@@ -169,81 +180,3 @@ def _try_build(problems: _Problems, prefix: str, build: Callable[[], Any]):
     except (ValueError, TypeError, FileNotFoundError) as err:
         problems.add(prefix, str(err))
         return None
-
-
-# ------------------------------------------------------------------------------ YAML files
-def _yaml_loader():
-    """A safe YAML loader (libyaml's parser where installed) that refuses a key given twice in
-    one mapping: plain YAML loaders keep the last value silently, so ``train:`` written twice
-    would drop the first block without a word."""
-    import yaml
-
-    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-    class StrictLoader(base):
-        def construct_mapping(self, node, deep=False):
-            if isinstance(node, yaml.MappingNode):
-                seen: dict = {}
-                for key_node, _ in node.value:
-                    if key_node.tag == "tag:yaml.org,2002:merge":
-                        continue
-                    key = self.construct_object(key_node, deep=True)
-                    try:
-                        first = seen.setdefault(key, key_node.start_mark)
-                    except TypeError:            # an unhashable key: the constructor says so
-                        continue
-                    if first is not key_node.start_mark:
-                        raise DuplicateKey(key, first, key_node.start_mark)
-            return super().construct_mapping(node, deep=deep)
-
-    return StrictLoader
-
-
-class DuplicateKey(Exception):
-    """A mapping key given twice (``line``: the second, 1-based)."""
-
-    def __init__(self, key, first_mark, mark):
-        self.key, self.first_line, self.line = key, first_mark.line + 1, mark.line + 1
-        super().__init__(f"line {self.line}: {key}: duplicate key (first at line {self.first_line})")
-
-
-def yaml_problem(err: Exception) -> tuple[str, str]:
-    """``(key, reason)`` of a YAML file that does not load, on one line: ``("line N", ...)``
-    where the parser knows the line."""
-    if isinstance(err, DuplicateKey):
-        return f"line {err.line}", (f"{err.key}: duplicate key (first at line {err.first_line}); YAML would keep "
-                                    f"only the last, so remove one")
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    problem = " ".join(str(getattr(err, "problem", None) or err).split())
-    context = " ".join(str(getattr(err, "context", None) or "").split())
-    if mark is None:
-        return "(file)", f"invalid YAML: {problem}"
-    where = f" (column {mark.column + 1}" + (f", {context} at line {err.context_mark.line + 1})"
-                                              if context and getattr(err, "context_mark", None) else ")")
-    return f"line {mark.line + 1}", f"invalid YAML: {problem}{where}"
-
-
-def read_yaml_documents(path, *, all_documents: bool = False):
-    """The YAML document(s) of a file, or ``(key, reason)`` saying why there are none usable:
-    unreadable, not UTF-8 text, a syntax error (``line N``), a duplicate key. Returns
-    ``(documents, None)`` or ``(None, (key, reason))``; ``documents`` is the one document
-    (possibly None) or, with ``all_documents``, the list of non-null documents."""
-    import yaml
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        return None, ("(file)", f"cannot read: {err.strerror or err}")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return None, ("(file)", f"not a text file (not UTF-8: byte {data[err.start]:#04x} at offset {err.start})")
-    if "\x00" in text:
-        return None, ("(file)", f"not a text file (a NUL byte at line {text[:text.index(chr(0))].count(chr(10)) + 1})")
-    try:
-        if all_documents:
-            return [d for d in yaml.load_all(text, Loader=_yaml_loader()) if d is not None], None
-        return yaml.load(text, Loader=_yaml_loader()), None
-    except (yaml.YAMLError, DuplicateKey) as err:
-        return None, yaml_problem(err)

@@ -41,12 +41,17 @@ from typing import Any
 
 # the metric names and their roles (what a configuration reports, validation or test, the
 # statistics over seeds): distfair.results.names, re-exported here for the space's callers
+from distfair.config.limits import shown
 from distfair.results.names import CURVES as _CURVES
 from distfair.results.names import OBJECTIVE_STATISTICS as STATS
 from distfair.results.names import (VAL_PREFIX, known_metric, known_test_metric, known_val_metric,  # noqa: F401
                                     matching_test_metric, metric_role, stat_name, validation_counterpart)
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
+#: the most values of one grid or categorical dimension, and the most trials of one sweep (each
+#: value is validated as a configuration before the sweep starts; each trial trains every seed)
+MAX_CHOICES = 1000
+MAX_TRIALS = 100_000
 DIM_TYPES = ("float", "int", "categorical")
 
 
@@ -148,7 +153,7 @@ class SweepSpec:
 
     def total_trials(self) -> int:
         samples = 1 if self.sampler == "grid" else self.num_samples
-        return samples * len(self.grid_points())
+        return samples * math.prod(len(d.choices) for d in self.grid)
 
     def to_dict(self) -> dict:
         return {"params": {d.key: d.__dict__ for d in self.dims + self.grid},
@@ -180,7 +185,7 @@ def _number(raw: dict, key: str, where: str, problems: list, *, integer: bool = 
     if integer:
         ok = ok and isinstance(value, int)
     if not ok:
-        problems.append((f"{where}.{key}", f"must be {'an integer' if integer else 'a number'}, got {value!r}"))
+        problems.append((f"{where}.{key}", f"must be {'an integer' if integer else 'a number'}, got {shown(value)}"))
         return None
     return value
 
@@ -188,19 +193,23 @@ def _number(raw: dict, key: str, where: str, problems: list, *, integer: bool = 
 def _dimension(key: str, raw: Any, problems: list) -> Dimension | None:
     where = f"space.params.{key}"
     if not isinstance(raw, dict):
-        problems.append((where, f"must be a mapping like {{type: float, low: 0.1, high: 1}}, got {raw!r}"))
+        problems.append((where, f"must be a mapping like {{type: float, low: 0.1, high: 1}}, got {shown(raw)}"))
         return None
     if "grid" in raw:
         extra = set(raw) - {"grid"}
         if extra:
             problems.append((where, f"a grid dimension takes only 'grid', got also {sorted(extra)}"))
         if not isinstance(raw["grid"], list) or not raw["grid"]:
-            problems.append((f"{where}.grid", f"must be a non-empty list, got {raw['grid']!r}"))
+            problems.append((f"{where}.grid", f"must be a non-empty list, got {shown(raw['grid'])}"))
+            return None
+        if len(raw["grid"]) > MAX_CHOICES:
+            problems.append((f"{where}.grid", f"must have at most {MAX_CHOICES} values, got {len(raw['grid'])}"))
             return None
         return Dimension(key, "grid", choices=tuple(raw["grid"]))
     kind = raw.get("type")
     if kind not in DIM_TYPES:
-        problems.append((f"{where}.type", f"must be one of {', '.join(DIM_TYPES)} (or use grid: [...]), got {kind!r}"))
+        problems.append((f"{where}.type", f"must be one of {', '.join(DIM_TYPES)} (or use grid: [...]), "
+                                          f"got {shown(kind)}"))
         return None
     allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
                "categorical": {"type", "choices"}}[kind]
@@ -209,7 +218,10 @@ def _dimension(key: str, raw: Any, problems: list) -> Dimension | None:
     if kind == "categorical":
         choices = raw.get("choices")
         if not isinstance(choices, list) or not choices:
-            problems.append((f"{where}.choices", f"must be a non-empty list, got {choices!r}"))
+            problems.append((f"{where}.choices", f"must be a non-empty list, got {shown(choices)}"))
+            return None
+        if len(choices) > MAX_CHOICES:
+            problems.append((f"{where}.choices", f"must have at most {MAX_CHOICES} values, got {len(choices)}"))
             return None
         return Dimension(key, kind, choices=tuple(choices))
     integer = kind == "int"
@@ -218,7 +230,7 @@ def _dimension(key: str, raw: Any, problems: list) -> Dimension | None:
     high = _number(raw, "high", where, problems, integer=integer)
     log = raw.get("log", False)
     if not isinstance(log, bool):
-        problems.append((f"{where}.log", f"must be true or false, got {log!r}"))
+        problems.append((f"{where}.log", f"must be true or false, got {shown(log)}"))
     step = raw.get("step")
     if step is not None:
         step = _number(raw, "step", where, problems, integer=integer)
@@ -240,7 +252,7 @@ def _dimension(key: str, raw: Any, problems: list) -> Dimension | None:
 def _target(raw: Any, where: str, eval_names: list[str], problems: list) -> Target | None:
     if not isinstance(raw, dict):
         problems.append((where, f"must be a mapping like {{metric: val_worst_class_acc, stat: mean, mode: max}}, "
-                               f"got {raw!r}"))
+                               f"got {shown(raw)}"))
         return None
     for extra in sorted(set(raw) - {"metric", "stat", "mode", "k"}):
         problems.append((f"{where}.{extra}", "unknown key; known: metric, stat, mode, k"))
@@ -253,10 +265,10 @@ def _target(raw: Any, where: str, eval_names: list[str], problems: list) -> Targ
         problems.append((f"{where}.stat", f"unknown stat {stat!r}; known: {', '.join(STATS)}"))
         ok = False
     if mode not in ("max", "min"):
-        problems.append((f"{where}.mode", f"must be max or min, got {mode!r}"))
+        problems.append((f"{where}.mode", f"must be max or min, got {shown(mode)}"))
         ok = False
     if not isinstance(k, (int, float)) or isinstance(k, bool) or not math.isfinite(k) or k < 0:
-        problems.append((f"{where}.k", f"must be a number >= 0, got {k!r}"))
+        problems.append((f"{where}.k", f"must be a number >= 0, got {shown(k)}"))
         ok = False
     return Target(metric, stat, mode, float(k)) if ok else None
 
@@ -296,26 +308,31 @@ def parse_space(raw: Any, *, config_keys: set[str], eval_names: list[str]) -> tu
             spec.objective.append(target)
     search = raw.get("search") or {}
     if not isinstance(search, dict):
-        problems.append(("space.search", f"must be a mapping, got {search!r}"))
+        problems.append(("space.search", f"must be a mapping, got {shown(search)}"))
         search = {}
     for extra in sorted(set(search) - set(SEARCH_KEYS)):
         problems.append((f"space.search.{extra}", f"unknown key; known: {', '.join(SEARCH_KEYS)}"))
     sampler = search.get("sampler", "nsga2" if len(targets) > 1 else "tpe")
     if sampler not in SAMPLERS:
-        problems.append(("space.search.sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}"))
+        problems.append(("space.search.sampler", f"must be one of {', '.join(SAMPLERS)}, got {shown(sampler)}"))
     elif sampler == "grid" and spec.dims:
         problems.append(("space.search.sampler", "grid searches only grid dimensions; "
                                                  f"{', '.join(d.key for d in spec.dims)} are sampled"))
     elif sampler != "grid" and not spec.dims and not problems:
         sampler = "grid"                   # nothing to sample: the grid is the whole search
     spec.sampler = sampler
-    for key, minimum in (("seed", 0), ("num_samples", 1), ("max_concurrent", 1)):
+    for key, minimum, maximum in (("seed", 0, 2**63 - 1), ("num_samples", 1, MAX_TRIALS),
+                                  ("max_concurrent", 1, MAX_TRIALS)):
         if key in search and search[key] is not None:
             value = search[key]
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                problems.append((f"space.search.{key}", f"must be an integer >= {minimum}, got {value!r}"))
+                problems.append((f"space.search.{key}", f"must be an integer >= {minimum}, got {shown(value)}"))
+            elif value > maximum:
+                problems.append((f"space.search.{key}", f"must be <= {maximum}, got {shown(value)}"))
             else:
                 setattr(spec, key, value)
+    if not problems and spec.total_trials() > MAX_TRIALS:
+        problems.append(("space", f"{spec.total_trials()} trials (grid points x samples); at most {MAX_TRIALS}"))
     es = search.get("early_stopping")
     if es is not None:
         spec.early_stopping = _early_stopping(es, eval_names, problems)
@@ -325,23 +342,23 @@ def parse_space(raw: Any, *, config_keys: set[str], eval_names: list[str]) -> tu
 def _early_stopping(raw: Any, eval_names: list[str], problems: list) -> EarlyStopping | None:
     where = "space.search.early_stopping"
     if not isinstance(raw, dict):
-        problems.append((where, f"must be a mapping like {{metric: val_robust_acc, mode: max}}, got {raw!r}"))
+        problems.append((where, f"must be a mapping like {{metric: val_robust_acc, mode: max}}, got {shown(raw)}"))
         return None
     for extra in sorted(set(raw) - {"metric", "mode", "grace_period", "reduction_factor"}):
         problems.append((f"{where}.{extra}", "unknown key; known: metric, mode, grace_period, reduction_factor"))
     metric = raw.get("metric")
     if metric not in _CURVES:
         problems.append((f"{where}.metric", f"must be a per-epoch validation metric ({', '.join(_CURVES)}), "
-                                            f"got {metric!r}"))
+                                            f"got {shown(metric)}"))
         return None
     mode = raw.get("mode", "max")
     if mode not in ("max", "min"):
-        problems.append((f"{where}.mode", f"must be max or min, got {mode!r}"))
+        problems.append((f"{where}.mode", f"must be max or min, got {shown(mode)}"))
     grace, factor = raw.get("grace_period", 1), raw.get("reduction_factor", 2)
     if not isinstance(grace, int) or isinstance(grace, bool) or grace < 1:
-        problems.append((f"{where}.grace_period", f"must be an integer >= 1, got {grace!r}"))
+        problems.append((f"{where}.grace_period", f"must be an integer >= 1, got {shown(grace)}"))
     if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:
-        problems.append((f"{where}.reduction_factor", f"must be an integer >= 2, got {factor!r}"))
+        problems.append((f"{where}.reduction_factor", f"must be an integer >= 2, got {shown(factor)}"))
     return EarlyStopping(metric, mode, grace, factor)
 
 

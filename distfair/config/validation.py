@@ -7,6 +7,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from distfair.config.flat_keys import flatten
+from distfair.config.limits import shown
+from distfair.config.names import mlflow_key_problem, name_problem
 from distfair.config.schema import ConfigError, _fixed_block, _Problems, _registry_block
 from distfair.attacks import ATTACKS
 from distfair.data import DATASETS
@@ -30,18 +33,20 @@ def _seeds(raw, problems: _Problems) -> list[int]:
             problems.add("seeds", f"an integer count must be >= 1, got {raw}")
             return []
         if raw > MAX_SEED_COUNT:             # listing 10**30 seeds would exhaust memory here
-            problems.add("seeds", f"an integer count must be <= {MAX_SEED_COUNT}, got {raw}")
+            problems.add("seeds", f"an integer count must be <= {MAX_SEED_COUNT}, got {shown(raw)}")
             return []
         return list(range(raw))
     if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
-        problems.add("seeds", f"must be a non-empty list of integers or a count, got {raw!r}")
+        problems.add("seeds", f"must be a non-empty list of integers or a count, got {shown(raw)}")
         return []
     if len(set(raw)) != len(raw):
-        problems.add("seeds", f"must not repeat a seed, got {raw}")
+        problems.add("seeds", f"must not repeat a seed, got {shown(raw)}")
     if any(s < 0 for s in raw):
-        problems.add("seeds", f"must be non-negative, got {raw}")
+        problems.add("seeds", f"must be non-negative, got {shown(raw)}")
     if any(s >= 2**64 for s in raw):     # torch.manual_seed's range: a larger seed fails in the worker
-        problems.add("seeds", f"must be < 2**64, got {[s for s in raw if s >= 2**64]}")
+        problems.add("seeds", f"must be < 2**64, got {shown([s for s in raw if s >= 2**64])}")
+    if len(raw) > MAX_SEED_COUNT:
+        problems.add("seeds", f"must list at most {MAX_SEED_COUNT} seeds, got {len(raw)}")
     return list(raw)
 
 
@@ -101,6 +106,13 @@ def _validate(raw: Any, source: str, deep: bool) -> dict:
     if cfg["scaling"].get("use_gpu") is False and cfg["scaling"].get("resources_per_worker", {}).get("GPU"):
         problems.add("scaling.resources_per_worker.GPU", "set scaling.use_gpu: true to request GPUs")
 
+    # Every resolved key is logged as an MLflow parameter: one MLflow would refuse (a resource or
+    # class name with a newline) fails here, not after training (unknown options refused above).
+    if deep and not problems.items:
+        for key in flatten(cfg):
+            reason = mlflow_key_problem(key)
+            if reason:
+                problems.add(key, f"cannot be an MLflow parameter name: {reason}")
     # Build the cheap objects once to catch impossible values (each constructor's ValueError
     # names the option). The dataset is built too: a missing data root fails here, before
     # any Ray or MLflow work starts.
@@ -144,9 +156,12 @@ def _eval_block(raw, train_attack: dict | None, problems: _Problems, deep: bool)
             problems.add(f"{prefix}.name", "every evaluation attack needs a name (a non-empty string)")
             continue
         if entry["name"] in seen:
-            problems.add(f"{prefix}.name", f"duplicate evaluation attack name {entry['name']!r}")
+            problems.add(f"{prefix}.name", f"duplicate evaluation attack name {shown(entry['name'])}")
         if "/" in entry["name"] or ":" in entry["name"] or entry["name"].startswith("clean"):
-            problems.add(f"{prefix}.name", f"must not contain '/' or ':' or start with 'clean', got {entry['name']!r}")
+            problems.add(f"{prefix}.name", f"must not contain '/' or ':' or start with 'clean', got "
+                                           f"{shown(entry['name'])}")
+        elif name_problem(entry["name"]):
+            problems.add(f"{prefix}.name", name_problem(entry["name"]))
         seen.add(entry["name"])
         entry = dict(entry)
         if not _entry_target(entry, prefix, problems):
@@ -185,7 +200,7 @@ def _entry_target(entry: dict, prefix: str, problems: _Problems) -> bool:
         return True
     if isinstance(target, bool) or not isinstance(target, (int, str)) or (isinstance(target, int) and target < 0):
         problems.add(f"{prefix}.target", f"must be a class index (>= 0), a class name, 'random' or 'every', "
-                                         f"got {target!r}")
+                                         f"got {shown(target)}")
         return False
     if target == "random" and entry.get("target_mode", "none") != "none":
         problems.add(f"{prefix}.target", "give either target: random or target_mode, not both")
@@ -208,6 +223,8 @@ def _subgroups_block(raw, problems: _Problems) -> dict:
         key = f"eval.subgroups.{attr}"
         if not isinstance(attr, str) or not attr or "/" in attr:
             problems.add(key, "an attribute name must be a non-empty string without '/'")
+        elif name_problem(attr):
+            problems.add(key, f"an attribute name {name_problem(attr)}")
         elif source == METADATA:
             out[attr] = source
         elif is_options_form(source):
@@ -226,7 +243,7 @@ def _subgroups_block(raw, problems: _Problems) -> dict:
         else:
             problems.add(key, f"must be 'metadata' or a non-empty class -> group mapping (or the options form "
                               f"{{source: metadata, exclude: [...], min_group_size: <n>, size_by: ...}}), "
-                              f"got {source!r}")
+                              f"got {shown(source)}")
     return out
 
 
@@ -235,7 +252,7 @@ def configuration_problems(raw: Any) -> list[tuple[str, str]]:
     (:data:`CONFIGURATION_NAME`) to non-empty mappings of dotted keys (top-level blocks other
     than ``seeds``, ``space`` and ``configurations``)."""
     if not isinstance(raw, dict) or not raw:
-        return [("configurations", f"must be a non-empty mapping of name -> {{dotted key: value}}, got {raw!r}")]
+        return [("configurations", f"must be a non-empty mapping of name -> {{dotted key: value}}, got {shown(raw)}")]
     problems = []
     for name, items in raw.items():
         where = f"configurations.{name}"
@@ -243,7 +260,7 @@ def configuration_problems(raw: Any) -> list[tuple[str, str]]:
             problems.append((where, "a name must be 1-64 letters, digits, '_', '.' or '-', starting with a "
                                     "letter or digit"))
         if not isinstance(items, dict) or not items:
-            problems.append((where, f"must be a non-empty mapping of dotted key -> value, got {items!r}"))
+            problems.append((where, f"must be a non-empty mapping of dotted key -> value, got {shown(items)}"))
             continue
         for key in items:
             top = str(key).split(".")[0]

@@ -61,9 +61,15 @@ def load_clip(path: str, length: int) -> torch.Tensor:
     return fix_length(to_16k(samples, rate), length).unsqueeze(0).contiguous()
 
 
+#: the longest clip (samples at 16 kHz): ten minutes
+MAX_LENGTH = 600 * SAMPLE_RATE
+
+
 def check_length(length: int) -> None:
     if not isinstance(length, int) or isinstance(length, bool) or length < 1:
         raise ValueError(f"length must be a positive number of samples at 16 kHz, got {length!r}")
+    if length > MAX_LENGTH:
+        raise ValueError(f"length must be <= {MAX_LENGTH} samples (ten minutes at 16 kHz), got {length}")
 
 
 class Waveforms(Dataset):

@@ -39,6 +39,19 @@ class DataBundle:
     val_attributes: dict[str, list[str]] = field(default_factory=dict)
 
 
+#: the most samples a generated data set (``synthetic``, ``mnist1d``) may be asked for:
+#: validation generates it, on the machine that submits the work (issue 28 §7)
+MAX_GENERATED_SAMPLES = 1_000_000
+#: the most values (samples x features) of a generated data set: 400 MB of float32
+MAX_GENERATED_VALUES = 100_000_000
+
+
+def check_at_most(name: str, value: int, high: int) -> None:
+    """ValueError if ``value`` is over ``high`` (an upper bound on a size)."""
+    if value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+
+
 def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> None:
     low_ok = value >= 0 if allow_zero else value > 0
     if not (low_ok and value < 1):

@@ -46,6 +46,8 @@ from torchvision.transforms.functional import pil_to_tensor
 from distfair.data._base import DataBundle, check_fraction, read_text_file, stratified_split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
+#: the largest ``image_size`` (pixels a side): 18 times ImageNet's 224
+MAX_IMAGE_SIZE = 4096
 
 
 class FaceImages(Dataset):
@@ -148,6 +150,8 @@ def faces(*, root: str, image_size: int = 224, metadata: str | None = "metadata.
     check_fraction("val_fraction", val_fraction)
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size must be <= {MAX_IMAGE_SIZE}, got {image_size}")
     if max_per_class is not None and max_per_class < 1:
         raise ValueError(f"max_per_class must be >= 1 or None, got {max_per_class}")
     root = os.path.abspath(os.path.expanduser(root))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from distfair.data._base import DataBundle, check_fraction, stratified_split
+from distfair.data._base import MAX_GENERATED_SAMPLES, DataBundle, check_at_most, check_fraction, stratified_split
 
 
 def mnist1d(*, num_samples: int = 5000, generator_seed: int = 42, split_seed: int = 0,
@@ -29,6 +29,7 @@ def mnist1d(*, num_samples: int = 5000, generator_seed: int = 42, split_seed: in
 
     if num_samples < 100:
         raise ValueError(f"num_samples must be >= 100, got {num_samples}")
+    check_at_most("num_samples", num_samples, MAX_GENERATED_SAMPLES)
     check_fraction("val_fraction", val_fraction)
     args = get_dataset_args()
     args.num_samples = num_samples

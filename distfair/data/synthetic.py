@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
-from distfair.data._base import DataBundle, check_fraction, stratified_split
+from distfair.data._base import (MAX_GENERATED_SAMPLES, MAX_GENERATED_VALUES, DataBundle, check_at_most,
+                                 check_fraction, stratified_split)
 
 
 def synthetic(*, num_samples: int = 240, num_classes: int = 3, dim: int = 8, noise: float = 0.15,
@@ -20,6 +21,8 @@ def synthetic(*, num_samples: int = 240, num_classes: int = 3, dim: int = 8, noi
         raise ValueError(f"dim must be >= 1, got {dim}")
     if num_samples < 4 * num_classes:
         raise ValueError(f"num_samples must be >= 4 * num_classes = {4 * num_classes}, got {num_samples}")
+    check_at_most("num_samples", num_samples, MAX_GENERATED_SAMPLES)
+    check_at_most("num_samples * dim", num_samples * dim, MAX_GENERATED_VALUES)
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     check_fraction("test_fraction", test_fraction)

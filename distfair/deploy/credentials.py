@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import re
 
-import yaml
-
 from distfair.deploy.problems import Problem, _one_line, key_path
 
 #: an environment variable name that holds a credential (not a path to one)
@@ -64,10 +62,12 @@ def _env_problems(doc) -> list[Problem]:
 
 
 def _runtime_env_problems(text: str) -> list[Problem]:
-    try:
-        runtime_env = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        return [("spec.runtimeEnvYAML", f"invalid YAML: {_one_line(err)}")]
+    from distfair.config.yaml_input import parse_yaml_text
+
+    runtime_env, problem = parse_yaml_text(text)        # the limits of a file: no alias bomb inside the file
+    if problem is not None:
+        where, reason = problem
+        return [("spec.runtimeEnvYAML", _one_line(reason if where == "(file)" else f"{where}: {reason}"))]
     env_vars = runtime_env.get("env_vars") if isinstance(runtime_env, dict) else None
     found = []
     if isinstance(env_vars, dict):

@@ -45,7 +45,7 @@ def is_kubernetes(doc) -> bool:
 
 def check_file(path: str | Path, *, skip_unrecognized: bool = False) -> FileReport:
     """Check one YAML file: a Ray cluster launcher config or Kubernetes manifests (KubeRay)."""
-    from distfair.config.schema import read_yaml_documents
+    from distfair.config.yaml_input import read_yaml_documents
 
     report = FileReport(str(path))
     # one line per problem: `line N: ...` for syntax, and binary files and duplicate keys refused

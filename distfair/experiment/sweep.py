@@ -24,6 +24,7 @@ from typing import Callable
 
 from distfair import tracking
 from distfair.config import ConfigError, apply_overrides, flatten, parse_override, read_document, validate
+from distfair.config.limits import shown
 from distfair.config.space import SweepSpec, parse_space
 from distfair.experiment.run import RunReport, run_configuration_with_tracking
 from distfair.experiment.sweep_artifacts import history_figure, history_plot, sweep_artifacts
@@ -67,7 +68,7 @@ def load_sweep(path: str, *, num_samples: int | None = None, num_seeds: int | No
                 validate(apply_overrides(spec.base, [(dim.key, value)]), path)
             except ConfigError as err:
                 reasons = "; ".join(f"{k}: {r}" for k, r in err.problems)
-                problems.append((f"space.params.{dim.key}", f"value {value!r} is not valid: {reasons}"))
+                problems.append((f"space.params.{dim.key}", f"value {shown(value)} is not valid: {reasons}"))
     if spec.early_stopping and spec.early_stopping.metric == "val_robust_acc" and cfg["attack"] is None:
         problems.append(("space.search.early_stopping.metric", "val_robust_acc needs a training attack"))
     if problems:

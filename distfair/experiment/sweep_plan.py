@@ -41,10 +41,16 @@ class SweepPlan:
 def plan_sweep(request: SweepRequest) -> SweepPlan:
     """Load and check everything before anything starts; raises :class:`Refused` with the
     lines to print."""
-    from distfair.config import ConfigError
-    from distfair.experiment.sweep import load_sweep
+    from distfair.config import ConfigError, read_document
+    from distfair.config.overrides import _parsed_overrides
 
     try:
+        # what reading refuses (not a regular file, over the size limits, an alias bomb, a --set
+        # that does not parse) is refused at once, before the sweep's modules import PyTorch
+        read_document(request.config)
+        _parsed_overrides(request.config, request.overrides)
+        from distfair.experiment.sweep import load_sweep
+
         cfg, spec = load_sweep(request.config, num_samples=request.num_samples, num_seeds=request.num_seeds,
                                max_concurrent=request.max_concurrent, overrides=request.overrides)
     except ConfigError as err:

@@ -30,6 +30,9 @@ MODELS = Registry(__name__, {
 
 #: arguments supplied by the dataset, not by the user's config
 MODEL_DATA_ARGS = ("num_classes", "in_shape")
+#: the most parameters a configured model may have (counted at validation on PyTorch's meta
+#: device, so nothing is allocated): 23 times ViT-B/16, 8 GB of float32 weights
+MAX_PARAMETERS = 2_000_000_000
 
 
 def build_model(name: str, *, num_classes: int, in_shape: tuple, **params) -> nn.Module:

@@ -19,6 +19,9 @@ from torch import nn
 from distfair.models._base import Normalize, check_image_classifier
 from distfair.models.preact_resnet import CIFAR_MEAN, CIFAR_STD
 
+#: the deepest WRN (6n + 4 layers): 25 times the paper's WRN-40
+MAX_DEPTH = 1000
+
 
 class WideBasicBlock(nn.Module):
     """BN-ReLU-conv3x3, BN-ReLU-(dropout)-conv3x3, plus an identity or 1x1 conv shortcut."""
@@ -75,6 +78,8 @@ class WideResNet(nn.Module):
         in_shape = check_image_classifier("wide_resnet", in_shape, num_classes)
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {depth}")
+        if depth > MAX_DEPTH:                # building 10**9 blocks would not end
+            raise ValueError(f"depth must be <= {MAX_DEPTH}, got {depth}")
         if widen_factor < 1:
             raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
         if not 0.0 <= dropout < 1.0:
