@@ -15,17 +15,22 @@ DEFAULT_DB = "mlflow.db"
 CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
-def uri_credentials_problem(uri: str, source: str) -> str | None:
-    """Why ``uri`` (from ``source``: ``--tracking-uri`` or ``$MLFLOW_TRACKING_URI``) is refused,
-    or None: a user or password in it would reach tags, logs, parked folders, a sweep's saved
-    state and a Ray job's entrypoint (issue 28). The message never repeats the secret."""
+def _with_userinfo(uri: str):
+    """``uri`` split (``urllib.parse.SplitResult``) when it carries a user or password, else None."""
     if "://" not in uri:
         return None
     try:
         parts = urlsplit(uri)
     except ValueError:
         return None
-    if parts.username is None and parts.password is None:
+    return None if parts.username is None and parts.password is None else parts
+
+
+def uri_credentials_problem(uri: str, source: str) -> str | None:
+    """Why ``uri`` (from ``source``: ``--tracking-uri`` or ``$MLFLOW_TRACKING_URI``) is refused,
+    or None: a user or password in it would reach tags, logs, parked folders, a sweep's saved
+    state and a Ray job's entrypoint (issue 28). The message never repeats the secret."""
+    if _with_userinfo(uri) is None:
         return None
     return (f"{source}: the URI carries a user name or password ({redact_uri(uri)}); give the URI without them "
             f"and the credentials in {', '.join(CREDENTIAL_ENV[:2])} (or a token in {CREDENTIAL_ENV[2]})")
@@ -33,14 +38,10 @@ def uri_credentials_problem(uri: str, source: str) -> str | None:
 
 def redact_uri(uri: str) -> str:
     """``uri`` with any ``user:password@`` replaced by ``***@``."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
+    parts = _with_userinfo(uri)
+    if parts is None:
         return uri
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"***@{host}").geturl()
+    return parts._replace(netloc=f"***@{parts.netloc.rsplit('@', 1)[-1]}").geturl()
 
 
 def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
