@@ -284,3 +284,24 @@ def test_every_public_name_of_the_package_resolves():
         assert "no_such_name" in str(err)
     else:
         raise AssertionError("an unknown name must raise AttributeError")
+
+
+def test_a_command_closes_only_the_runs_it_opened_itself(tmp_path):
+    """A long-lived process (a notebook, the test suite) runs several commands: the runs an
+    earlier command created (and its workers closed) are not the next command's to close
+    FAILED when that one's tracking server goes away."""
+    from distfair.tracking.client import _open_runs, _RetryingClient, forget_open_runs
+    from distfair.tracking.unlogged import park_open_runs
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    experiment = tracking.prepare_experiment(uri, "two")
+    client = _RetryingClient(uri)
+    earlier = client.create_run(experiment).info.run_id          # the earlier command's run
+    MlflowClient(uri).set_terminated(earlier, "FINISHED")         # closed by its worker, elsewhere
+    forget_open_runs(uri)                                         # the next command starts
+    mine = client.create_run(experiment).info.run_id
+    assert list(_open_runs[uri]) == [mine]
+    park_open_runs(uri, tmp_path / "storage", "the server went away")
+    runs = MlflowClient(uri)
+    assert runs.get_run(earlier).info.status == "FINISHED"
+    assert runs.get_run(mine).info.status == "FAILED"
