@@ -86,12 +86,12 @@ def relog(folder: str | Path, uri: str, log: Callable[[str], None]) -> list[str]
     if not folders:
         raise LookupError(f"{folder}: no results waiting to be logged here (folders with "
                           f"{tracking_buffer.RUN_INFO}, as `distfair run` keeps under <storage>/unlogged)")
-    for run_folder in folders:                  # every file checked before anything is written
-        tracking_buffer.check_parked_files(run_folder, tracking_buffer.read_parked(run_folder)[1])
+    parked = {run_folder: tracking_buffer.read_parked(run_folder) for run_folder in folders}
+    for run_folder, (_, ops, _) in parked.items():     # every file checked before anything is written
+        tracking_buffer.check_parked_files(run_folder, ops)
     client = _RetryingClient(uri, log=log)
     done_ids = []
-    for run_folder in folders:
-        info, ops, done = tracking_buffer.read_parked(run_folder)
+    for run_folder, (info, ops, done) in parked.items():
         run_id = info["run_id"]
         client.get_run(run_id)           # an unknown run (another store?) stops here, nothing written
         for index in range(done, len(ops)):
