@@ -1,6 +1,7 @@
 """The MLflow module on a real SQLite store: URI resolution, idempotent child runs, summaries."""
 from __future__ import annotations
 
+import json
 import math
 
 from mlflow.tracking import MlflowClient
@@ -143,25 +144,35 @@ def test_an_interrupted_sweep_closes_every_open_run(tmp_path):
     assert set(status.values()) == {"KILLED"}, status
 
 
+def _orphan_sweep(tmp_path, trials: dict[str, tuple[dict, str]]):
+    """A sweep record with one configuration run per ``{trial id: (params, status)}`` (two
+    seed runs each, the first FINISHED, the second with the configuration's status)."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.prepare_experiment(uri, "e")
+    sweep = tracking.start_sweep_run(uri, exp, name="s", params={}, lookup={"distfair.sweep_name": "s"})
+    client, runs, seeds = MlflowClient(uri), {}, {}
+    for trial, (params, status) in trials.items():
+        run = runs[trial] = tracking.start_parent_run(uri, exp, {}, run_name=trial, tags={
+            tracking.TAG_PARENT: sweep, tracking.TAG_ROLE: "configuration", "distfair.trial_id": trial,
+            "distfair.trial_params": json.dumps(params)})
+        seeds[trial] = [tracking.get_or_create_seed_run(uri, exp, run, s) for s in (0, 1)]
+        client.set_terminated(seeds[trial][0], "FINISHED")
+        for r in (seeds[trial][1], run):
+            if status == "RUNNING":
+                client.update_run(r, status="RUNNING")
+            else:
+                client.set_terminated(r, status)
+    return uri, exp, sweep, client, runs, seeds
+
+
 def test_a_resumed_sweep_retires_the_configuration_its_killed_driver_left_open(tmp_path):
     """A trial started after Tune's last snapshot: Tune resumes without it, its runs stay open.
     Once the resumed Tune run is complete they are retired (KILLED, deleted, seed runs too);
     finished configurations and their seeds are untouched."""
     from distfair.experiment.sweep import collect_trials, retire_orphan_configurations
 
-    uri = f"sqlite:///{tmp_path}/m.db"
-    exp = tracking.prepare_experiment(uri, "e")
-    sweep = tracking.start_sweep_run(uri, exp, name="s", params={}, lookup={"distfair.sweep_name": "s"})
-    done, orphan = [tracking.start_parent_run(uri, exp, {}, run_name=f"c{i}", tags={
-        tracking.TAG_PARENT: sweep, tracking.TAG_ROLE: "configuration", "distfair.trial_id": f"t{i}"})
-        for i in range(2)]
-    client = MlflowClient(uri)
-    done_seeds = [tracking.get_or_create_seed_run(uri, exp, done, s) for s in (0, 1)]
-    orphan_seeds = [tracking.get_or_create_seed_run(uri, exp, orphan, s) for s in (0, 1)]
-    for r in (*done_seeds, done, orphan_seeds[0]):
-        client.set_terminated(r, "FINISHED")            # one seed of the orphan had finished too
-    client.update_run(orphan_seeds[1], status="RUNNING")
-    client.update_run(orphan, status="RUNNING")
+    uri, exp, sweep, client, runs, seeds = _orphan_sweep(tmp_path, {"t0": ({}, "FINISHED"), "t1": ({}, "RUNNING")})
+    done, orphan, done_seeds, orphan_seeds = runs["t0"], runs["t1"], seeds["t0"], seeds["t1"]
     said = []
     assert retire_orphan_configurations(uri, exp, sweep, said.append) == [orphan]
     assert len(said) == 1 and orphan in said[0] and "trial t1" in said[0]
@@ -175,6 +186,49 @@ def test_a_resumed_sweep_retires_the_configuration_its_killed_driver_left_open(t
         info = client.get_run(r).info
         assert (info.status, info.lifecycle_stage) == ("FINISHED", "active")
     assert retire_orphan_configurations(uri, exp, sweep, said.append) == []       # nothing left open
+
+
+def test_a_resumed_trial_takes_over_the_orphan_with_its_parameters_and_the_rest_are_retired(tmp_path):
+    """Tune's snapshot held t0 only; the killed driver had finished t1 and started t2 after it,
+    and t3 too (other parameters). The resumed seeded searcher suggests t1's and t2's
+    parameters again: the new trials take over those records (t1 FINISHED as it was, t2 with
+    its finished seed), never twice in one attempt; once Tune is done, the configuration runs
+    of trials it does not know are retired, FINISHED or not. The sweep then holds exactly
+    Tune's trials, each configuration once."""
+    import time
+
+    from distfair.experiment.sweep import adopt_orphan_configuration, retire_orphan_configurations
+
+    p = {f"t{i}": {"defense.lambda_sym": 0.1 * (i + 1), "train.optimizer": "sgd"} for i in range(4)}
+    uri, exp, sweep, client, runs, seeds = _orphan_sweep(tmp_path, {
+        "t0": (p["t0"], "FINISHED"), "t1": (p["t1"], "FINISHED"), "t2": (p["t2"], "RUNNING"),
+        "t3": (p["t3"], "FINISHED")})
+    time.sleep(0.01)
+    context = {"tracking_uri": uri, "experiment_id": exp, "sweep_run_id": sweep,
+               "resumed": {"trials": ["t0"], "attempt": "a2", "started_ms": int(time.time() * 1000)}}
+    said = []
+    assert adopt_orphan_configuration(context, "t0", p["t0"], "t0 x", said.append) is None     # Tune's own
+    assert adopt_orphan_configuration(context, "n1", dict(p["t1"]), "n1 lambda=0.2", said.append) == runs["t1"]
+    assert adopt_orphan_configuration(context, "n2", p["t2"], "n2 lambda=0.3", said.append) == runs["t2"]
+    assert adopt_orphan_configuration(context, "n4", p["t1"], "n4", said.append) is None       # taken already
+    assert adopt_orphan_configuration(context, "n5", {"defense.lambda_sym": 9.0}, "n5", said.append) is None
+    assert len(said) == 2 and all("taken over" in line for line in said) and "trial t1" in said[0]
+    adopted = client.get_run(runs["t1"])
+    assert adopted.data.tags["distfair.trial_id"] == "n1" and adopted.data.tags["distfair.adopted_from_trial"] == "t1"
+    assert adopted.info.run_name == "n1 lambda=0.2" and adopted.info.status == "FINISHED"
+    assert tracking.find_runs(uri, exp, {"distfair.trial_id": "n2"}) == [runs["t2"]]
+    assert adopt_orphan_configuration(context, "n1", p["t1"], "n1", said.append) is None       # found by its tags now
+
+    retired = retire_orphan_configurations(uri, exp, sweep, said.append, {"t0", "n1", "n2", "n5"})
+    assert retired == [runs["t3"]] and "FINISHED" in said[-1]
+    info = client.get_run(runs["t3"]).info
+    assert (info.status, info.lifecycle_stage) == ("FINISHED", "deleted")
+    assert all(client.get_run(r).info.lifecycle_stage == "deleted" for r in seeds["t3"])
+    left = {r.data.tags["distfair.trial_id"]: r.info.run_id for r in tracking.configuration_runs(uri, exp, sweep)}
+    assert left == {"t0": runs["t0"], "n1": runs["t1"], "n2": runs["t2"]}
+    # a later attempt (killed again, its snapshot without n2) may take n2's record over again
+    context["resumed"] = {"trials": ["t0", "n1"], "attempt": "a3", "started_ms": int(time.time() * 1000) + 1}
+    assert adopt_orphan_configuration(context, "m2", p["t2"], "m2", said.append) == runs["t2"]
 
 
 def test_seed_result_metrics_tags_and_figures(tmp_path, tiny_cfg_dict, seed_figures):

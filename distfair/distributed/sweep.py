@@ -154,6 +154,7 @@ class SweepCallback(Callback):
         self.names = [t.name for t in targets]
         self.progress = SweepProgress(total or 0, targets, log)
         self._shown: dict[str, str] = {}
+        self.trial_ids: set[str] = set()      # every trial Tune knows in this attempt (restored ones too)
 
     def __getstate__(self) -> dict:
         # Tune pickles its run config, callbacks included, into the experiment folder; the
@@ -169,6 +170,7 @@ class SweepCallback(Callback):
         return f"{trial.trial_id} {params} | {done}" + (f" | {objective}" if objective else "")
 
     def on_step_begin(self, iteration, trials, **info):
+        self.trial_ids.update(t.trial_id for t in trials)
         self.progress.begin(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -192,6 +194,7 @@ class SweepCallback(Callback):
         self.progress.finish(trial, failed=True)
 
     def on_experiment_end(self, trials, **info):
+        self.trial_ids.update(t.trial_id for t in trials)
         self.progress.close()
 
     def _close(self, trial_id: str, status: str, reason: str) -> None:
@@ -202,22 +205,44 @@ class SweepCallback(Callback):
 
 def run_tune(spec: SweepSpec, context: dict, *, name: str, storage_path: str, resume: bool,
              max_concurrent: int, trial_resources: dict, log: Callable[[str], None],
-             cancel: Callable[[str], None] | None = None) -> None:
+             cancel: Callable[[str], None] | None = None) -> set[str]:
     """Run (or resume) the Tune experiment ``storage_path/name``; results land in MLflow.
-    ``cancel(trial_id)`` drops the queued items of a trial that ended (the shared slots')."""
+    ``cancel(trial_id)`` drops the queued items of a trial that ended (the shared slots').
+    Returns the ids of every trial Tune knows once it is done (restored ones included).
+
+    A resumed run hands its trials ``context["resumed"]``: ``trials``, the ids in Tune's last
+    snapshot (none if the killed driver never wrote one), ``attempt`` (an id of this attempt)
+    and ``started_ms``, so that a trial can take over the record of a configuration the killed
+    driver had started after that snapshot (``distfair.experiment.sweep.adopt_orphan_configuration``)."""
+    import time
+    import uuid
+
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     # Progress results carry no objective yet (CrossedSearch only acts on final ones).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    trainable = tune.with_resources(tune.with_parameters(sweep_trial, context=context), trial_resources)
     path = str(Path(storage_path) / name)
+    restore = resume and tune.Tuner.can_restore(path)
+    if resume:
+        known: list[str] = []
+        if restore:
+            try:
+                known = sorted(t.trial_id for t in tune.ExperimentAnalysis(path).trials)
+            except ValueError:          # the Tuner's file, but no snapshot of the experiment yet
+                restore = False
+        context = {**context, "resumed": {"trials": known, "attempt": uuid.uuid4().hex[:12],
+                                          "started_ms": int(time.time() * 1000)}}
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, context=context), trial_resources)
     callbacks = [SweepCallback(context, log, total=spec.total_trials(), cancel=cancel)]
-    if resume and tune.Tuner.can_restore(path):
+    if restore:
         log(f"resuming the Tune experiment at {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         tuner._local_tuner._run_config.callbacks = callbacks     # callbacks are not restored
     else:
+        if resume:
+            log(f"no Tune snapshot at {path} (the driver was killed before its first): the searcher starts "
+                "again; configurations it suggests again take over their earlier records")
         es = spec.early_stopping
         scheduler = FIFOScheduler() if es is None else ASHAScheduler(
             time_attr="epoch", metric=f"{es.metric}.seed_mean", mode=es.mode, grace_period=es.grace_period,
@@ -238,6 +263,7 @@ def run_tune(spec: SweepSpec, context: dict, *, name: str, storage_path: str, re
         tuner.fit()
     finally:
         callbacks[0].progress.close()       # also on Ctrl-C: the bar must not stay half drawn
+    return set(callbacks[0].trial_ids)
 
 
 def groups_and_concurrency(n_seeds: int, capacity: int, requested: int | None) -> tuple[int, int]:

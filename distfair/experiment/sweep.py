@@ -34,7 +34,7 @@ from distfair.experiment.sweep_results import (SPREAD_STATS, SUMMARY_STATS, Swee
 
 __all__ = ["SPREAD_STATS", "SUMMARY_STATS", "SweepReport", "TrialOutcome", "best_metrics", "choose",
            "close_interrupted_sweep", "close_trial", "collect_trials", "history_figure", "history_plot",
-           "load_sweep", "objective_metrics", "objective_on_test", "retire_orphan_configurations", "run_sweep",
+           "adopt_orphan_configuration", "load_sweep", "objective_metrics", "objective_on_test", "retire_orphan_configurations", "run_sweep",
            "run_trial_configuration", "spread_columns", "spread_text", "sweep_artifacts", "sweep_dir_name",
            "sweep_identity", "trial_record", "_on_test"]
 
@@ -116,14 +116,59 @@ def run_trial_configuration(cfg: dict, params: dict, trial_id: str, context: dic
     sweep run (``distfair run``'s parent, tagged with the trial id and its parameters)."""
     from distfair.distributed.sweep import short_value
 
+    run_name = f"{trial_id} " + " ".join(f"{k}={short_value(v)}" for k, v in params.items())
+    if context.get("resumed") is not None:
+        adopt_orphan_configuration(context, trial_id, params, run_name, log)
     return run_configuration_with_tracking(
         cfg, config_path=context["config_path"], experiment=context["experiment"],
         tracking_uri=context["tracking_uri"], storage_path=context["storage_path"], log=log,
         lookup=_trial_lookup(context, trial_id),
-        extra_tags={tracking.TAG_PARENT: context["sweep_run_id"],
-                    "distfair.trial_params": json.dumps(params, default=str)},
-        parent_run_name=f"{trial_id} " + " ".join(f"{k}={short_value(v)}" for k, v in params.items()),
-        pool=context.get("pool"), owner=trial_id)
+        extra_tags={tracking.TAG_PARENT: context["sweep_run_id"], TAG_TRIAL_PARAMS: _params_text(params)},
+        parent_run_name=run_name, pool=context.get("pool"), owner=trial_id)
+
+
+TAG_TRIAL_PARAMS = "distfair.trial_params"
+TAG_ADOPTED_FROM = "distfair.adopted_from_trial"
+TAG_ADOPTED_IN = "distfair.adopted_in_attempt"
+
+
+def _params_text(params: dict) -> str:
+    return json.dumps(params, default=str)
+
+
+def adopt_orphan_configuration(context: dict, trial_id: str, params: dict, run_name: str,
+                               log: Callable[[str], None]) -> str | None:
+    """In a resumed sweep, a trial that has no configuration run yet takes over an orphan with
+    the same parameters: a configuration run an earlier attempt started for a trial that Tune's
+    last snapshot does not hold (the killed driver started it, or even finished it, after that
+    snapshot, or wrote none). The resumed searcher is restored from that same snapshot, so a
+    seeded one suggests those configurations again; taken over, the run keeps its finished
+    seeds and only the others are trained (none, if it had finished), instead of a second
+    record of one configuration. Orphans no trial takes over are retired once the sweep is done
+    (:func:`retire_orphan_configurations`). Returns the run id taken over, or None."""
+    uri, exp, resumed = context["tracking_uri"], context["experiment_id"], context["resumed"]
+    if tracking.find_runs(uri, exp, _trial_lookup(context, trial_id)):
+        return None                                  # a trial Tune restored: it has its run
+    wanted = json.loads(_params_text(params))
+    for run in tracking.configuration_runs(uri, exp, context["sweep_run_id"]):
+        tags = run.data.tags
+        if (tags.get("distfair.trial_id") in resumed["trials"] or run.info.start_time >= resumed["started_ms"]
+                or tags.get(TAG_ADOPTED_IN) == resumed["attempt"]):
+            continue                                 # Tune's own, this attempt's, or taken already
+        try:
+            same = json.loads(tags.get(TAG_TRIAL_PARAMS, "null")) == wanted
+        except ValueError:
+            same = False
+        if not same:
+            continue
+        earlier = tags.get("distfair.trial_id", "?")
+        tracking.retag_run(uri, run.info.run_id, {"distfair.trial_id": trial_id, TAG_ADOPTED_FROM: earlier,
+                                                  TAG_ADOPTED_IN: resumed["attempt"]}, run_name=run_name)
+        log(f"configuration run {run.info.run_id} ({run.info.status}) of trial {earlier}, which the interrupted "
+            f"attempt started after Tune's last snapshot, has this trial's parameters: taken over, its finished "
+            "seeds kept")
+        return run.info.run_id
+    return None
 
 
 def trial_record(context: dict, trial_id: str, curve: str | None):
@@ -154,24 +199,29 @@ def close_interrupted_sweep(report: SweepReport, tracking_uri: str) -> None:
 
 
 def retire_orphan_configurations(uri: str, experiment_id: str, sweep_run_id: str,
-                                  log: Callable[[str], None]) -> list[str]:
-    """After a resumed sweep's Tune run has completed, retire the configuration runs still
-    open: a trial the killed driver had started after Tune's last snapshot of the experiment.
-    Tune restored the experiment without it (and the searcher from before it was suggested,
-    so its configuration was never told to Optuna and a new one was sampled in its place);
-    its records are marked KILLED and deleted like any unfinished run that is redone
-    (``tracking.retire_run``), so the sweep is complete. Returns the retired run ids."""
+                                  log: Callable[[str], None], tune_trials: set[str] | None = None) -> list[str]:
+    """After a resumed sweep's Tune run has completed, retire the configuration runs of trials
+    Tune has no record of: trials the killed driver started (or even finished) after Tune's
+    last snapshot, which no trial of this attempt took over (:func:`adopt_orphan_configuration`;
+    an unseeded searcher suggests other configurations in their place). Tune restored the
+    experiment without them and the searcher from before they were suggested, so Optuna was
+    never told of them; their records are marked KILLED if open and deleted like any
+    unfinished run that is redone (``tracking.retire_run``), so the sweep's record holds
+    exactly Tune's trials. ``tune_trials``: the ids of every trial Tune knows (None: retire the
+    runs still open). Returns the retired run ids."""
     retired = []
     for run in tracking.configuration_runs(uri, experiment_id, sweep_run_id):
-        if run.info.status not in ("RUNNING", "SCHEDULED"):
+        trial = run.data.tags.get("distfair.trial_id", "?")
+        open_run = run.info.status in ("RUNNING", "SCHEDULED")
+        if (trial in tune_trials) if tune_trials is not None else not open_run:
             continue
         for seed_run, _ in tracking.seed_run_states(uri, experiment_id, run.info.run_id).values():
             tracking.retire_run(uri, seed_run)
         tracking.retire_run(uri, run.info.run_id)
         retired.append(run.info.run_id)
-        log(f"configuration run {run.info.run_id} (trial {run.data.tags.get('distfair.trial_id', '?')}) was left "
-            "open by the interrupted attempt after Tune's last snapshot; Tune has no record of it and sampled "
-            "a configuration in its place: retired (KILLED, deleted)")
+        log(f"configuration run {run.info.run_id} (trial {trial}, {run.info.status}) was started by the interrupted "
+            "attempt after Tune's last snapshot; Tune has no record of it and sampled a configuration in its "
+            "place: retired (" + ("KILLED, " if open_run else "") + "deleted)")
     return retired
 
 
@@ -219,14 +269,14 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
                "objective": [t.__dict__ for t in spec.objective], "epochs": cfg["train"]["epochs"],
                "early_stopping": spec.early_stopping.__dict__ if spec.early_stopping else None,
                "run_trial": run_trial_configuration, "trial_record": trial_record, "close_trial": close_trial}
-    interrupted = False
+    interrupted, tune_trials = False, None
     pool = SlotPool(cfg["scaling"], storage_path=storage_path, log=log, progress=False, slots=slots,
                     name=f"{name}-slots-{uuid.uuid4().hex[:6]}") if shared else None
     if pool is not None:
         context["pool"] = pool.handle
     try:
         with pool_ticking(pool):
-            run_tune(spec, context, name=name, storage_path=storage_path, resume=resume, max_concurrent=concurrent,
+            tune_trials = run_tune(spec, context, name=name, storage_path=storage_path, resume=resume, max_concurrent=concurrent,
                      trial_resources=trial_resources, log=log, cancel=pool.cancel_owner if pool else None)
     except KeyboardInterrupt:
         interrupted = True
@@ -236,7 +286,7 @@ def run_sweep(cfg: dict, spec: SweepSpec, *, name: str, config_path: str, experi
         else:
             pool.close()
     if resume and not interrupted:
-        retire_orphan_configurations(tracking_uri, experiment_id, sweep_run, log)
+        retire_orphan_configurations(tracking_uri, experiment_id, sweep_run, log, tune_trials)
     report = SweepReport(experiment=experiment, sweep_run_id=sweep_run, spec=spec, experiment_id=experiment_id)
     report.trials = collect_trials(tracking_uri, experiment_id, sweep_run, spec.objective)
     report.interrupted = interrupted or len(report.trials) < spec.total_trials() or any(

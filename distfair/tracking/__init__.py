@@ -97,6 +97,7 @@ _EXPORTS: dict[str, str] = {
     "next_run_name": "runs",
     "prepare_experiment": "runs",
     "reopen_run": "runs",
+    "retag_run": "runs",
     "retire_run": "runs",
     "seed_run_states": "runs",
     "start_parent_run": "runs",

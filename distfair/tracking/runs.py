@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from mlflow.entities import Param
+from mlflow.entities import Param, RunTag
 
 from distfair.tracking.client import _client
 from distfair.tracking.tags import (EXPERIMENT_KIND, REPORT_TAGS, TAG_DESCRIPTION, TAG_EXPERIMENT_KIND,
@@ -100,6 +100,14 @@ def reopen_run(uri: str, run_id: str) -> str:
     client.update_run(run_id, status="RUNNING")
     client.set_tag(run_id, "distfair.resumed", "true")
     return client.get_run(run_id).info.run_name or run_id
+
+
+def retag_run(uri: str, run_id: str, tags: dict[str, str], *, run_name: str | None = None) -> None:
+    """Set ``tags`` on a run (and rename it): a configuration run a resumed sweep's trial takes over."""
+    client = _client(uri)
+    _log(client, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    if run_name is not None:
+        client.update_run(run_id, name=run_name)
 
 
 def retire_run(uri: str, run_id: str) -> None:
