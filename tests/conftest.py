@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -141,11 +142,22 @@ class CliResult:
     stderr: str
 
 
+#: a line Ray's log monitor forwards to the driver of the shared instance at any moment: from
+#: a raylet (``(raylet) ... is over 95% full``) or a worker (``(RayTrainWorker pid=12) ...``);
+#: a command started on its own writes them to its log file, never to the terminal
+RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|autoscaler|[\w.]+ pid=\d+[^)]*|pid=\d+[^)]*)\)")
+
+
+def _without_ray_lines(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not RAY_FORWARDED.match(line))
+
+
 def call_cli(*argv, cwd: str | Path | None = None) -> CliResult:
     """The command called in this process (``distfair.cli.main``) from ``cwd``: its exit code and
     what it wrote to stdout and stderr, as ``subprocess.run`` would give them (``--json``
     writes its object to file descriptor 1 itself, so that is captured too). Ray: the
-    session's instance (:func:`ensure_ray`), which the command reuses."""
+    session's instance (:func:`ensure_ray`), which the command reuses; the lines its log monitor
+    forwards to this process (:data:`RAY_FORWARDED`) are left out."""
     import io
     import sys
     import tempfile
@@ -170,7 +182,7 @@ def call_cli(*argv, cwd: str | Path | None = None) -> CliResult:
             os.close(saved)
         fd1.seek(0)
         written = fd1.read().decode(errors="replace")
-    return CliResult(code, written + out.getvalue(), err.getvalue())
+    return CliResult(code, _without_ray_lines(written + out.getvalue()), _without_ray_lines(err.getvalue()))
 
 
 @pytest.fixture
