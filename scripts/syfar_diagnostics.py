@@ -32,6 +32,7 @@ import torch
 
 from distfair.config import read_document, validate
 from distfair.engine import train as train_mod
+from distfair.models import load_checkpoint   # torch.load(weights_only=True): the epoch checkpoints hold plain data
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ROOT / "tune_spaces" / "stability_digits.yaml"
@@ -165,9 +166,8 @@ def cmd_noise(args) -> None:
     rows = []
     for seed in args.seeds:
         model = build_model("digits_cnn", num_classes=K, in_shape=data.in_shape)
-        state = torch.load(args.out / (args.model_dir or "pretrain") / f"seed{seed}" / "last.pt"
-                           if not args.model_dir else args.out / args.model_dir / f"work{seed}" / "last.pt",
-                           weights_only=False)
+        state = load_checkpoint(args.out / (args.model_dir or "pretrain") / f"seed{seed}" / "last.pt"
+                                if not args.model_dir else args.out / args.model_dir / f"work{seed}" / "last.pt")
         model.load_state_dict(state["model"])
         model.eval()   # BN in eval mode: the same function for every batch, so only sampling differs
         g = torch.Generator().manual_seed(seed)
@@ -212,7 +212,7 @@ def cmd_noise(args) -> None:
 def _load_model(path: Path, K: int, in_shape):
     from distfair.models import build_model
     model = build_model("digits_cnn", num_classes=K, in_shape=in_shape)
-    model.load_state_dict(torch.load(path, weights_only=False)["model"])
+    model.load_state_dict(load_checkpoint(path)["model"])
     return model.eval()
 
 

@@ -6,7 +6,9 @@ plain data, so they still load (the resume tests of test_engine, test_ferd and
 test_defense_lifecycle run through the same loader)."""
 from __future__ import annotations
 
+import ast
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +120,68 @@ def test_a_file_that_is_no_checkpoint_says_so(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match="empty or truncated"):
         load_checkpoint(empty)
+
+
+# ------------------------------------------------- every torch.load in the code says weights_only=True
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unsafe_torch_loads(source: str, filename: str = "<source>") -> list[str]:
+    """Every call of ``torch.load`` (``torch.serialization.load``, ``from torch import load``,
+    an alias of torch) in ``source`` that does not pass ``weights_only=True`` literally, as
+    ``file:line: why``. Read from the syntax tree, so a comment or a string naming it is not a call."""
+    tree = ast.parse(source, filename)
+    modules, functions = {"torch"}, set()          # names bound to torch / to torch.load
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.asname or a.name for a in node.names if a.name == "torch"}
+        elif isinstance(node, ast.ImportFrom) and node.module in ("torch", "torch.serialization"):
+            functions |= {a.asname or a.name for a in node.names if a.name == "load"}
+
+    def is_torch_load(func) -> bool:
+        if isinstance(func, ast.Name):
+            return func.id in functions
+        if isinstance(func, ast.Attribute) and func.attr == "load":
+            owner = func.value
+            if isinstance(owner, ast.Name):
+                return owner.id in modules
+            return (isinstance(owner, ast.Attribute) and owner.attr == "serialization"
+                    and isinstance(owner.value, ast.Name) and owner.value.id in modules)
+        return False
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and is_torch_load(node.func):
+            given = {k.arg: k.value for k in node.keywords}
+            value = given.get("weights_only")
+            if None in given:
+                why = "**kwargs: weights_only cannot be read"
+            elif value is None:
+                why = "no weights_only argument (torch's default has changed across releases)"
+            elif not (isinstance(value, ast.Constant) and value.value is True):
+                why = f"weights_only={ast.unparse(value)}"
+            else:
+                continue
+            found.append(f"{filename}:{node.lineno}: {why}")
+    return found
+
+
+def test_the_scan_finds_each_unsafe_form():
+    source = ("import torch\nimport torch as th\nfrom torch import load as tload\n"
+              "torch.load(p, weights_only=True)\n"            # 4: safe
+              "torch.load(p, weights_only=False)\n"           # 5
+              "th.load(p)\n"                                  # 6
+              "tload(p, weights_only=flag)\n"                 # 7
+              "torch.serialization.load(p, **kw)\n"           # 8
+              "x = 'torch.load(p, weights_only=False)'  # torch.load(p)\n"   # 9: text, not a call
+              "json.load(f)\n")                               # 10: not torch
+    assert [f.split(":")[1] for f in unsafe_torch_loads(source)] == ["5", "6", "7", "8"]
+
+
+def test_every_torch_load_in_distfair_and_scripts_passes_weights_only_true():
+    """scripts/syfar_diagnostics.py read its checkpoints with weights_only=False (issue 28 §8);
+    it now goes through load_checkpoint like the package."""
+    files = sorted([*(ROOT / "distfair").rglob("*.py"), *(ROOT / "scripts").rglob("*.py")])
+    assert ROOT / "scripts" / "syfar_diagnostics.py" in files and len(files) > 50
+    found = [f for path in files for f in unsafe_torch_loads(path.read_text(), str(path.relative_to(ROOT)))]
+    assert found == []

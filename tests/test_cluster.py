@@ -167,6 +167,21 @@ BROKEN = {
     "launcher_literal_credential": ("onprem.yaml", lambda d: d["setup_commands"].append(
         "echo 'export MLFLOW_TRACKING_PASSWORD=hunter2' >> ~/.bashrc"),
         f"setup_commands[{len(load('onprem.yaml')['setup_commands'])}]", "MLFLOW_TRACKING_PASSWORD is written literally"),
+    # the Ray token: the cluster's own, and private (issue 28 §8)
+    "token_folder_shared_by_every_cluster": ("aws.yaml", lambda d: d["file_mounts"].update(
+        {"~/.distfair-cluster": "~/.distfair-cluster"}),
+        "file_mounts[~/.distfair-cluster]", "comes from ~/.distfair-cluster, a folder that does not name this cluster"),
+    "ray_default_token_mounted": ("gcp.yaml", lambda d: d["file_mounts"].update({"~/.ray": "~/.ray"}),
+                                  "file_mounts[~/.ray]", "the Ray token ~/.ray/auth_token comes from ~/.ray"),
+    "token_generated_world_readable": ("onprem.yaml", lambda d: d["setup_commands"].append(
+        "ray get-auth-token --generate > ~/.distfair-cluster/auth_token"),
+        f"setup_commands[{len(load('onprem.yaml')['setup_commands'])}]",
+        "writes a Ray token file without restricting its mode"),
+    "token_teed_on_a_node_type": ("aws.yaml", lambda d: _aws_worker(d)["worker_setup_commands"].append(
+        'echo "$RAY_TOKEN" | tee ~/.ray/auth_token'),
+        f"available_node_types[ray.worker.gpu].worker_setup_commands"
+        f"[{len(load('aws.yaml')['available_node_types']['ray.worker.gpu']['worker_setup_commands'])}]",
+        "writes a Ray token file without restricting its mode"),
     "image_with_another_ray": ("aws.yaml", lambda d: d["docker"].update(image="rayproject/ray:2.50.0-py311-gpu"),
                                "docker.image", "the image has Ray 2.50.0, but distfair pins ray 2.60.0"),
     # Ray's own prepare_config / validate_config
@@ -242,6 +257,63 @@ def test_a_broken_file_gives_file_key_reason_and_exit_2(capsys, tmp_path, name):
     matching = [line for line in problems if line.startswith(f"{path}: {key}: ")]
     assert matching, f"no problem at {key}:\n{err}"
     assert any(fragment in line for line in matching), err
+
+
+@pytest.mark.parametrize("command", [
+    "(umask 077 && ray get-auth-token --generate > ~/.distfair-cluster/auth_token)",
+    "umask 0077; echo \"$RAY_TOKEN\" | tee ~/.ray/auth_token >/dev/null",
+    "cp /mnt/secrets/token ~/.ray/auth_token && chmod 600 ~/.ray/auth_token",
+    "echo 'export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.distfair-cluster/auth_token' >> ~/.bashrc",
+])
+def test_a_token_written_private_or_only_named_passes(command):
+    doc = load("onprem.yaml")
+    doc["setup_commands"].append(command)
+    assert [p for p in cluster_launcher.launcher_rules(doc) if "token" in p[1]] == []
+
+
+LAUNCHERS = ("aws.yaml", "gcp.yaml", "onprem.yaml")
+
+
+def test_each_launcher_config_has_its_own_token_folder():
+    names = [load(f)["cluster_name"] for f in LAUNCHERS]
+    assert len(set(names)) == len(names)
+    for name, file in zip(names, LAUNCHERS):
+        assert load(file)["file_mounts"]["~/.distfair-cluster"] == f"~/.distfair-cluster/{name}"
+
+
+def _recipe(text: str) -> str:
+    """The shell recipe in a file's header comment that makes the cluster's token folder."""
+    lines = [line.removeprefix("#").strip() for line in text.splitlines() if line.startswith("#")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("(umask 077"))
+    end = next(i for i in range(start, len(lines)) if lines[i].endswith("mlflow.env)"))
+    return "\n".join(lines[start:end + 1])
+
+
+def test_the_token_recipes_write_a_private_token_per_cluster(tmp_path):
+    """Each launcher config's recipe, run as written (HOME a temporary folder, the shell's umask
+    022): a folder per cluster, 0700, with a token of Ray's form and the MLflow file, both 0600;
+    no two clusters share a token; nothing written to ~/.ray. No recipe, here or in
+    cluster/README.md, uses `ray get-auth-token --generate` to write the file any more."""
+    import subprocess
+
+    home = tmp_path / "home"
+    home.mkdir()
+    tokens = {}
+    for file in LAUNCHERS:
+        text = (CLUSTER / file).read_text()
+        assert "get-auth-token --generate >" not in text
+        name = load(file)["cluster_name"]
+        subprocess.run(["bash", "-c", "umask 022\n" + _recipe(text)], check=True, env={"HOME": str(home),
+                       "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+        folder = home / ".distfair-cluster" / name
+        assert (folder.stat().st_mode & 0o777, (folder / "auth_token").stat().st_mode & 0o777,
+                (folder / "mlflow.env").stat().st_mode & 0o777) == (0o700, 0o600, 0o600), file
+        tokens[name] = (folder / "auth_token").read_text()
+        assert re.fullmatch(r"[0-9a-f]{64}", tokens[name]), tokens[name]
+        assert f"RAY_AUTH_TOKEN_PATH=~/.distfair-cluster/{name}/auth_token" in text
+    assert len(set(tokens.values())) == len(LAUNCHERS)
+    assert not (home / ".ray").exists()
+    assert "get-auth-token --generate >" not in (CLUSTER / "README.md").read_text()
 
 
 def test_the_broken_corpus_covers_what_the_issue_names():

@@ -159,6 +159,84 @@ def test_shipped_working_dir_leaves_out_environments_and_results(tmp_path):
         assert not excluded(tmp_path / shipped), shipped
 
 
+# --- credentials are never committed, built into an image or shipped with a job (issue 28 §8)
+
+#: what must be left out everywhere, in gitignore syntax: environment files, Ray's token file,
+#: TLS keys, cloud and Kubernetes credentials
+SECRETS = (".env", ".env.*", "auth_token", "*.pem", "*.key", ".aws/", "credentials.json", "*service-account*.json",
+           "gcloud/", ".config/gcloud/", "kubeconfig", ".kube/")
+#: one planted file per pattern, some of them deeper in the tree
+PLANTED = (".env", "sub/.env", ".env.production", "auth_token", "x.pem", "tls/server.key", ".aws/credentials",
+           "sub/.aws/config", "credentials.json", "my-service-account-123.json", "gcloud/adc.json",
+           ".config/gcloud/credentials.db", "kubeconfig", ".kube/config")
+ORDINARY = ("distfair/__init__.py", "distfair/deploy/credentials.py", "tune_spaces/a.yaml", "keep.txt", "env.py",
+            "docs/keys.md")
+
+
+def _patterns(path: Path) -> set[str]:
+    """The patterns of an ignore file, written alike: no leading ``**/`` (Docker's patterns are
+    anchored at the root, so ``**/`` is how they reach every depth), no leading or trailing ``/``."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return {_bare(line) for line in lines if line and not line.startswith("#")}
+
+
+def _bare(pattern: str) -> str:
+    return pattern.removeprefix("**/").strip("/")
+
+
+def test_every_credential_pattern_is_in_gitignore_dockerignores_and_the_job_excludes(tmp_path):
+    places = {name: _patterns(ROOT / name) for name in (".gitignore", ".dockerignore",
+                                                         "cluster/kuberay/Dockerfile.dockerignore")}
+    places["distfair submit's excludes"] = {_bare(p) for p in runtime_env(tmp_path)["excludes"]}
+    missing = {where: sorted({_bare(p) for p in SECRETS} - have) for where, have in places.items()}
+    assert missing == {where: [] for where in places}
+    for name in (".dockerignore", "cluster/kuberay/Dockerfile.dockerignore"):   # Docker: every depth
+        lines = set((ROOT / name).read_text().splitlines())
+        assert {f"**/{_bare(p)}" for p in SECRETS} <= lines, name
+
+
+def _plant(root: Path, names) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("secret\n")
+
+
+@pytest.mark.parametrize("through", ["excludes", ".gitignore"])
+def test_planted_credentials_stay_out_of_the_package_ray_builds(tmp_path, through):
+    """Ray's own packer of a job's working directory (``_zip_files``, what ``working_dir``
+    uploads go through; Ray is not started) leaves out every planted credential: through the
+    job's ``excludes`` alone, and through this repository's ``.gitignore`` alone (Ray applies it
+    too, and ``ray up`` copies the checkout through it: ``rsync_filter``)."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import _zip_files
+
+    work = tmp_path / "work"
+    _plant(work, PLANTED + ORDINARY)
+    if through == ".gitignore":
+        shutil.copy(ROOT / ".gitignore", work / ".gitignore")
+        excludes = []
+    else:
+        excludes = runtime_env(work)["excludes"]
+    _zip_files(str(work), excludes, str(tmp_path / "pkg.zip"), include_gitignore=through == ".gitignore")
+    shipped = {n.rstrip("/") for n in zipfile.ZipFile(tmp_path / "pkg.zip").namelist()}
+    assert set(ORDINARY) <= shipped
+    assert shipped & set(PLANTED) == set()
+    assert not any(n.startswith((".aws", "sub/.aws", "gcloud", ".config", ".kube")) for n in shipped), sorted(shipped)
+
+
+def test_the_credential_patterns_leave_the_project_itself_alone():
+    """No file of the project matches a credential pattern (so none is dropped from a job, an
+    image or a commit)."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    excluded = _get_excludes(ROOT, list(SECRETS))
+    files = [p for top in ("distfair", "scripts", "cluster", "tune_spaces", "docs", "tests")
+             for p in (ROOT / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert len(files) > 100
+    assert [str(p.relative_to(ROOT)) for p in files if excluded(p)] == []
+
+
 # --- a real `ray start --head` and a job through its dashboard
 
 def _free_port() -> int:

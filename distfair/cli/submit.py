@@ -18,7 +18,8 @@ examples:
       --tracking-uri http://MLFLOW_HOST:5000 --storage-path /mnt/distfair/runs
 
 --address is the cluster's dashboard (port 8265; e.g. through `ray dashboard cluster/aws.yaml`). Token
-auth as for `ray job submit`: the token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+auth as for `ray job submit`: the token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH (the cluster's own,
+e.g. ~/.distfair-cluster/distfair-aws/auth_token) or ~/.ray/auth_token.
 The tracking URI and storage path are the cluster's: absolute, and shared by its nodes (or
 --allow-local on a single-node cluster); the job checks the storage path's mount again on the head.
 

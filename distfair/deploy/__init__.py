@@ -33,7 +33,9 @@ rule opens the dashboard (8265), GCS (6379) or Ray client (10001) port, or a ran
 them, beyond the private network, and no KubeRay head service is exposed (NodePort,
 LoadBalancer, Ingress); no credential is written literally (a KubeRay env ``value`` instead of
 ``valueFrom.secretKeyRef``, a ``PASSWORD=...`` in a launcher command, a password in a URI);
-Ray versions in images and ``rayVersion`` match the Ray that distfair pins.
+a launcher config's Ray token is the cluster's own (the ``file_mounts`` folder it is copied
+from names ``cluster_name``) and no command writes a token file without ``umask 077`` or
+``chmod 600``; Ray versions in images and ``rayVersion`` match the Ray that distfair pins.
 
 Every problem is reported as ``<file>: <key.path>: <reason>``, all of them at once; the command
 exits 2 if there is any. Warnings (``distfair/deploy/gpu.py``: GPU nodes whose NVIDIA driver
@@ -51,7 +53,7 @@ The modules, one concept each:
   ``prepare_config``/``validate_config``);
 - ``kuberay``: KubeRay RayCluster/RayJob manifests (the shipped CRD schemas, the operator's
   checks, distfair's rules) and other Kubernetes objects;
-- ``credentials``: the scan for credentials written literally;
+- ``credentials``: the scan for credentials written literally, and the token file's rules;
 - ``common``: what both kinds share (``TRIAL_RESOURCE``, the pinned Ray version);
 - ``gpu``: the warnings about GPU nodes' NVIDIA driver and installs without the lock.
 """

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from distfair.deploy.common import TRIAL_RESOURCE, _positive, _ray_version_problem, pinned_ray_version
-from distfair.deploy.credentials import _literal_credentials_in_command
+from distfair.deploy.credentials import _literal_credentials_in_command, _token_file_problems
 from distfair.deploy.problems import Problem, _close_matches, _describe, _one_line, key_path, schema_problems
 
 #: Ray's ports that must stay inside the private network
@@ -190,23 +190,29 @@ def launcher_rules(doc: dict) -> list[Problem]:
         if reason:
             problems.append((key_path(path), reason))
 
-    # no credential written into the file
+    # no credential written into the file; the Ray token private and per cluster
     for key in _COMMAND_KEYS:
         for path, command in _commands(doc, key):
             for reason in _literal_credentials_in_command(command):
                 problems.append((key_path(path), reason))
+    problems += _token_file_problems(doc, _every_command(doc, node_types))
     return problems
 
 
-def _launcher_auth_problems(doc: dict, node_types: dict) -> list[Problem]:
-    problems = []
+def _every_command(doc: dict, node_types: dict) -> list[tuple[list, str]]:
+    """Every command of a launcher config, the node types' own lists included, with its key path."""
     every = [(path, c) for key in _COMMAND_KEYS for path, c in _commands(doc, key)]
     for name, spec in node_types.items():
         if isinstance(spec, dict):
             for key in ("initialization_commands", "worker_setup_commands"):
                 every += [(["available_node_types", name, key, i], c)
                           for i, c in enumerate(spec.get(key) or []) if isinstance(c, str)]
-    for path, command in every:
+    return every
+
+
+def _launcher_auth_problems(doc: dict, node_types: dict) -> list[Problem]:
+    problems = []
+    for path, command in _every_command(doc, node_types):
         if _TOKEN_OFF.search(command):
             problems.append((key_path(path), "RAY_AUTH_MODE=disabled turns Ray's token auth off: anyone who "
                                              "reaches the cluster's ports can run code on it"))

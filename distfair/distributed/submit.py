@@ -36,13 +36,23 @@ SHARED_FS_TYPES = frozenset({
 })
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", ""})
 
+#: files that hold credentials, at any depth (gitignore syntax, as Ray matches ``excludes``):
+#: environment files, Ray's token file, TLS keys, cloud and Kubernetes credentials. Never
+#: shipped with a job (whose working directory any user of the cluster may read in Ray's
+#: temporary folder); ``.gitignore`` and the ``.dockerignore`` files list the same
+#: (tests/test_submit.py checks all of them).
+SECRET_EXCLUDES = (
+    ".env", ".env.*", "auth_token", "*.pem", "*.key", ".aws/", "credentials.json", "*service-account*.json",
+    "gcloud/", ".config/gcloud/", "kubeconfig", ".kube/",
+)
+
 #: what ``distfair submit`` leaves out of the shipped working directory, on top of its
 #: ``.gitignore`` (which Ray applies too). Anchored with "/" where a bare name would also
 #: match a package folder (``distfair/report``, ``distfair/data``).
 SUBMIT_EXCLUDES = (
     ".git", "/.venv", "/.venv-*", "/venv", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info",
     "/mlruns", "/mlartifacts", "/mlflow.db", "/mlflow.db-*", "/distfair_runs", "/distfair_analysis", "/report",
-    "*.pt",
+    "*.pt", *SECRET_EXCLUDES,
 )
 
 ALLOW_LOCAL_HINT = "or --allow-local if the cluster has a single node"

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -49,6 +51,37 @@ PROGRESS = "progress.json"
 KILL_WORKER_AT = "DISTFAIR_TEST_KILL_WORKER_AT"
 PAUSE_WORKER_AT = "DISTFAIR_TEST_PAUSE_WORKER_AT"
 TEST_HOOKS = (KILL_WORKER_AT, PAUSE_WORKER_AT)
+
+
+def scratch_dir(run_name: str, rank: int, seed: int, tmp: str | Path | None = None) -> Path:
+    """A new folder, this user's alone, for one seed's epoch checkpoint on this node:
+    ``tempfile.mkdtemp`` (mode 0700, a name no one can guess) inside ``<tmp>/distfair-<uid>``,
+    made 0700 on first use. That folder is used only if it is a real folder (not a symlink)
+    owned by this user with no access for others; otherwise (another user made it first) the
+    seed's folder is made directly in ``tmp``. Folders of the same run, rank and seed that a
+    killed earlier attempt left in it are removed first.
+
+    The path used to be ``<tmp>/distfair/<run>/rank<r>/seed_<s>``: another user of the node
+    could make it first, read or replace the checkpoint between epochs, or turn a part of it
+    into a symlink so that the cleanup deleted a folder of the user's elsewhere."""
+    tmp = Path(tmp if tmp is not None else tempfile.gettempdir())
+    uid = os.geteuid()
+    prefix = f"{re.sub(r'[^A-Za-z0-9._-]', '_', str(run_name))[:80]}-rank{rank}-seed{seed}-"
+    own: Path | None = tmp / f"distfair-{uid}"
+    try:
+        os.mkdir(own, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        own = None
+    if own is not None:
+        info = os.lstat(own)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
+            own = None                      # not ours alone: never write into it, never delete in it
+        else:
+            for stale in own.glob(prefix + "*"):
+                shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=own or tmp))
 
 
 def _restore(key: str, seed_dir: Path) -> int | None:
@@ -194,9 +227,7 @@ def _run_item(item: dict, attempt: int, *, rank: int, world: int, device, node_i
     import ray
 
     seed, key = item["seed"], item["key"]
-    seed_dir = Path(tempfile.gettempdir()) / "distfair" / item["run_name"] / f"rank{rank}" / f"seed_{seed}"
-    if seed_dir.exists():
-        shutil.rmtree(seed_dir)              # stale files of an earlier attempt, never reused
+    seed_dir = scratch_dir(item["run_name"], rank, seed)     # new and private: an earlier attempt's never reused
     resumed = _restore(key, seed_dir) if attempt > 1 else None
     if rank == 0 and attempt > 1:
         log(f"seed {seed}: worker group restarted (attempt {attempt}), "
