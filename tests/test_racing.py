@@ -342,6 +342,7 @@ def test_race_replay_prints_the_table_as_json(store, capfd):
         assert row["max_seeds"] == 6 and row["seed_runs_without_racing"] == 18 and row["orders"] == 15
         assert row["p_same"] == 1.0 and row["seed_fraction"] < 1.0
     assert "P(same)" in err and "nothing can stop before 5 paired seeds" in err
+    assert err.count("[distfair] replayed alpha") == 4
 
 
 def test_race_replay_prints_a_table_for_people(store, capfd):
@@ -368,6 +369,17 @@ def test_race_replay_refuses_with_exit_2(store, capfd, which, words):
     assert words in err, err
     if which == "unequal":
         assert "of seeds [0, 1, 2], t0 lacks [2]." in err
+
+
+def test_race_replay_help_explains_the_rule_the_columns_and_the_exit_codes(capsys):
+    from distfair.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["race-replay", "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    for words in ("--sweep", "--orders", "--alpha", "--min-seeds", "--json", "P(same)", "1/2^n", "exit codes"):
+        assert words in out, words
 
 
 def test_race_replay_refuses_a_min_seeds_above_the_recorded_seeds(store, capfd):

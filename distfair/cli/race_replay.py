@@ -103,7 +103,10 @@ def cmd_race_replay(args: argparse.Namespace) -> int:
         try:
             rows = replay_grid(names, sweep.targets, alphas=args.alpha, min_seeds=args.min_seeds,
                                max_seeds=args.max_seeds, test=args.test, wave=args.wave, orders=args.orders,
-                               rng_seed=args.rng_seed, noise_alpha=args.noise_alpha)
+                               rng_seed=args.rng_seed, noise_alpha=args.noise_alpha,
+                               progress=lambda r: log(f"replayed alpha {r.spec.alpha:g}, min_seeds "
+                                                      f"{r.spec.min_seeds}: P(same) {r.p_same:.3f}, seed runs "
+                                                      f"{100 * r.seed_fraction:.1f}%"))
         except ValueError as err:
             return fail(Refused(str(err)))
         first = rows[0]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -172,17 +172,21 @@ def replay(per_seed: Mapping[str, np.ndarray], targets: Sequence, spec: RacingSp
 
 def replay_grid(per_seed: Mapping[str, np.ndarray], targets: Sequence, *, alphas: Sequence[float],
                 min_seeds: Sequence[int], max_seeds: int | None = None, test: str = "wilcoxon", wave: int = 1,
-                orders: int = 1000, rng_seed: int = 0, noise_alpha: float | None = None) -> list[ReplaySummary]:
+                orders: int = 1000, rng_seed: int = 0, noise_alpha: float | None = None,
+                progress: Callable[[ReplaySummary], None] | None = None) -> list[ReplaySummary]:
     """:func:`replay` for every (alpha, min_seeds), min_seeds first, each row on the same orders.
-    ``max_seeds``: default all recorded seeds. Raises ValueError for a bad spec (e.g. a
-    min_seeds above max_seeds), naming it."""
+    ``max_seeds``: default all recorded seeds; ``progress``: called with each row when done.
+    Raises ValueError for a bad spec (e.g. a min_seeds above max_seeds), naming it, before any
+    row is replayed."""
     n_seeds = len(next(iter(per_seed.values()))) if per_seed else 0
     top = n_seeds if max_seeds is None else max_seeds
+    specs = [RacingSpec(min_seeds=m, max_seeds=top, test=test, alpha=alpha, wave=wave)
+             for m in min_seeds for alpha in alphas]
     rows = []
-    for m in min_seeds:
-        for alpha in alphas:
-            spec = RacingSpec(min_seeds=m, max_seeds=top, test=test, alpha=alpha, wave=wave)
-            rows.append(replay(per_seed, targets, spec, orders, rng_seed, noise_alpha))
+    for spec in specs:
+        rows.append(replay(per_seed, targets, spec, orders, rng_seed, noise_alpha))
+        if progress is not None:
+            progress(rows[-1])
     return rows
 
 

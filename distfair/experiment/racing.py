@@ -106,8 +106,8 @@ class RacingSpec:
                     f"(raise max_seeds or alpha, or use test: ttest)"]
         if self.min_seeds < needed:
             return [f"racing: with the Wilcoxon test at alpha {self.alpha:g}, nothing can stop before {needed} paired "
-                    f"seeds (its one-sided p over n seeds is at least 1/2^n); min_seeds {self.min_seeds} only "
-                    f"delays the first possible stop to seed {needed}"]
+                    f"seeds (over n seeds its one-sided p is at least 1/2^n): the waves from min_seeds "
+                    f"{self.min_seeds} to {needed - 1} seeds cannot stop anything"]
         return []
 
 
