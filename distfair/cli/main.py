@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from distfair.cli import analyze, relog, report, run, submit, sweep
+from distfair.cli import analyze, race_replay, relog, report, run, submit, sweep
 from distfair.cli.output import EXIT_FAILED, EXIT_USAGE
 from distfair.tracking.buffer import TrackingUnavailable   # no MLflow: the package loads it on first use
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_parser(sub)
     analyze.add_parser(sub)
     report.add_parser(sub)
+    race_replay.add_parser(sub)
     submit.add_parser(sub)
 
     from distfair.deploy import add_subparser as add_cluster_parser
