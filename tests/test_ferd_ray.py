@@ -106,3 +106,4 @@ def test_shipped_ferd_files_validate(tmp_path, monkeypatch):
     for name in ("digits_ferd", "digits_dfrd"):         # the README's numbers: the alternating loop, until re-measured
         digits = load_config(REPO / "tune_spaces" / f"{name}.yaml", ["defense.teacher=x"])
         assert digits["defense"]["loop"] == "alternating"
+        assert name == "digits_dfrd" or digits["defense"]["utae_network"] == "teacher"
