@@ -560,8 +560,9 @@ def ferd_cfg(teacher_path) -> dict:
 
 
 
+@pytest.mark.parametrize("loop", ["alternating", "official"])
 @pytest.mark.parametrize("name", ["ferd", "dfrd"])
-def test_trains_through_the_engine_without_reading_the_training_set(name, ferd_cfg, teacher_path, tmp_path,
+def test_trains_through_the_engine_without_reading_the_training_set(name, loop, ferd_cfg, teacher_path, tmp_path,
                                                                     monkeypatch):
     import distfair.engine.train as train
 
@@ -572,10 +573,16 @@ def test_trains_through_the_engine_without_reading_the_training_set(name, ferd_c
     cfg["train"]["epochs"] = 2
     if name == "dfrd":
         cfg["defense"] = {"name": "dfrd", **SMALL}
+    if loop == "official":                              # 2 epochs × 2 student steps, no warm-up
+        cfg["defense"].update({**OFFICIAL, "loop": "official", "student_steps": 2})
     result = _engine_run(cfg, tmp_path, references={"teacher": teacher_path})
     assert "clean_acc" in result.metrics and len(result.history) == 2
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["defense"][0]
-    assert state["steps_done"] == 4 and state["generator_optimizer"]["state"]
+    assert state["steps_done"] == 4
+    if loop == "alternating":
+        assert state["generator_optimizer"]["state"] and state["bank_x"] is None
+    else:
+        assert state["bank_x"].shape == (2 * 16, *DIGITS)
 
 
 def test_resume_equals_the_uninterrupted_run(ferd_cfg, teacher_path, tmp_path):
