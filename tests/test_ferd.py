@@ -902,3 +902,15 @@ def test_official_loop_resume_without_the_bank_differs(official_cfg, teacher_pat
     monkeypatch.setattr(datafree.DataFreeDistillation, "load_state_dict", forget_bank)
     resumed = _engine_run(cfg, tmp_path / "resumed", references=refs)
     assert resumed.history[1]["train_loss"] != straight.history[1]["train_loss"]
+
+
+def test_a_generation_stage_without_a_finite_loss_fails_and_banks_nothing(teacher_path, monkeypatch):
+    import distfair.defenses._datafree as datafree
+
+    defense = official(dfrd, teacher_path, gen_steps=3)
+    real = datafree.generator_objective
+    monkeypatch.setattr(datafree, "generator_objective", lambda terms, weights: real(terms, weights) * float("nan"))
+    message = "generator_loss is nan at every step of the generation stage of epoch 1"
+    with pytest.raises(FloatingPointError, match=message):
+        defense.start_epoch(student(), None, epoch=0, batch_size=16, generator=None)
+    assert defense.bank_x is None
