@@ -914,3 +914,20 @@ def test_a_generation_stage_without_a_finite_loss_fails_and_banks_nothing(teache
     with pytest.raises(FloatingPointError, match=message):
         defense.start_epoch(student(), None, epoch=0, batch_size=16, generator=None)
     assert defense.bank_x is None
+
+
+@pytest.mark.parametrize("base", [FERD, DFRD], ids=["ferd", "dfrd"])
+def test_the_contracts_exact_resume_check_holds_for_the_official_loop(base, tmp_path):
+    """distfair.testing's own resume check (the contract runs the alternating loop: its other
+    checks draw batches without ``start_epoch``), here with the official loop at test size."""
+    from distfair.testing import contract_references
+    from distfair.testing.defenses import check_own_state_dict_resumes_exactly
+
+    options = {k: v for k, v in base.TEST_OPTIONS.items() if k != "loop"}
+    # batches of 24 over the contract's 3 classes: every class is in the kept batch FERD reweights
+    # on, so no class's D is NaN (the check compares states with torch.equal, where NaN != NaN)
+    official_cls = type(f"Official{base.__name__}", (base,), {"TEST_OPTIONS": {
+        **options, "batch_size": 24, "loop": "official", "gen_steps": 2, "student_steps": 2, "warmup": 0,
+        "crop_padding": 1}})
+    with contract_references(tmp_path) as references:
+        check_own_state_dict_resumes_exactly(official_cls, references)
