@@ -33,7 +33,8 @@ from toy_defenses import NoSamples, untimed
 K = 10
 DIGITS = (1, 8, 8)
 #: tiny but complete: every part of FERD runs (reweighting, bottleneck, UTAEs)
-SMALL = {"iterations_per_epoch": 2, "batch_size": 16, "z_dim": 8, "generator_width": 4, "steps": 2}
+SMALL = {"iterations_per_epoch": 2, "batch_size": 16, "z_dim": 8, "generator_width": 4, "steps": 2,
+         "loop": "alternating"}
 SMALL_FERD = {**SMALL, "reweight_steps": 3, "ib_steps": 2}
 EVAL = {"attacks": [{"name": "fgsm", "attack": "fgsm", "eps": 0.1}]}
 
@@ -380,7 +381,7 @@ def test_gamma_spreads_the_utae_targets_over_more_classes(teacher_path):
 # ---------------------------------------------------------------------- frozen teacher
 @pytest.mark.parametrize("make", [ferd, dfrd], ids=["ferd", "dfrd"])
 def test_teacher_parameters_buffers_and_eval_mode_never_change(teacher_path, make):
-    defense = make(teacher_path)
+    defense = make(teacher_path, **({"utae_network": "teacher"} if make is ferd else {}))
     teacher = defense.teacher
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     modes: list[bool] = []
@@ -450,22 +451,32 @@ def test_without_utaes_the_adversarial_examples_are_plain_kl_pgd(teacher_path):
     assert torch.equal(ablated_parts["kl_adv"], gamma0_parts["kl_adv"])
 
 
-def test_utae_network_student_ascends_the_student_not_the_teacher(teacher_path):
-    """``utae_network: student`` (an investigation option, not Eq. 10 as written) runs the same
-    UTAE objective through the student: the PGD gets the student; the default gets the teacher."""
+def test_utae_network_default_is_the_student_and_the_attack_uses_the_network_named(teacher_path):
+    """``utae_network: student`` (default: the official code's ``generate_adv(student_model, ...)``
+    and Eq. 11's f^S(x_U)) runs Eq. 10's objective through the student, ``teacher`` (Eq. 10's
+    f^T as written) through the teacher: the PGD's input gradients come from that network only."""
+    assert FERD(num_classes=K).utae_network == "student"
     y = torch.arange(16) % K
     net = student()
     seen = {}
     for choice in ("teacher", "student"):
-        defense = ferd(teacher_path, utae_network=choice)
+        defense = ferd(teacher_path, **({} if choice == "student" else {"utae_network": "teacher"}))
         x = defense.synthesize(torch.randn(16, 8, generator=torch.Generator().manual_seed(1)), y)
-        calls = []
+        calls, forwards = [], {"teacher": 0, "student": 0}
         real = defense.adversarial
         defense.adversarial = lambda network, *a, **k: calls.append(network) or real(network, *a, **k)
+        hooks = [m.register_forward_hook(lambda mod, i, o, who=who: forwards.__setitem__(
+                     who, forwards[who] + int(torch.is_grad_enabled() and i[0].requires_grad)))
+                 for who, m in (("teacher", defense.teacher), ("student", net))]
         seen[choice] = defense.loss(net, x, y, generator=torch.Generator().manual_seed(0))[1]["kl_adv"]
+        for h in hooks:
+            h.remove()
         assert calls == [defense.teacher if choice == "teacher" else net]
+        # forwards whose input needs a gradient: the PGD's steps, on the network named only
+        other = "student" if choice == "teacher" else "teacher"
+        assert forwards[choice] == defense.steps and forwards[other] == 0, forwards
     assert seen["teacher"] != seen["student"]
-    with pytest.raises(ValueError, match="utae_network must be one of teacher, student"):
+    with pytest.raises(ValueError, match="utae_network must be one of student, teacher"):
         ferd(teacher_path, utae_network="both")
 
 
@@ -549,8 +560,9 @@ def ferd_cfg(teacher_path) -> dict:
 
 
 
+@pytest.mark.parametrize("loop", ["alternating", "official"])
 @pytest.mark.parametrize("name", ["ferd", "dfrd"])
-def test_trains_through_the_engine_without_reading_the_training_set(name, ferd_cfg, teacher_path, tmp_path,
+def test_trains_through_the_engine_without_reading_the_training_set(name, loop, ferd_cfg, teacher_path, tmp_path,
                                                                     monkeypatch):
     import distfair.engine.train as train
 
@@ -561,10 +573,16 @@ def test_trains_through_the_engine_without_reading_the_training_set(name, ferd_c
     cfg["train"]["epochs"] = 2
     if name == "dfrd":
         cfg["defense"] = {"name": "dfrd", **SMALL}
+    if loop == "official":                              # 2 epochs × 2 student steps, no warm-up
+        cfg["defense"].update({**OFFICIAL, "loop": "official", "student_steps": 2})
     result = _engine_run(cfg, tmp_path, references={"teacher": teacher_path})
     assert "clean_acc" in result.metrics and len(result.history) == 2
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["defense"][0]
-    assert state["steps_done"] == 4 and state["generator_optimizer"]["state"]
+    assert state["steps_done"] == 4
+    if loop == "alternating":
+        assert state["generator_optimizer"]["state"] and state["bank_x"] is None
+    else:
+        assert state["bank_x"].shape == (2 * 16, *DIGITS)
 
 
 def test_resume_equals_the_uninterrupted_run(ferd_cfg, teacher_path, tmp_path):
@@ -612,3 +630,304 @@ def test_resume_without_the_defense_state_differs(ferd_cfg, teacher_path, tmp_pa
     resumed = _engine_run(cfg, tmp_path / "resumed", references=refs)
     assert resumed.history[1]["train_loss"] != straight.history[1]["train_loss"]
     assert DEFENSES["ferd"] is FERD
+
+
+# ----------------------------------------------------------------- the official loop (default)
+#: the official loop at test size: 6 generator steps per stage, 3 student steps per epoch
+OFFICIAL = {"batch_size": 16, "z_dim": 8, "generator_width": 4, "steps": 2, "gen_steps": 6, "student_steps": 3,
+            "warmup": 0, "crop_padding": 1}
+OFFICIAL_FERD = {**OFFICIAL, "reweight_steps": 3, "ib_steps": 2}
+
+
+def official(make, teacher: str, **options):
+    base = OFFICIAL_FERD if make is ferd else OFFICIAL
+    return make(teacher, **{**{k: v for k, v in SMALL.items() if k != "loop"}, **base, "loop": "official", **options})
+
+
+def test_the_official_loop_and_its_options_are_the_default():
+    for cls in (FERD, DFRD):
+        d = cls(num_classes=K)
+        assert (d.loop, d.gen_steps, d.student_steps, d.warmup, d.noise_lr) == ("official", 200, 400, 20, 0.015)
+        assert (d.generator_lr, d.augment, d.crop_padding, d.bank_size) == (2e-3, None, 4, None)
+    d = FERD(num_classes=K)
+    assert (d.utae_network, d.ib_fit, d.ib_steps, d.reweight) == ("student", "channel", 5, "softmax")
+    assert FERD(num_classes=K, ib_fit="official").ib_steps == 50
+    for option, value, message in [("loop", "both", "loop must be one of official, alternating"),
+                                   ("gen_steps", 0, "gen_steps"), ("warmup", -1, "warmup"),
+                                   ("noise_lr", 0.0, "noise_lr"), ("augment", "yes", "augment"),
+                                   ("bank_size", 0, "bank_size"), ("ib_fit", "per_sample", "ib_fit must be one of")]:
+        with pytest.raises(ValueError, match=message):
+            FERD(num_classes=K, **{option: value})
+
+
+@pytest.mark.parametrize("make,gen_steps", [(ferd, 11), (dfrd, 12)], ids=["ferd", "dfrd"])
+def test_generation_stage_lowers_its_loss_and_banks_the_lowest_loss_batch(teacher_path, make, gen_steps, monkeypatch):
+    """A re-initialised generator and its learnable noise are optimised ``gen_steps`` steps; the
+    batch G(z, y) of the step with the lowest objective goes to the bank. ``gen_steps`` is chosen
+    so that this step is not the last (checked), so keeping the last batch would fail."""
+    import distfair.defenses._datafree as datafree
+
+    defense = official(make, teacher_path, gen_steps=gen_steps)
+    outputs, objectives = [], []
+    real_forward, real_objective = defense.net.forward, datafree.generator_objective
+    monkeypatch.setattr(defense.net, "forward", lambda z, y: _record(outputs, real_forward(z, y)))
+    monkeypatch.setattr(datafree, "generator_objective",
+                        lambda terms, weights: _record(objectives, real_objective(terms, weights)))
+    model = student()
+    before = copy.deepcopy(model.state_dict())
+    logs = defense.start_epoch(model, None, epoch=0, batch_size=16, generator=None)
+    assert len(outputs) == len(objectives) == gen_steps
+    values = torch.stack([o.detach() for o in objectives])
+    best = int(values.argmin())
+    assert best < gen_steps - 1                                                    # the test discriminates
+    assert logs["generation_loss_best"] == pytest.approx(float(values[best]))
+    assert logs["generation_loss_first"] == pytest.approx(float(values[0]))
+    assert logs["generation_loss_best"] < logs["generation_loss_first"]            # the stage lowers its loss
+    assert torch.equal(defense.bank_x, outputs[best].detach()) and defense.bank_x.shape == (16, *DIGITS)
+    assert logs["bank_samples"] == 16 and defense.bank_y.shape == (16,)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())   # the student is untouched
+    # the next epoch re-initialises the generator and appends its own kept batch
+    defense.start_epoch(model, None, epoch=1, batch_size=16, generator=None)
+    assert defense.bank_x.shape[0] == 32 and torch.equal(defense.bank_x[:16], outputs[best].detach())
+
+
+def _record(store: list, value):
+    store.append(value)
+    return value
+
+
+def test_generation_stage_resets_the_generator_from_the_epochs_generator(teacher_path):
+    a, b = official(dfrd, teacher_path, gen_steps=1), official(dfrd, teacher_path, gen_steps=1)
+    model = student()
+    with torch.no_grad():
+        for p in b.net.parameters():
+            p.add_(1.0)                                       # whatever b's generator was, the reset redraws it
+    a.start_epoch(model, None, epoch=3, batch_size=16, generator=None)
+    b.start_epoch(model, None, epoch=3, batch_size=16, generator=None)
+    assert torch.equal(a.bank_x, b.bank_x)
+    conv = [m for m in a.net.modules() if isinstance(m, nn.Conv2d)][0]
+    assert conv.weight.std().item() == pytest.approx(0.02, rel=0.5)            # N(0, 0.02) (reset_model)
+
+
+@pytest.mark.parametrize("make", [ferd, dfrd], ids=["ferd", "dfrd"])
+def test_distillation_stage_takes_student_steps_bank_batches_and_none_in_warmup(teacher_path, make):
+    defense = official(make, teacher_path, warmup=2, student_steps=5, augment=False)
+    model = student()
+    optimizer = sgd(model)
+    for epoch in range(3):
+        defense.start_epoch(model, None, epoch=epoch, batch_size=16, generator=None)
+        before = copy.deepcopy(model.state_dict())
+        batches = list(defense.batches(None, epoch=epoch))
+        for batch in batches:
+            defense.train_step(model, batch, optimizer, generator=torch.Generator().manual_seed(epoch))
+        changed = not all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        if epoch < 2:                                          # warm-up: generation only, the student untouched
+            assert batches == [] and not changed and defense.steps_done == 0
+        else:
+            assert len(batches) == 5 and changed and defense.steps_done == 5
+    assert defense.bank_x.shape[0] == 48
+    # every sample of a batch is a bank sample with its bank label; an order covers the bank once
+    rows = {tuple(x.flatten().tolist()): int(y) for x, y in zip(defense.bank_x, defense.bank_y)}
+    seen = []
+    for x, y in batches:
+        for xi, yi in zip(x, y):
+            assert rows[tuple(xi.flatten().tolist())] == int(yi)
+            seen.append(tuple(xi.flatten().tolist()))
+    assert len(set(seen[:48])) == 48                           # 5 batches of 16 = one whole order, then more
+    with pytest.raises(RuntimeError, match="memory bank is empty"):
+        list(official(make, teacher_path).batches(None, epoch=0))
+
+
+def test_crop_flip_pads_crops_and_flips_per_sample():
+    from distfair.defenses._datafree import crop_flip
+
+    x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float).view(2, 1, 3, 3) + 1
+    out = crop_flip(x, 1, 0.0, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(2):
+        windows = [padded[i, :, r:r + 3, c:c + 3] for r in range(3) for c in range(3)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+    assert torch.equal(crop_flip(x, 0, 0.0, torch.Generator().manual_seed(1))[0], x[0]) or \
+        torch.equal(crop_flip(x, 0, 0.0, torch.Generator().manual_seed(1))[0], x[0].flip(-1))
+    many = crop_flip(x.repeat(200, 1, 1, 1), 1, 0.0, torch.Generator().manual_seed(2))
+    assert 0 < sum(not torch.equal(m, x[i % 2]) for i, m in enumerate(many)) < 400      # random, not always
+
+
+def test_augmentation_is_off_for_inputs_that_are_not_images(teacher_path):
+    defense = official(dfrd, teacher_path)
+    assert defense.augments                                                       # digits (1, 8, 8): images
+    assert not official(dfrd, teacher_path, augment=False).augments
+    vector = DFRD(num_classes=K, **OFFICIAL)
+    ctx = dataclasses.replace(context(teacher_path), in_shape=(64,))
+    vector.augment = True
+    with pytest.raises(ValueError, match="augment"):
+        vector.setup(ctx)
+
+
+# ------------------------------------------------------------- the official bottleneck (IFP.py)
+def test_official_ib_kl_closed_form():
+    from distfair.defenses.ferd import official_ib_kl
+
+    latent = torch.tensor([[[[0.0, 2.0]], [[1.0, 1.0]]]])          # (1, 2, 1, 2): unbiased spatial var 2 and 0
+    sigma = torch.tensor([[1.0, 2.0]])
+    delta = 1e-10
+    c0 = 2.0 / (1 + delta) + math.log((1 + delta) / (2 + delta)) - 1
+    c1 = 0.0 + math.log((4 + delta) / delta) - 1
+    assert official_ib_kl(latent, sigma).item() == pytest.approx(0.5 * (c0 + c1) / 2, rel=1e-6)
+
+
+def test_official_ib_fits_a_fresh_lambda_per_sample_and_channel_at_the_last_batchnorm(teacher_path):
+    from distfair.defenses.ferd import SampleInformationBottleneck
+
+    defense = ferd(teacher_path, ib_fit="official", ib_steps=3)
+    assert isinstance(defense.ib, SampleInformationBottleneck) and defense.ib.layer == "features.4"
+    assert isinstance(defense.teacher.get_submodule("features.4"), nn.BatchNorm2d)    # before the ReLU
+    y = torch.arange(16) % K
+    x = defense.synthesize(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)), y)
+    logs = defense.ib.fit(defense.teacher, x, y, torch.Generator().manual_seed(0))
+    assert defense.ib.mask.shape == (16, defense.ib.channels)                        # one per (sample, channel)
+    assert torch.isfinite(logs["ib_loss"]) and 0 <= logs["ib_nonrobust_fraction"] <= 1
+    first = defense.ib.mask.clone()
+    defense.ib.fit(defense.teacher, x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(first, defense.ib.mask)                                       # fresh λ: nothing carried
+    x_req = x.clone().requires_grad_()
+    loss = defense.ib.uniform_loss(defense.teacher, x_req)
+    (grad,) = torch.autograd.grad(loss, [x_req])
+    assert torch.isfinite(loss) and grad.abs().sum() > 0                             # L_uni reaches the input
+    with pytest.raises(RuntimeError, match="batch of its last fit"):
+        defense.ib.uniform_loss(defense.teacher, x[:4])
+    with pytest.raises(ValueError, match="spatial dims"):
+        ferd(teacher_path, ib_fit="official", ib_layer="head")
+
+
+def test_official_ib_mask_compares_each_noise_variance_with_the_largest_sample_variance():
+    from distfair.defenses.ferd import SampleInformationBottleneck
+
+    class Spatial(nn.Module):
+        feature_layer = "features"
+
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Identity()
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.features(x).flatten(1))
+
+    teacher = Spatial().eval().requires_grad_(False)
+    ib = SampleInformationBottleneck(teacher, "features", in_shape=(2, 2, 2), bounds=(0.0, 1.0), beta=0.3,
+                                     lr=1e-9, steps=1, device=torch.device("cpu"))
+    y = torch.tensor([0, 1])
+    # λ starts at 0: σ² = log(2)² ≈ 0.48 everywhere. Largest per-sample spatial variance 0.1 < 0.48: all robust
+    small = torch.tensor([0.0, 0.5, 0.0, 0.5]).view(1, 1, 2, 2).repeat(2, 2, 1, 1) * 0.5
+    ib.fit(teacher, small, y, torch.Generator().manual_seed(0))
+    assert ib.mask.tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    # one (sample, channel) with variance 12 makes every σ² <= max: all non-robust (official rule)
+    large = small.clone()
+    large[1, 0] = torch.tensor([[0.0, 6.0], [0.0, 0.0]])
+    ib.fit(teacher, large, y, torch.Generator().manual_seed(0))
+    assert ib.mask.tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+# ----------------------------------------------------------------- reweighting rules by hand
+def test_both_reweighting_rules_from_logit_margins_by_hand():
+    """Eq. 1-2 from hand-made teacher logits on adversarial samples, then the paper's softmax and the
+    official min-max rescale into [0.05, 0.2] (``test.py``)."""
+    from distfair.attacks import cw_margin
+    from distfair.defenses.ferd import class_vulnerability
+
+    logits = torch.tensor([[3.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 1.0], [2.0, 2.5, 0.0]])
+    y = torch.tensor([0, 0, 2, 1])
+    margins = cw_margin(logits, y)                                  # 2, -1, 1, 0.5
+    assert margins.tolist() == [2.0, -1.0, 1.0, 0.5]
+    sums, counts = class_vulnerability(margins, y, 3)
+    d = sums / counts                                               # D = (-(2 - 1)/2, -0.5, -1) = (-0.5, -0.5, -1)
+    assert d.tolist() == [-0.5, -0.5, -1.0]
+    uniform, present = torch.full((3,), 1 / 3), torch.tensor([True, True, True])
+    e = [math.exp(-0.5), math.exp(-0.5), math.exp(-1.0)]
+    expected_softmax = [v / sum(e) for v in e]
+    assert reweighted_probabilities(d, present, uniform, "softmax").tolist() == pytest.approx(expected_softmax)
+    # min-max: (-0.5 → 0.2, -0.5 → 0.2, -1 → 0.05), normalised by 0.45
+    assert reweighted_probabilities(d, present, uniform, "official_rescale").tolist() == pytest.approx(
+        [0.2 / 0.45, 0.2 / 0.45, 0.05 / 0.45], abs=1e-6)
+
+
+# --------------------------------------------------------------------- official loop, engine
+@pytest.fixture
+def official_cfg() -> dict:
+    return {"defense": {"name": "ferd", **OFFICIAL_FERD, "warmup": 1},
+            "dataset": {"name": "digits"}, "model": {"name": "digits_cnn", "width": 4},
+            "train": {"epochs": 3, "batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+            "eval": EVAL, "seeds": [0]}
+
+
+@pytest.mark.parametrize("name", ["ferd", "dfrd"])
+def test_official_loop_resume_equals_the_uninterrupted_run(name, official_cfg, teacher_path, tmp_path):
+    cfg = copy.deepcopy(official_cfg)
+    if name == "dfrd":
+        cfg["defense"] = {"name": "dfrd", **OFFICIAL, "warmup": 1}
+    refs = {"teacher": teacher_path}
+    straight = _engine_run(cfg, tmp_path / "straight", references=refs)
+    first = copy.deepcopy(cfg)
+    first["train"]["epochs"] = 1
+    _engine_run(first, tmp_path / "resumed", references=refs)                # "crash" after the warm-up epoch
+    resumed = _engine_run(cfg, tmp_path / "resumed", references=refs)
+    assert untimed(resumed.history) == untimed(straight.history)
+    assert resumed.param_fingerprints == straight.param_fingerprints and resumed.confusion == straight.confusion
+    a, b = (torch.load(tmp_path / d / CHECKPOINT_NAME, weights_only=False)["defense"][0]
+            for d in ("straight", "resumed"))
+    assert a["steps_done"] == b["steps_done"] == 6                            # 2 epochs after warm-up × 3
+    assert torch.equal(a["bank_x"], b["bank_x"]) and a["bank_x"].shape[0] == 3 * 16
+    assert "train_loss" not in straight.history[0] and "train_loss" in straight.history[1]
+    assert straight.history[0]["defense_bank_samples"] == 16
+
+
+def test_official_loop_resume_without_the_bank_differs(official_cfg, teacher_path, tmp_path, monkeypatch):
+    """The resume test is not vacuous: a resumed run that lost the memory bank trains otherwise."""
+    import distfair.defenses._datafree as datafree
+
+    refs = {"teacher": teacher_path}
+    cfg = copy.deepcopy(official_cfg)
+    cfg["train"]["epochs"] = 2
+    straight = _engine_run(cfg, tmp_path / "straight", references=refs)
+    first = copy.deepcopy(cfg)
+    first["train"]["epochs"] = 1
+    _engine_run(first, tmp_path / "resumed", references=refs)
+    real = datafree.DataFreeDistillation.load_state_dict
+
+    def forget_bank(self, state):
+        real(self, {**state, "bank_x": None, "bank_y": None})
+
+    monkeypatch.setattr(datafree.DataFreeDistillation, "load_state_dict", forget_bank)
+    resumed = _engine_run(cfg, tmp_path / "resumed", references=refs)
+    assert resumed.history[1]["train_loss"] != straight.history[1]["train_loss"]
+
+
+def test_a_generation_stage_without_a_finite_loss_fails_and_banks_nothing(teacher_path, monkeypatch):
+    import distfair.defenses._datafree as datafree
+
+    defense = official(dfrd, teacher_path, gen_steps=3)
+    real = datafree.generator_objective
+    monkeypatch.setattr(datafree, "generator_objective", lambda terms, weights: real(terms, weights) * float("nan"))
+    message = "generator_loss is nan at every step of the generation stage of epoch 1"
+    with pytest.raises(FloatingPointError, match=message):
+        defense.start_epoch(student(), None, epoch=0, batch_size=16, generator=None)
+    assert defense.bank_x is None
+
+
+@pytest.mark.parametrize("base", [FERD, DFRD], ids=["ferd", "dfrd"])
+def test_the_contracts_exact_resume_check_holds_for_the_official_loop(base, tmp_path):
+    """distfair.testing's own resume check (the contract runs the alternating loop: its other
+    checks draw batches without ``start_epoch``), here with the official loop at test size."""
+    from distfair.testing import contract_references
+    from distfair.testing.defenses import check_own_state_dict_resumes_exactly
+
+    options = {k: v for k, v in base.TEST_OPTIONS.items() if k != "loop"}
+    # batches of 24 over the contract's 3 classes: every class is in the kept batch FERD reweights
+    # on, so no class's D is NaN (the check compares states with torch.equal, where NaN != NaN)
+    official_cls = type(f"Official{base.__name__}", (base,), {"TEST_OPTIONS": {
+        **options, "batch_size": 24, "loop": "official", "gen_steps": 2, "student_steps": 2, "warmup": 0,
+        "crop_padding": 1}})
+    with contract_references(tmp_path) as references:
+        check_own_state_dict_resumes_exactly(official_cls, references)

@@ -34,7 +34,8 @@ TEACHER = {
 def student(name: str, teacher: str) -> dict:
     cfg = copy.deepcopy(TEACHER)
     cfg["defense"] = {"name": name, "teacher": teacher, "iterations_per_epoch": 2, "batch_size": 16,
-                      "eps": 0.1, "alpha": 0.05, "steps": 2, **({"reweight_steps": 2} if name == "ferd" else {})}
+                      "eps": 0.1, "alpha": 0.05, "steps": 2, "loop": "alternating",
+                      **({"reweight_steps": 2} if name == "ferd" else {})}
     cfg["model"] = {"name": "digits_cnn", "width": 4}
     cfg["train"]["epochs"] = 2          # FERD reweights from its second epoch on
     return cfg
@@ -96,5 +97,13 @@ def test_shipped_ferd_files_validate(tmp_path, monkeypatch):
     write_cifar10(tmp_path, monkeypatch)
     cifar = load_config(REPO / "tune_spaces" / "cifar10_ferd.yaml",
                         [f"dataset.root={tmp_path}", "defense.teacher=x"])
-    assert (cifar["model"]["name"], cifar["defense"]["iterations_per_epoch"], cifar["train"]["epochs"]) == \
+    assert (cifar["model"]["name"], cifar["defense"]["student_steps"], cifar["train"]["epochs"]) == \
         ("resnet18", 400, 220)
+    # the official code's loop and schedule (test.py, test.sh): CosineAnnealingLR(T_max=epochs)
+    official = cifar["defense"]
+    assert (official["loop"], official["gen_steps"], official["warmup"]) == ("official", 200, 20)
+    assert cifar["defense"]["utae_network"] == "student" and cifar["train"]["schedule"] == "cosine"
+    for name in ("digits_ferd", "digits_dfrd"):         # the README's numbers: the alternating loop, until re-measured
+        digits = load_config(REPO / "tune_spaces" / f"{name}.yaml", ["defense.teacher=x"])
+        assert digits["defense"]["loop"] == "alternating"
+        assert name == "digits_dfrd" or digits["defense"]["utae_network"] == "teacher"

@@ -19,7 +19,7 @@ from distfair.models import build_model
 #: a student that reads a teacher (the data-free FERD) on the digits set, as in test_ferd_ray
 STUDENT = {
     "defense": {"name": "ferd", "iterations_per_epoch": 2, "batch_size": 16, "eps": 0.1, "alpha": 0.05, "steps": 2,
-                "reweight_steps": 2},
+                "reweight_steps": 2, "loop": "alternating"},
     "dataset": {"name": "digits", "split_seed": 0, "val_fraction": 0.15, "test_fraction": 0.2},
     "model": {"name": "digits_cnn", "width": 4},
     "train": {"epochs": 1, "batch_size": 64, "lr": 0.05},

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -295,7 +296,11 @@ def train_epoch(run: SeedTraining, epoch: int) -> dict[str, float]:
     means = run_steps(defense, run.train_model, batches, run.optimizer, epoch=epoch, device=device,
                       generator=attack_gen, world=world, precision=accel.option(run.cfg["train"], "precision"))
     lr = run.optimizer.param_groups[0]["lr"]
-    run.scheduler.step()
+    with warnings.catch_warnings():
+        if not means:       # no step this epoch (a data-free warm-up): the schedule steps all the same, as
+            # the official FERD code's does; PyTorch's warning about the order is then expected
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        run.scheduler.step()
     row = {f"train_{k}": v for k, v in means.items()}
     row["lr"] = lr
     row.update({f"defense_{k}": float(v) for k, v in prepared.items()})
