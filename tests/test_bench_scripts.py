@@ -1,6 +1,8 @@
 """The benchmark scripts run as a user runs them, at a tiny size: they print what they promise
 (the overhead ratio and its parts; the sweep under load is exactly once and
-leaves nothing RUNNING). Their timings are printed, never asserted."""
+leaves nothing RUNNING). Their timings are printed, never asserted. Marked ``bench``: not in the
+default run (``./dev test``, CI), run with ``./dev test -m bench`` before numbers from these
+scripts are published (docs/development/testing.md)."""
 from __future__ import annotations
 
 import re
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.bench]
 ROOT = Path(__file__).resolve().parent.parent
 
 
