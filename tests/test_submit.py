@@ -341,8 +341,39 @@ def jobs(ray_head, tmp_path_factory):
     # the tracking server named here is never contacted: the job stops before
     refused = _submit(ray_head, workdir, "--tracking-uri", "http://mlflow.invalid:5000",
                       "--storage-path", str(tmp / "unshared"))
-    done = _wait_for_jobs(ray_head, [run["job_id"], refused["job_id"]])
-    return {"tmp": tmp, "uri": uri, "run": (run, *done[run["job_id"]]), "refused": (refused, *done[refused["job_id"]])}
+    # a long run stopped with `ray job stop` once it logged an epoch (its own store: one writer each)
+    stop_db = tmp / "stopped.db"
+    # made before the job and this test open it: two first openers of a SQLite store race on
+    # its schema migration (the Ctrl-C test does the same)
+    from distfair import tracking
+
+    tracking.prepare_experiment(f"sqlite:///{stop_db}", "quickstart")
+    stopped = _submit(ray_head, workdir, "--set", "train.epochs=500", "--seeds", "0", "--tracking-uri",
+                      f"sqlite:///{stop_db}", "--storage-path", str(tmp / "runs-stopped"), "--allow-local")
+    stop = _stop_after_an_epoch(ray_head, stopped["job_id"], stop_db)
+    done = _wait_for_jobs(ray_head, [run["job_id"], refused["job_id"], stopped["job_id"]])
+    return {"tmp": tmp, "uri": uri, "run": (run, *done[run["job_id"]]), "refused": (refused, *done[refused["job_id"]]),
+            "stopped": (stopped, *done[stopped["job_id"]], stop_db, stop)}
+
+
+def _stop_after_an_epoch(ray_head: dict, job_id: str, db: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``ray job stop`` (Ray's own command, as ``distfair submit`` prints it) once the job's
+    seed run has an epoch in the store."""
+    from mlflow.tracking import MlflowClient
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        if not db.exists():
+            continue
+        client = MlflowClient(f"sqlite:///{db}")
+        experiment = client.get_experiment_by_name("quickstart")
+        if experiment and any("train_loss" in r.data.metrics for r in client.search_runs([experiment.experiment_id])):
+            break
+    else:
+        pytest.fail("the job to stop logged no epoch in time")
+    return subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "stop", job_id, "--address",
+                           ray_head["address"]], env=ray_head["env"], capture_output=True, text=True, timeout=180)
 
 
 @pytest.mark.ray
@@ -361,6 +392,24 @@ def test_submitted_run_finishes_and_is_recorded_in_mlflow(jobs):
     finished = tracking.finished_seed_runs(uri, experiment_id, configuration["run_id"])
     assert sorted(finished) == [0]
     assert 0.0 <= finished[0][1]["clean_acc"] <= 1.0
+
+
+@pytest.mark.ray
+def test_ray_job_stop_ends_the_run_as_ctrl_c_does_its_runs_killed_and_exit_143(jobs):
+    """SIGTERM (what `ray job stop` sends, then SIGKILL after the grace period distfair sets in
+    the job's runtime env) is handled like Ctrl-C: the open runs are marked KILLED, one line
+    says so, and the driver exits 143 before the SIGKILL (issue 28 §5)."""
+    from mlflow.tracking import MlflowClient
+
+    submitted, status, logs, db, stop = jobs["stopped"]
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert status == "STOPPED", logs
+    assert "terminated (SIGTERM): the runs were marked KILLED in MLflow" in logs, logs[-3000:]
+    assert "distfair run quickstart.yaml" in logs and "--resume" in logs
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    assert sorted(r.data.tags.get("distfair.role") for r in runs) == ["configuration", "seed"]
+    assert {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
 
 
 @pytest.mark.ray

@@ -15,6 +15,7 @@ from distfair.experiment.errors import ExperimentError, Refused, RunAborted, Run
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Ctrl-C: the open runs were marked KILLED (continue with --resume)
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143          # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 #: the exit code of each exception type of the experiment layer (``distfair.experiment.errors``)
 EXIT_CODES: dict[type, int] = {Refused: EXIT_USAGE, RunAborted: EXIT_FAILED, RunInterrupted: EXIT_INTERRUPTED}

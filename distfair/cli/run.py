@@ -7,8 +7,8 @@ import json
 import sys
 
 from distfair.cli.args import _positive_int, _seed_list, add_cluster_args, destination
-from distfair.cli.output import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _human_output, _json_safe, fail, format_table,
-                                 stdout_to_stderr)
+from distfair.cli.output import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, _human_output, _json_safe,
+                                 fail, format_table, stdout_to_stderr)
 from distfair.experiment.errors import Refused, RunAborted, RunInterrupted
 
 RUN_EPILOG = """\
@@ -28,7 +28,7 @@ seed is reported without training; of a `configurations:` file, one not started 
 
 exit codes: 0 all seeds finished, 1 a seed failed (the others are still recorded),
 2 bad arguments or configuration, or --resume with no earlier run (nothing was started),
-130 interrupted (resume with --resume).
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM: `ray job stop`, an eviction); resume with --resume.
 """
 
 
@@ -76,10 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (Refused, RunAborted) as err:
             return fail(err)
         except RunInterrupted as err:
-            print("interrupted: the runs were marked KILLED in MLflow"
+            print(("terminated (SIGTERM)" if err.terminated else "interrupted") + ": the runs were marked KILLED in MLflow"
                   + (f" (configurations finished before: {', '.join(err.finished)})" if err.finished else "")
                   + f"; continue with\n  {_resume_command(args)}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return EXIT_TERMINATED if err.terminated else EXIT_INTERRUPTED
         if args.json:
             out.write(json.dumps(_json_safe(outcome.to_json())) + "\n")
     return EXIT_FAILED if outcome.failed else EXIT_OK

@@ -7,8 +7,8 @@ import json
 import sys
 
 from distfair.cli.args import _positive_int, add_cluster_args, destination
-from distfair.cli.output import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _fmt, _human_output, _json_safe, fail,
-                                 stdout_to_stderr)
+from distfair.cli.output import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, _fmt, _human_output,
+                                 _json_safe, fail, stdout_to_stderr)
 from distfair.experiment.errors import Refused, RunInterrupted
 
 SWEEP_EPILOG = """\
@@ -23,7 +23,7 @@ val_robust_acc, val_clean_acc, ...: the primary evaluation attack on the validat
 from the training data). The chosen configuration's test metrics are reported beside them.
 
 exit codes: 0 finished, 1 a configuration failed (the others are recorded), 2 bad arguments or
-configuration (nothing was started), 130 interrupted (resume with --resume).
+configuration (nothing was started), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: `ray job stop`, an eviction); resume with --resume.
 """
 
 
@@ -72,10 +72,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             report = execute_sweep(plan, log=log)
         except Refused as err:
             return fail(err)
-        except RunInterrupted:
-            print(f"interrupted: open runs were marked KILLED; continue with\n  distfair sweep {args.config} "
-                  f"--resume" + (f" --experiment {args.experiment}" if args.experiment else ""), file=sys.stderr)
-            return EXIT_INTERRUPTED
+        except RunInterrupted as err:
+            print(("terminated (SIGTERM)" if err.terminated else "interrupted") + ": open runs were marked KILLED; "
+                  f"continue with\n  distfair sweep {args.config} --resume"
+                  + (f" --experiment {args.experiment}" if args.experiment else ""), file=sys.stderr)
+            return EXIT_TERMINATED if err.terminated else EXIT_INTERRUPTED
         print("\n" + format_sweep(report), file=human)
         print(f"\nMLflow: experiment {report.experiment!r}, sweep run {report.sweep_run_id}\n"
               f"Look at it: {tracking.ui_command(uri, report.experiment_id)}", file=human, flush=True)

@@ -13,7 +13,9 @@ import io
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -114,6 +116,43 @@ def output_to_file(path: str | Path) -> Iterator[TextIO]:
         sink.flush()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the command (``ray job stop``, a Kubernetes eviction, ``kill``): it stops
+    as Ctrl-C stops it (the open runs are marked KILLED), and the command exits 143."""
+
+
+_sigterm = {"received": False}
+
+
+def sigterm_received() -> bool:
+    """Whether SIGTERM stopped the last :func:`ray_session` of this process."""
+    return _sigterm["received"]
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While open (in the main thread), SIGTERM raises :class:`Terminated` there, as SIGINT raises
+    KeyboardInterrupt; a second SIGTERM during the clean-up is ignored (the sender's SIGKILL ends
+    a clean-up that takes too long). Entered after ``ray.init``, which sets its own handler
+    (``sys.exit(15)``: no ``except KeyboardInterrupt`` runs, the runs would stay RUNNING). The
+    previous handler is back on exit."""
+    _sigterm["received"] = False
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _sigterm["received"] = True
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
                 resources: dict[str, float] | None = None, quiet: bool = True,
@@ -123,12 +162,14 @@ def ray_session(address: str | None = None, *, num_cpus: float | None = None, nu
     that cluster as a driver and leaves it running. ``resources`` are extra logical
     resources of a local instance (ignored with ``address``). With ``log_file``, all output of
     Ray, its libraries and the job's workers goes to that file while the session lasts
-    (:func:`output_to_file`)."""
+    (:func:`output_to_file`). SIGTERM stops the session as Ctrl-C does (:func:`sigterm_as_interrupt`)."""
     with contextlib.ExitStack() as stack:
         if log_file is not None:
             stack.enter_context(output_to_file(log_file))
-        yield stack.enter_context(_connected(address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                                             quiet=quiet and log_file is None))
+        resources = stack.enter_context(_connected(address, num_cpus=num_cpus, num_gpus=num_gpus,
+                                                   resources=resources, quiet=quiet and log_file is None))
+        stack.enter_context(sigterm_as_interrupt())
+        yield resources
 
 
 @contextlib.contextmanager

@@ -175,11 +175,20 @@ def job_entrypoint(command: str, config: str, options: list[str], tracking_uri: 
     return shlex.join(argv)
 
 
+#: how ``ray job stop`` ends the job's driver: Ray's job supervisor (which runs in the job's
+#: runtime env) sends this signal, waits this many seconds, then SIGKILLs (Ray's default wait is
+#: 3 s). distfair handles SIGTERM as Ctrl-C (its open runs are marked KILLED, exit 143), which
+#: needs a few seconds with a remote tracking server.
+STOP_ENV = {"RAY_JOB_STOP_SIGNAL": "SIGTERM", "RAY_JOB_STOP_WAIT_TIME_S": "60"}
+
+
 def runtime_env(working_dir: str | Path) -> dict:
     """The job's runtime environment: this working directory, without virtual environments,
-    local results or caches. No environment variables: credentials (MLflow's, the Ray token)
-    come from the nodes' own environment, never through the job's recorded runtime env."""
-    return {"working_dir": str(Path(working_dir).resolve()), "excludes": list(SUBMIT_EXCLUDES)}
+    local results or caches, and the stop signal and grace period (:data:`STOP_ENV`). No other
+    environment variables: credentials (MLflow's, the Ray token) come from the nodes' own
+    environment, never through the job's recorded runtime env."""
+    return {"working_dir": str(Path(working_dir).resolve()), "excludes": list(SUBMIT_EXCLUDES),
+            "env_vars": dict(STOP_ENV)}
 
 
 def submit_job(address: str, entrypoint: str, working_dir: str | Path, metadata: dict[str, str]) -> str:

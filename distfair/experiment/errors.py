@@ -26,10 +26,11 @@ class RunAborted(ExperimentError):
 
 
 class RunInterrupted(Exception):
-    """Ctrl-C: the open MLflow runs were marked KILLED (again after Ray shut down).
-    ``finished``: the names of the configurations of a ``configurations:`` file that finished
-    before (``distfair run``); empty otherwise."""
+    """Ctrl-C or SIGTERM (``terminated``): the open MLflow runs were marked KILLED (again after
+    Ray shut down). ``finished``: the names of the configurations of a ``configurations:`` file
+    that finished before (``distfair run``); empty otherwise."""
 
-    def __init__(self, finished: list[str] | None = None):
-        super().__init__("interrupted")
+    def __init__(self, finished: list[str] | None = None, *, terminated: bool = False):
+        super().__init__("terminated" if terminated else "interrupted")
         self.finished = list(finished or [])
+        self.terminated = terminated

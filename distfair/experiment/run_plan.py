@@ -130,6 +130,7 @@ def execute_run(plan: RunPlan, *, log: Callable[[str], None], on_report: OnRepor
     :class:`RunInterrupted` (Ctrl-C: the runs were marked KILLED, again once Ray is down)."""
     from distfair import tracking
     from distfair.distributed import InsufficientResources, ray_session
+    from distfair.distributed.session import sigterm_received
     from distfair.distributed.session import session_log_path
     from distfair.experiment.outcome import Interrupted
     from distfair.experiment.provenance import config_hash
@@ -197,7 +198,7 @@ def execute_run(plan: RunPlan, *, log: Callable[[str], None], on_report: OnRepor
     except KeyboardInterrupt as err:
         if isinstance(err, Interrupted):
             err.close_again()            # Ray is down now: no worker can reopen a run
-        raise RunInterrupted([str(n) for n, *_ in reports]) from None
+        raise RunInterrupted([str(n) for n, *_ in reports], terminated=sigterm_received()) from None
     return outcome
 
 

@@ -85,7 +85,7 @@ def execute_sweep(plan: SweepPlan, *, log: Callable[[str], None]):
     cluster cannot hold the scaling) and :class:`RunInterrupted` (the open runs were marked
     KILLED, again once Ray is down)."""
     from distfair.distributed import InsufficientResources, ray_session
-    from distfair.distributed.session import session_log_path
+    from distfair.distributed.session import session_log_path, sigterm_received
     from distfair.distributed.sweep import TRIAL_RESOURCE
     from distfair.experiment.sweep import close_interrupted_sweep, run_sweep
 
@@ -102,5 +102,5 @@ def execute_sweep(plan: SweepPlan, *, log: Callable[[str], None]):
         raise Refused(f"{request.config}: scaling: {err}") from None
     if report.interrupted:
         close_interrupted_sweep(report, plan.tracking_uri)       # again, now that Ray is down
-        raise RunInterrupted()
+        raise RunInterrupted(terminated=sigterm_received())
     return report
