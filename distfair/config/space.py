@@ -373,3 +373,12 @@ def pareto_front(points: list[list[float]], modes: list[str]) -> list[int]:
 
     return [i for i, p in enumerate(points)
             if not any(better_or_equal(q, p) and strictly_better(q, p) for j, q in enumerate(points) if j != i)]
+
+
+def chosen_index(points: list[list[float]], modes: list[str]) -> tuple[int, list[int]]:
+    """(best, front) as indices of ``points`` (one objective vector each, none empty): the
+    Pareto front (:func:`pareto_front`) and its member best under the first objective (the
+    first of equal ones). The sweep's choice and racing's use this one rule."""
+    front = pareto_front(points, modes)
+    sign = 1.0 if modes[0] == "max" else -1.0
+    return max(front, key=lambda i: sign * points[i][0]), front

@@ -297,16 +297,13 @@ def choose(objectives: Mapping[str, Sequence[float | None]], targets: Sequence) 
     """(best, front) among the configurations whose objective is defined, by the rule of
     ``distfair.experiment.sweep_results.choose``: the Pareto set of the objective vectors, and
     its member best under the first target (one target: the best alone). Ties: input order."""
-    from distfair.config.space import pareto_front
+    from distfair.config.space import chosen_index
 
     names = [n for n, v in objectives.items() if all(x is not None for x in v)]
     if not names:
         return None, ()
-    modes = [t.mode for t in targets]
-    front = [names[i] for i in pareto_front([list(objectives[n]) for n in names], modes)]
-    sign = 1.0 if modes[0] == "max" else -1.0
-    best = max(front, key=lambda n: sign * objectives[n][0])     # max keeps the first of equal ones
-    return best, (tuple(front) if len(targets) > 1 else (best,))
+    best, front = chosen_index([list(objectives[n]) for n in names], [t.mode for t in targets])
+    return names[best], (tuple(names[i] for i in front) if len(targets) > 1 else (names[best],))
 
 
 def race_step(results: Mapping[str, Mapping[int, float | Sequence[float]]], targets: Sequence,

@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass, field
 
 from distfair import tracking
-from distfair.config.space import (SweepSpec, Target, matching_test_metric, metric_role, objective_values,
-                                   pareto_front, stat_name)
+from distfair.config.space import (SweepSpec, Target, chosen_index, matching_test_metric, metric_role, objective_values,
+                                   stat_name)
 from distfair.metrics import aggregate_seed_metrics
 from distfair.results.names import SEED_STATISTICS, SPREAD_STATISTICS
 
@@ -167,8 +167,5 @@ def choose(trials: list[TrialOutcome], targets: list[Target]) -> tuple[TrialOutc
     scored = [t for t in trials if t.status == "FINISHED" and all(v is not None for v in t.objective)]
     if not scored:
         return None, []
-    modes = [t.mode for t in targets]
-    front = [scored[i] for i in pareto_front([t.objective for t in scored], modes)]
-    sign = 1.0 if modes[0] == "max" else -1.0
-    best = max(front, key=lambda t: sign * t.objective[0])
-    return best, front if len(targets) > 1 else [best]
+    best, front = chosen_index([list(t.objective) for t in scored], [t.mode for t in targets])
+    return scored[best], [scored[i] for i in front] if len(targets) > 1 else [scored[best]]
