@@ -24,6 +24,38 @@ torch.set_num_threads(1)
 os.environ.setdefault("DISTFAIR_SEED_FIGURES", "0")
 
 
+#: the pytest-xdist group of every test in a module that has a test marked ``ray``: those run
+#: one after another on one worker, in its one Ray instance (:func:`ensure_ray`), while the other
+#: workers take the remaining tests one by one (``--dist loadgroup`` in pyproject.toml)
+RAY_GROUP = "ray"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Whole modules with a Ray test join :data:`RAY_GROUP` (their other tests share module
+    fixtures and helpers with the Ray ones), before pytest-xdist reads the group marks."""
+    ray_modules = {item.module.__name__ for item in items
+                   if getattr(item, "module", None) is not None and item.get_closest_marker("ray")}
+    for item in items:
+        if getattr(item, "module", None) is not None and item.module.__name__ in ray_modules:
+            item.add_marker(pytest.mark.xdist_group(RAY_GROUP))
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_outside_the_ray_group(request):
+    """A test outside :data:`RAY_GROUP` that leaves Ray running in its process would run a second
+    local instance beside the Ray group's worker (a sweep hung that way once): it fails here,
+    naming the fix."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if request.node.get_closest_marker("xdist_group") is None and ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("this test started Ray, but its module has no test marked `ray`: mark the Ray tests "
+                    "(`@pytest.mark.ray`) so that the module runs in the Ray group (tests/conftest.py)")
+
+
 @pytest.fixture
 def seed_figures(monkeypatch):
     """Seed runs draw their figures (plots/) in this test, its subprocesses included."""
