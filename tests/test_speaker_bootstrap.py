@@ -278,3 +278,31 @@ def test_the_evaluation_suite_hands_the_speakers_to_the_summaries(tmp_path):
         result = final_evaluation(model, bare, eval_cfg, 0, workdir=tmp_path, device=CPU, batch_size=8)
     assert "speaker" in result.document("auc_acc")["bootstrap"]["skipped"]
     assert isinstance(bare, DataBundle) and ABSTAIN == -1
+
+
+def test_the_report_lists_the_speaker_intervals_beside_the_speech_columns(tmp_path):
+    """``distfair report``: a column with speaker-level intervals gets a footnote (mean over
+    seeds of each end, and the seeds that had one) in report.md and report.html, and a list in
+    tables.json; a seed without one (a one-speaker group) is not counted."""
+    from distfair.report import ConfigurationInput, Report, SeedInput, build_tables, write_report
+
+    def seed(s, parity, lo=None, hi=None):
+        metrics = {"robust_acc": 0.5 + s / 100, "fpr_parity/gender": parity}
+        if lo is not None:
+            metrics |= {"fpr_parity_lo/gender": lo, "fpr_parity_hi/gender": hi}
+        return SeedInput(seed=s, run_id=f"r{s}", metrics=metrics)
+
+    flat = {"dataset.name": "audiomnist", "eval.attacks.0.name": "pgd", "seeds": "[0, 1, 2]"}
+    config = ConfigurationInput(run_id="a" * 32, name="run", status="FINISHED", params=flat, tags={},
+                                seeds=[seed(0, 0.1, 0.02, 0.2), seed(1, 0.12, 0.04, 0.3), seed(2, 0.2)], experiment="e")
+    tables = build_tables([config], metrics=["robust_acc", "fpr_parity"])
+    report = Report("t", {"description": "hand-made"}, tables, [], "now", "sqlite:///x.db")
+    files = write_report(report, tmp_path)
+    note = "Speakers, fpr_parity/gender: percentile interval of a bootstrap over the test set's speakers"
+    md = files["md"].read_text()
+    assert note in md and "C1 [0.030, 0.250] (n=2)" in md
+    assert "C1 [0.030, 0.250] (n=2)" in files["html"].read_text()
+    doc = json.loads(files["json"].read_text())
+    assert doc["speaker_intervals"] == [{"column": "fpr_parity/gender", "row": "C1", "lo": pytest.approx(0.03),
+                                         "hi": pytest.approx(0.25), "n": 2}]
+    assert "fpr_parity_lo/gender" not in [c["name"] for c in doc["columns"]]
