@@ -306,3 +306,44 @@ def test_the_report_lists_the_speaker_intervals_beside_the_speech_columns(tmp_pa
     assert doc["speaker_intervals"] == [{"column": "fpr_parity/gender", "row": "C1", "lo": pytest.approx(0.03),
                                          "hi": pytest.approx(0.25), "n": 2}]
     assert "fpr_parity_lo/gender" not in [c["name"] for c in doc["columns"]]
+
+
+def test_a_combination_of_attributes_is_one_cluster():
+    """``cluster_by: [accent, variant]``: clips of two voices that share accent and variant are
+    one cluster (the synthetic set's timbre), so group F, whose two voices share both, has one
+    cluster and no interval; over voices it has two."""
+    pvalues, groups, speakers = two_speaker_groups()
+    accent = ["en"] * 20 + ["en"] * 10 + ["us"] * 10
+    variant = ["f3"] * 20 + ["m3"] * 20
+    ctx = fpr_context(pvalues, groups, speakers, attribute="voice",
+                      options={"bootstrap": {"cluster_by": ["accent", "variant"]}})
+    ctx = dataclasses.replace(ctx, attributes={**ctx.attributes, "accent": accent, "variant": variant})
+    out = FalseRejectionAUC().summarize(ctx)
+    info = out.document["attributes"]["gender"]["groups"]
+    assert info["F"]["interval"]["clusters"] == 1 and "(accent, variant) combination" in info["F"]["interval"]["undefined"]
+    assert info["M"]["interval"]["clusters"] == 2
+    assert out.document["bootstrap"]["cluster_by"] == ["accent", "variant"]
+    assert out.metrics["group_auc_fpr_lo/gender/F"] is None
+    missing = FalseRejectionAUC().summarize(fpr_context(pvalues, groups, speakers, attribute="accent",
+                                                        options={"bootstrap": {"cluster_by": ["accent", "variant"]}}))
+    assert "'variant'" in missing.document["bootstrap"]["skipped"]
+    entries = [{"name": "e0", "attack": "pgd", "eps": 0.0}]
+    assert check_summaries({"auc_fpr": {"bootstrap": {"cluster_by": ["accent", "variant"]}}}, entries) == []
+    assert check_summaries({"auc_fpr": {"bootstrap": {"cluster_by": ["accent", "accent"]}}}, entries)
+    assert check_summaries({"auc_fpr": {"bootstrap": {"cluster_by": []}}}, entries)
+
+
+def test_the_speech_tune_files_bootstrap_over_the_held_out_voices():
+    from pathlib import Path
+
+    from distfair.config import load_config, load_configurations
+    from distfair.experiment.sweep import load_sweep
+
+    repo = Path(__file__).resolve().parent.parent / "tune_spaces"
+    for name in ("speech_quickstart.yaml", "speech_interventions_cpu.yaml"):
+        cfg = load_config(repo / name)
+        assert cfg["eval"]["summaries"]["auc_acc"]["bootstrap"] == {"cluster_by": "voice"}, name
+    cfg, _ = load_sweep(str(repo / "speech_interventions.yaml"))
+    assert cfg["eval"]["summaries"]["auc_acc"]["bootstrap"] == {"cluster_by": "voice"}
+    for _, cfg in load_configurations(repo / "speech_rejection.yaml"):
+        assert cfg["eval"]["summaries"]["auc_fpr"]["bootstrap"] == {"cluster_by": "voice"}

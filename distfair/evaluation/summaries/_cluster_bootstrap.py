@@ -7,8 +7,10 @@ bootstrap says. This module gives each group metric and each parity a percentile
 from a **clustered, group-stratified bootstrap**:
 
 - the clusters are the distinct values of a per-sample attribute (``cluster_by``, default
-  ``speaker``; the synthetic ``spoken_words`` set calls it ``voice``), taken within each group:
-  a cluster is a (group, speaker) pair;
+  ``speaker``), or of a combination of several (``cluster_by: [accent, variant]``), taken
+  within each group: a cluster is a (group, speaker) pair. The synthetic ``spoken_words`` set
+  has no speakers: its held-out unit is ``voice``, and voices that share ``accent`` and
+  ``variant`` share a timbre, so ``[accent, variant]`` is the more cautious unit there;
 - one resample draws, independently in each group, as many of its speakers as it has, with
   replacement (stratified by group: every group keeps its number of speakers), and takes
   every clip of each drawn speaker, once per draw;
@@ -40,7 +42,8 @@ who belongs to two groups (a class-level attribute: one speaker says words of se
 classes) is drawn independently in each, which ignores that dependence.
 
 Options (``bootstrap`` below the summary's options; :data:`DEFAULTS`): ``resamples`` (1000;
-0 turns the bootstrap off and costs nothing), ``cluster_by`` (``speaker``), ``level``
+0 turns the bootstrap off and costs nothing), ``cluster_by`` (``speaker``; a list: the
+combination), ``level``
 (0.95) and ``seed`` (0: each attribute's resampling starts from
 ``numpy.random.default_rng(seed)``, so the intervals are reproducible and do not depend on
 which other attributes are evaluated). Plain numpy.
@@ -81,8 +84,10 @@ def check_options(value) -> list[tuple[str, str]]:
     if isinstance(resamples, bool) or not isinstance(resamples, int) or not 0 <= resamples <= MAX_RESAMPLES:
         problems.append(("bootstrap.resamples", f"must be an integer from 0 (off) to {MAX_RESAMPLES}, got {resamples!r}"))
     cluster_by = value.get("cluster_by", DEFAULTS["cluster_by"])
-    if not isinstance(cluster_by, str) or not cluster_by or "/" in cluster_by:
-        problems.append(("bootstrap.cluster_by", f"must name a per-sample attribute (e.g. speaker), got {cluster_by!r}"))
+    names = cluster_by if isinstance(cluster_by, list) else [cluster_by]
+    if not names or any(not isinstance(n, str) or not n or "/" in n for n in names) or len(set(names)) != len(names):
+        problems.append(("bootstrap.cluster_by", f"must name a per-sample attribute (e.g. speaker) or list distinct "
+                                                 f"ones (their combination is the cluster), got {cluster_by!r}"))
     level = value.get("level", DEFAULTS["level"])
     if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
         problems.append(("bootstrap.level", f"must be a number strictly between 0 and 1, got {level!r}"))
@@ -98,18 +103,29 @@ def resolve(value, attributes: dict, n: int) -> tuple[dict, np.ndarray | None, s
     opts = {**DEFAULTS, **(value or {})}
     if opts["resamples"] == 0:
         return opts, None, "off (resamples: 0)"
-    values = (attributes or {}).get(opts["cluster_by"])
-    if values is None:
-        return opts, None, f"the dataset has no per-sample attribute {opts['cluster_by']!r} on this split"
-    if len(values) != n:
-        return opts, None, f"{opts['cluster_by']!r} has {len(values)} values for {n} samples"
-    _, ids = np.unique(np.asarray([str(v) for v in values]), return_inverse=True)
-    return opts, ids.reshape(-1), None
+    names = opts["cluster_by"] if isinstance(opts["cluster_by"], list) else [opts["cluster_by"]]
+    columns = []
+    for name in names:
+        values = (attributes or {}).get(name)
+        if values is None:
+            return opts, None, f"the dataset has no per-sample attribute {name!r} on this split"
+        if len(values) != n:
+            return opts, None, f"{name!r} has {len(values)} values for {n} samples"
+        columns.append([str(v) for v in values])
+    keys = ["\x1f".join(parts) for parts in zip(*columns)]
+    _, ids = np.unique(np.asarray(keys, dtype=str), return_inverse=True)
+    return opts, np.asarray(ids).reshape(-1), None
+
+
+def unit_name(cluster_by) -> str:
+    """What one cluster is called in the reasons: ``speaker``, ``(accent, variant) combination``."""
+    return cluster_by if isinstance(cluster_by, str) else f"({', '.join(cluster_by)}) combination"
 
 
 def record(opts: dict, reason: str | None) -> dict:
     """What the document says about the bootstrap."""
-    return {"resamples": int(opts["resamples"]), "cluster_by": opts["cluster_by"], "level": float(opts["level"]),
+    cluster_by = list(opts["cluster_by"]) if isinstance(opts["cluster_by"], list) else opts["cluster_by"]
+    return {"resamples": int(opts["resamples"]), "cluster_by": cluster_by, "level": float(opts["level"]),
             "seed": int(opts["seed"]), "method": METHOD, "skipped": reason}
 
 
@@ -176,7 +192,7 @@ def bootstrap_attribute(groups: dict[str, tuple[np.ndarray, np.ndarray]], grid_w
     ``{"lo", "hi", "undefined", "dropped"}``). ``undefined`` is None or the reason
     there is no interval (lo and hi are then None)."""
     rng = np.random.default_rng(int(opts["seed"]))
-    resamples, level, unit = int(opts["resamples"]), float(opts["level"]), str(opts["cluster_by"])
+    resamples, level, unit = int(opts["resamples"]), float(opts["level"]), unit_name(opts["cluster_by"])
     out, draws = {}, {}
     for group, (hits, sizes) in groups.items():
         m = len(sizes)
