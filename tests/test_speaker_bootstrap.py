@@ -253,6 +253,14 @@ def test_interval_keys_follow_the_metric_names():
     assert names.known_val_metric("val_defense_parity_hi/gender") and names.metric_role("defense_parity_lo/g") == "test"
     with pytest.raises(ValueError):
         names.bound_family("fpr_parity", "mid")
+    from distfair.results.record import summary_rows
+
+    rows = summary_rows({"test": {"group_auc_fpr_lo/gender/F": 0.1, "fpr_parity_hi/gender": None},
+                         "val": {"defense_parity_hi/age": 0.3}}, step=0)
+    assert [(r["metric"], r["attribute"], r["group"], r["mlflow_key"]) for r in rows] == [
+        ("group_auc_fpr_lo", "gender", "F", "group_auc_fpr_lo/gender/F"),
+        ("fpr_parity_hi", "gender", None, "fpr_parity_hi/gender"),
+        ("defense_parity_hi", "age", None, "val_defense_parity_hi/age")]
 
 
 def test_the_evaluation_suite_hands_the_speakers_to_the_summaries(tmp_path):

@@ -243,3 +243,10 @@ def add_intervals(metrics: dict, attribute_doc: dict, counts: dict[str, tuple[np
     attribute_doc[f"{parity_family}_interval"] = parity
     for end in BOOTSTRAP_BOUNDS:
         metrics[f"{bound_family(parity_family, end)}/{attr}"] = parity[end]
+
+
+def interval_text(info) -> str:
+    """`` [lo, hi]`` of a document's interval for a figure's legend or title; ``""`` without one."""
+    if not info or info.get("lo") is None:
+        return ""
+    return f" [{info['lo']:.3g}, {info['hi']:.3g}]"

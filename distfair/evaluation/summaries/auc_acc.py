@@ -41,7 +41,8 @@ parity a percentile interval from a bootstrap over speakers, stratified by group
 ``interval``, the attribute's ``defense_parity_interval`` (undefined, with the reason, for a
 one-speaker group) and the options under ``bootstrap``. A resample recomputes each budget's
 accuracy from per-speaker counts of correct and evaluated clips (a fixed-target entry leaves
-some clips out, so the counts differ between budgets).
+some clips out, so the counts differ between budgets). The figures show each interval beside
+its area, in the legend and the title.
 """
 from __future__ import annotations
 
@@ -161,9 +162,11 @@ class AccuracyAUC(Summary):
                                  f"{title}: accuracy over ε (AUC_acc {_fmt(document['auc_acc'])})",
                                  Path(outdir) / "auc_acc.png")]
         for attr, info in document["attributes"].items():
-            curves = {f"{g} ({_n(v.get('n'))}AUC {_fmt(v['auc_acc'])})": v["acc"] for g, v in info["groups"].items()}
+            curves = {f"{g} ({_n(v.get('n'))}AUC {_fmt(v['auc_acc'])}{cb.interval_text(v.get('interval'))})": v["acc"]
+                      for g, v in info["groups"].items()}
             paths.append(accuracy_curves(eps, curves, f"{title}: accuracy over ε by {attr} "
-                                         f"(defense parity {_fmt(info['defense_parity'])})",
+                                         f"(defense parity {_fmt(info['defense_parity'])}"
+                                         f"{cb.interval_text(info.get('defense_parity_interval'))})",
                                          Path(outdir) / f"auc_acc_{file_safe(attr)}.png"))
         return paths
 

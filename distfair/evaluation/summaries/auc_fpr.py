@@ -38,7 +38,8 @@ percentile interval from a bootstrap over speakers, stratified by group
 the document each group's ``interval`` and the attribute's ``fpr_parity_interval`` (with the
 speakers resampled and, where there is no interval, why: a one-speaker group), and the options
 under ``bootstrap``. Each clip's rejections are integrated over the threshold grid once, so a
-resample is one weighted sum per group. ``bootstrap: {resamples: 0}`` turns it off.
+resample is one weighted sum per group. ``bootstrap: {resamples: 0}`` turns it off. The
+figures show each interval beside its area, in the legend and the title.
 """
 from __future__ import annotations
 
@@ -179,11 +180,12 @@ class FalseRejectionAUC(Summary):
                                  f"{title}: false rejection (AUC_FPR {_fmt(document['auc_fpr'])})",
                                  Path(outdir) / "auc_fpr.png", xlabel=label, ylabel="false rejection rate")]
         for attr, info in document["attributes"].items():
-            curves = {f"{g} ({_n(v.get('n'))}AUC {_fmt(v['auc_fpr'])})":
+            curves = {f"{g} ({_n(v.get('n'))}AUC {_fmt(v['auc_fpr'])}{cb.interval_text(v.get('interval'))})":
                       (sub(v["fpr"]) if v["fpr"] is not None else [None] * len(xs))
                       for g, v in info["groups"].items()}
             paths.append(accuracy_curves(xs, curves, f"{title}: false rejection by {attr} "
-                                         f"(FPR parity {_fmt(info['fpr_parity'])})",
+                                         f"(FPR parity {_fmt(info['fpr_parity'])}"
+                                         f"{cb.interval_text(info.get('fpr_parity_interval'))})",
                                          Path(outdir) / f"auc_fpr_{file_safe(attr)}.png", xlabel=label,
                                          ylabel="false rejection rate"))
         return paths
