@@ -43,10 +43,11 @@ classes) is drawn independently in each, which ignores that dependence.
 
 Options (``bootstrap`` below the summary's options; :data:`DEFAULTS`): ``resamples`` (1000;
 0 turns the bootstrap off and costs nothing), ``cluster_by`` (``speaker``; a list: the
-combination), ``level``
-(0.95) and ``seed`` (0: each attribute's resampling starts from
+combination), ``level`` (0.95) and ``seed`` (0: each attribute's resampling starts from
 ``numpy.random.default_rng(seed)``, so the intervals are reproducible and do not depend on
-which other attributes are evaluated). Plain numpy.
+which other attributes are evaluated; the document records it). Without the ``cluster_by``
+attribute on the split (a dataset without speakers) there is no interval and the document's
+``bootstrap.skipped`` says why. Plain numpy.
 """
 from __future__ import annotations
 
