@@ -247,7 +247,7 @@ def validation_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: di
         warnings.simplefilter("always")
         entries = _entry_metrics(results, {e["name"]: e for _, e in chosen}, targets, attacks, k, failed)
         ctx = SummaryContext(split="val", entries=entries, groupings=groupings, class_names=list(data.class_names),
-                             num_classes=k)
+                             num_classes=k, attributes=dict(data.val_attributes or {}))
         added, out.metrics, _, _ = run_summaries(lambda options: dataclasses.replace(ctx, options=options),
                                                  configured, "val", failed=failed, with_model=False)
         for name, entry in entries.items():
@@ -328,7 +328,8 @@ def final_evaluation(model: torch.nn.Module, data: DataBundle, eval_cfg: dict, s
         warnings.simplefilter("always")
         entries = _entry_metrics(results, {e["name"]: e for e in eval_cfg["attacks"]}, targets, attacks, k, failed)
         ctx = SummaryContext(split="test", entries=entries, groupings=groupings, class_names=list(data.class_names),
-                             num_classes=k, model=model, data=data, device=device, batch_size=batch_size)
+                             num_classes=k, model=model, data=data, device=device, batch_size=batch_size,
+                             attributes=dict(data.test_attributes or {}))
         added, metrics, summaries, found = run_summaries(
             lambda options: dataclasses.replace(ctx, options=options), eval_cfg.get("summaries"), "test",
             failed=failed)

@@ -3,12 +3,14 @@
 from distfair.metrics._confusion import confusion_matrix
 from distfair.metrics._fairness import fairness_metrics, worst10_is_worst_class
 from distfair.metrics._soft import soft_confusion_matrix, symmetry_loss
-from distfair.metrics._stability import (CLEAN_PREFIX, INTERVAL_NOTE, METRIC_RANGES, UNBOUNDED_FAMILIES,
-                                        UNIT_INTERVAL_FAMILIES, VAL_PREFIX, aggregate_seed_metrics, metric_family,
-                                        metric_range, summarize)
+from distfair.metrics._stability import (BOOTSTRAP_BOUNDS, BOOTSTRAPPED_FAMILIES, CLEAN_PREFIX, INTERVAL_NOTE,
+                                        METRIC_RANGES, UNBOUNDED_FAMILIES, UNIT_INTERVAL_FAMILIES, VAL_PREFIX,
+                                        aggregate_seed_metrics, bound_family, metric_family, metric_range, summarize)
 from distfair.metrics._subgroups import group_metrics, max_bipartition_asym, subgroup_matrix
 
 __all__ = [
+    "BOOTSTRAPPED_FAMILIES",
+    "BOOTSTRAP_BOUNDS",
     "CLEAN_PREFIX",
     "INTERVAL_NOTE",
     "METRIC_RANGES",
@@ -16,6 +18,7 @@ __all__ = [
     "UNIT_INTERVAL_FAMILIES",
     "VAL_PREFIX",
     "aggregate_seed_metrics",
+    "bound_family",
     "confusion_matrix",
     "fairness_metrics",
     "group_metrics",

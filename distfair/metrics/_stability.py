@@ -21,8 +21,9 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 
-__all__ = ["CLEAN_PREFIX", "INTERVAL_NOTE", "METRIC_RANGES", "UNBOUNDED_FAMILIES", "UNIT_INTERVAL_FAMILIES", "VAL_PREFIX",
-           "aggregate_seed_metrics", "metric_family", "metric_range", "summarize"]
+__all__ = ["BOOTSTRAPPED_FAMILIES", "BOOTSTRAP_BOUNDS", "CLEAN_PREFIX", "INTERVAL_NOTE", "METRIC_RANGES",
+           "UNBOUNDED_FAMILIES", "UNIT_INTERVAL_FAMILIES", "VAL_PREFIX", "aggregate_seed_metrics", "bound_family",
+           "metric_family", "metric_range", "summarize"]
 
 #: the key prefixes of the validation split and of the clean evaluation (``val_clean_acc``); the
 #: rest of the key grammar is ``distfair.results.names``, which builds every key with these
@@ -38,13 +39,29 @@ UNIT_INTERVAL_FAMILIES = frozenset({
     "tgt_max", "tgt_min", "tgt_std", "rejection_rate", "false_rejection_rate", "group_acc", "group_gap",
     "max_group_asym", "max_bipartition_asym", "group_rejection", "stage_acc", "target_success_rate",
 })
+#: the ends of an interval over speakers (speech summaries): family ``<family>_lo`` / ``<family>_hi``
+BOOTSTRAP_BOUNDS = ("lo", "hi")
+#: the speech summaries' families with a speaker-bootstrap interval (``distfair.evaluation.summaries``)
+BOOTSTRAPPED_FAMILIES = ("group_auc_acc", "defense_parity", "group_auc_fpr", "fpr_parity")
+
+
+def bound_family(family: str, end: str) -> str:
+    """The family of one end of ``family``'s speaker-bootstrap interval: ``fpr_parity``, ``lo``
+    -> ``fpr_parity_lo`` (keys ``fpr_parity_lo/<attr>``, the same fields as ``family``)."""
+    if end not in BOOTSTRAP_BOUNDS:
+        raise ValueError(f"an interval end is one of {', '.join(BOOTSTRAP_BOUNDS)}, got {end!r}")
+    return f"{family}_{end}"
+
+
 #: metric families declared unbounded (no interval is clipped): ``nsd`` (std / mean, may exceed
 #: 1), the symmetry losses, the speech summaries' areas over a configured grid (not
-#: normalised by its width) and their parities, and the subgroups' sample counts ``group_n``. A
+#: normalised by its width) and their parities, the bounds of their speaker-bootstrap
+#: intervals (``<family>_lo`` / ``<family>_hi``), and the subgroups' sample counts ``group_n``. A
 #: family declared nowhere (losses, timings, anything new) is not clipped either.
 UNBOUNDED_FAMILIES = frozenset({
     "nsd", "sym_loss", "soft_sym_loss", "sym", "soft_sym", "auc_acc", "group_auc_acc", "defense_parity",
     "auc_fpr", "group_auc_fpr", "fpr_parity", "group_n",
+    *(bound_family(family, end) for family in BOOTSTRAPPED_FAMILIES for end in BOOTSTRAP_BOUNDS),
 })
 #: how every table and description names the seed interval (one wording everywhere)
 INTERVAL_NOTE = "95% CI: Student-t interval of the mean, clipped to [0, 1] for accuracies, gaps and rates"

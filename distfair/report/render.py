@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distfair.report.charts import Figure
+from distfair.report.speakers import speaker_interval_notes, speaker_intervals
 from distfair.report.stats import LOW_EVIDENCE_N, POWER
 from distfair.report.tables import ComparisonRow, Row, Tables
 
@@ -55,6 +56,7 @@ class Report:
     def to_json(self) -> dict:
         return {"title": self.title, "scope": self.scope, "created": self.created, "tracking_uri": self.tracking_uri,
                 "distfair_version": self.distfair_version, "notices": self.notices, **self.tables.to_json(),
+                "speaker_intervals": [i.to_json() for i in speaker_intervals(self.tables)],
                 "figures": [f.to_json() | {"path": f"{FIGURES_DIR}/{f.name}"} for f in self.figures]}
 
 
@@ -166,6 +168,7 @@ def _footnotes(tables: Tables) -> list[str]:
     if tables.rows and max(max((c.n for c in r.cells.values()), default=0) for r in tables.rows) <= LOW_EVIDENCE_N:
         notes.append(f"Every configuration has ≤ {LOW_EVIDENCE_N} seeds: every comparison is low evidence.")
     notes += tables.hidden
+    notes += speaker_interval_notes(tables)
     return notes
 
 

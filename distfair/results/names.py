@@ -14,6 +14,14 @@ key (:meth:`MetricKey.mlflow_key`, :meth:`MetricKey.parse`). The grammar::
                                             evaluations (auc_acc), a per-epoch curve (val_sym)
     <name>     := <metric> | <family>/<field>[/<field>]   group_acc/gender/F, stage_acc/smoothed
     <training> := train_* | defense_* | finish_* | lr | epoch_time_s | *_time_s   (kept whole)
+    <family>   := ... | <bootstrapped>_lo | <bootstrapped>_hi   a speech summary's interval over
+                                            speakers: fpr_parity_lo/gender, group_auc_fpr_hi/gender/F
+
+The ends of a speech summary's speaker-bootstrap interval (one seed run's interval over the
+speakers of its test set) are families of their own, ``<family>_lo`` and ``<family>_hi``
+(:data:`BOOTSTRAP_BOUNDS`, :data:`BOOTSTRAPPED_FAMILIES`, :func:`bound_family`,
+:func:`bound_key`), with the fields of ``<family>``; they are not statistics over seeds (those
+are ``<key>_<stat>`` suffixes of the whole key).
 
 Under an attack (and bare) the evaluation's accuracy ``acc`` is named ``robust_acc``
 (:data:`ATTACKED_NAMES`); the validation split repeats the clean and the primary evaluation
@@ -38,10 +46,12 @@ from dataclasses import dataclass, replace
 from typing import Collection, Sequence
 
 from distfair.evaluation.summaries import nested_families
-from distfair.metrics import (CLEAN_PREFIX, INTERVAL_NOTE, METRIC_RANGES, UNBOUNDED_FAMILIES, UNIT_INTERVAL_FAMILIES,
-                              VAL_PREFIX, metric_family, metric_range)
+from distfair.metrics import (BOOTSTRAP_BOUNDS, BOOTSTRAPPED_FAMILIES, CLEAN_PREFIX, INTERVAL_NOTE, METRIC_RANGES,
+                              UNBOUNDED_FAMILIES, UNIT_INTERVAL_FAMILIES, VAL_PREFIX, bound_family, metric_family,
+                              metric_range)
 
 __all__ = [
+    "BOOTSTRAPPED_FAMILIES", "BOOTSTRAP_BOUNDS", "bound_family", "bound_key",
     "ACC", "ACCURACY_NAMES", "ATTACKED_NAMES", "CLEAN", "CLEAN_PREFIX", "CURVES", "DEFAULT_REPORT_METRICS",
     "DIRECTION", "EPOCH_VALIDATION", "EVALUATION_METRICS", "HEADLINE", "INTERVAL_NOTE", "MAIN_FAMILIES",
     "MAIN_METRICS", "METRIC_RANGES", "MetricKey", "NESTED_FAMILIES", "OBJECTIVE_STATISTICS", "PARENT_COUNTS",
@@ -420,6 +430,21 @@ def headline(names: Collection[str], heads: Sequence[str]) -> list[str]:
     for head in heads:
         out += sorted(n for n in have if n == head or (head.endswith(SEPARATOR) and n.startswith(head)))
     return out
+
+
+def bound_key(key: str, end: str) -> str | None:
+    """The key of one end (``lo``, ``hi``) of the speaker-bootstrap interval of the metric
+    ``key`` (``fpr_parity/gender`` -> ``fpr_parity_lo/gender``, ``val_group_auc_fpr/age/old`` ->
+    ``val_group_auc_fpr_lo/age/old``); None when ``key``'s family has no such interval (or
+    ``key`` is no metric key)."""
+    try:
+        parsed = MetricKey.parse(key)
+    except ValueError:
+        return None
+    if parsed.statistic is not None or parsed.split == TRAIN or parsed.family not in BOOTSTRAPPED_FAMILIES:
+        return None
+    rest = parsed.name[len(parsed.family):]
+    return replace(parsed, name=bound_family(parsed.family, end) + rest).mlflow_key()
 
 
 def direction(family: str) -> str | None:

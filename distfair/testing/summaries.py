@@ -53,7 +53,7 @@ class AbstainAboveHalf(Predictor):
 
 def problem() -> tuple[nn.Module, DataBundle]:
     """A three-class model on 30 samples of 4 features (mostly separable, some errors), with
-    a per-sample attribute ``voice``."""
+    per-sample attributes ``voice`` and ``speaker`` (three speakers per voice)."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(30, 4, generator=g)
     y = torch.arange(30) % K
@@ -67,9 +67,10 @@ def problem() -> tuple[nn.Module, DataBundle]:
         model[2].bias.zero_()
     data = TensorDataset(x.clamp(0, 1), y)
     voice = ["v1" if i % 4 < 2 else "v2" for i in range(30)]
+    speaker = [f"{v}-s{i % 3}" for i, v in enumerate(voice)]     # three speakers per voice
     bundle = DataBundle(train=data, val=data, test=data, num_classes=K, in_shape=(4,), bounds=(0.0, 1.0),
-                        class_names=["a", "b", "c"], test_attributes={"voice": voice},
-                        val_attributes={"voice": voice})
+                        class_names=["a", "b", "c"], test_attributes={"voice": voice, "speaker": speaker},
+                        val_attributes={"voice": voice, "speaker": speaker})
     return model.eval(), bundle
 
 
@@ -92,7 +93,8 @@ def make_context(split: str = "test", *, abstain: bool = False, drop: str | None
     with_model = split == "test"
     return SummaryContext(split=split, entries=entries, groupings=groupings, class_names=list(data.class_names),
                           num_classes=K, options=dict(options or {}), model=model if with_model else None,
-                          data=data if with_model else None, device=CPU if with_model else None, batch_size=7)
+                          data=data if with_model else None, device=CPU if with_model else None, batch_size=7,
+                          attributes=dict(data.test_attributes))
 
 
 def options_of(cls: type[Summary]) -> dict:

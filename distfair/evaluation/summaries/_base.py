@@ -87,9 +87,11 @@ class EntryResult:
 class SummaryContext:
     """Everything a summary may read: the evaluations of one split (``clean`` first, then
     ``eval.attacks`` order; a failed evaluation is absent), the split's subgroup partitions,
-    the class names, this summary's options from ``eval.summaries``, and, on the test split
-    only, the model, the dataset and the device (for the summaries that declare
-    ``needs_model``; elsewhere they are None)."""
+    the class names, this summary's options from ``eval.summaries``, the split's per-sample
+    attributes (``attributes[a][i]`` describes sample i of every entry's predictions, e.g. its
+    ``speaker``: ``DataBundle.test_attributes`` / ``val_attributes``; empty when the dataset has
+    none), and, on the test split only, the model, the dataset and the device (for the
+    summaries that declare ``needs_model``; elsewhere they are None)."""
     split: str
     entries: dict[str, EntryResult]
     groupings: list
@@ -100,6 +102,7 @@ class SummaryContext:
     data: Any = None
     device: torch.device | None = None
     batch_size: int = 256
+    attributes: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -30,6 +30,19 @@ Accuracy Parity, the same on clean accuracy, is ``clean_group_gap/<attr>`` for p
 attributes. A group without samples at some budget has no ``AUC_acc`` (a ``UserWarning``)
 and is left out of the parity. Document ``auc_acc.json``; figure: accuracy against ε per
 attribute.
+
+**Speaker-level intervals.** The paper's groups are groups of speakers (§4.1, §5), whose clips
+are not independent: option ``bootstrap`` (``{resamples: 1000, cluster_by: speaker, level:
+0.95, seed: 0}``; ``resamples: 0`` turns it off) gives each group's AUC_acc and each defense
+parity a percentile interval from a bootstrap over speakers, stratified by group
+(``distfair.evaluation.summaries._cluster_bootstrap``): metrics
+``group_auc_acc_lo/<attr>/<group>``, ``group_auc_acc_hi/<attr>/<group>``,
+``defense_parity_lo/<attr>``, ``defense_parity_hi/<attr>``; in the document each group's
+``interval``, the attribute's ``defense_parity_interval`` (undefined, with the reason, for a
+one-speaker group) and the options under ``bootstrap``. A resample recomputes each budget's
+accuracy from per-speaker counts of correct and evaluated clips (a fixed-target entry leaves
+some clips out, so the counts differ between budgets). The figures show each interval beside
+its area, in the legend and the title.
 """
 from __future__ import annotations
 
@@ -40,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from distfair.evaluation.subgroups import metric_safe
+from distfair.evaluation.summaries import _cluster_bootstrap as cb
 from distfair.evaluation.summaries._base import Summary, SummaryContext, SummaryOutput
 
 
@@ -53,13 +67,15 @@ class AccuracyAUC(Summary):
     artifact = "auc_acc.json"
     splits = ("val", "test")
     default = False
-    families = {"auc_acc": (), "group_auc_acc": ("attribute", "group"), "defense_parity": ("attribute",)}
+    families = {"auc_acc": (), "group_auc_acc": ("attribute", "group"), "defense_parity": ("attribute",),
+                **cb.bound_families({"group_auc_acc": ("attribute", "group"), "defense_parity": ("attribute",)})}
     #: two entries of the contract checks' toy grid (distfair.testing), an ε grid of two points
     TEST_OPTIONS = {"entries": ["fgsm_small", "fgsm_large"]}
 
     @classmethod
     def check_options(cls, options: dict, entries: list[dict]) -> list[tuple[str, str]]:
-        unknown = [(k, "unknown option; known: entries") for k in options if k != "entries"]
+        unknown = [(k, "unknown option; known: entries, bootstrap") for k in options if k not in ("entries", "bootstrap")]
+        unknown += cb.check_options(options.get("bootstrap"))
         names = options.get("entries")
         if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
             return unknown + [("entries", f"must list at least 2 eval.attacks entry names, got {names!r}")]
@@ -95,9 +111,15 @@ class AccuracyAUC(Summary):
         doc = {"eps": eps, "entries": [n for _, n in grid], "axis": "linear", "acc": acc,
                "auc_acc": None if None in acc else trapezoid_auc(eps, acc), "attributes": {}}
         out.metrics["auc_acc"] = doc["auc_acc"]
+        n = len(entries[0].members)
+        boot, clusters, skipped = cb.resolve(ctx.options.get("bootstrap"), ctx.attributes, n)
+        doc["bootstrap"] = cb.record(boot, skipped)
+        if clusters is not None:       # (N, E): each clip correct / evaluated at each budget
+            correct = np.stack([e.robust & e.members for e in entries], axis=1)
+            evaluated = np.stack([e.members for e in entries], axis=1)
         for grouping in ctx.groupings:
             attr = metric_safe(grouping.attribute)
-            groups, aucs = {}, {}
+            groups, aucs, counts = {}, {}, {}
             for g, group in enumerate(grouping.names):
                 curve, sizes = [], []
                 for e in entries:
@@ -109,6 +131,11 @@ class AccuracyAUC(Summary):
                 out.metrics[f"group_auc_acc/{attr}/{metric_safe(group)}"] = auc
                 if auc is not None:
                     aucs[group] = auc
+                    if clusters is not None:
+                        # a class-level attribute groups by true class, the same in every entry
+                        in_group = entries[0].groups(grouping) == g
+                        counts[group] = cb.cluster_counts(clusters, in_group & evaluated.any(axis=1),
+                                                          correct, evaluated)
             empty = [g for g, v in groups.items() if v["auc_acc"] is None]
             if empty:
                 warnings.warn(f"auc_acc: groups {empty} of attribute {grouping.attribute!r} have no samples at "
@@ -118,6 +145,9 @@ class AccuracyAUC(Summary):
             out.metrics[f"defense_parity/{attr}"] = parity
             doc["attributes"][grouping.attribute] = {"groups": groups, "defense_parity": parity,
                                                      "left_out": dict(grouping.left_out)}
+            if clusters is not None:
+                cb.add_intervals(out.metrics, doc["attributes"][grouping.attribute], counts, cb.trapezoid_weights(eps),
+                                 boot, attr=attr, group_family="group_auc_acc", parity_family="defense_parity")
         out.document = doc
         return out
 
@@ -132,9 +162,11 @@ class AccuracyAUC(Summary):
                                  f"{title}: accuracy over ε (AUC_acc {_fmt(document['auc_acc'])})",
                                  Path(outdir) / "auc_acc.png")]
         for attr, info in document["attributes"].items():
-            curves = {f"{g} ({_n(v.get('n'))}AUC {_fmt(v['auc_acc'])})": v["acc"] for g, v in info["groups"].items()}
+            curves = {f"{g} ({_n(v.get('n'))}AUC {_fmt(v['auc_acc'])}{cb.interval_text(v.get('interval'))})": v["acc"]
+                      for g, v in info["groups"].items()}
             paths.append(accuracy_curves(eps, curves, f"{title}: accuracy over ε by {attr} "
-                                         f"(defense parity {_fmt(info['defense_parity'])})",
+                                         f"(defense parity {_fmt(info['defense_parity'])}"
+                                         f"{cb.interval_text(info.get('defense_parity_interval'))})",
                                          Path(outdir) / f"auc_acc_{file_safe(attr)}.png"))
         return paths
 

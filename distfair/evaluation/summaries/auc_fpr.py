@@ -20,13 +20,26 @@ of an attribute = the largest AUC_FPR difference between its subgroups (§3.2: "
 difference between subgroups"; the paper plots it as "parity", lower = more equal).
 
 Options (``eval.summaries.auc_fpr``): ``alpha_min`` (0.001), ``alpha_max`` (1.0), ``step``
-(0.001). Runs by default on both splits; it reports nothing for a predictor without a
+(0.001), ``bootstrap`` (``{resamples: 1000, cluster_by: speaker, level: 0.95, seed: 0}``).
+Runs by default on both splits; it reports nothing for a predictor without a
 threshold rule. Metrics (bare on test, ``val_``-prefixed from the validation pass, so a sweep
 can select on them): ``auc_fpr`` over all clean samples, ``group_auc_fpr/<attr>/<group>``,
 ``fpr_parity/<attr>``. Document ``auc_fpr.json`` (the grid, the score range and the score
 thresholds where there is one, each group's curve and its clean samples ``n``, the groups left
 out by ``exclude`` or ``min_group_size``, which take no part in the parity); figures: FPR against the threshold, overall and
 per attribute.
+
+**Speaker-level intervals.** The paper's groups are groups of speakers (§4.1: AudioMNIST's 60
+speakers, Common Voice's held-out speakers; §5 compares groups of a handful of them), and the
+clips of one speaker are not independent. Each group's AUC_FPR and each FPR parity get a
+percentile interval from a bootstrap over speakers, stratified by group
+(``distfair.evaluation.summaries._cluster_bootstrap``): ``group_auc_fpr_lo/<attr>/<group>``,
+``group_auc_fpr_hi/<attr>/<group>``, ``fpr_parity_lo/<attr>``, ``fpr_parity_hi/<attr>``, and in
+the document each group's ``interval`` and the attribute's ``fpr_parity_interval`` (with the
+speakers resampled and, where there is no interval, why: a one-speaker group), and the options
+under ``bootstrap``. Each clip's rejections are integrated over the threshold grid once, so a
+resample is one weighted sum per group. ``bootstrap: {resamples: 0}`` turns it off. The
+figures show each interval beside its area, in the legend and the title.
 """
 from __future__ import annotations
 
@@ -38,6 +51,7 @@ import numpy as np
 
 from distfair.evaluation.predict import thresholds_on_range
 from distfair.evaluation.subgroups import metric_safe
+from distfair.evaluation.summaries import _cluster_bootstrap as cb
 from distfair.evaluation.summaries._base import Summary, SummaryContext, SummaryOutput
 from distfair.evaluation.summaries.auc_acc import _fmt, _n, trapezoid_auc
 
@@ -65,11 +79,14 @@ class FalseRejectionAUC(Summary):
     artifact = "auc_fpr.json"
     splits = ("val", "test")
     default = True
-    families = {"auc_fpr": (), "group_auc_fpr": ("attribute", "group"), "fpr_parity": ("attribute",)}
+    families = {"auc_fpr": (), "group_auc_fpr": ("attribute", "group"), "fpr_parity": ("attribute",),
+                **cb.bound_families({"group_auc_fpr": ("attribute", "group"), "fpr_parity": ("attribute",)})}
 
     @classmethod
     def check_options(cls, options: dict, entries: list[dict]) -> list[tuple[str, str]]:
-        problems = [(k, f"unknown option; known: {', '.join(DEFAULTS)}") for k in options if k not in DEFAULTS]
+        problems = [(k, f"unknown option; known: {', '.join(DEFAULTS)}, bootstrap") for k in options
+                    if k not in DEFAULTS and k != "bootstrap"]
+        problems += cb.check_options(options.get("bootstrap"))
         values = {**DEFAULTS, **{k: v for k, v in options.items() if k in DEFAULTS}}
         for key in DEFAULTS:
             value = values[key]
@@ -109,10 +126,14 @@ class FalseRejectionAUC(Summary):
                "fpr": overall, "auc_fpr": None if overall is None else trapezoid_auc(grid.tolist(), overall),
                "attributes": {}}
         out.metrics["auc_fpr"] = doc["auc_fpr"]
+        boot, clusters, skipped = cb.resolve(ctx.options.get("bootstrap"), ctx.attributes, len(members))
+        doc["bootstrap"] = cb.record(boot, skipped)
+        # each clip's rejections integrated over the grid: a group's AUC_FPR is their mean
+        area = cb.trapezoid_weights(grid) @ rejected if clusters is not None else None
         for grouping in ctx.groupings:
             attr = metric_safe(grouping.attribute)
             labels = clean.groups(grouping)
-            groups, aucs = {}, {}
+            groups, aucs, counts = {}, {}, {}
             for g, group in enumerate(grouping.names):
                 curve = fpr_curve(rejected, members & (labels == g))
                 auc = None if curve is None else trapezoid_auc(grid.tolist(), curve)
@@ -120,6 +141,9 @@ class FalseRejectionAUC(Summary):
                 out.metrics[f"group_auc_fpr/{attr}/{metric_safe(group)}"] = auc
                 if auc is not None:
                     aucs[group] = auc
+                    if clusters is not None:
+                        counts[group] = cb.cluster_counts(clusters, members & (labels == g), area[:, None],
+                                                          np.ones(len(members)))
             empty = [g for g, v in groups.items() if v["auc_fpr"] is None]
             if empty:
                 warnings.warn(f"auc_fpr: groups {empty} of attribute {grouping.attribute!r} have no clean samples; "
@@ -128,6 +152,9 @@ class FalseRejectionAUC(Summary):
             out.metrics[f"fpr_parity/{attr}"] = parity
             doc["attributes"][grouping.attribute] = {"groups": groups, "fpr_parity": parity,
                                                      "left_out": dict(grouping.left_out)}
+            if clusters is not None:
+                cb.add_intervals(out.metrics, doc["attributes"][grouping.attribute], counts, np.ones(1), boot,
+                                 attr=attr, group_family="group_auc_fpr", parity_family="fpr_parity")
         out.document = doc
         return out
 
@@ -153,11 +180,12 @@ class FalseRejectionAUC(Summary):
                                  f"{title}: false rejection (AUC_FPR {_fmt(document['auc_fpr'])})",
                                  Path(outdir) / "auc_fpr.png", xlabel=label, ylabel="false rejection rate")]
         for attr, info in document["attributes"].items():
-            curves = {f"{g} ({_n(v.get('n'))}AUC {_fmt(v['auc_fpr'])})":
+            curves = {f"{g} ({_n(v.get('n'))}AUC {_fmt(v['auc_fpr'])}{cb.interval_text(v.get('interval'))})":
                       (sub(v["fpr"]) if v["fpr"] is not None else [None] * len(xs))
                       for g, v in info["groups"].items()}
             paths.append(accuracy_curves(xs, curves, f"{title}: false rejection by {attr} "
-                                         f"(FPR parity {_fmt(info['fpr_parity'])})",
+                                         f"(FPR parity {_fmt(info['fpr_parity'])}"
+                                         f"{cb.interval_text(info.get('fpr_parity_interval'))})",
                                          Path(outdir) / f"auc_fpr_{file_safe(attr)}.png", xlabel=label,
                                          ylabel="false rejection rate"))
         return paths
