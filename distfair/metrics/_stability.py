@@ -40,11 +40,12 @@ UNIT_INTERVAL_FAMILIES = frozenset({
 })
 #: metric families declared unbounded (no interval is clipped): ``nsd`` (std / mean, may exceed
 #: 1), the symmetry losses, the speech summaries' areas over a configured grid (not
-#: normalised by its width) and their parities, and the subgroups' sample counts ``group_n``. A
+#: normalised by its width) and their parities, and the subgroups' sample counts ``group_n`` (evaluated)
+#: and ``group_train_n`` (training set). A
 #: family declared nowhere (losses, timings, anything new) is not clipped either.
 UNBOUNDED_FAMILIES = frozenset({
     "nsd", "sym_loss", "soft_sym_loss", "sym", "soft_sym", "auc_acc", "group_auc_acc", "defense_parity",
-    "auc_fpr", "group_auc_fpr", "fpr_parity", "group_n",
+    "auc_fpr", "group_auc_fpr", "fpr_parity", "group_n", "group_train_n",
 })
 #: how every table and description names the seed interval (one wording everywhere)
 INTERVAL_NOTE = "95% CI: Student-t interval of the mean, clipped to [0, 1] for accuracies, gaps and rates"

@@ -69,7 +69,7 @@ def problem() -> tuple[nn.Module, DataBundle]:
     voice = ["v1" if i % 4 < 2 else "v2" for i in range(30)]
     bundle = DataBundle(train=data, val=data, test=data, num_classes=K, in_shape=(4,), bounds=(0.0, 1.0),
                         class_names=["a", "b", "c"], test_attributes={"voice": voice},
-                        val_attributes={"voice": voice})
+                        val_attributes={"voice": voice}, train_attributes={"voice": voice})
     return model.eval(), bundle
 
 
