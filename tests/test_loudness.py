@@ -186,3 +186,30 @@ def test_defenses_with_their_own_inner_maximisation_refuse_a_relative_budget():
     assert "linf_rms" in DEFENSES["trades"].attack_problem(relative)
     assert DEFENSES["trades"].attack_problem(build_attack("pgd", eps=0.05, bounds=(-1.0, 1.0))) is None
     assert DEFENSES["waveform_at"].attack_problem(relative) is None
+
+
+def test_a_seed_run_logs_snr_relative_budgets_log_eps_auc_and_training_group_sizes(tiny_cfg_dict, tmp_path):
+    """End to end through the engine: RMS-relative FGSM grid entries, ``log_eps``, and the
+    subgroups' training-set sizes (speech paper 003 §5.2.2) on the run's metrics."""
+    from distfair.config import validate
+    from distfair.data import build_dataset
+    from distfair.engine.train import run_seed
+    from distfair.evaluation.subgroups import dataset_labels
+
+    cfg = tiny_cfg_dict
+    cfg["eval"]["attacks"] = [{"name": "fgsm_a", "attack": "fgsm", "eps": 0.05, "eps_relative_to": "rms"},
+                              {"name": "fgsm_b", "attack": "fgsm", "eps": 0.5, "eps_relative_to": "rms"}]
+    cfg["eval"]["summaries"] = {"auc_acc": {"entries": ["fgsm_a", "fgsm_b"], "log_eps": True}}
+    cfg["eval"]["subgroups"] = {"half": {0: "a", 1: "a", 2: "b"}}
+    cfg["train"]["epochs"] = 1
+    cfg = validate(cfg, "speech.yaml")
+    m = run_seed(cfg, 0, workdir=tmp_path).metrics
+    # two budgets: the normalised log-ε area is the mean of the two accuracies
+    assert m["auc_acc_logeps"] == pytest.approx((m["fgsm_a/robust_acc"] + m["fgsm_b/robust_acc"]) / 2)
+    # a budget of r·rms moves each element by at most r·rms: SNR >= -20·log10(r) (clamping only raises it)
+    assert m["fgsm_a/snr_db"] >= -20 * math.log10(0.05) - 1e-6
+    assert m["fgsm_b/snr_db"] >= -20 * math.log10(0.5) - 1e-6
+    assert "fgsm_a/group_snr_db/half/a" in m and "defense_parity_logeps/half" in m
+    labels = dataset_labels(build_dataset(**cfg["dataset"]).train)
+    assert m["group_train_n/half/a"] == float(np.isin(labels, [0, 1]).sum())
+    assert m["group_train_n/half/b"] == float((labels == 2).sum())
