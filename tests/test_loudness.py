@@ -86,12 +86,12 @@ def test_snr_by_hand():
     assert clip_power(x).tolist() == pytest.approx([0.01, 0.02])
 
 
-def test_group_snr_at_each_budget_and_at_the_predictors_noise():
+def test_group_snr_at_each_budget():
     # f clips: power 1e-2, m clips 1e-4; perturbation power 1e-4 at e1 (clip 7 untouched), 1e-2 at e2
     signal = torch.tensor([1e-2] * 4 + [1e-4] * 4, dtype=torch.float64)
     e1 = _entry("e1", 0.01, [1] * 8, signal, torch.tensor([1e-4] * 7 + [0.0], dtype=torch.float64))
     e2 = _entry("e2", 0.1, [0] * 8, signal, torch.full((8,), 1e-2, dtype=torch.float64))
-    clean = _entry("clean", None, [1] * 8, signal, None, sigma=0.1)
+    clean = _entry("clean", None, [1] * 8, signal, None)
     out = AccuracyAUC().summarize(_context([clean, e1, e2], {"entries": ["e1", "e2"]}))
     em = out.entry_metrics
     assert em["e1"]["group_snr_db/speaker/f"] == pytest.approx(20.0)
@@ -101,10 +101,26 @@ def test_group_snr_at_each_budget_and_at_the_predictors_noise():
     assert em["e2"]["group_snr_db/speaker/m"] == pytest.approx(-20.0)
     groups = out.document["attributes"]["speaker"]["groups"]
     assert groups["m"]["snr_db"] == pytest.approx([0.0, -20.0]) and groups["m"]["snr_n"] == [3, 4]
-    # randomized smoothing's σ = 0.1: power 1e-2 -> 0 dB, 1e-4 -> -20 dB
+
+
+def test_auc_fpr_reports_the_snr_at_randomized_smoothings_sigma():
+    """σ = 0.1: a clip of power 1e-2 is at 0 dB, 1e-4 at -20 dB; a silent clip has no finite SNR."""
+    from distfair.evaluation.summaries.auc_fpr import FalseRejectionAUC
+
+    signal = torch.tensor([1e-2] * 4 + [1e-4, 1e-4, 1e-4, 0.0], dtype=torch.float64)   # clip 7 silent
+    pred = Predictions(labels=LABELS.clone(), preds=LABELS.clone(), scores=torch.full((8,), 0.5, dtype=torch.float64),
+                       can_abstain=True, reject_rule="above", threshold=0.001, signal_power=signal, noise_sigma=0.1)
+    clean = entry_result("clean", pred, 2, None)
+    out = FalseRejectionAUC().summarize(_context([clean], {}))
     assert out.metrics["group_noise_snr_db/speaker/f"] == pytest.approx(0.0)
     assert out.metrics["group_noise_snr_db/speaker/m"] == pytest.approx(-20.0)
-    assert out.metrics["noise_snr_db"] == pytest.approx(-10.0) and out.document["noise"]["sigma"] == 0.1
+    assert out.metrics["noise_snr_db"] == pytest.approx(4 * 0.0 / 7 + 3 * -20.0 / 7)
+    assert out.document["noise"]["attributes"]["speaker"]["m"] == {"snr_db": pytest.approx(-20.0), "snr_n": 3}
+    # a predictor without input noise: nothing of the kind
+    plain = entry_result("clean", Predictions(labels=LABELS.clone(), preds=LABELS.clone(),
+                                              scores=torch.full((8,), 0.5, dtype=torch.float64), can_abstain=True,
+                                              reject_rule="above", threshold=0.001, signal_power=signal), 2, None)
+    assert not any("snr" in k for k in FalseRejectionAUC().summarize(_context([plain], {})).metrics)
 
 
 def _linear_problem():

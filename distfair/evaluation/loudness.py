@@ -17,7 +17,9 @@ SNR_i = 10·log10(P_signal,i / σ²) (clamping to the input range ignored).
 
 The per-sample powers are measured where the attack runs (``distfair.evaluation.predict``:
 ``Predictions.signal_power`` / ``perturbation_power``, untargeted attacks only); the AUC_acc
-summary (``summaries/auc_acc.py``) reports them per group at each budget of its grid.
+summary (``summaries/auc_acc.py``) reports them per group at each budget of its grid, and the
+AUC_FPR summary (``summaries/auc_fpr.py``, which runs for every smoothing predictor) the SNR at
+the predictor's σ (:func:`noise_snr`).
 Budgets relative to each clip's RMS are an attack option (``eps_relative_to: rms``,
 ``distfair.attacks``). Pure numpy/PyTorch.
 """
@@ -52,3 +54,27 @@ def mean_snr(snr: np.ndarray, members: np.ndarray) -> tuple[float | None, int]:
     values = np.asarray(snr, dtype=np.float64)[np.asarray(members, dtype=bool)]
     values = values[np.isfinite(values)]
     return (float(values.mean()) if values.size else None), int(values.size)
+
+
+def noise_snr(clean, groupings) -> tuple[dict[str, float | None], dict | None]:
+    """The SNR at the predictor's input noise σ of the clean evaluation ``clean`` (an
+    ``EntryResult``; None: none): ``noise_snr_db`` over its samples and
+    ``group_noise_snr_db/<attr>/<group>`` per group of ``groupings``, and their document
+    (σ, and per group the mean and the clips with a finite SNR); ``({}, None)`` when its
+    predictor adds no noise. What the AUC_FPR summary reports beside its areas."""
+    from distfair.evaluation.subgroups import metric_safe
+
+    pred = None if clean is None else clean.predictions
+    if pred is None or pred.noise_sigma is None or pred.signal_power is None:
+        return {}, None
+    snr = noise_snr_db(pred.signal_power.numpy(), pred.noise_sigma)
+    value, count = mean_snr(snr, clean.members)
+    metrics: dict[str, float | None] = {"noise_snr_db": value}
+    doc = {"sigma": float(pred.noise_sigma), "snr_db": value, "snr_n": count, "attributes": {}}
+    for grouping in groupings:
+        labels = clean.groups(grouping)
+        for g, group in enumerate(grouping.names):
+            v, c = mean_snr(snr, clean.members & (labels == g))
+            metrics[f"group_noise_snr_db/{metric_safe(grouping.attribute)}/{metric_safe(group)}"] = v
+            doc["attributes"].setdefault(grouping.attribute, {})[group] = {"snr_db": v, "snr_n": c}
+    return metrics, doc

@@ -49,9 +49,9 @@ differ in loudness. For every grid entry whose attack was measured (untargeted),
 SNR = 10·log10(mean(x²) / mean((x_adv − x)²)) in dB is averaged over the group:
 ``<entry>/snr_db`` (all samples) and ``<entry>/group_snr_db/<attr>/<group>`` per evaluation, and
 per group in the document (``snr_db``, with ``snr_n`` the clips with a finite SNR, aligned with
-``eps``). Where the predictor adds Gaussian noise to its input (randomized smoothing), the SNR
-at its σ, 10·log10(mean(x²) / σ²), likewise: ``noise_snr_db`` and
-``group_noise_snr_db/<attr>/<group>``, document ``noise``.
+``eps``). The SNR at the Gaussian noise σ a predictor adds to its input (randomized smoothing)
+is the AUC_FPR summary's (``summaries/auc_fpr.py``: ``group_noise_snr_db``), which runs for
+every such predictor.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distfair.evaluation.loudness import mean_snr, noise_snr_db, snr_db
+from distfair.evaluation.loudness import mean_snr, snr_db
 from distfair.evaluation.subgroups import metric_safe
 from distfair.evaluation.summaries._base import Summary, SummaryContext, SummaryOutput
 
@@ -85,8 +85,7 @@ class AccuracyAUC(Summary):
     default = False
     families = {"auc_acc": (), "group_auc_acc": ("attribute", "group"), "defense_parity": ("attribute",),
                 "auc_acc_logeps": (), "group_auc_acc_logeps": ("attribute", "group"),
-                "defense_parity_logeps": ("attribute",), "snr_db": (), "group_snr_db": ("attribute", "group"),
-                "noise_snr_db": (), "group_noise_snr_db": ("attribute", "group")}
+                "defense_parity_logeps": ("attribute",), "snr_db": (), "group_snr_db": ("attribute", "group")}
     #: two entries of the contract checks' toy grid (distfair.testing), an ε grid of two points
     TEST_OPTIONS = {"entries": ["fgsm_small", "fgsm_large"]}
 
@@ -136,9 +135,6 @@ class AccuracyAUC(Summary):
         log_eps = bool(ctx.options.get("log_eps", False))
         snrs = {n: snr_db(e.predictions.signal_power.numpy(), e.predictions.perturbation_power.numpy())
                 for (_, n), e in zip(grid, entries) if _measured(e)}
-        clean = ctx.entries.get("clean")
-        sigma = None if clean is None or clean.predictions.signal_power is None else clean.predictions.noise_sigma
-        noise = None if sigma is None else noise_snr_db(clean.predictions.signal_power.numpy(), sigma)
         out = SummaryOutput()
         doc = {"eps": eps, "entries": [n for _, n in grid], "axis": "linear", "acc": acc,
                "auc_acc": None if None in acc else trapezoid_auc(eps, acc), "attributes": {},
@@ -151,9 +147,6 @@ class AccuracyAUC(Summary):
         if log_eps:
             doc["log_eps"] = {"axis": "log10 ε, normalised by its range", "auc_acc": _log_auc(eps, acc)}
             out.metrics["auc_acc_logeps"] = doc["log_eps"]["auc_acc"]
-        if noise is not None:
-            doc["noise"] = {"sigma": float(sigma), "snr_db": mean_snr(noise, clean.members)[0], "attributes": {}}
-            out.metrics["noise_snr_db"] = doc["noise"]["snr_db"]
         for grouping in ctx.groupings:
             attr = metric_safe(grouping.attribute)
             groups, aucs, log_aucs = {}, {}, {}
@@ -176,11 +169,7 @@ class AccuracyAUC(Summary):
                 if log_eps:
                     groups[group]["auc_acc_logeps"] = log_aucs[group] = _log_auc(eps, curve)
                     out.metrics[f"group_auc_acc_logeps/{attr}/{metric_safe(group)}"] = log_aucs[group]
-                if noise is not None:
-                    members = clean.members & (clean.groups(grouping) == g)
-                    value = mean_snr(noise, members)[0]
-                    doc["noise"]["attributes"].setdefault(grouping.attribute, {})[group] = value
-                    out.metrics[f"group_noise_snr_db/{attr}/{metric_safe(group)}"] = value
+
             empty = [g for g, v in groups.items() if v["auc_acc"] is None]
             if empty:
                 warnings.warn(f"auc_acc: groups {empty} of attribute {grouping.attribute!r} have no samples at "

@@ -26,7 +26,10 @@ can select on them): ``auc_fpr`` over all clean samples, ``group_auc_fpr/<attr>/
 ``fpr_parity/<attr>``. Document ``auc_fpr.json`` (the grid, the score range and the score
 thresholds where there is one, each group's curve and its clean samples ``n``, the groups left
 out by ``exclude`` or ``min_group_size``, which take no part in the parity); figures: FPR against the threshold, overall and
-per attribute.
+per attribute. For a predictor that adds Gaussian noise σ to its input (randomized smoothing), how
+loud that noise is against each group's clips (``distfair.evaluation.loudness``): the mean per-clip
+10·log10(mean(x²) / σ²) in dB, ``noise_snr_db`` and ``group_noise_snr_db/<attr>/<group>``,
+document ``noise``.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distfair.evaluation.loudness import noise_snr
 from distfair.evaluation.predict import thresholds_on_range
 from distfair.evaluation.subgroups import metric_safe
 from distfair.evaluation.summaries._base import Summary, SummaryContext, SummaryOutput
@@ -65,7 +69,8 @@ class FalseRejectionAUC(Summary):
     artifact = "auc_fpr.json"
     splits = ("val", "test")
     default = True
-    families = {"auc_fpr": (), "group_auc_fpr": ("attribute", "group"), "fpr_parity": ("attribute",)}
+    families = {"auc_fpr": (), "group_auc_fpr": ("attribute", "group"), "fpr_parity": ("attribute",),
+                "noise_snr_db": (), "group_noise_snr_db": ("attribute", "group")}
 
     @classmethod
     def check_options(cls, options: dict, entries: list[dict]) -> list[tuple[str, str]]:
@@ -128,6 +133,10 @@ class FalseRejectionAUC(Summary):
             out.metrics[f"fpr_parity/{attr}"] = parity
             doc["attributes"][grouping.attribute] = {"groups": groups, "fpr_parity": parity,
                                                      "left_out": dict(grouping.left_out)}
+        noise_metrics, noise_doc = noise_snr(clean, ctx.groupings)     # randomized smoothing's σ, per group
+        out.metrics.update(noise_metrics)
+        if noise_doc is not None:
+            doc["noise"] = noise_doc
         out.document = doc
         return out
 
