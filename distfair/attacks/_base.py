@@ -20,6 +20,14 @@ Input gradients come from ``torch.autograd.grad`` only, so parameters' ``.grad``
 as they were. Gradient attacks ascend their objective through one helper,
 ``_ascent_direction``. Projection order: onto the ε-ball around the clean x, then onto ``bounds``.
 
+**Budgets relative to each clip's loudness** (speech paper 003 §4.2 states ε and σ as absolute
+waveform amplitudes, which stay the default): an attack that takes ``eps_relative_to`` (PGD,
+FGSM, CW-ℓ∞) reads ``eps`` and its step size, with ``"rms"``, as multiples of each sample's
+RMS amplitude sqrt(mean(x_i²)) (:func:`clip_rms`): sample i gets the ℓ∞ budget ε·rms(x_i), so a
+quiet speaker is not attacked at a louder signal-to-perturbation ratio than a loud one. Its
+``norm`` is then ``"linf_rms"``, so a defense that re-implements the inner maximisation with a
+scalar ε (TRADES, SpecNorm) refuses it instead of silently changing the threat model.
+
 Declared beside the math: the threat model (``norm``), ``black_box``, ``accepts_objective``, the
 step schedule (``steps`` × ``step_size``, read by defenses that re-implement the inner
 maximisation) and ``TEST_OPTIONS`` (what the contract checks of ``distfair.testing`` build it
@@ -39,6 +47,15 @@ from torch import Tensor, nn
 from distfair.attacks._objectives import CrossEntropy, Objective
 
 TARGET_MODES = ("none", "random")
+#: how an attack with an ``eps_relative_to`` option reads ``eps``: in input units ("none", the
+#: default) or as a multiple of each sample's RMS amplitude ("rms", a per-sample budget)
+EPS_RELATIVE = ("none", "rms")
+
+
+def clip_rms(x: Tensor) -> Tensor:
+    """Each sample's RMS amplitude sqrt(mean(x_i²)) over all but the batch dimension, shaped
+    (B, 1, ..., 1) to broadcast against x."""
+    return x.detach().pow(2).flatten(1).mean(dim=1).sqrt().reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def random_wrong_class(y: Tensor, num_classes: int, generator: torch.Generator | None = None) -> Tensor:
@@ -90,6 +107,9 @@ class Attack(abc.ABC):
     #: (TRADES, SpecNorm). Default: one step of size ``eps`` (FGSM's); iterative attacks set
     #: their own ``steps`` and ``step_size``.
     steps: int = 1
+    #: "none": ``eps`` in input units; "rms": a multiple of each sample's RMS (:data:`EPS_RELATIVE`;
+    #: set by the attacks that take the option through :meth:`_relative_budget`)
+    eps_relative_to: str = "none"
     #: the smallest extra constructor keywords (beyond ``eps`` and ``bounds``) that make the
     #: attack run in about a second on a tiny model: what the contract checks of
     #: ``distfair.testing`` build it with. Default: none (its own defaults are small enough).
@@ -189,9 +209,28 @@ class Attack(abc.ABC):
         (grad,) = torch.autograd.grad(value.sum(), x_adv)
         return grad
 
+    def _relative_budget(self, eps_relative_to: str) -> None:
+        """Validate and keep the ``eps_relative_to`` option; "rms" declares ``norm`` "linf_rms"."""
+        if eps_relative_to not in EPS_RELATIVE:
+            raise ValueError(f"eps_relative_to must be one of {EPS_RELATIVE}, got {eps_relative_to!r}")
+        self.eps_relative_to = eps_relative_to
+        if eps_relative_to == "rms":
+            self.norm = "linf_rms"
+
+    def _scale(self, x: Tensor) -> Tensor | float:
+        """What ``eps`` and the step size are multiplied by for the clean batch x: 1.0, or each
+        sample's RMS (B, 1, ..., 1) with ``eps_relative_to="rms"``."""
+        return clip_rms(x) if self.eps_relative_to == "rms" else 1.0
+
+    def _budget(self, x: Tensor) -> Tensor | float:
+        """The ℓ∞ radius around the clean batch x: ``eps``, or ``eps`` × each sample's RMS."""
+        return self.eps if self.eps_relative_to != "rms" else self.eps * clip_rms(x)
+
     def _project(self, x_adv: Tensor, x: Tensor) -> Tensor:
-        """Onto the ℓ∞ ball of radius eps around x, then onto ``bounds`` (in that order)."""
-        x_adv = torch.maximum(torch.minimum(x_adv, x + self.eps), x - self.eps)
+        """Onto the ℓ∞ ball of radius eps (per sample: :meth:`_budget`) around x, then onto
+        ``bounds`` (in that order)."""
+        eps = self._budget(x)
+        x_adv = torch.maximum(torch.minimum(x_adv, x + eps), x - eps)
         return x_adv.clamp(*self.bounds)
 
 

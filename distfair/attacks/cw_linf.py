@@ -33,6 +33,7 @@ class CWLinf(PGD):
             drawn with the call's ``generator``, so the same seed gives the same x_adv.
         kappa: confidence κ, in logit units; default 0.0 (stop at the decision boundary).
             Must be >= 0 and finite; a large κ (e.g. 50) keeps pushing past the boundary.
+        eps_relative_to: "none" (default) or "rms", as PGD's (a per-sample budget ε·rms(x_i)).
 
     Shapes: x (B, ...) floating point in ``bounds``; y and target (B,) class indices; the
     model returns logits (B, K), K >= 2. Returns x_adv with x's shape, dtype and device,
@@ -46,9 +47,10 @@ class CWLinf(PGD):
     name = "cw_linf"
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none",
-                 alpha: float | None = None, steps: int = 10, random_start: bool = True, kappa: float = 0.0):
+                 alpha: float | None = None, steps: int = 10, random_start: bool = True, kappa: float = 0.0,
+                 eps_relative_to: str = "none"):
         super().__init__(eps=eps, bounds=bounds, target_mode=target_mode, alpha=alpha, steps=steps,
-                         random_start=random_start)
+                         random_start=random_start, eps_relative_to=eps_relative_to)
         self.kappa = _check_real("kappa", kappa)
         if not self.kappa >= 0:
             raise ValueError(f"kappa must be >= 0, got {kappa}")

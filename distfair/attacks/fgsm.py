@@ -22,6 +22,8 @@ class FGSM(Attack):
             eps = 0 returns x unchanged.
         bounds: valid input range (low, high); default (0.0, 1.0).
         target_mode: "none" (default) or "random".
+        eps_relative_to: "none" (default, input units) or "rms": ``eps`` is a multiple of
+            each sample's RMS amplitude (a per-sample budget; ``_base.py``).
 
     Shapes: x (B, ...) floating point in ``bounds``; y and target (B,) class indices; the
     model returns logits (B, K). Returns x_adv with x's shape, dtype and device, values in
@@ -36,10 +38,12 @@ class FGSM(Attack):
     accepts_objective = True
     norm = "linf"
 
-    def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none"):
+    def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none",
+                 eps_relative_to: str = "none"):
         super().__init__(eps=eps, bounds=bounds, target_mode=target_mode)
+        self._relative_budget(eps_relative_to)
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None,
                  generator: torch.Generator | None, objective: Objective | None = None) -> Tensor:
         grad = self._ascent_direction(model, x, y, target, objective)
-        return self._project(x + self.eps * grad.sign(), x)
+        return self._project(x + self._budget(x) * grad.sign(), x)

@@ -28,10 +28,13 @@ class PGD(Attack):
         random_start: start from x + U[−eps, eps] (clamped to ``bounds``); default True.
             The noise is drawn with the call's ``generator`` (on the generator's device,
             then moved to x's), so the same seed gives the same x_adv.
+        eps_relative_to: "none" (default: ``eps`` and ``alpha`` in input units, the speech
+            paper's absolute amplitudes) or "rms": both are multiples of each sample's RMS
+            amplitude, a per-sample budget ε·rms(x_i) (``_base.py``, :func:`clip_rms`).
 
     Shapes: x (B, ...) floating point in ``bounds``; y and target (B,) class indices; the
     model returns logits (B, K). Returns x_adv with x's shape, dtype and device, values in
-    ``bounds`` and ‖x_adv − x‖∞ ≤ eps.
+    ``bounds`` and ‖x_adv − x‖∞ ≤ eps (≤ eps·rms(x_i) per sample with ``eps_relative_to="rms"``).
 
     Example:
         >>> attack = PGD(eps=8 / 255, alpha=2 / 255, steps=10)
@@ -43,8 +46,10 @@ class PGD(Attack):
     norm = "linf"
 
     def __init__(self, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), target_mode: str = "none",
-                 alpha: float | None = None, steps: int = 10, random_start: bool = True):
+                 alpha: float | None = None, steps: int = 10, random_start: bool = True,
+                 eps_relative_to: str = "none"):
         super().__init__(eps=eps, bounds=bounds, target_mode=target_mode)
+        self._relative_budget(eps_relative_to)
         if alpha is not None:
             alpha = _check_real("alpha", alpha)
             if not alpha > 0:
@@ -66,8 +71,9 @@ class PGD(Attack):
         if self.random_start:
             device = generator.device if generator is not None else x.device
             noise = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype)
-            x_adv = (x + (2 * noise.to(x.device) - 1) * self.eps).clamp(*self.bounds)
+            x_adv = (x + (2 * noise.to(x.device) - 1) * self._budget(x)).clamp(*self.bounds)
+        step = self.step_size * self._scale(x)
         for _ in range(self.steps):
             grad = self._ascent_direction(model, x_adv, y, target, objective)
-            x_adv = self._project(x_adv + self.step_size * grad.sign(), x)
+            x_adv = self._project(x_adv + step * grad.sign(), x)
         return x_adv

@@ -19,6 +19,11 @@ attack.eps > 0 and a weight λ > 0), tricks (1 if model.name is m5_tricks), nois
 defense.sigma > 0), budget (attack.eps if at, else 0), sigma (defense.sigma). Parity metrics, per attribute, seed-mean:
 defense_parity (AUC_acc), clean_group_gap (accuracy parity), fpr_parity (rejection; when recorded).
 
+training-set representation (speech paper 003 §5.2.2; when the runs logged group_train_n, i.e.
+each group's training-set size): per configuration and attribute, Pearson r over the groups between
+the training-set size and the group's AUC_FPR (group_auc_fpr), with Spearman's rho beside it, and
+its mean ± std over configurations; its p's join the same Holm family.
+
 statistics: r over configurations with its 95% Fisher-z interval; Holm's correction over every
 defined correlation of the analysis (p (Holm), * = significant at 0.05: claim only those). The
 per-seed-set r's are descriptive (mean ± std), not an interval.
@@ -81,7 +86,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return fail(err)
 
     from distfair import tracking
-    from distfair.report.meta_analysis_output import format_exclusions, format_table
+    from distfair.report.meta_analysis_output import format_exclusions, format_representation, format_table
 
     uri, experiment_id, outdir = plan.tracking_uri, plan.experiment_id, plan.outdir
     with stdout_to_stderr(args.json) as out:
@@ -94,6 +99,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print("\nPearson correlation, intervention vs parity, across configurations (speech paper 003 §5.1)\n"
               + "".join(f"NOTE: {n}\n" for n in notices)
               + format_exclusions(result) + "\n\n" + format_table(result), file=human)
+        if result.representation:
+            print("\n" + format_representation(result), file=human)
         print(f"\nFiles: {outdir}/\n" + "\n".join(f"  {p.name}" for p in files.values())
               + f"\nMLflow: experiment {args.experiment!r}, analysis run {run_id}\n"
               f"Look at it: {tracking.ui_command(uri, experiment_id)}", file=human, flush=True)

@@ -37,6 +37,9 @@ class DataBundle:
     #: the same for the *validation* set (``val_attributes[a][i]`` describes ``val[i]``), so the
     #: end-of-training validation pass can report per-sample subgroup metrics too
     val_attributes: dict[str, list[str]] = field(default_factory=dict)
+    #: the same for the *training* set (``train_attributes[a][i]`` describes ``train[i]``), so a
+    #: run can record each group's training-set size |X_train,s| (speech paper 003 §5.2.2)
+    train_attributes: dict[str, list[str]] = field(default_factory=dict)
 
 
 #: the most samples a generated data set (``synthetic``, ``mnist1d``) may be asked for:

@@ -13,7 +13,7 @@ Nothing is downloaded: ``root`` must hold the data set's own layout::
 cropped at the end to ``length`` samples (default 16,000 = 1 s, longer than every clip),
 values in [-1, 1]. Classes are the digits "0".."9".
 
-Per-sample attributes (``DataBundle.test_attributes`` / ``val_attributes``, and
+Per-sample attributes (``DataBundle.test_attributes`` / ``val_attributes`` / ``train_attributes``, and
 ``<split>.attributes`` for every split) come from the metadata file, lower-cased:
 ``gender``, ``accent``, ``native`` (the "native speaker" field, "yes"/"no"), ``age`` (a
 decade, "20s", "30s", ...; "unknown" when the field is not a plausible age: the published
@@ -159,4 +159,4 @@ def audiomnist(*, root: str, split: str = "random", length: int = SAMPLE_RATE, t
     train, val, test = part(train_idx), part(val_idx), part(test_idx)
     return DataBundle(train, val, test, num_classes=10, in_shape=(1, length), bounds=BOUNDS,
                       class_names=[str(d) for d in range(10)], test_attributes=dict(test.attributes),
-                      val_attributes=dict(val.attributes))
+                      val_attributes=dict(val.attributes), train_attributes=dict(train.attributes))

@@ -28,7 +28,7 @@ Per-sample attributes, lower-cased, with an empty field as "unknown" (many contr
 leave them blank; ``eval.subgroups`` leaves "unknown" out of every group by default):
 ``gender``, ``age`` (Common Voice's decades: "teens", "twenties", ...), ``accent`` (from
 ``accent`` or ``accents``) and ``speaker`` (``client_id``), in
-``DataBundle.test_attributes`` / ``val_attributes`` and ``<split>.attributes``.
+``DataBundle.test_attributes`` / ``val_attributes`` / ``train_attributes`` and ``<split>.attributes``.
 ``max_per_split`` keeps the first rows (in table order) of each table, for quick runs.
 """
 from __future__ import annotations
@@ -129,4 +129,5 @@ def common_voice_clips(*, root: str, words: tuple[str, ...] = PAPER_WORDS, lengt
     return DataBundle(parts["train"], parts["val"], parts["test"], num_classes=len(words), in_shape=(1, length),
                       bounds=BOUNDS, class_names=list(words),
                       test_attributes=select(parts["test"].attributes, range(len(parts["test"]))),
-                      val_attributes=select(parts["val"].attributes, range(len(parts["val"]))))
+                      val_attributes=select(parts["val"].attributes, range(len(parts["val"]))),
+                      train_attributes=select(parts["train"].attributes, range(len(parts["train"]))))

@@ -29,7 +29,7 @@ that is absent is an error) of one of two kinds, told apart by its columns (exac
   ignored.
 - per-sample, ``file,<attr>...`` with ``file`` relative to ``root`` (e.g. ``alice/001.png``):
   one row per image -> ``DataBundle.test_attributes`` for the test samples, in test order
-  (and ``val_attributes`` for the validation samples);
+  (and ``val_attributes`` / ``train_attributes`` for the validation and training samples);
   rows for files that are not used are ignored.
 """
 from __future__ import annotations
@@ -165,6 +165,7 @@ def faces(*, root: str, image_size: int = 224, metadata: str | None = "metadata.
     class_attributes: dict[str, list[str]] = {}
     test_attributes: dict[str, list[str]] = {}
     val_attributes: dict[str, list[str]] = {}
+    train_attributes: dict[str, list[str]] = {}
     if metadata is not None:
         csv_path = os.path.join(root, os.path.expanduser(metadata))  # an absolute path stays as it is
         key, attrs, table = _read_csv(csv_path)
@@ -181,6 +182,7 @@ def faces(*, root: str, image_size: int = 224, metadata: str | None = "metadata.
                                  + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
             test_attributes = {a: [table[files[i]][a] for i in test_idx] for a in attrs}
             val_attributes = {a: [table[files[i]][a] for i in val_idx] for a in attrs}
+            train_attributes = {a: [table[files[i]][a] for i in train_idx] for a in attrs}
 
     def part(idx) -> FaceImages:
         return FaceImages([os.path.join(root, files[i]) for i in idx], [labels[i] for i in idx], image_size)
@@ -188,4 +190,4 @@ def faces(*, root: str, image_size: int = 224, metadata: str | None = "metadata.
     return DataBundle(part(train_idx), part(val_idx), part(test_idx), num_classes=len(identities),
                       in_shape=(3, image_size, image_size), bounds=(0.0, 1.0), class_names=identities,
                       class_attributes=class_attributes, test_attributes=test_attributes,
-                      val_attributes=val_attributes)
+                      val_attributes=val_attributes, train_attributes=train_attributes)

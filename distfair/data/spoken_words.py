@@ -22,7 +22,7 @@ setting; ``pitch_jitter``, ``rate_jitter`` and ``gain_jitter_db`` give each utte
 seeded pitch, rate and gain (``jitter_seed``; :class:`distfair.data._voices.Jitter`).
 Per-sample attributes (``gender``, ``accent``, ``age``, ``voice``, ``variant``, ``speed``,
 ``pitch``: the voice's nominal settings, and ``utterance``: 0 .. repeats - 1) are in
-``DataBundle.test_attributes`` / ``val_attributes`` (and ``<split>.attributes`` for every
+``DataBundle.test_attributes`` / ``val_attributes`` / ``train_attributes`` (and ``<split>.attributes`` for every
 split, train included), so ``eval.subgroups: {gender: metadata}`` works as for any
 per-sample metadata.
 
@@ -141,4 +141,5 @@ def spoken_words(*, words: tuple[str, ...] = DIGIT_WORDS, accents: tuple[str, ..
         parts[name] = Waveforms(waves[idx], targets[idx].tolist(), select(attributes, idx))
     return DataBundle(parts["train"], parts["val"], parts["test"], num_classes=len(words),
                       in_shape=(1, length), bounds=BOUNDS, class_names=words,
-                      test_attributes=dict(parts["test"].attributes), val_attributes=dict(parts["val"].attributes))
+                      test_attributes=dict(parts["test"].attributes), val_attributes=dict(parts["val"].attributes),
+                      train_attributes=dict(parts["train"].attributes))

@@ -103,6 +103,7 @@ class NoisyArgmax(Predictor):
 
     def __init__(self, sigma: float, bounds, generator: torch.Generator):
         self.sigma, self.bounds, self.generator = sigma, bounds, generator
+        self.noise_sigma = sigma
 
     def __call__(self, model, x):
         return ArgmaxPredictor.from_logits(model(gaussian_augment(x, self.sigma, bounds=self.bounds,
@@ -118,6 +119,7 @@ class SmoothedPredictor(Predictor):
     def __init__(self, *, sigma: float, n_samples: int, alpha: float, bounds, generator: torch.Generator,
                  mc_batch: int = 256, eot_samples: int = 8):
         self.sigma, self.n_samples, self.threshold = sigma, n_samples, alpha
+        self.noise_sigma = sigma                  # the evaluation reports each group's SNR at σ
         self.bounds, self.generator, self.mc_batch, self.eot_samples = bounds, generator, mc_batch, eot_samples
 
     @torch.no_grad()

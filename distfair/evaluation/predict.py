@@ -3,9 +3,8 @@
 The lowest level of ``distfair.evaluation``: the test-set suite (``suite.py``), the per-epoch
 validation metrics of the engine and SpecNorm's per-epoch confusion matrix all count here.
 
-Each rank evaluates the samples ``rank, rank + world, ...`` (no padding, so no sample counts
-twice) and the K×K count matrices are summed with all-reduce. Batches stream: memory does
-not grow with the size of the evaluation set.
+Each rank evaluates the samples ``rank, rank + world, ...`` (no padding, so no sample counts twice)
+and the K×K count matrices are summed with all-reduce. Batches stream (memory does not grow with N).
 
 Every evaluation classifies through one predict step, a :class:`Predictor`: per sample a class
 or an abstention (:data:`ABSTAIN` = -1) and a score. The default, :class:`ArgmaxPredictor`,
@@ -14,10 +13,10 @@ smoothing, neural rejection). An abstention is never a class: ``Predictions.coun
 K×K matrix of the non-abstained samples and ``Predictions.abstained_counts`` counts the
 abstentions per true class (methods.md "Metrics").
 
-Every rank makes the same collective calls whatever its shard (an empty shard included, and
-a rank whose attack raised): ``predict_dataset`` first gathers each rank's outcome (its error,
-its ensemble stage labels), raises the same ``EvaluationError`` on every rank if any rank
-failed, and only then all-reduces one tensor per stage of the agreed list.
+Every rank makes the same collective calls whatever its shard (an empty shard included, and a rank
+whose attack raised): ``predict_dataset`` first gathers each rank's outcome (its error, its ensemble
+stage labels), raises the same ``EvaluationError`` on every rank if any rank failed, and only then
+all-reduces one tensor per stage of the agreed list.
 """
 from __future__ import annotations
 
@@ -29,6 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from distfair.attacks import Attack, StagedAttack, cw_margin
+from distfair.evaluation.loudness import clip_power
 from distfair.metrics import confusion_matrix
 
 
@@ -87,14 +87,14 @@ class Predictor:
     ``score_range``: None when those thresholds are on the score's own scale (a p-value); else
     (lo, hi), the range (fixed before the test set is seen) that the summaries' grid α is mapped
     onto, threshold ``lo + α·(hi − lo)`` (:func:`thresholds_on_range`).
-    :meth:`attack_model`: the differentiable module evaluation attacks run against (default
-    the model itself; a randomised predictor returns its EOT form).
-    Called under ``torch.no_grad()``; must not change the model's mode.
+    :meth:`attack_model`: the module evaluation attacks differentiate (default the model itself; a
+    randomised predictor returns its EOT form). Called under ``torch.no_grad()``; keeps the model's mode.
     """
     can_abstain: bool = False
     reject_rule: str | None = None
     threshold: float | None = None
     score_range: tuple[float, float] | None = None
+    noise_sigma: float | None = None        # std of the noise it adds to its input (randomized smoothing)
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -212,7 +212,8 @@ class Predictions:
     (``Predictor.score_range``), what a threshold grid is mapped onto. ``stages``: for an
     ensemble (a ``StagedAttack``), member label -> (N,) bool, still robust after
     that member (cumulative). ``target_success``: "every target" mode only, (K, K) counts of
-    samples of true class i that the attack aimed at class t drove to t.
+    samples of true class i that the attack aimed at class t drove to t. ``signal_power`` / ``perturbation_power``:
+    (N,) mean(x²) and, untargeted only, mean((x_adv − x)²); ``noise_sigma``: the predictor's (``loudness.py``).
     """
     labels: torch.Tensor
     preds: torch.Tensor
@@ -225,6 +226,9 @@ class Predictions:
     reject_rule: str | None = None
     threshold: float | None = None
     score_range: tuple[float, float] | None = None
+    signal_power: torch.Tensor | None = None
+    perturbation_power: torch.Tensor | None = None
+    noise_sigma: float | None = None
 
     def counts(self, num_classes: int) -> torch.Tensor:
         """K×K confusion counts of the samples not abstained on (an abstention is no column)."""
@@ -308,8 +312,7 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
     ``target``: None (the attack's own mode), an int class index (targeted toward that
     class; its own samples stay clean), or "every" (each wrong class in turn, the worst case
     per sample kept, targeted success counted in ``target_success``). "random" is an
-    attack option (``target_mode``), not handled here. Batches stream: besides the model,
-    memory holds one batch and a few (N,) integer vectors.
+    attack option (``target_mode``), not handled here. Batches stream: memory holds one batch and a few (N,) vectors.
     """
     if isinstance(target, str) and target != "every":
         raise ValueError(f"target must be None, a class index or 'every', got {target!r}")
@@ -318,6 +321,7 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
     labels = torch.zeros(n, dtype=torch.long, device=device)
     preds = torch.zeros(n, dtype=torch.long, device=device)
     scores = torch.zeros(n, dtype=torch.float64, device=device)
+    signal, perturbation = (torch.zeros(n, dtype=torch.float64, device=device) for _ in range(2))
     stages: dict[str, torch.Tensor] = {}
     success = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device) if target == "every" else None
     attacked = model if predictor is None else predictor.attack_model(model)
@@ -330,6 +334,7 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
             x, y = x.to(device), y.to(device)
             at = indices[start:start + len(y)].to(device)
             start += len(y)
+            signal[at] = clip_power(x).to(device)
             if attack is None:
                 pred, score = predict(predictor, model, x, num_classes)
             elif target == "every":
@@ -340,12 +345,15 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
                                             attacked)
             elif isinstance(attack, StagedAttack):
                 x_adv, batch_stages = attack.run_stages(attacked, x, y, generator=generator)
+                perturbation[at] = clip_power(x_adv - x).to(device)
                 pred, score = predict(predictor, model, x_adv, num_classes)
                 for label, flags in batch_stages.items():
                     stages.setdefault(label, torch.zeros(n, dtype=torch.long, device=device))[at] = \
                         flags.to(device=device, dtype=torch.long)
             else:
-                pred, score = predict(predictor, model, attack(attacked, x, y, generator=generator), num_classes)
+                x_adv = attack(attacked, x, y, generator=generator)
+                pred, score = predict(predictor, model, x_adv, num_classes)
+                perturbation[at] = clip_power(x_adv - x).to(device)
             # +1: the all-reduce below sums the ranks' disjoint shards (every index is written by
             # exactly one rank, the others hold 0); an abstention (-1) is 0 here and -1 again after
             labels[at] = y + 1
@@ -359,7 +367,8 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
         model.train(was_training)
     if world > 1:
         stages = _agree_on_stages(stages, error, n, device, rank, world)
-        for tensor in (labels, preds, scores, *stages.values(), *([success] if success is not None else [])):
+        for tensor in (labels, preds, scores, signal, perturbation, *stages.values(),
+                       *([success] if success is not None else [])):
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return Predictions(labels=(labels - 1).cpu(), preds=(preds - 1).cpu(),
                        stages={k: v.cpu().bool() for k, v in stages.items()},
@@ -367,7 +376,9 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, num_classes: int, 
                        can_abstain=bool(getattr(predictor, "can_abstain", False)),
                        reject_rule=getattr(predictor, "reject_rule", None),
                        threshold=getattr(predictor, "threshold", None),
-                       score_range=getattr(predictor, "score_range", None))
+                       score_range=getattr(predictor, "score_range", None), signal_power=signal.cpu(),
+                       perturbation_power=perturbation.cpu() if attack is not None and target is None else None,
+                       noise_sigma=getattr(predictor, "noise_sigma", None))
 
 
 def _agree_on_stages(stages: dict[str, torch.Tensor], error: BaseException | None, n: int, device, rank: int,

@@ -76,6 +76,9 @@ class Grouping:
     sizes: dict = field(default_factory=dict)
     size_by: str = SAMPLES
     min_group_size: int = 1
+    #: the dataset attributes a metadata grouping reads (several for ``intersect``, joined by
+    #: :data:`INTERSECT_SEPARATOR`); empty for a class -> group map
+    components: tuple = ()
 
     def describe(self) -> dict:
         """What the report records about the grouping beside the metrics."""
@@ -128,19 +131,22 @@ def _class_map(attribute: str, source: dict, data: DataBundle) -> Grouping:
     return _encode([by_class[i] for i in range(data.num_classes)], attribute, "class")
 
 
+def dataset_labels(ds) -> np.ndarray | None:
+    """A data set's classes when it exposes them without loading a sample (``targets``, a
+    ``TensorDataset``'s second tensor, a ``Subset`` of either); else None."""
+    targets = getattr(ds, "targets", None)
+    if targets is None and len(getattr(ds, "tensors", ())) >= 2:
+        targets = ds.tensors[1]
+    if targets is None and hasattr(ds, "dataset") and hasattr(ds, "indices"):
+        inner = dataset_labels(ds.dataset)
+        return None if inner is None else inner[np.asarray(ds.indices, dtype=int)]
+    labels = None if targets is None else np.asarray(targets, dtype=int).reshape(-1)
+    return labels if labels is not None and len(labels) == len(ds) else None
+
+
 def _test_labels(data: DataBundle) -> np.ndarray | None:
-    """The test samples' classes when the test set exposes them without loading a sample
-    (``targets``, a ``TensorDataset``'s second tensor, a ``Subset`` of either); else None."""
-    def labels_of(ds):
-        targets = getattr(ds, "targets", None)
-        if targets is None and len(getattr(ds, "tensors", ())) >= 2:
-            targets = ds.tensors[1]
-        if targets is None and hasattr(ds, "dataset") and hasattr(ds, "indices"):
-            inner = labels_of(ds.dataset)
-            return None if inner is None else inner[np.asarray(ds.indices, dtype=int)]
-        return None if targets is None else np.asarray(targets, dtype=int).reshape(-1)
-    labels = labels_of(data.test)
-    return labels if labels is not None and len(labels) == len(data.test) else None
+    """The test samples' classes (:func:`dataset_labels`)."""
+    return dataset_labels(data.test)
 
 
 def _attribute_values(name: str, data: DataBundle, key: str) -> tuple[str, list[str]]:
@@ -214,7 +220,8 @@ def _metadata_grouping(attribute: str, options: dict, data: DataBundle) -> Group
     return Grouping(attribute, kind, np.array([index.get(v, -1) for v in values], dtype=int), kept,
                     left_out={n: left_out[n] for n in sorted(left_out)},
                     sizes={} if sizes is None else {n: sizes[n] for n in kept},
-                    size_by=options["size_by"], min_group_size=options["min_group_size"])
+                    size_by=options["size_by"], min_group_size=options["min_group_size"],
+                    components=tuple(components))
 
 
 def _warn_left_out(grouping: Grouping) -> None:

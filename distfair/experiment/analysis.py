@@ -134,7 +134,8 @@ def run_analysis(plan: AnalysisPlan, *, log: Callable[[str], None]) -> AnalysisO
                 "chance_alpha": result.alpha,
                 "method": "speech paper 003 §5.1: Pearson over configurations of the seed-mean metric, 95% "
                           "Fisher-z interval, Holm's correction over the analysis's correlations; per-seed-set "
-                          "r's descriptive (mean, std)"},
+                          "r's descriptive (mean, std); §5.2.2: per configuration and attribute, Pearson over the "
+                          "groups of training-set size vs AUC_FPR, in the same Holm family"},
         metrics=result.mlflow_metrics(), tags={"distfair.report.meta_analysis.sweep": args.sweep or "all",
                                                **({tracking.TAG_DESCRIPTION: "\n\n".join(notices)}
                                                   if notices else {})},

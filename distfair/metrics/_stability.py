@@ -32,12 +32,14 @@ VAL_PREFIX, CLEAN_PREFIX = "val_", "clean_"
 #: metric families whose every value is a proportion in [0, 1]: accuracies (clean, attacked,
 #: per group, per ensemble stage), differences and maxima of accuracies or of row-normalised
 #: confusion rates (``acc_gap``, ``group_gap``, the asymmetry gaps), target confusion shares and
-#: their std, and rates (rejection, false rejection, targeted success). Their seed interval is
+#: their std, rates (rejection, false rejection, targeted success), and AUC_acc on the normalised
+#: log-ε axis with its parity (``auc_acc_logeps``). Their seed interval is
 #: clipped to [0, 1].
 UNIT_INTERVAL_FAMILIES = frozenset({
     "acc", "robust_acc", "worst_class_acc", "worst10_acc", "acc_gap", "max_asym_gap", "asym_gap",
     "tgt_max", "tgt_min", "tgt_std", "rejection_rate", "false_rejection_rate", "group_acc", "group_gap",
     "max_group_asym", "max_bipartition_asym", "group_rejection", "stage_acc", "target_success_rate",
+    "auc_acc_logeps", "group_auc_acc_logeps", "defense_parity_logeps",
 })
 #: the ends of an interval over speakers (speech summaries): family ``<family>_lo`` / ``<family>_hi``
 BOOTSTRAP_BOUNDS = ("lo", "hi")
@@ -56,11 +58,13 @@ def bound_family(family: str, end: str) -> str:
 #: metric families declared unbounded (no interval is clipped): ``nsd`` (std / mean, may exceed
 #: 1), the symmetry losses, the speech summaries' areas over a configured grid (not
 #: normalised by its width) and their parities, the bounds of their speaker-bootstrap
-#: intervals (``<family>_lo`` / ``<family>_hi``), and the subgroups' sample counts ``group_n``. A
-#: family declared nowhere (losses, timings, anything new) is not clipped either.
+#: intervals (``<family>_lo`` / ``<family>_hi``), the subgroups' sample counts ``group_n``
+#: (evaluated) and ``group_train_n`` (training set), and the loudness SNRs in dB (``snr_db``,
+#: ...). A family declared nowhere (losses, timings, anything new) is not clipped either.
 UNBOUNDED_FAMILIES = frozenset({
     "nsd", "sym_loss", "soft_sym_loss", "sym", "soft_sym", "auc_acc", "group_auc_acc", "defense_parity",
-    "auc_fpr", "group_auc_fpr", "fpr_parity", "group_n",
+    "auc_fpr", "group_auc_fpr", "fpr_parity", "group_n", "group_train_n",
+    "snr_db", "group_snr_db", "noise_snr_db", "group_noise_snr_db",
     *(bound_family(family, end) for family in BOOTSTRAPPED_FAMILIES for end in BOOTSTRAP_BOUNDS),
 })
 #: how every table and description names the seed interval (one wording everywhere)

@@ -45,7 +45,10 @@ Pure computation (numpy/scipy, Holm through statsmodels, figures through
 ``distfair.plotting``): no MLflow, no Ray. The command ``distfair analyze`` reads the runs
 (``distfair.tracking``) and logs the result.
 The interventions are :mod:`distfair.report.interventions`; the printed and written forms
-:mod:`distfair.report.meta_analysis_output`.
+:mod:`distfair.report.meta_analysis_output`. Beside the §5.1 correlations, the analysis holds
+§5.2.2's correlation between each group's training-set size and its AUC_FPR, per configuration
+and attribute over the groups (:mod:`distfair.report.representation`: ``Analysis.representation``);
+their Pearson p's are in the same Holm family.
 """
 from __future__ import annotations
 
@@ -63,6 +66,8 @@ from distfair.report.chance import (CHANCE_ALPHA, CHANCE_RULES, DEFAULT_CHANCE_R
 from distfair.report.interventions import (INTERVENTIONS, TRICKS_MODELS, DefenseTraits, Intervention,  # noqa: F401
                                            adversarial_training, declared_traits, intervention_values,
                                            noise_sigma)
+from distfair.report.representation import (RepresentationCorrelation, across_configurations,
+                                            representation_correlations)
 
 #: family-wise significance level of the Holm-corrected correlations of one analysis
 SIGNIFICANCE = 0.05
@@ -191,6 +196,8 @@ class Analysis:
     alpha: float = CHANCE_ALPHA
     n_found: int = 0
     chance_rule: str = DEFAULT_CHANCE_RULE
+    #: §5.2.2: per configuration and attribute, training-set size vs AUC_FPR over the groups
+    representation: list[RepresentationCorrelation] = field(default_factory=list)
 
     @property
     def n_excluded_chance(self) -> int:
@@ -198,8 +205,8 @@ class Analysis:
 
     @property
     def n_holm(self) -> int:
-        """The size of the Holm family: the defined correlations."""
-        return sum(c.p_holm is not None for c in self.correlations)
+        """The size of the Holm family: the defined correlations (§5.1 and §5.2.2 together)."""
+        return sum(c.p_holm is not None for c in [*self.correlations, *self.representation])
 
     def chance_rule_text(self) -> str:
         if self.chance_rule == "binomial":
@@ -231,6 +238,17 @@ class Analysis:
                       "seed_r_std": c.seed_sets["std"]}
             out.update({f"{name}/{c.key}": float(v) for name, v in values.items()
                         if v is not None and math.isfinite(v)})
+        if self.representation:         # §5.2.2, keyed <metric>/<attribute>/<configuration run id>
+            out["n_representation_correlations"] = len(self.representation)
+        for c in self.representation:
+            values = {"r": c.pearson.r, "p": c.pearson.p, "n": c.pearson.n, "ci95_low": c.pearson.ci95_low,
+                      "ci95_high": c.pearson.ci95_high, "p_holm": c.p_holm, "spearman_rho": c.spearman_rho,
+                      "significant": None if c.p_holm is None else float(c.significant)}
+            out.update({f"train_size_{name}/{c.key}": float(v) for name, v in values.items()
+                        if v is not None and math.isfinite(v)})
+        for key, spread in across_configurations(self.representation).items():
+            out.update({f"train_size_r_{stat}/{key}": float(spread[stat]) for stat in ("mean", "std")
+                        if spread[stat] is not None})
         return out
 
     def to_json(self) -> dict:
@@ -254,6 +272,13 @@ class Analysis:
                               "p_holm": c.p_holm, "significant": c.significant, "undefined": c.pearson.undefined,
                               "per_seed_set": c.seed_sets}
                              for c in self.correlations],
+            "representation": {
+                "method": "speech paper 003 §5.2.2: per configuration and attribute, Pearson r over the groups "
+                          "between the training-set size group_train_n and the group's AUC_FPR (seed means), its "
+                          "Fisher-z interval, Holm-adjusted with the correlations above; Spearman's rho beside it; "
+                          "across configurations the mean ± sample std of r (descriptive)",
+                "correlations": [c.to_json() for c in self.representation],
+                "across_configurations": across_configurations(self.representation)},
         }
 
 
@@ -362,11 +387,12 @@ def analyze(configurations: Sequence[ConfigurationInput], *, parity_metrics: Seq
                 result = pearson([x for x, _ in points], [y for _, y in points],
                                  x_name=f"intervention {name!r}", y_name=f"{key}")
                 correlations.append(Correlation(family, name, attribute, result, _seed_sets(kept, name, key)))
-    defined = [c for c in correlations if c.pearson.p is not None]
+    representation = representation_correlations(kept, pearson)
+    defined = [c for c in [*correlations, *representation] if c.pearson.p is not None]
     for c, adjusted in zip(defined, holm_adjust([c.pearson.p for c in defined])):
         c.p_holm, c.significant = adjusted, adjusted < SIGNIFICANCE
     analysed = [{k: c.get(k, {}) for k in ("run_id", "name", "interventions", "seeds", "means")} for c in kept]
     return Analysis(parity_metrics=wanted, interventions=dict(interventions), attributes=attributes,
                     configurations=analysed, excluded=excluded, seed_runs_at_chance=at_chance,
                     seed_runs_untested=untested, correlations=correlations, missing_metrics=missing,
-                    alpha=alpha, n_found=len(configurations), chance_rule=chance_rule)
+                    alpha=alpha, n_found=len(configurations), chance_rule=chance_rule, representation=representation)

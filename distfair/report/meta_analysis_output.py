@@ -1,6 +1,8 @@
 """What ``distfair analyze`` prints and writes of a meta-analysis (:mod:`distfair.report.meta_analysis`):
 the exclusions, the correlation table, ``correlations.csv``, ``analysis.json`` and one heatmap per
-parity metric."""
+parity metric; where the runs logged training-set sizes, the §5.2.2 table (training-set size vs
+AUC_FPR per configuration and attribute, :mod:`distfair.report.representation`) and
+``representation.csv``."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from distfair.report.meta_analysis import PARITY_METRICS, SIGNIFICANCE, Analysis
+from distfair.report.representation import REPRESENTATION_METRICS, TRAIN_SIZE, across_configurations
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -74,6 +77,39 @@ def format_table(analysis: Analysis) -> str:
     return "\n".join(lines)
 
 
+def format_representation(analysis: Analysis) -> str:
+    """§5.2.2: per (metric, attribute) a row per configuration with r over the groups, its 95%
+    Fisher-z interval, p, Holm's p (the analysis's family), Spearman's rho and the groups, then
+    the mean ± std of r over configurations; empty when no run logged training-set sizes."""
+    if not analysis.representation:
+        return ""
+    lines = [f"Training-set size |X_train,s| ({TRAIN_SIZE}) vs the group's metric, over the groups of each "
+             "attribute, per configuration (speech paper 003 §5.2.2); r > 0: better-represented groups have "
+             "the larger value; p (Holm): in the same family as the table above"]
+    spreads = across_configurations(analysis.representation)
+    for key, spread in spreads.items():
+        metric, attribute = key.split("/", 1)
+        lines.append(f"\n{metric} ({REPRESENTATION_METRICS.get(metric, '')}), {attribute}: mean r over "
+                     f"configurations {_fmt(spread['mean'])} ± {_fmt(spread['std'])} ({spread['n']})")
+        lines.append(f"  {'configuration':<24} {'r':>7} {'95% interval':>17} {'p':>8} {'p (Holm)':>9}  {'n':>3} "
+                     f"{'rho':>7}   groups (train n: value)")
+        for c in (c for c in analysis.representation if (c.metric, c.attribute) == (metric, attribute)):
+            groups = ", ".join(f"{g} ({v['train_n']:.0f}: {v['value']:.3g})" for g, v in c.groups.items())
+            if c.pearson.undefined:
+                lines.append(f"  {c.name:<24} {'undefined':>7} {'':>17} {'':>8} {'':>9}  {c.pearson.n:>3} {'':>7}   "
+                             f"{groups}   ({c.pearson.undefined})")
+                continue
+            interval = (f"[{c.pearson.ci95_low:.3f}, {c.pearson.ci95_high:.3f}]"
+                        if c.pearson.ci95_low is not None else "—")
+            lines.append(f"  {c.name:<24} {c.pearson.r:>7.3f} {interval:>17} {c.pearson.p:>8.3g} "
+                         f"{_fmt(c.p_holm, '.3g'):>9}{'*' if c.significant else ' '} {c.pearson.n:>3} "
+                         f"{_fmt(c.spearman_rho):>7}   {groups}")
+    return "\n".join(lines)
+
+
+REPRESENTATION_COLUMNS = ("metric", "attribute", "run_id", "name", "r", "ci95_low", "ci95_high", "p", "p_holm",
+                          "significant", "n", "undefined", "spearman_rho", "spearman_p", "groups")
+
 CSV_COLUMNS = ("parity", "attribute", "intervention", "kind", "r", "ci95_low", "ci95_high", "p", "p_holm",
                "significant", "n", "undefined", "seed_sets_n", "seed_r_mean", "seed_r_std", "seed_r_per_seed")
 
@@ -98,6 +134,17 @@ def write_outputs(analysis: Analysis, outdir: str | Path, *, title: str) -> dict
                              c.significant if c.p_holm is not None else "", c.pearson.n, c.pearson.undefined or "",
                              s["n"], s["mean"], s["std"], per_seed])
     files["json"].write_text(json.dumps(analysis.to_json(), indent=1, allow_nan=False))
+    if analysis.representation:
+        files["representation_csv"] = outdir / "representation.csv"
+        with files["representation_csv"].open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(REPRESENTATION_COLUMNS)
+            for c in analysis.representation:
+                row = c.to_json()
+                row["significant"] = c.significant if c.p_holm is not None else ""
+                row["undefined"] = row["undefined"] or ""
+                row["groups"] = ";".join(f"{g}:{v['train_n']:g}:{v['value']:.6g}" for g, v in c.groups.items())
+                writer.writerow([row[k] for k in REPRESENTATION_COLUMNS])
     names = list(analysis.interventions)
     binary = sum(i.kind == "binary" for i in analysis.interventions.values())
     for family in analysis.parity_metrics:

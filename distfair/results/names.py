@@ -142,11 +142,11 @@ SPEECH_REPORT_METRICS = ("auc_acc", "defense_parity", "auc_fpr", "fpr_parity")
 #: metric family -> which way is better ("max" or "min"); families not listed get no best cell
 DIRECTION: dict[str, str] = {
     **dict.fromkeys(("acc", "worst_class_acc", "worst10_acc", "group_acc", "auc_acc", "group_auc_acc", "tgt_min",
-                     "stage_acc"), "max"),
+                     "stage_acc", "auc_acc_logeps", "group_auc_acc_logeps"), "max"),
     **dict.fromkeys(("acc_gap", "nsd", "max_asym_gap", "sym_loss", "soft_sym_loss", "tgt_max", "tgt_std",
                      "max_bipartition_asym", "group_gap", "max_group_asym", "defense_parity", "fpr_parity",
                      "auc_fpr", "group_auc_fpr", "rejection_rate", "group_rejection", "clean_false_rejection_rate",
-                     "target_success_rate"), "min"),
+                     "target_success_rate", "defense_parity_logeps"), "min"),
 }
 
 

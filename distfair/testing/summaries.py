@@ -70,7 +70,8 @@ def problem() -> tuple[nn.Module, DataBundle]:
     speaker = [f"{v}-s{i % 3}" for i, v in enumerate(voice)]     # three speakers per voice
     bundle = DataBundle(train=data, val=data, test=data, num_classes=K, in_shape=(4,), bounds=(0.0, 1.0),
                         class_names=["a", "b", "c"], test_attributes={"voice": voice, "speaker": speaker},
-                        val_attributes={"voice": voice, "speaker": speaker})
+                        val_attributes={"voice": voice, "speaker": speaker},
+                        train_attributes={"voice": voice, "speaker": speaker})
     return model.eval(), bundle
 
 

@@ -27,7 +27,10 @@ can select on them): ``auc_fpr`` over all clean samples, ``group_auc_fpr/<attr>/
 ``fpr_parity/<attr>``. Document ``auc_fpr.json`` (the grid, the score range and the score
 thresholds where there is one, each group's curve and its clean samples ``n``, the groups left
 out by ``exclude`` or ``min_group_size``, which take no part in the parity); figures: FPR against the threshold, overall and
-per attribute.
+per attribute. For a predictor that adds Gaussian noise σ to its input (randomized smoothing), how
+loud that noise is against each group's clips (``distfair.evaluation.loudness``): the mean per-clip
+10·log10(mean(x²) / σ²) in dB, ``noise_snr_db`` and ``group_noise_snr_db/<attr>/<group>``,
+document ``noise``.
 
 **Speaker-level intervals.** The paper's groups are groups of speakers (§4.1: AudioMNIST's 60
 speakers, Common Voice's held-out speakers; §5 compares groups of a handful of them), and the
@@ -49,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distfair.evaluation.loudness import noise_snr
 from distfair.evaluation.predict import thresholds_on_range
 from distfair.evaluation.subgroups import metric_safe
 from distfair.evaluation.summaries import _cluster_bootstrap as cb
@@ -80,6 +84,7 @@ class FalseRejectionAUC(Summary):
     splits = ("val", "test")
     default = True
     families = {"auc_fpr": (), "group_auc_fpr": ("attribute", "group"), "fpr_parity": ("attribute",),
+                "noise_snr_db": (), "group_noise_snr_db": ("attribute", "group"),
                 **cb.bound_families({"group_auc_fpr": ("attribute", "group"), "fpr_parity": ("attribute",)})}
 
     @classmethod
@@ -155,6 +160,10 @@ class FalseRejectionAUC(Summary):
             if clusters is not None:
                 cb.add_intervals(out.metrics, doc["attributes"][grouping.attribute], counts, np.ones(1), boot,
                                  attr=attr, group_family="group_auc_fpr", parity_family="fpr_parity")
+        noise_metrics, noise_doc = noise_snr(clean, ctx.groupings)     # randomized smoothing's σ, per group
+        out.metrics.update(noise_metrics)
+        if noise_doc is not None:
+            doc["noise"] = noise_doc
         out.document = doc
         return out
 

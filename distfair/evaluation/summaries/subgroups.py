@@ -8,12 +8,19 @@ class-level attributes ``max_group_asym/<attr>`` and, with an abstaining predict
 (``subgroups.json``, the worst bipartition included) and one bar chart per attribute. The
 definitions, the absent-group rule and the left-out groups (``exclude``, ``min_group_size``;
 listed in each report's ``left_out``) are in ``distfair.evaluation.subgroups``.
+
+On the test split it also records each reported group's training-set size |X_train,s|
+(speech paper 003 §5.2.2), ``group_train_n/<attr>/<group>``, logged bare beside the test
+metrics (``distfair.evaluation.group_sizes``): what ``distfair analyze`` correlates with the
+group's AUC_FPR. An attribute without training-set values is skipped with a ``UserWarning``.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-from distfair.evaluation.subgroups import subgroup_report
+from distfair.evaluation.group_sizes import training_group_sizes
+from distfair.evaluation.subgroups import metric_safe, subgroup_report
 from distfair.evaluation.summaries._base import Summary, SummaryContext, SummaryOutput
 
 
@@ -23,7 +30,7 @@ class Subgroups(Summary):
     splits = ("val", "test")
     families = {"max_bipartition_asym": (), "group_acc": ("attribute", "group"), "group_n": ("attribute", "group"),
                 "group_gap": ("attribute",), "max_group_asym": ("attribute",),
-                "group_rejection": ("attribute", "group")}
+                "group_rejection": ("attribute", "group"), "group_train_n": ("attribute", "group")}
 
     @classmethod
     def view(cls, document):
@@ -39,6 +46,14 @@ class Subgroups(Summary):
                 abstained=abstained, rejected=None if abstained is None else entry.rejected)
             out.entry_metrics[name] = metrics
             out.document[name] = report
+        if ctx.split == "test" and ctx.data is not None:
+            sizes, skipped = training_group_sizes(ctx.groupings, ctx.data)
+            for attr, groups in sizes.items():
+                out.metrics.update({f"group_train_n/{metric_safe(attr)}/{metric_safe(g)}": float(n)
+                                    for g, n in groups.items()})
+            for attr, why in skipped.items():
+                warnings.warn(f"subgroups: no training-set sizes of attribute {attr!r}: {why}", UserWarning,
+                              stacklevel=2)
         return out
 
     def figures(self, document, class_names, title, outdir: Path) -> list[Path]:
