@@ -43,7 +43,7 @@ def test_address_with_default_sqlite_and_storage_is_refused(clean_env, capsys, c
     assert cli.main([command, str(config), "--address", "auto"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert f"--tracking-uri: sqlite:///{clean_env / 'mlflow.db'} is a file on this node" in err
-    assert "--tracking-uri http://MLFLOW_HOST:5000" in err and "--allow-local" in err
+    assert "--tracking-uri https://MLFLOW_HOST" in err and "--allow-local" in err
     assert f"--storage-path: {clean_env / 'distfair_runs'} is on " in err and "network file system" in err
     assert "Traceback" not in err
     assert not (clean_env / "mlflow.db").exists() and not (clean_env / "distfair_runs").exists()

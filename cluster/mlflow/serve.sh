@@ -90,6 +90,7 @@ fi
 # MLflow's auth app reads its settings from an INI file (MLFLOW_AUTH_CONFIG_PATH). It holds no
 # secret (MLflow reads the admin's password from the environment), yet it is private all the
 # same: a folder of our own (mktemp, 0700), the file 0600, removed when the server stops.
+old_umask="$(umask)"
 umask 077
 confdir="$(mktemp -d "${TMPDIR:-/tmp}/distfair-mlflow-auth.XXXXXXXX")"
 trap 'rm -rf "$confdir"' EXIT
@@ -103,6 +104,7 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 grant_default_workspace_access = false
 EOF
 chmod 600 "$MLFLOW_AUTH_CONFIG_PATH"
+umask "$old_umask"
 export MLFLOW_AUTH_ADMIN_USERNAME="$admin"
 
 host="${MLFLOW_HOST:-127.0.0.1}"
@@ -126,7 +128,10 @@ mlflow server "${args[@]}" "$@" &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null || true' TERM INT HUP
 status=0
-while kill -0 "$server" 2>/dev/null; do
-    wait "$server" && status=0 || status=$?
-done
+wait "$server" || status=$?
+# a passed-on signal ends the first wait before the server has stopped: wait for it to stop
+if kill -0 "$server" 2>/dev/null; then
+    status=0
+    wait "$server" || status=$?
+fi
 exit "$status"
