@@ -15,7 +15,7 @@ RUN_EPILOG = """\
 examples:
   distfair run tune_spaces/quickstart.yaml
   distfair run tune_spaces/quickstart.yaml --num-seeds 5 --set defense.lambda_sym=2.0
-  distfair run cfg.yaml --address auto --tracking-uri http://mlflow:5000 --storage-path /mnt/distfair/runs
+  distfair run cfg.yaml --address auto --tracking-uri https://mlflow.example.org --storage-path /mnt/distfair/runs
   distfair run cfg.yaml --json | jq .metrics.worst_class_acc
   distfair run tune_spaces/speech_rejection.yaml      # its `configurations:` one after another
   distfair run tune_spaces/quickstart.yaml --resume   # after a crash, Ctrl-C or a killed driver

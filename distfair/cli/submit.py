@@ -13,9 +13,9 @@ from distfair.cli.output import EXIT_OK, EXIT_USAGE, _human_output
 SUBMIT_EPILOG = """\
 examples:
   distfair submit run tune_spaces/quickstart.yaml --address http://HEAD:8265 --num-seeds 5 \\
-      --tracking-uri http://MLFLOW_HOST:5000 --storage-path /mnt/distfair/runs
+      --tracking-uri https://MLFLOW_HOST --storage-path /mnt/distfair/runs
   distfair submit sweep tune_spaces/digits_syfar.yaml --address http://HEAD:8265 --num-samples 24 \\
-      --tracking-uri http://MLFLOW_HOST:5000 --storage-path /mnt/distfair/runs
+      --tracking-uri https://MLFLOW_HOST --storage-path /mnt/distfair/runs
 
 --address is the cluster's dashboard (port 8265; e.g. through `ray dashboard cluster/aws.yaml`). Token
 auth as for `ray job submit`: the token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH (the cluster's own,

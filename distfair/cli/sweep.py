@@ -15,7 +15,7 @@ SWEEP_EPILOG = """\
 examples:
   distfair sweep tune_spaces/quickstart_sweep.yaml
   distfair sweep tune_spaces/digits_syfar.yaml --num-samples 24 --num-seeds 5 --address auto \
-      --tracking-uri http://mlflow:5000 --storage-path /mnt/distfair/runs
+      --tracking-uri https://mlflow.example.org --storage-path /mnt/distfair/runs
   distfair sweep tune_spaces/digits_syfar.yaml --resume             # after a crash or Ctrl-C
 
 selection never sees the test set: objectives name validation metrics (val_worst_class_acc,

@@ -91,12 +91,12 @@ def tracking_problem(uri: str) -> str | None:
     scheme = urlparse(uri).scheme if "://" in uri else ""
     if scheme in ("", "file") or scheme.startswith("sqlite"):
         return (f"--tracking-uri: {uri} is a file on this node; on a multi-node cluster the rank-0 worker of each "
-                "seed run writes to its own node's copy. Pass --tracking-uri http://MLFLOW_HOST:5000 (a tracking "
+                "seed run writes to its own node's copy. Pass --tracking-uri https://MLFLOW_HOST (a tracking "
                 f"server every node reaches, see cluster/mlflow/) {ALLOW_LOCAL_HINT}")
     host = urlparse(uri).hostname or ""
     if host in LOOPBACK_HOSTS or host.startswith("127."):
         return (f"--tracking-uri: {uri} is a loopback address, which each node resolves to itself. Pass "
-                f"--tracking-uri http://MLFLOW_HOST:5000 with an address every node reaches {ALLOW_LOCAL_HINT}")
+                f"--tracking-uri https://MLFLOW_HOST with an address every node reaches {ALLOW_LOCAL_HINT}")
     return None
 
 
@@ -129,11 +129,11 @@ def submit_problems(tracking_uri: str | None, storage_path: str | None, *, allow
     problems = []
     if not tracking_uri:
         problems.append("--tracking-uri: missing; the default sqlite:///mlflow.db would be written inside the job's "
-                        "temporary copy of the working directory. Pass --tracking-uri http://MLFLOW_HOST:5000 (or set "
+                        "temporary copy of the working directory. Pass --tracking-uri https://MLFLOW_HOST (or set "
                         "MLFLOW_TRACKING_URI)")
     elif _relative_store(tracking_uri):
         problems.append(f"--tracking-uri: {tracking_uri} is relative, so it would land in the job's temporary copy "
-                        "of the working directory. Pass --tracking-uri http://MLFLOW_HOST:5000")
+                        "of the working directory. Pass --tracking-uri https://MLFLOW_HOST")
     elif not allow_local and (problem := tracking_problem(tracking_uri)):
         problems.append(problem)
     if not storage_path:
