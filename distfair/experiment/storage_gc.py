@@ -109,7 +109,8 @@ def plan(storage: str | Path, uri: str, *, assume_ended_after_s: float | None = 
             continue
         if SLOT_FOLDER.match(child.name):
             if child.is_symlink() or not child.is_dir():
-                entries.append(Entry(child.name, "slot folder", 0, False, "a symbolic link or not a folder: never followed"))
+                entries.append(Entry(child.name, "slot folder", 0, False,
+                                     "a symbolic link or not a folder: never followed"))
                 continue
             size, newest = _tree_size_and_mtime(child)
             items, problem = _slot_items(child)
@@ -147,7 +148,8 @@ def plan(storage: str | Path, uri: str, *, assume_ended_after_s: float | None = 
         if reason is None and now - newest < CACHE_MIN_AGE_S:
             reason = f"downloaded {int(now - newest)} s ago: a command may be about to use it"
         entries.append(Entry(name, "cached checkpoint", size, reason is None,
-                             reason or f"run {run_id} finished with its checkpoint logged (downloaded again when needed)"))
+                             reason or f"run {run_id} finished with its checkpoint logged "
+                                       f"(downloaded again when needed)"))
     return sorted(entries, key=lambda e: e.name)
 
 
