@@ -107,6 +107,14 @@ def _aws_worker(doc):
     return doc["available_node_types"]["ray.worker.gpu"]
 
 
+def _rules(doc):
+    """The IpPermissions of ``provider.security_group``, made if the file has none (the shipped
+    aws.yaml names its own group instead): one rule, SSH from an admin range."""
+    group = doc["provider"].setdefault("security_group", {"GroupName": "ray-autoscaler-distfair", "IpPermissions": [
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "203.0.113.0/24"}]}]})
+    return group["IpPermissions"]
+
+
 def _rc_worker(doc):
     return doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
 
@@ -137,17 +145,17 @@ BROKEN = {
     "worker_type_resources_missing": ("gcp.yaml",
                                       lambda d: d["available_node_types"]["ray_worker_gpu"].pop("resources"),
                                       "available_node_types.ray_worker_gpu.resources", "required key missing"),
-    "open_dashboard_port": ("aws.yaml", lambda d: d["provider"]["security_group"]["IpPermissions"].append(
+    "open_dashboard_port": ("aws.yaml", lambda d: _rules(d).append(
         {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}),
         "provider.security_group.IpPermissions[1]", "opens port 8265 (dashboard) to 0.0.0.0/0 (the whole internet)"),
-    "open_range_covering_gcs": ("aws.yaml", lambda d: d["provider"]["security_group"]["IpPermissions"].append(
+    "open_range_covering_gcs": ("aws.yaml", lambda d: _rules(d).append(
         {"IpProtocol": "tcp", "FromPort": 6000, "ToPort": 7000, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}),
         "provider.security_group.IpPermissions[1]", "opens port 6379 (GCS) to ::/0"),
-    "open_all_traffic": ("aws.yaml", lambda d: d["provider"]["security_group"]["IpPermissions"].append(
+    "open_all_traffic": ("aws.yaml", lambda d: _rules(d).append(
         {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}),
         "provider.security_group.IpPermissions[1]", "8265 (dashboard), 6379 (GCS), 10001 (Ray client)"),
-    "dashboard_open_to_public_range": ("aws.yaml", lambda d: d["provider"]["security_group"]["IpPermissions"][0].update(
-        IpRanges=[{"CidrIp": "52.94.76.0/24"}]),
+    "dashboard_open_to_public_range": ("aws.yaml", lambda d: _rules(d)[0].update(
+        FromPort=8265, ToPort=8265, IpRanges=[{"CidrIp": "52.94.76.0/24"}]),
         "provider.security_group.IpPermissions[0]", "outside the private network"),
     "head_without_trial_resource": ("gcp.yaml", lambda d: d["available_node_types"]["ray_head_cpu"]["resources"].pop(
                                         "distfair_trial"),
@@ -327,7 +335,7 @@ def test_every_problem_is_reported_at_once_across_files(capsys, tmp_path):
     doc = load("aws.yaml")
     doc["max_worker"] = doc.pop("max_workers")
     _aws_worker(doc)["resources"] = {}
-    doc["provider"]["security_group"]["IpPermissions"].append(
+    _rules(doc).append(
         {"IpProtocol": "tcp", "FromPort": 10001, "ToPort": 10001, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]})
     bad_aws = write(tmp_path, "aws", doc)
     manifest = load("kuberay/raycluster.yaml")
@@ -342,8 +350,8 @@ def test_every_problem_is_reported_at_once_across_files(capsys, tmp_path):
     lines = err.splitlines()
     assert [line.split(": ")[1] for line in lines[:-1]] == [
         "max_worker", "available_node_types[ray.worker.gpu].resources", "provider.security_group.IpPermissions[1]",
-        "spec.headGroupSpec.serviceTyp", "spec.workerGroupSpecs[0].replicas"]
-    assert lines[-1] == "error: 5 problem(s) in 2 of 3 file(s)"
+        "provider.security_group", "spec.headGroupSpec.serviceTyp", "spec.workerGroupSpecs[0].replicas"]
+    assert lines[-1] == "error: 6 problem(s) in 2 of 3 file(s)"
 
 
 # ------------------------------------------- warnings: GPU nodes' driver, the locked install

@@ -1,6 +1,6 @@
 """The ``distfair`` command line: a thin layer over ``distfair.experiment``.
 
-One module per command (``run``, ``sweep``, ``submit``, ``relog``, ``analyze``, ``report``, ``race_replay``;
+One module per command (``run``, ``sweep``, ``submit``, ``relog``, ``gc``, ``analyze``, ``report``, ``race_replay``;
 ``cluster``'s parser comes from ``distfair.deploy``), each parsing its arguments, calling the
 experiment layer, printing, and mapping the experiment layer's exceptions to exit codes
 (``output.EXIT_CODES``); ``main`` builds the parser and runs a command; ``output`` holds what

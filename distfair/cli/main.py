@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from distfair.cli import analyze, race_replay, relog, report, run, submit, sweep
+from distfair.cli import analyze, gc, race_replay, relog, report, run, submit, sweep
 from distfair.cli.output import EXIT_FAILED, EXIT_USAGE
 from distfair.tracking.buffer import TrackingUnavailable   # no MLflow: the package loads it on first use
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_parser(sub)
 
     relog.add_parser(sub)
+    gc.add_parser(sub)
     return parser
 
 

@@ -35,7 +35,8 @@ LoadBalancer, Ingress); no credential is written literally (a KubeRay env ``valu
 ``valueFrom.secretKeyRef``, a ``PASSWORD=...`` in a launcher command, a password in a URI);
 a launcher config's Ray token is the cluster's own (the ``file_mounts`` folder it is copied
 from names ``cluster_name``) and no command writes a token file without ``umask 077`` or
-``chmod 600``; Ray versions in images and ``rayVersion`` match the Ray that distfair pins.
+``chmod 600``; on AWS and GCP, the nodes' cloud identities and network named in the file, never
+left to Ray's broad defaults (``cloud``); Ray versions in images and ``rayVersion`` match the Ray that distfair pins.
 
 Every problem is reported as ``<file>: <key.path>: <reason>``, all of them at once; the command
 exits 2 if there is any. Warnings (``distfair/deploy/gpu.py``: GPU nodes whose NVIDIA driver
@@ -53,6 +54,9 @@ The modules, one concept each:
   ``prepare_config``/``validate_config``);
 - ``kuberay``: KubeRay RayCluster/RayJob manifests (the shipped CRD schemas, the operator's
   checks, distfair's rules) and other Kubernetes objects;
+- ``cloud``: cloud identities and network of AWS and GCP launcher configs (each node type's own
+  instance profile or service account, IMDSv2, named security groups and networks, no Ray port
+  admitted from an address range, no ``cloud-platform`` scope on workers);
 - ``credentials``: the scan for credentials written literally, and the token file's rules;
 - ``common``: what both kinds share (``TRIAL_RESOURCE``, the pinned Ray version);
 - ``gpu``: the warnings about GPU nodes' NVIDIA driver and installs without the lock.

@@ -14,6 +14,7 @@ import shlex
 from functools import lru_cache
 from pathlib import Path
 
+from distfair.deploy.cloud import cloud_problems
 from distfair.deploy.common import TRIAL_RESOURCE, _positive, _ray_version_problem, pinned_ray_version
 from distfair.deploy.credentials import _literal_credentials_in_command, _token_file_problems
 from distfair.deploy.problems import Problem, _close_matches, _describe, _one_line, key_path, schema_problems
@@ -174,6 +175,9 @@ def launcher_rules(doc: dict) -> list[Problem]:
             if isinstance(rule, dict):
                 for reason in _port_exposure(rule):
                     problems.append((key_path(["provider", "security_group", "IpPermissions", i]), reason))
+
+    # cloud identities and network: scoped profiles / service accounts, IMDSv2, named security groups
+    problems += cloud_problems(doc)
 
     # images carry the pinned Ray
     pinned = pinned_ray_version()

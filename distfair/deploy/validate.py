@@ -113,8 +113,10 @@ Check Ray cluster definitions offline, without starting Ray or reaching a networ
 
 and distfair's rules on both: every worker type declares resources, the head declares the
 `distfair_trial` resource, Ray's token auth is on, the dashboard (8265), GCS (6379) and client (10001)
-ports are never opened beyond the private network, credentials come from Secrets or files that are
-not in the repository, and images and rayVersion carry the Ray that distfair pins. Warnings, which
+ports are never opened beyond the private network, AWS and GCP nodes have their own least-privilege
+identities (instance profiles with IMDSv2, service accounts without cloud-platform on workers) and
+named security groups or networks (Ray's defaults open SSH to 0.0.0.0/0), credentials come from
+Secrets or files that are not in the repository, and images and rayVersion carry the Ray that distfair pins. Warnings, which
 never change the exit code: a GPU node whose image carries an NVIDIA driver older than 580 (the pinned
 CUDA 13 torch cannot use its GPU), distfair installed without requirements.lock.
 """

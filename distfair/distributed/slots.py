@@ -34,17 +34,24 @@ are in :class:`SlotPool` (the owner of the slots, in the command's process) and
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
 import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from distfair.distributed.layout import concurrent_groups, worker_resources
 
 #: consecutive ``fit()`` failures of one slot with no item leased before the slot gives up
 MAX_EMPTY_FAILURES = 3
+#: written into a slot's Ray Train folders once the command closed it: no command uses them again
+#: (slot names are new per command); ``distfair gc`` removes only folders carrying it
+END_MARKER = "distfair-ended.json"
 
 
 class Ledger:
@@ -318,6 +325,23 @@ class SlotPool:
             self.channel.close()
         with contextlib.suppress(Exception):
             ray.kill(self.ledger)
+        self._mark_ended()
+
+    def _mark_ended(self) -> None:
+        """:data:`END_MARKER` in each ``fit()``'s Ray Train folder of every slot whose thread ended
+        (not one still running after the timeout); a failed write leaves ``distfair gc`` keeping it."""
+        storage = self.storage_path[len("file://"):] if self.storage_path.startswith("file://") else self.storage_path
+        if "://" in storage:
+            return
+        stamp = json.dumps({"ended_at": time.time(), "pid": os.getpid(), "host": socket.gethostname()})
+        for slot in self.slots:
+            if slot.thread is not None and slot.thread.is_alive():
+                continue
+            for fit in range(slot.fits):
+                folder = Path(storage) / (slot.name if fit == 0 else f"{slot.name}-r{fit}")
+                if folder.is_dir() and not folder.is_symlink():
+                    with contextlib.suppress(OSError):
+                        (folder / END_MARKER).write_text(stamp)
 
     def abandon(self) -> None:
         """Stop waiting for the slots (Ctrl-C, or the command failing): no restarts, controllers

@@ -43,7 +43,8 @@ the module of ``X``, see :data:`_EXPORTS`):
 * ``unlogged``: the writes the server never received, kept on disk and replayed by
   ``distfair relog``;
 * ``summary``: a configuration run's statistics, records, figure and description;
-* ``queries``: the reads of ``--resume``, ``init_from``, sweeps, ``analyze`` and ``report``.
+* ``queries``: the reads of ``--resume``, ``init_from``, sweeps, ``analyze`` and ``report``;
+* ``recorded``: whether runs are FINISHED with their checkpoint logged (``distfair gc``).
 """
 from __future__ import annotations
 
@@ -134,6 +135,10 @@ _EXPORTS: dict[str, str] = {
     "run_overview": "queries",
     "seed_checkpoints": "queries",
     "sweep_runs": "queries",
+    # recorded
+    "CHECKPOINT_ARTIFACT": "recorded",
+    "runs_recorded": "recorded",
+    "seed_items_recorded": "recorded",
 }
 
 __all__ = sorted(_EXPORTS)
