@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -242,6 +243,24 @@ def test_team_account_with_edit_logs_a_run_and_reads_it_back(server, monkeypatch
     rows = subprocess.run([server["postgres"]["bin"] / "psql", "-tAc", "select name, status from runs"], check=True,
                           capture_output=True, text=True, env={**os.environ, **server["postgres"]["env"]}).stdout
     assert rows.split() == ["seed-0|FINISHED"]
+
+    # a resume redoes an unfinished seed run: the EDIT account cannot delete it, so distfair
+    # detaches it (no query finds it again) and the seed gets a new run
+    from distfair import tracking
+
+    parent = tracking.start_parent_run(uri, experiment_id, {"train.epochs": 1}, run_name="config",
+                                       lookup={"distfair.sweep_name": "s"})
+    first = tracking.get_or_create_seed_run(uri, experiment_id, parent, 0)
+    assert tracking.seed_run_states(uri, experiment_id, parent) == {0: (first, "RUNNING")}
+    tracking.retire_run(uri, first)
+    assert tracking.seed_run_states(uri, experiment_id, parent) == {}
+    second = tracking.get_or_create_seed_run(uri, experiment_id, parent, 0)
+    assert second != first and tracking.seed_run_states(uri, experiment_id, parent) == {0: (second, "RUNNING")}
+    old = client.get_run(first)
+    assert old.info.status == "KILLED" and old.info.lifecycle_stage == "active"        # kept, not deleted
+    assert old.data.tags["distfair.retired"] and json.loads(old.data.tags["distfair.retired_from"]) == {
+        "distfair.role": "seed", "distfair.seed": "0", "mlflow.parentRunId": parent}
+    assert not {"distfair.role", "distfair.seed", "mlflow.parentRunId"} & set(old.data.tags)
 
 
 def test_auth_settings_are_a_private_file_without_the_secrets(server):

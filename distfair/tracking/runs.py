@@ -110,14 +110,44 @@ def retag_run(uri: str, run_id: str, tags: dict[str, str], *, run_name: str | No
         client.update_run(run_id, name=run_name)
 
 
+#: the tag of a retired run (redone after an interruption), and where a detached one keeps the
+#: tags it was found by
+TAG_RETIRED, TAG_RETIRED_FROM = "distfair.retired", "distfair.retired_from"
+
+
 def retire_run(uri: str, run_id: str) -> None:
     """An unfinished run about to be redone: marked KILLED (if it was left open) and then
-    deleted, so every (configuration, seed) keeps exactly one active run."""
+    deleted, so every (configuration, seed) keeps exactly one active run.
+
+    A tracking server that does not let this account delete runs (MLflow's auth app gives a
+    team's EDIT account no delete, docs/operations/threat-model.md) gets the run *detached*
+    instead, which EDIT allows: the tags distfair finds runs by (``mlflow.parentRunId`` and every
+    ``distfair.*`` tag: role, seed, the sweep's and trial's lookup tags) are deleted, their values
+    kept as JSON in ``distfair.retired_from``, so no query of distfair finds it again. It stays in
+    the experiment as a top-level KILLED run tagged ``distfair.retired``."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(uri)
     if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
         client.set_terminated(run_id, "KILLED")
-    client.set_tag(run_id, "distfair.retired", "redone after an interruption")
-    client.delete_run(run_id)
+    client.set_tag(run_id, TAG_RETIRED, "redone after an interruption")
+    try:
+        client.delete_run(run_id)
+    except MlflowException as err:
+        if err.error_code != "PERMISSION_DENIED":
+            raise
+        _detach(client, run_id)
+
+
+def _detach(client, run_id: str) -> None:
+    import json
+
+    tags = client.get_run(run_id).data.tags
+    found_by = {k: v for k, v in sorted(tags.items())
+                if (k == TAG_PARENT or k.startswith("distfair.")) and k not in (TAG_RETIRED, TAG_RETIRED_FROM)}
+    client.set_tag(run_id, TAG_RETIRED_FROM, json.dumps(found_by)[:5000])
+    for key in found_by:
+        client.delete_tag(run_id, key)
 
 
 def get_or_create_seed_run(uri: str, experiment_id: str, parent_run_id: str, seed: int, *,
