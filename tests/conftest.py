@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import signal
@@ -23,56 +22,6 @@ torch.set_num_threads(1)
 # tests take the `seed_figures` fixture. Set before any Ray instance starts, so workers and the
 # commands' subprocesses inherit it.
 os.environ.setdefault("DISTFAIR_SEED_FIGURES", "0")
-
-
-#: the pytest-xdist scope of every test in a module with a test marked ``ray``: those run one
-#: after another on one worker, in its one Ray instance (:func:`ensure_ray`), while the other
-#: workers take the remaining tests one by one (``-n`` in pyproject.toml's addopts)
-RAY_GROUP = "ray"
-_RAY_MARK = re.compile(r"\bpytest\.mark\.ray\b")
-
-
-@functools.lru_cache(maxsize=None)
-def is_ray_module(path: str) -> bool:
-    """Whether the test file at ``path`` marks a test (or itself) ``ray``: the whole module then
-    joins :data:`RAY_GROUP` (its other tests share module fixtures and helpers with the Ray ones).
-    Read from the source, so that the controller, which collects nothing, decides as the workers do."""
-    try:
-        return bool(_RAY_MARK.search(Path(path).read_text(errors="replace")))
-    except OSError:
-        return False
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist's scope scheduling with one scope for the Ray modules (:data:`RAY_GROUP`)
-    and one per test elsewhere. (Its own ``--dist loadgroup`` reads the group from a suffix it
-    writes into node ids, which pytest 9.2 no longer lets it do: pytest-xdist issue 1386.) The
-    Ray scope is the largest, so it goes first, to the first worker."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    root = config.rootpath
-
-    class RayScopeScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return RAY_GROUP if is_ray_module(str(root / nodeid.split("::", 1)[0])) else nodeid
-
-    return RayScopeScheduling(config, log)
-
-
-@pytest.fixture(autouse=True)
-def _no_ray_outside_the_ray_group(request):
-    """A test outside :data:`RAY_GROUP` that leaves Ray running in its process would run a second
-    local instance beside the Ray group's worker (a sweep hung that way once): it fails here,
-    naming the fix."""
-    yield
-    import sys
-
-    ray = sys.modules.get("ray")
-    if ray is not None and not is_ray_module(str(request.node.path)) and ray.is_initialized():
-        ray.shutdown()
-        pytest.fail("this test started Ray, but its module has no test marked `ray`: mark the Ray tests "
-                    "(`@pytest.mark.ray`) so that the module runs in the Ray group (tests/conftest.py)")
 
 
 @pytest.fixture
