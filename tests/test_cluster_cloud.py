@@ -3,7 +3,6 @@ the shipped aws.yaml and gcp.yaml pass them, and each broken variant (one defect
 `file: key.path: reason` naming the key, exit 2. Offline: Ray is never started."""
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
@@ -12,24 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distfair import deploy as cluster
 from distfair.deploy import cloud
+from test_cluster import load, validate  # noqa: F401 - the same CLI wiring as the other cluster tests
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
-
-
-def validate(capsys, *files: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="distfair")
-    cluster.add_subparser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["cluster", "validate", *files])
-    code = args.handler(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def load(name: str) -> dict:
-    return yaml.safe_load((CLUSTER / name).read_text())
 
 
 AWS_HEAD, AWS_WORKER = "ray.head.cpu", "ray.worker.gpu"

@@ -69,12 +69,16 @@ def format_table(analysis: Analysis) -> str:
                 lines.append(f"  {c.attribute:<12} {c.intervention:<12} {'undefined':>7} {'':>17} {'':>8} "
                              f"{'':>9}  {c.pearson.n:>4}   {spread}   ({c.pearson.undefined})")
                 continue
-            interval = (f"[{c.pearson.ci95_low:.3f}, {c.pearson.ci95_high:.3f}]"
-                        if c.pearson.ci95_low is not None else "—")
+            interval = _interval(c.pearson)
             lines.append(f"  {c.attribute:<12} {c.intervention:<12} {c.pearson.r:>7.3f} {interval:>17} "
                          f"{c.pearson.p:>8.3g} {_fmt(c.p_holm, '.3g'):>9}{'*' if c.significant else ' '} "
                          f"{c.pearson.n:>4}   {spread}")
     return "\n".join(lines)
+
+
+def _interval(pearson) -> str:
+    """``[low, high]`` of a correlation's 95% interval, or a dash where it has none."""
+    return f"[{pearson.ci95_low:.3f}, {pearson.ci95_high:.3f}]" if pearson.ci95_low is not None else "—"
 
 
 def format_representation(analysis: Analysis) -> str:
@@ -99,8 +103,7 @@ def format_representation(analysis: Analysis) -> str:
                 lines.append(f"  {c.name:<24} {'undefined':>7} {'':>17} {'':>8} {'':>9}  {c.pearson.n:>3} {'':>7}   "
                              f"{groups}   ({c.pearson.undefined})")
                 continue
-            interval = (f"[{c.pearson.ci95_low:.3f}, {c.pearson.ci95_high:.3f}]"
-                        if c.pearson.ci95_low is not None else "—")
+            interval = _interval(c.pearson)
             lines.append(f"  {c.name:<24} {c.pearson.r:>7.3f} {interval:>17} {c.pearson.p:>8.3g} "
                          f"{_fmt(c.p_holm, '.3g'):>9}{'*' if c.significant else ' '} {c.pearson.n:>3} "
                          f"{_fmt(c.spearman_rho):>7}   {groups}")
