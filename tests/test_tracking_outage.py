@@ -31,6 +31,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, call_cli, stop_process_group
+from distfair.distributed.worker import KILL_WORKER_AT
 from distfair.tracking import buffer as tracking_buffer
 from distfair.tracking.buffer import WriteBuffer
 
@@ -99,6 +100,61 @@ def test_copies_are_dropped_once_flushed_but_a_parked_folder_stays(tmp_path):
     buffer.park({"run_id": "run"})
     WriteBuffer(tmp_path / "run", limit=5).discard_copies()
     assert (tmp_path / "run" / tracking_buffer.PENDING).exists()
+
+
+def test_a_journal_holds_every_pending_write_in_order_and_a_new_buffer_takes_it_over(tmp_path):
+    """What a worker killed during an outage leaves: the journal written before its last epoch
+    checkpoint, and a spill file with later writes. The restarted worker's buffer takes the
+    journal, in order, with its file copies, and drops the spill (those epochs are trained
+    again); once logged, the journal and copies go."""
+    (tmp_path / "ckpt.pt").write_bytes(b"weights")
+    folder = tmp_path / "unlogged" / "run1"
+    dead = WriteBuffer(folder, limit=2)
+    for step in range(3):                                   # the third spills
+        dead.append({"op": "batch", "metrics": [["epoch_time_s", 1.0, 0, step]]})
+    dead.append({"op": "artifact", "file": str(tmp_path / "ckpt.pt"), "artifact_path": "checkpoint"})
+    dead.write_journal()
+    dead.append({"op": "batch", "metrics": [["epoch_time_s", 1.0, 0, 3]]})      # after the checkpoint
+    (tmp_path / "ckpt.pt").unlink()                         # a temporary file of the dead worker
+    assert (folder / tracking_buffer.SPILL).exists() and not list(folder.glob("*.partial"))
+
+    restarted = WriteBuffer(folder, limit=2)
+    ops = restarted.take_journal()
+    assert len(ops) == 4 and len(restarted) == 4
+    out = [restarted.pop() for _ in range(4)]
+    assert [op["metrics"][0][3] for op in out[:3]] == [0, 1, 2] and out[3]["op"] == "artifact"
+    assert tracking_buffer.parked_file(folder, out[3]).read_bytes() == b"weights"
+    restarted.discard_copies()
+    assert not folder.exists()                              # journal, spill and copies gone
+
+    empty = WriteBuffer(tmp_path / "unlogged" / "run2", limit=2)
+    empty.write_journal()                                   # nothing pending: no journal
+    assert not (tmp_path / "unlogged" / "run2").exists() and empty.take_journal() == []
+
+
+def test_a_restarted_seed_logger_replays_the_journal_and_skips_its_epochs(tmp_path):
+    """Two SeedRunLoggers of one run while its server is away (a closed port): the first
+    journals epochs 0 and 1 at its checkpoint, buffers epoch 2 and dies; the second (the
+    restarted worker, resuming after epoch 1) holds epochs 0, 1 from the journal, does not queue
+    epoch 1 again, and queues its own epoch 2 once."""
+    from distfair.tracking.seed_logger import SeedRunLogger
+
+    uri, lines = f"http://127.0.0.1:{_free_port()}", []
+    make = lambda: SeedRunLogger(uri, "run1", storage_path=tmp_path, retry_s=0.2,  # noqa: E731
+                                 buffer_limit=1000, log=lines.append, figures=False)
+    first = make()
+    for epoch in (0, 1):
+        first.log_epoch(epoch, {"epoch_time_s": 1.0, "loss": 0.5})
+    first.journal()
+    first.log_epoch(2, {"epoch_time_s": 1.0, "loss": 0.4})
+    second = make()
+    assert any("replayed from its journal" in line for line in lines), lines
+    second.log_epoch(1, {"epoch_time_s": 1.0, "loss": 0.5})
+    second.log_epoch(2, {"epoch_time_s": 1.0, "loss": 0.4})
+    steps = []
+    while len(second.buffer):
+        steps += sorted({m[3] for m in second.buffer.pop().get("metrics", ())})
+    assert steps == [0, 1, 2]
 
 
 def test_retry_settings_come_from_the_environment(monkeypatch):
@@ -194,6 +250,7 @@ def _start_run(tmp_path: Path, name: str, uri: str, monkeypatch, **env_extra: st
     cfg = json.loads(json.dumps(TINY))
     cfg["train"]["epochs"] = EPOCHS
     cfg["seeds"] = SEEDS
+    cfg["scaling"]["max_failures"] = 1          # a killed worker's group is restarted once
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(cfg))
     storage = tmp_path / "storage"
@@ -259,6 +316,10 @@ def server(module_server):
 @pytest.mark.ray
 def test_an_outage_of_the_tracking_server_loses_nothing_and_is_reported(tmp_path, server, seed_figures,
                                                                           ray_instance, monkeypatch):
+    # seed 0's worker dies during the outage, once its epoch 6 checkpoint is registered, with the
+    # epochs' writes buffered: the restarted worker resumes after epoch 6 and replays them from
+    # the journal (without it, epochs 1-6 of seed 0 would be missing)
+    monkeypatch.setenv(KILL_WORKER_AT, "0:6:outage")
     proc, storage = _start_run(tmp_path, "outage", server.uri, monkeypatch)
     _stop_at_first_epoch(server, proc, "outage")
     time.sleep(OUTAGE_S)
@@ -268,7 +329,10 @@ def test_an_outage_of_the_tracking_server_loses_nothing_and_is_reported(tmp_path
     assert rc == 0, text[-5000:]
     assert re.search(r"tracking server http://127\.0\.0\.1:\d+ unreachable", text), text[-5000:]
     assert re.search(r"tracking server http://127\.0\.0\.1:\d+ back after \d+ s", text), text[-5000:]
-    runs = _assert_complete_seed_runs(server.uri, "outage")
+    assert f"test hook {KILL_WORKER_AT}: killing this worker after seed 0's epoch 6 checkpoint" in text, text[-5000:]
+    assert "seed 0: resumed after epoch 6" in text, text[-5000:]
+    runs = _assert_complete_seed_runs(server.uri, "outage")        # epochs 1-6 of seed 0 included
+    assert "replayed from its journal" in text, text[-5000:]
     assert not [r for r in runs if r.info.status == "RUNNING"]
     parent = next(r for r in runs if r.data.tags.get("distfair.role") == "configuration")
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_seeds"] == len(SEEDS)

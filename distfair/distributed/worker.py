@@ -44,7 +44,8 @@ PROGRESS = "progress.json"
 #: fault injection for the tests, read from the environment of the process that queues the seeds
 #: (the driver, or a sweep's trial) and handed to the workers in each item, so that it reaches
 #: the workers of a cluster started elsewhere and slots started before it was set:
-#: ``"<seed>:<epoch>"`` makes rank 0 of the group running that seed, once that epoch's checkpoint
+#: ``"<seed>:<epoch>"`` (``"<seed>:<epoch>:outage"``: once the tracking server is away, too)
+#: makes rank 0 of the group running that seed, once that epoch's checkpoint
 #: (epochs counted from 1) is the one Ray Train would restart from and on the seed's first attempt
 #: only, SIGKILL itself (``tests/test_worker_faults.py``) or pause for up to ten minutes, saying
 #: so, while the test kills its node (``tests/test_multinode.py``). No timing windows.
@@ -245,15 +246,18 @@ def _run_item(item: dict, attempt: int, *, rank: int, world: int, device, node_i
         if rank == 0:
             t0 = time.time()
             logger.log_epoch(epoch, row)
+            logger.journal()             # fsync'd before the checkpoint a restart would resume from
             t1 = time.time()
             _report(metrics, {CHECKPOINT_NAME: checkpoint, PROGRESS: json.dumps({"item": key, "epoch": epoch})})
             clock["mlflow_epoch_s"] += t1 - t0
             clock["report_s"] += time.time() - t1
         else:
             _report(metrics, None)
-        hooks = [h for h, at in item["hooks"].items() if at == f"{seed}:{epoch + 1}"]
+        hooks = [(h, at) for h, at in item["hooks"].items() if at.split(":")[:2] == [str(seed), str(epoch + 1)]]
         if rank == 0 and attempt == 1 and hooks:
-            _hook_once_registered(hooks[0], item["snapshot"], seed, epoch, log)
+            hook, at = hooks[0]
+            outage = logger.server_away if at.endswith(":outage") else None
+            _hook_once_registered(hook, item["snapshot"], seed, epoch, log, outage=outage)
         if _share(ray.get(ledger.is_cancelled.remote(key)) if rank == 0 else None, world):
             raise _Cancelled(key)
 
@@ -264,10 +268,15 @@ def _run_item(item: dict, attempt: int, *, rank: int, world: int, device, node_i
         shutil.rmtree(seed_dir, ignore_errors=True)
 
 
-def _hook_once_registered(hook: str, snapshot: Path, seed: int, epoch: int, log) -> None:
+def _hook_once_registered(hook: str, snapshot: Path, seed: int, epoch: int, log, outage=None) -> None:
     """A :data:`TEST_HOOKS` hook: wait (at most a minute) until Ray Train's controller has
     registered this epoch's checkpoint (its ``checkpoint_manager_snapshot.json``), then SIGKILL
-    this worker or pause it."""
+    this worker or pause it. ``outage`` (the hook's value ends in ``:outage``): first wait (at
+    most two minutes) until this callable says the tracking server is away, so that the worker
+    dies with writes buffered (``tests/test_tracking_outage.py``)."""
+    deadline = time.monotonic() + 120
+    while outage is not None and not outage() and time.monotonic() < deadline:
+        time.sleep(0.2)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

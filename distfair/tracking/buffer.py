@@ -30,6 +30,9 @@ BUFFER_ENV, DEFAULT_BUFFER = "DISTFAIR_TRACKING_BUFFER", 1000
 #: the folder under the storage path that holds the runs whose writes could not be logged
 UNLOGGED = "unlogged"
 RUN_INFO, PENDING, SPILL, FILES, REPLAYED = "run.json", "pending.jsonl", "spill.jsonl", "files", "replayed"
+#: what a seed run's pending writes were when its last epoch checkpoint was reported (fsync'd):
+#: a worker restarted from that checkpoint replays them (:meth:`WriteBuffer.write_journal`)
+JOURNAL = "journal.jsonl"
 #: the longest wait between two tries (the first waits 1 s, each next one twice as long)
 MAX_DELAY_S = 10.0
 
@@ -162,6 +165,52 @@ class WriteBuffer:
         for op in self.memory:
             self._stash(op)
 
+    def write_journal(self) -> None:
+        """Every pending operation, in order, into ``folder/journal.jsonl``, fsync'd (through a
+        temporary file renamed over it), the buffer left as it is; no journal when nothing is
+        pending. Called before an epoch checkpoint is reported: a worker that dies after it is
+        restarted from that checkpoint, and the writes it had buffered for the epochs up to
+        then (in memory, or in a spill file that is rewritten as writes move back) would
+        otherwise be lost, since the restarted worker does not train those epochs again."""
+        path = self.folder / JOURNAL
+        if not len(self):
+            path.unlink(missing_ok=True)
+            return
+        self.stash_files()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(JOURNAL + ".partial")
+        with open(partial, "w") as out:
+            for op in self.memory:
+                out.write(json.dumps(op) + "\n")
+            if self.spilled:
+                out.write((self.folder / SPILL).read_text())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+        folder = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def take_journal(self) -> list[dict]:
+        """A dead worker's journal (:meth:`write_journal`) made this buffer's content: its
+        operations replace anything buffered (the dead worker's spill file, which may hold
+        epochs after the checkpoint that are trained again), and the copies they name are
+        dropped with this buffer's own once logged. The journal file stays until then."""
+        path = self.folder / JOURNAL
+        if not path.is_file():
+            return []
+        ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        (self.folder / SPILL).unlink(missing_ok=True)
+        self.memory.clear()
+        self.spilled = 0
+        for op in ops:
+            if op.get("stashed"):
+                self._copies.append((self.folder / op["file"]).parent)
+            self.append(op)
+        return ops
+
     def park(self, info: dict) -> Path:
         """Every pending operation, in order, appended to ``folder/pending.jsonl`` with
         ``info`` in ``folder/run.json``; the buffer is empty afterwards. Returns the folder."""
@@ -173,6 +222,7 @@ class WriteBuffer:
             if self.spilled:
                 out.write((self.folder / SPILL).read_text())
         (self.folder / SPILL).unlink(missing_ok=True)
+        (self.folder / JOURNAL).unlink(missing_ok=True)          # parked: everything is in pending
         if not (self.folder / RUN_INFO).exists():        # the first reason (a worker's) is kept
             (self.folder / RUN_INFO).write_text(json.dumps(info, indent=1))
         self.memory.clear()
@@ -182,6 +232,7 @@ class WriteBuffer:
     def discard_copies(self) -> None:
         """Everything was logged: drop the copies made while waiting (a folder parked by an
         earlier attempt of the same run keeps its own pending operations)."""
+        (self.folder / JOURNAL).unlink(missing_ok=True)
         for copy in self._copies:
             shutil.rmtree(copy, ignore_errors=True)
         self._copies.clear()

@@ -35,7 +35,8 @@ class SeedRunLogger:
     sweep's scheduler) is never reopened: a worker that starts a seed after that moment
     raises ``RunClosedError`` instead of leaving a run RUNNING that nobody will close.
 
-    Every write goes through a bounded buffer (``distfair.tracking.buffer``): while the
+    Every write goes through a bounded buffer (``distfair.tracking.buffer``), journaled to disk
+    before each epoch checkpoint is reported (:meth:`journal`, replayed by a restarted worker): while the
     tracking server is unreachable, training goes on, the epochs' metrics wait (beyond
     ``buffer_limit`` operations on disk under ``<storage_path>/unlogged/<run id>/``) and are
     flushed when it answers again; ``log`` says both. The end of a seed (``log_result``)
@@ -58,7 +59,15 @@ class SeedRunLogger:
         self.buffer = tracking_buffer.WriteBuffer(self.folder, buffer_limit or tracking_buffer.buffer_limit())
         self.backoff = tracking_buffer.Backoff()
         self._flushed = 0                # writes flushed since the outage began
-        self._logged_epochs: set[int] = set()
+        # a worker restarted from its last epoch checkpoint after dying while the server was away:
+        # what it had buffered up to that checkpoint is in its journal, and those epochs are not
+        # trained again (the epochs after it are, and the dead worker's writes of them are dropped)
+        journaled = self.buffer.take_journal()
+        self._logged_epochs: set[int] = {m[3] for op in journaled for m in op.get("metrics", ())
+                                         if m[0] == EPOCH_MARK}
+        if journaled:
+            _say(self.log, f"seed run {run_id}: {len(journaled)} write(s) a stopped worker had buffered are "
+                           "replayed from its journal")
         try:
             status = self.client.get_run(run_id).info.status
         except TrackingUnavailable as err:
@@ -75,7 +84,7 @@ class SeedRunLogger:
         # A group Ray Train restarted retrains from the last checkpoint its controller had
         # registered, which can be older than the last epoch this run logged: those epochs come
         # again with the same values (the run is deterministic) and are not logged twice.
-        self._logged_epochs = {m.step for m in self.client.get_metric_history(run_id, EPOCH_MARK)}
+        self._logged_epochs |= {m.step for m in self.client.get_metric_history(run_id, EPOCH_MARK)}
 
     # ------------------------------------------------------------------ buffered writes
     def _queue(self, metrics: list[Metric] = (), tags: list[RunTag] = ()) -> None:
@@ -131,6 +140,23 @@ class SeedRunLogger:
         raise TrackingUnavailable(f"{reason}; run {self.run_id}: {count} write(s) not logged (its results) are kept "
                                   f"in {folder}; once the server is back, log them with: "
                                   f"{relog_command(folder.parent, self.uri)}")
+
+    def journal(self) -> None:
+        """Before an epoch checkpoint is reported: the writes still buffered (the server is away)
+        go to an fsync'd journal beside the spill file, which a worker restarted from that
+        checkpoint replays (:meth:`~distfair.tracking.buffer.WriteBuffer.write_journal`)."""
+        self.buffer.write_journal()
+
+    def server_away(self) -> bool:
+        """One try at the server: True when it does not answer (for a test hook that must act
+        during an outage)."""
+        try:
+            self.client.mlflow.get_run(self.run_id)
+        except Exception as err:
+            if _transient(err):
+                return True
+            raise
+        return False
 
     def log_epoch(self, epoch: int, row: dict) -> None:
         if epoch in self._logged_epochs:
