@@ -244,3 +244,110 @@ def test_bias_script_quick():
     table = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=120,
                            check=True).stdout
     assert "| distribution | min | max | target d | wave | coverage | mean seeds |" in table
+
+
+# ------------------------------------------------------------------ the run layer on a real store, no Ray
+class _Trainer:
+    """Stands in for ``distfair.distributed.run_configuration``: logs the rule's metric on each
+    seed run and finishes it (a seed in ``fail`` gets no result; ``interrupt_at``: Ctrl-C on
+    the wave that starts with that seed)."""
+
+    def __init__(self, uri: str, values: dict[int, float], fail=(), interrupt_at: int | None = None):
+        self.uri, self.values, self.fail, self.interrupt_at = uri, values, set(fail), interrupt_at
+        self.waves: list[list[int]] = []
+
+    def __call__(self, cfg, *, child_run_ids, **_):
+        from mlflow.tracking import MlflowClient
+
+        from distfair.distributed import ConfigurationOutcome
+
+        seeds = list(cfg["seeds"])
+        if seeds[0] == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.waves.append(seeds)
+        client, outcome = MlflowClient(self.uri), ConfigurationOutcome()
+        for seed in seeds:
+            if seed in self.fail:
+                outcome.errors[seed] = "loss is nan at epoch 1, batch 1"
+                continue
+            client.log_metric(child_run_ids[seed], "val_worst_class_acc", self.values[seed])
+            client.log_metric(child_run_ids[seed], "worst_class_acc", self.values[seed] - 0.01)
+            client.set_terminated(child_run_ids[seed], "FINISHED")
+        return outcome
+
+
+@pytest.fixture
+def store(tmp_path):
+    return f"sqlite:///{tmp_path}/m.db"
+
+
+def _adaptive_cfg(target: float, *, max_seeds: int = 4, wave=None) -> dict:
+    return _cfg({"min": 2, "max": max_seeds, "wave": wave,
+                 "until": {"metric": "val_worst_class_acc", "ci95_halfwidth": target}})
+
+
+def _run(cfg, uri, tmp_path, experiment, **kw):
+    from distfair.experiment.run import run_configuration_with_tracking
+
+    return run_configuration_with_tracking(cfg, config_path=str(tmp_path / "tiny.yaml"), experiment=experiment,
+                                           tracking_uri=uri, storage_path=tmp_path / "runs", log=lambda _: None,
+                                           init_paths={}, references={}, **kw)
+
+
+def _parent(uri: str, run_id: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri).get_run(run_id)
+
+
+SPREAD = {0: 0.9, 1: 0.1, 2: 0.8, 3: 0.2, 4: 0.7}
+CLOSE = {0: 0.50, 1: 0.51, 2: 0.52, 3: 0.53, 4: 0.54}
+
+
+def test_adaptive_run_records_why_it_stopped(store, tmp_path, monkeypatch):
+    trainer = _Trainer(store, CLOSE)
+    monkeypatch.setattr("distfair.distributed.run_configuration", trainer)
+    report = _run(_adaptive_cfg(1.0), store, tmp_path, "wide")
+    assert trainer.waves == [[0, 1]] and report.seeds == [0, 1]
+    parent = _parent(store, report.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["distfair.seeds.stop_reason"] == "target reached"
+    assert parent.data.metrics["n_seeds"] == 2 and parent.data.metrics["n_waves"] == 1
+    assert parent.data.metrics["val_worst_class_acc_ci95_halfwidth"] == pytest.approx(ci95_halfwidth([0.50, 0.51]))
+    assert parent.data.params["seeds.max"] == "4" and "seeds" not in parent.data.params
+    assert report.to_json()["stopping"]["reason"] == "target reached"
+    assert "Adaptive seeds: target reached after 2 seed(s)" in parent.data.tags["mlflow.note.content"]
+
+
+def test_adaptive_run_goes_to_max_in_waves_past_a_failed_seed(store, tmp_path, monkeypatch):
+    trainer = _Trainer(store, SPREAD, fail={1})
+    monkeypatch.setattr("distfair.distributed.run_configuration", trainer)
+    report = _run(_adaptive_cfg(1e-6, wave=1), store, tmp_path, "narrow")
+    assert trainer.waves == [[0, 1], [2], [3]] and report.seeds == [0, 2, 3] and list(report.errors) == [1]
+    parent = _parent(store, report.parent_run_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["distfair.seeds.stop_reason"] == "max seeds"
+    assert parent.data.metrics["n_seeds"] == 3 and parent.data.metrics["n_failed"] == 1
+    assert report.stopping["seeds_run"] == 4 and report.stopping["n_seeds"] == 3
+
+
+def test_resume_of_an_adaptive_run_keeps_its_finished_seeds(store, tmp_path, monkeypatch):
+    from distfair.experiment.outcome import Interrupted
+    from distfair.experiment.resume import find_earlier_attempt
+
+    cfg = _adaptive_cfg(1e-6, max_seeds=5, wave=2)
+    monkeypatch.setattr("distfair.distributed.run_configuration", _Trainer(store, SPREAD, interrupt_at=2))
+    with pytest.raises(Interrupted):
+        _run(cfg, store, tmp_path, "resumed")
+    attempt = find_earlier_attempt(cfg, config_path=str(tmp_path / "tiny.yaml"), experiment="resumed",
+                                   tracking_uri=store)
+    assert attempt.adaptive and attempt.finished == [0, 1] and not attempt.complete
+    with pytest.raises(ValueError, match="another adaptive rule"):
+        find_earlier_attempt(_adaptive_cfg(1e-6, max_seeds=6, wave=2), config_path=str(tmp_path / "tiny.yaml"),
+                             experiment="resumed", tracking_uri=store)
+    trainer = _Trainer(store, SPREAD)
+    monkeypatch.setattr("distfair.distributed.run_configuration", trainer)
+    report = _run(cfg, store, tmp_path, "resumed", resume_parent=attempt.run_id)
+    assert trainer.waves == [[2, 3], [4]] and report.seeds == [0, 1, 2, 3, 4]
+    assert report.stopping["reason"] == "max seeds" and report.parent_run_id == attempt.run_id
+    again = find_earlier_attempt(cfg, config_path=str(tmp_path / "tiny.yaml"), experiment="resumed",
+                                 tracking_uri=store)
+    assert again.complete and again.stop_reason == "max seeds"

@@ -112,9 +112,9 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
                                         run_name=ray_run_name or _ray_run_name(parent, children),
                                         storage_path=storage_path, log=log, pool=pool, owner=owner)
         except KeyboardInterrupt:
-            opened = [*children.values(), parent]
-            tracking.mark_runs(tracking_uri, opened, "KILLED")
-            raise Interrupted(tracking_uri, opened) from None
+            open_runs = [*children.values(), parent]
+            tracking.mark_runs(tracking_uri, open_runs, "KILLED")
+            raise Interrupted(tracking_uri, open_runs) from None
         except Exception:
             tracking.mark_runs(tracking_uri, [*children.values(), parent], "FAILED")
             raise
@@ -125,8 +125,9 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
         todo = [s for s in seeds if s not in finished]
         outcome_errors = train(todo) if todo else {}
     else:
+        planned = list(seeds)
         waves = run_waves(rule, wave=default_wave(rule, pool), train=train, log=log,
-                          values=lambda: _rule_values(tracking_uri, experiment_id, parent, seeds,
+                          values=lambda: _rule_values(tracking_uri, experiment_id, parent, planned,
                                                       rule["until"]["metric"]))
         outcome_errors = waves.errors
         seeds = sorted(set(finished) | set(waves.started))      # the seeds this configuration ran
