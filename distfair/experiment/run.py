@@ -91,8 +91,7 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     existing = tracking.seed_run_states(tracking_uri, experiment_id, parent)
     finished = sorted(s for s in seeds if existing.get(s, (None, None))[1] == "FINISHED")
     log(f"MLflow: experiment {experiment!r}, parent run {parent} ({tracking_uri})"
-        + (f"; seeds {finished} already finished" if finished and (rule is not None or len(finished) < len(seeds))
-           else ""))
+        + (f"; seeds {finished} already finished" if finished else ""))
 
     opened: dict[int, str] = {}         # seed -> the seed run this attempt opened
 
@@ -138,7 +137,8 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     if rule is not None:
         stopping = stopping_summary(rule, per_seed, reason=waves.decision.reason, ran=len(seeds), waves=waves.waves)
     summary = aggregate_seed_metrics([per_seed[s] for s in sorted(per_seed)])
-    record = configuration_result(tracking_uri, experiment_id, parent, cfg={**cfg, "seeds": seeds} if rule is None else cfg,
+    record = configuration_result(tracking_uri, experiment_id, parent,
+                                  cfg={**cfg, "seeds": seeds} if rule is None else cfg,
                                   seeds=sorted(per_seed), errors=errors)
     shown = main_metrics(list(summary))
     seed_values = {m: {s: per_seed[s][m] for s in sorted(per_seed) if m in per_seed[s]} for m in shown}
