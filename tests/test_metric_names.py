@@ -231,7 +231,10 @@ def test_the_statistics_are_defined_once():
     assert names.OBJECTIVE_STATISTICS == ("mean", "std", "min", "max", "median", "mean_minus_std", "mean_plus_std",
                                           "ci95_low", "ci95_high")
     assert names.SPREAD_STATISTICS == ("mean", "std", "n", "ci95_low", "ci95_high")
-    assert set(names.STATISTICS) == set(names.OBJECTIVE_STATISTICS) | {"n"}
+    assert set(names.STATISTICS) == set(names.OBJECTIVE_STATISTICS) | {"n", names.CI95_HALFWIDTH}
+    # an adaptive configuration's final half-width parses as a statistic of its metric
+    key = names.MetricKey.parse("val_worst_class_acc_ci95_halfwidth", statistic=True)
+    assert (key.split, key.name, key.statistic) == ("val", "worst_class_acc", "ci95_halfwidth")
     assert record.STATS is names.SEED_STATISTICS and space.STATS is names.OBJECTIVE_STATISTICS
     assert set(names.SEED_STATISTICS) <= set(metrics.summarize([0.1, 0.2]))
     assert names.stat_name("val_worst_class_acc", "mean_minus_std") == "val_worst_class_acc_mean_minus_std"

@@ -109,12 +109,16 @@ def _resume_command(args: argparse.Namespace) -> str:
 def _print_run_report(report, cfg: dict, label: str, uri: str, human, *, final: bool) -> None:
     """The seeds' mean ± std table of one configuration, its failures and where to look."""
     from distfair import tracking
+    from distfair.experiment.summary import stopping_line
     from distfair.results.names import INTERVAL_NOTE
 
     attacks = [a["name"] for a in cfg["eval"]["attacks"]]
-    print(f"\n{label}{len(report.seeds)}/{len(cfg['seeds'])} seeds finished. Mean ± std across seeds; "
+    ran = report.stopping["seeds_run"] if report.stopping is not None else len(cfg["seeds"])
+    print(f"\n{label}{len(report.seeds)}/{ran} seeds finished. Mean ± std across seeds; "
           f"{INTERVAL_NOTE}:\n"
           + format_table(report.metrics, attacks[1:], attacks[0] if attacks else None), file=human)
+    if report.stopping is not None:
+        print(f"{label}{stopping_line(report.stopping)}", file=human)
     for seed, why in sorted(report.errors.items()):
         print(f"{label}seed {seed} FAILED: {why}", file=human)
     print(f"\n{label}MLflow: experiment {report.experiment!r}, parent run {report.parent_run_id}"

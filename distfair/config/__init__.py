@@ -28,7 +28,9 @@ A YAML file with these top-level blocks (see tune_spaces/quickstart.yaml for a c
 ``scaling``
     Ray Train resources of one seed run (``SCALING_FIELDS``).
 ``seeds``
-    a list of integers, or an integer n meaning 0..n-1.
+    a list of integers, or an integer n meaning 0..n-1, or (``distfair run``) an adaptive rule
+    ``{min, max, wave, until: {metric: <val_* metric>, ci95_halfwidth: <d>}}``: seeds 0, 1, 2, ...
+    in waves until the metric's 95% interval is narrow enough (``seeds.py``).
 ``space``
     the search space used by ``distfair sweep``; ``distfair run`` ignores it.
 ``configurations``
@@ -48,9 +50,10 @@ The modules: ``fields.py`` (the top-level blocks, ``TRAIN_FIELDS``, ``SCALING_FI
 pass: building the cheap objects; :func:`dataset_spec`), ``overrides.py`` (``--set``),
 ``load.py`` (reading files: :func:`load_config`, :func:`load_configurations`),
 ``flat_keys.py`` (:func:`flatten`), ``schema.py`` (typed blocks), ``yaml_input.py`` (reading
-every YAML file and ``--set`` value, in one place), ``limits.py`` (the limits on what a file may
-ask for, and how a value is shown in a message), ``names.py`` (MLflow's key rule, for the names
-that become part of MLflow keys) and ``space.py`` (the search space of ``distfair sweep``).
+every YAML file and ``--set`` value, in one place), ``seeds.py`` (the ``seeds`` block),
+``limits.py`` (the limits on what a file may ask for, and how a value is shown in a message),
+``names.py`` (MLflow's key rule, for the names that become part of MLflow keys) and ``space.py``
+(the search space of ``distfair sweep``).
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ from distfair.config.fields import (CONFIGURATION_NAME, DEFAULT_EVAL_ATTACK, EVA
                                     TOP_LEVEL, TRAIN_FIELDS)
 from distfair.config.schema import ConfigError
 from distfair.config.overrides import apply_overrides, parse_override
+from distfair.config.seeds import planned_seeds, seed_rule
 from distfair.config.validation import MAX_SEED_COUNT, check_structure, configuration_problems, validate
 from distfair.config.buildable import dataset_spec
 from distfair.config.load import load_config, load_configurations, read_document
@@ -66,5 +70,6 @@ from distfair.config.flat_keys import flatten
 __all__ = [
     "CONFIGURATION_NAME", "ConfigError", "DEFAULT_EVAL_ATTACK", "EVAL_FIELDS", "MAX_SEED_COUNT", "SCALING_FIELDS",
     "TOP_LEVEL", "TRAIN_FIELDS", "apply_overrides", "check_structure", "configuration_problems", "dataset_spec",
-    "flatten", "load_config", "load_configurations", "parse_override", "read_document", "validate",
+    "flatten", "load_config", "load_configurations", "parse_override", "planned_seeds", "read_document", "seed_rule",
+    "validate",
 ]

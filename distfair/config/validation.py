@@ -11,6 +11,7 @@ from distfair.config.flat_keys import flatten
 from distfair.config.limits import shown
 from distfair.config.names import mlflow_key_problem, name_problem
 from distfair.config.schema import ConfigError, _fixed_block, _Problems, _registry_block
+from distfair.config.seeds import MAX_SEED_COUNT, check_seeds
 from distfair.attacks import ATTACKS
 from distfair.data import DATASETS
 from distfair.defenses import DEFENSE_RUNTIME_ARGS, DEFENSES
@@ -20,35 +21,6 @@ from distfair.models import MODEL_DATA_ARGS, MODELS
 from distfair.config.buildable import _check_buildable
 from distfair.config.fields import (CONFIGURATION_NAME, DEFAULT_EVAL_ATTACK, EVAL_FIELDS, SCALING_FIELDS,
                                     TOP_LEVEL, TRAIN_FIELDS)
-
-#: the largest ``seeds: <count>``: far beyond any study, small enough to list
-MAX_SEED_COUNT = 1_000_000
-
-
-def _seeds(raw, problems: _Problems) -> list[int]:
-    if raw is None:
-        return [0, 1, 2]
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        if raw < 1:
-            problems.add("seeds", f"an integer count must be >= 1, got {raw}")
-            return []
-        if raw > MAX_SEED_COUNT:             # listing 10**30 seeds would exhaust memory here
-            problems.add("seeds", f"an integer count must be <= {MAX_SEED_COUNT}, got {shown(raw)}")
-            return []
-        return list(range(raw))
-    if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
-        problems.add("seeds", f"must be a non-empty list of integers or a count, got {shown(raw)}")
-        return []
-    if len(set(raw)) != len(raw):
-        problems.add("seeds", f"must not repeat a seed, got {shown(raw)}")
-    if any(s < 0 for s in raw):
-        problems.add("seeds", f"must be non-negative, got {shown(raw)}")
-    if any(s >= 2**64 for s in raw):     # torch.manual_seed's range: a larger seed fails in the worker
-        problems.add("seeds", f"must be < 2**64, got {shown([s for s in raw if s >= 2**64])}")
-    if len(raw) > MAX_SEED_COUNT:
-        problems.add("seeds", f"must list at most {MAX_SEED_COUNT} seeds, got {len(raw)}")
-    return list(raw)
-
 
 def validate(raw: Any, source: str) -> dict:
     """Validate a parsed YAML document; return the fully resolved config or raise ConfigError.
@@ -94,7 +66,7 @@ def _validate(raw: Any, source: str, deep: bool) -> dict:
     cfg["train"] = _fixed_block(raw.get("train"), TRAIN_FIELDS, "train", problems)
     cfg["scaling"] = _fixed_block(raw.get("scaling"), SCALING_FIELDS, "scaling", problems)
     _resources_per_seed(raw.get("scaling"), cfg["scaling"], problems)
-    cfg["seeds"] = _seeds(raw.get("seeds"), problems)
+    cfg["seeds"] = None                    # resolved below, once the eval entries' names are known
     space = raw.get("space", {})
     if not isinstance(space, dict):
         problems.add("space", f"must be a mapping, got {type(space).__name__}")
@@ -103,6 +75,7 @@ def _validate(raw: Any, source: str, deep: bool) -> dict:
         for key, reason in configuration_problems(raw["configurations"]):
             problems.add(key, reason)
     cfg["eval"] = _eval_block(raw.get("eval"), cfg["attack"], problems, deep)
+    cfg["seeds"] = check_seeds(raw.get("seeds"), problems, [a["name"] for a in cfg["eval"]["attacks"]])
     if cfg["scaling"].get("use_gpu") is False and cfg["scaling"].get("resources_per_worker", {}).get("GPU"):
         problems.add("scaling.resources_per_worker.GPU", "set scaling.use_gpu: true to request GPUs")
 

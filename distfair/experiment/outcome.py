@@ -18,11 +18,17 @@ class RunReport:
     metrics: dict[str, dict]          # name -> summarize() over the finished seeds
     errors: dict[int, str]
     record: dict | None = None        # the configuration's result record (configuration_result.json)
+    #: adaptive seeds (``distfair.experiment.adaptive.stopping_summary``): why it stopped, after how
+    #: many seeds, and the final half-width; None for a fixed seed list
+    stopping: dict | None = None
 
     def to_json(self) -> dict:
         keep = RUN_REPORT_FIELDS
-        return {"experiment": self.experiment, "parent_run_id": self.parent_run_id, "seeds": self.seeds,
-                "metrics": {k: {s: v[s] for s in keep} for k, v in self.metrics.items()}}
+        out = {"experiment": self.experiment, "parent_run_id": self.parent_run_id, "seeds": self.seeds,
+               "metrics": {k: {s: v[s] for s in keep} for k, v in self.metrics.items()}}
+        if self.stopping is not None:
+            out["stopping"] = dict(self.stopping)
+        return out
 
 
 class Interrupted(KeyboardInterrupt):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distfair import tracking
+from distfair.config.seeds import planned_seeds
 
 
 def _checkpoints_per_seed(source: str, seeds: list[int], tracking_uri: str, dest: Path, key: str) -> dict[int, str]:
@@ -28,7 +29,7 @@ def resolve_init_from(cfg: dict, tracking_uri: str, storage_path: str | Path) ->
     source = cfg["train"].get("init_from")
     if not source:
         return {}
-    paths = _checkpoints_per_seed(source, cfg["seeds"], tracking_uri, Path(storage_path) / "init_from",
+    paths = _checkpoints_per_seed(source, planned_seeds(cfg), tracking_uri, Path(storage_path) / "init_from",
                                   "train.init_from")
     for path in sorted(set(paths.values())):
         try:                 # read once here (weights_only): a pickled payload is refused before anything starts
@@ -54,7 +55,7 @@ def resolve_references(cfg: dict, tracking_uri: str, storage_path: str | Path) -
     options = DEFENSES[name].reference_options
     if not options:
         return {}
-    seeds = list(cfg["seeds"])
+    seeds = planned_seeds(cfg)
     num_classes, in_shape = dataset_spec(cfg)
     out: dict[int, dict[str, str]] = {s: {} for s in seeds}
     for option in options:

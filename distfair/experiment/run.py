@@ -14,6 +14,8 @@ from typing import Callable, Mapping, Sequence
 
 from distfair import tracking
 from distfair.config import flatten
+from distfair.config.seeds import planned_seeds, seed_rule
+from distfair.experiment.adaptive import default_wave, run_waves, stopping_summary
 from distfair.experiment.outcome import Interrupted, RunReport
 from distfair.experiment.provenance import (CONFIG_ARTIFACT, SEED_IDENTITY_TAGS, VERSIONED_PACKAGES, config_hash,
                                             environment_tags, git_state, resolved_config_yaml, run_description)
@@ -53,11 +55,16 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     happens, the parent and every child end in a terminal state: FINISHED, or FAILED for a
     seed that produced no result (and then the parent too), or KILLED on Ctrl-C. A seed run
     left unfinished by an earlier, interrupted attempt is retired and redone.
+
+    Adaptive seeds (``seeds: {min, max, until}``, ``distfair.experiment.adaptive``): the seeds
+    0, 1, 2, ... go to the slots in waves until the rule stops; the parent records why
+    (tag ``distfair.seeds.stop_reason``), ``n_waves`` and ``<metric>_ci95_halfwidth``.
     """
     from distfair.data import DATASET_NOTICES
     from distfair.distributed import run_configuration
 
-    seeds = list(cfg["seeds"])
+    rule = seed_rule(cfg)
+    seeds = planned_seeds(cfg)
     if init_paths is None:
         init_paths = resolve_init_from(cfg, tracking_uri, storage_path)
     if references is None:
@@ -66,7 +73,8 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     experiment_id = tracking.prepare_experiment(tracking_uri, experiment)
     digest = config_hash(cfg)
     flat = flatten(cfg)
-    flat["seeds"] = seeds
+    if rule is None:
+        flat["seeds"] = seeds
     run_name = parent_run_name or f"{Path(config_path).stem}-{digest[:8]}"
     if lookup is None and resume_parent is None:   # not a sweep trial nor a resumed attempt: a repeat gets "#2"
         run_name = tracking.next_run_name(tracking_uri, experiment_id, run_name, digest)
@@ -78,38 +86,59 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     else:
         parent = tracking.start_parent_run(
             tracking_uri, experiment_id, flat, run_name=run_name, description=run_description(cfg),
-            tags=parent_tags, lookup=lookup, files={CONFIG_ARTIFACT: resolved_config_yaml({**cfg, "seeds": seeds})})
+            tags=parent_tags, lookup=lookup,
+            files={CONFIG_ARTIFACT: resolved_config_yaml(cfg if rule is not None else {**cfg, "seeds": seeds})})
     existing = tracking.seed_run_states(tracking_uri, experiment_id, parent)
-    todo = [s for s in seeds if existing.get(s, (None, None))[1] != "FINISHED"]
-    for seed in todo:
-        if seed in existing:
-            tracking.retire_run(tracking_uri, existing[seed][0])
-    children = open_seed_runs(tracking_uri, experiment_id, parent, cfg, todo,
-                              configuration_tags={**parent_tags, **(lookup or {})})
+    finished = sorted(s for s in seeds if existing.get(s, (None, None))[1] == "FINISHED")
     log(f"MLflow: experiment {experiment!r}, parent run {parent} ({tracking_uri})"
-        + (f"; seeds {sorted(set(seeds) - set(todo))} already finished" if len(todo) < len(seeds) else ""))
-    outcome_errors: dict[int, str] = {}
-    if todo:
-        cfg = {**cfg, "seeds": todo}        # the one seed list the runner trains
+        + (f"; seeds {finished} already finished" if finished else ""))
+
+    opened: dict[int, str] = {}         # seed -> the seed run this attempt opened
+
+    def train(todo: list[int]) -> dict[int, str]:
+        """Train ``todo`` in new seed runs (an earlier attempt's unfinished run of one is retired);
+        ``{seed: why}`` of those without a result."""
+        for seed in todo:
+            if seed in existing:
+                tracking.retire_run(tracking_uri, existing[seed][0])
+        children = open_seed_runs(tracking_uri, experiment_id, parent, cfg, todo,
+                                  configuration_tags={**parent_tags, **(lookup or {})})
+        opened.update(children)
         try:
-            outcome = run_configuration(cfg, child_run_ids=children, init_paths=init_paths, references=references,
+            outcome = run_configuration({**cfg, "seeds": todo}, child_run_ids=children, init_paths=init_paths,
+                                        references=references,
                                         seed_logger=tracking.seed_logger_factory(tracking_uri, storage_path),
                                         run_name=ray_run_name or _ray_run_name(parent, children),
                                         storage_path=storage_path, log=log, pool=pool, owner=owner)
         except KeyboardInterrupt:
-            opened = [*children.values(), parent]
-            tracking.mark_runs(tracking_uri, opened, "KILLED")
-            raise Interrupted(tracking_uri, opened) from None
+            open_runs = [*children.values(), parent]
+            tracking.mark_runs(tracking_uri, open_runs, "KILLED")
+            raise Interrupted(tracking_uri, open_runs) from None
         except Exception:
             tracking.mark_runs(tracking_uri, [*children.values(), parent], "FAILED")
             raise
-        outcome_errors = outcome.errors
+        return outcome.errors
+
+    stopping = None
+    if rule is None:
+        todo = [s for s in seeds if s not in finished]
+        outcome_errors = train(todo) if todo else {}
+    else:
+        planned = list(seeds)
+        waves = run_waves(rule, wave=default_wave(rule, pool), train=train, log=log,
+                          values=lambda: _rule_values(tracking_uri, experiment_id, parent, planned,
+                                                      rule["until"]["metric"]))
+        outcome_errors = waves.errors
+        seeds = sorted(set(finished) | set(waves.started))      # the seeds this configuration ran
     per_seed = tracking.finished_seed_metrics(tracking_uri, experiment_id, parent)
     per_seed = {s: m for s, m in per_seed.items() if s in seeds}
     errors = {s: outcome_errors.get(s, "no finished MLflow run") for s in seeds if s not in per_seed}
-    tracking.mark_runs(tracking_uri, [children[s] for s in errors if s in children], "FAILED")
+    tracking.mark_runs(tracking_uri, [opened[s] for s in errors if s in opened], "FAILED")
+    if rule is not None:
+        stopping = stopping_summary(rule, per_seed, reason=waves.decision.reason, ran=len(seeds), waves=waves.waves)
     summary = aggregate_seed_metrics([per_seed[s] for s in sorted(per_seed)])
-    record = configuration_result(tracking_uri, experiment_id, parent, cfg={**cfg, "seeds": seeds},
+    record = configuration_result(tracking_uri, experiment_id, parent,
+                                  cfg={**cfg, "seeds": seeds} if rule is None else cfg,
                                   seeds=sorted(per_seed), errors=errors)
     shown = main_metrics(list(summary))
     seed_values = {m: {s: per_seed[s][m] for s in sorted(per_seed) if m in per_seed[s]} for m in shown}
@@ -117,15 +146,15 @@ def run_configuration_with_tracking(cfg: dict, *, config_path: str, experiment: 
     attacks = cfg["eval"]["attacks"]
     tracking.log_parent_summary(
         tracking_uri, parent, summary, n_seeds=len(per_seed), status="FAILED" if errors else "FINISHED",
-        configuration_record=record, seed_values=seed_values, failures=errors,
+        configuration_record=record, seed_values=seed_values, failures=errors, stopping=stopping,
         figure_title=f"{run_name}: every seed, mean ± std, 95% CI",
         description=summary_markdown(summary, shown, seeds=sorted(per_seed), planned=seeds, errors=errors,
                                      figure=tracking.SEED_STABILITY_FIGURE if drawn else None,
                                      primary=attacks[0]["name"] if attacks else None,
-                                     notice=DATASET_NOTICES.get(cfg["dataset"]["name"])))
+                                     notice=DATASET_NOTICES.get(cfg["dataset"]["name"]), stopping=stopping))
     return RunReport(experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
                      tracking_uri=tracking_uri, seeds=sorted(per_seed), metrics=summary, errors=errors,
-                     record=record)
+                     record=record, stopping=stopping)
 
 
 def open_seed_runs(tracking_uri: str, experiment_id: str, parent_run_id: str, cfg: dict, seeds: Sequence[int], *,
@@ -151,6 +180,13 @@ def configuration_result(tracking_uri: str, experiment_id: str, parent_run_id: s
     errors = dict(errors)
     errors.update({s: "finished MLflow run has no result.json" for s in seeds if s not in records})
     return configuration_record(cfg, [records[s] for s in seeds if s in records], errors=errors)
+
+
+def _rule_values(tracking_uri: str, experiment_id: str, parent: str, seeds: list[int],
+                 metric: str) -> dict[int, float | None]:
+    """``{seed: the rule's metric or None}`` over the configuration's FINISHED seed runs."""
+    per_seed = tracking.finished_seed_metrics(tracking_uri, experiment_id, parent)
+    return {s: m.get(metric) for s, m in per_seed.items() if s in seeds}
 
 
 def _ray_run_name(parent: str, children: dict[int, str]) -> str:

@@ -162,9 +162,12 @@ def execute_run(plan: RunPlan, *, log: Callable[[str], None], on_report: OnRepor
                 attempt = attempts.get(name)
                 if name in done:
                     log(f"{label}already finished: parent run {attempt.run_id} ({attempt.run_name!r}) has a "
-                        f"FINISHED run for every seed {attempt.seeds}; nothing to train")
+                        f"FINISHED run for every seed {attempt.seeds}"
+                        + (f" and stopped adding seeds ({attempt.stop_reason})" if attempt.adaptive else "")
+                        + "; nothing to train")
                     report = finished_configuration_report(cfg, experiment=plan.experiment, tracking_uri=uri,
-                                                           parent_run_id=attempt.run_id)
+                                                           parent_run_id=attempt.run_id,
+                                                           stop_reason=attempt.stop_reason)
                     reports.append((name, cfg, report))
                     on_report(name, cfg, report, label, len(reports) == len(resolved))
                     continue
@@ -173,7 +176,7 @@ def execute_run(plan: RunPlan, *, log: Callable[[str], None], on_report: OnRepor
                         f"seeds {attempt.finished} finished, the others are redone" if attempt is not None else
                         f"{label}no earlier run of this configuration: starting it")
                 log(f"{label}{cfg['defense']['name']} on {cfg['dataset']['name']} with {cfg['model']['name']}, "
-                    f"seeds {cfg['seeds']}, {cfg['train']['epochs']} epoch(s)")
+                    f"seeds {_seeds_text(cfg['seeds'])}, {cfg['train']['epochs']} epoch(s)")
                 named = {} if name is None else {
                     "parent_run_name": f"{Path(request.config).stem}-{name}-{config_hash(cfg)[:8]}",
                     "extra_tags": {"distfair.configuration": name}}
@@ -202,6 +205,15 @@ def execute_run(plan: RunPlan, *, log: Callable[[str], None], on_report: OnRepor
     return outcome
 
 
+def _seeds_text(seeds) -> str:
+    """A seed list as it is, an adaptive rule as ``0, 1, ... in waves, 3 to 20 until ...``."""
+    if not isinstance(seeds, dict):
+        return str(seeds)
+    until = seeds["until"]
+    return (f"0, 1, ... in waves of {seeds['wave'] or 'one per worker group'}, {seeds['min']} to {seeds['max']} "
+            f"until the 95% CI half-width of {until['metric']} is <= {until['ci95_halfwidth']:g}")
+
+
 class _CommandSlots:
     """The worker groups of one ``distfair run`` (``distfair.distributed.slots``): started for
     the first configuration to train and kept for every later one with the same scaling (a
@@ -214,13 +226,14 @@ class _CommandSlots:
         self.key = None
 
     def for_configuration(self, cfg: dict):
+        from distfair.config.seeds import planned_seeds
         from distfair.distributed.slots import SlotPool, scaling_key
 
         key = scaling_key(cfg["scaling"])
         if self.pool is not None and key != self.key:
             self.close()
         if self.pool is None:
-            seeds = sum(len(c["seeds"]) for c, _ in self.todo if scaling_key(c["scaling"]) == key)
+            seeds = sum(len(planned_seeds(c)) for c, _ in self.todo if scaling_key(c["scaling"]) == key)
             self.pool, self.key = SlotPool(cfg["scaling"], storage_path=self.storage, log=self.log,
                                            slots=max(1, seeds)), key
         return self.pool

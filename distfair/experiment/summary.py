@@ -24,6 +24,15 @@ def main_metrics(names: Sequence[str]) -> list[str]:
     return out[:MAX_MAIN_METRICS]
 
 
+def stopping_line(stopping: Mapping) -> str:
+    """One sentence on adaptive seeds: ``Adaptive seeds: max seeds after 4 seed(s) (min 2, max
+    4); val_worst_class_acc 95% CI half-width 0.0123 over 4, target 1e-06``."""
+    width = "n/a" if stopping.get("halfwidth") is None else f"{stopping['halfwidth']:.4f}"
+    return (f"Adaptive seeds: {stopping.get('reason') or 'not stopped'} after {stopping['seeds_run']} seed(s) "
+            f"(min {stopping['min']}, max {stopping['max']}); {stopping['metric']} 95% CI half-width {width} over "
+            f"{stopping['n_seeds']}, target {stopping['target']:g}")
+
+
 def _number(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -36,15 +45,16 @@ def _cell(text: str, limit: int = 300) -> str:
 
 def summary_markdown(summary: Mapping[str, dict], metrics: Sequence[str], *, seeds: Sequence[int],
                      planned: Sequence[int], errors: Mapping[int, str], figure: str | None,
-                     primary: str | None = None, notice: str | None = None) -> str:
+                     primary: str | None = None, notice: str | None = None, stopping: Mapping | None = None) -> str:
     """The Markdown section that opens the configuration run's description (what the MLflow
     UI shows before its "Show more"): the heading, the dataset's ``notice`` (what every result
     on it must say), then straight away the main ``metrics`` as mean ± sample std, n seeds and
     the 95% interval (``distfair.metrics.summarize``: Student t, clipped to the metric's
     range), the primary evaluation attack's rows named with it (``robust_acc (pgd20)``,
     ``distfair.results.record.evaluation_label``); below the table how many seeds finished, the
-    failed seeds with why, and where the figure is. Its last line is always the same (the
-    end of the section when it is replaced)."""
+    failed seeds with why, where the figure is and, for adaptive seeds (``stopping``,
+    ``distfair.experiment.adaptive.stopping_summary``), why the seeds stopped. Its last line is
+    always the same (the end of the section when it is replaced)."""
     lines = [SUMMARY_HEADING, ""]
     if notice:
         lines += [f"*{_cell(notice, 600)}*", ""]
@@ -59,6 +69,8 @@ def summary_markdown(summary: Mapping[str, dict], metrics: Sequence[str], *, see
         lines.append("")
     lines += [f"{len(seeds)} of {len(planned)} seeds finished ({', '.join(map(str, seeds)) or 'none'}). "
               f"Mean ± sample std (ddof = 1) over the seeds; {INTERVAL_NOTE}.", ""]
+    if stopping is not None:
+        lines += [stopping_line(stopping) + " (tag `distfair.seeds.stop_reason`).", ""]
     if errors:
         lines.append(f"Failed seeds ({len(errors)}, metric `n_failed`; the statistics are over the finished seeds "
                      "only):")

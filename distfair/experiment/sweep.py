@@ -58,6 +58,9 @@ def load_sweep(path: str, *, num_samples: int | None = None, num_seeds: int | No
     if num_seeds is not None:
         raw["seeds"] = num_seeds
     cfg = validate(raw, path)
+    if isinstance(cfg["seeds"], dict):
+        raise ConfigError(path, [("seeds", "adaptive seeds ({min, max, until}) are for `distfair run`; a sweep runs "
+                                           "every configuration over a seed list or count")])
     eval_names = [a["name"] for a in cfg["eval"]["attacks"]]
     spec, problems = parse_space(cfg["space"], config_keys=set(flatten(cfg)), eval_names=eval_names)
     spec.base = {k: v for k, v in raw.items() if k != "space"}

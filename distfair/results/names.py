@@ -52,7 +52,7 @@ from distfair.metrics import (BOOTSTRAP_BOUNDS, BOOTSTRAPPED_FAMILIES, CLEAN_PRE
 
 __all__ = [
     "BOOTSTRAPPED_FAMILIES", "BOOTSTRAP_BOUNDS", "bound_family", "bound_key",
-    "ACC", "ACCURACY_NAMES", "ATTACKED_NAMES", "CLEAN", "CLEAN_PREFIX", "CURVES", "DEFAULT_REPORT_METRICS",
+    "ACC", "ACCURACY_NAMES", "ATTACKED_NAMES", "CI95_HALFWIDTH", "CLEAN", "CLEAN_PREFIX", "CURVES", "DEFAULT_REPORT_METRICS",
     "DIRECTION", "EPOCH_VALIDATION", "EVALUATION_METRICS", "HEADLINE", "INTERVAL_NOTE", "MAIN_FAMILIES",
     "MAIN_METRICS", "METRIC_RANGES", "MetricKey", "NESTED_FAMILIES", "OBJECTIVE_STATISTICS", "PARENT_COUNTS",
     "PER_CLASS_ACC", "ROBUST_ACC", "RUN_REPORT_FIELDS", "SEED_STATISTICS", "SPEECH_REPORT_METRICS", "SPLITS",
@@ -110,12 +110,15 @@ OBJECTIVE_STATISTICS = ("mean", "std", "min", "max", "median", "mean_minus_std",
                         "ci95_high")
 #: the spread of an objective metric (and of its test counterpart) in a sweep's trials.csv and summary
 SPREAD_STATISTICS = ("mean", "std", "n", "ci95_low", "ci95_high")
+#: the half-width of a metric's 95% interval (unclipped) that an adaptive configuration stopped on:
+#: ``val_worst_class_acc_ci95_halfwidth`` on the configuration run (``seeds: {until: ...}``)
+CI95_HALFWIDTH = "ci95_halfwidth"
 #: every statistic a ``<key>_<stat>`` name may end with (:meth:`MetricKey.parse` with ``statistic=True``)
-STATISTICS = tuple(dict.fromkeys(OBJECTIVE_STATISTICS + SPREAD_STATISTICS))
+STATISTICS = tuple(dict.fromkeys(OBJECTIVE_STATISTICS + SPREAD_STATISTICS + (CI95_HALFWIDTH,)))
 #: what ``RunReport.to_json`` keeps of each metric's summary (``distfair run --json``)
 RUN_REPORT_FIELDS = ("mean", "std", "min", "max", "values")
-#: the configuration run's counts beside the statistics
-PARENT_COUNTS = ("n_seeds", "n_failed")
+#: the configuration run's counts beside the statistics (``n_waves``: adaptive seeds only)
+PARENT_COUNTS = ("n_seeds", "n_failed", "n_waves")
 
 # ----------------------------------------------------------------------- headline metrics
 #: ``distfair run``'s seeds table, in this order (those the runs have)

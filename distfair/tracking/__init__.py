@@ -78,6 +78,7 @@ _EXPORTS: dict[str, str] = {
     "TAG_PARENT": "tags",
     "TAG_ROLE": "tags",
     "TAG_SEED": "tags",
+    "TAG_STOP_REASON": "tags",
     # client
     "set_outage_log": "client",
     "forget_open_runs": "client",

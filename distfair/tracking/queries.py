@@ -12,7 +12,7 @@ from pathlib import Path
 from distfair.results import record as result_record
 from distfair.tracking.client import _client
 from distfair.tracking.runs import seed_run_states
-from distfair.tracking.tags import TAG_PARENT, TAG_ROLE, TAG_SEED
+from distfair.tracking.tags import TAG_PARENT, TAG_ROLE, TAG_SEED, TAG_STOP_REASON
 
 
 # ------------------------------------------------------------------ configurations and seeds
@@ -21,8 +21,10 @@ def latest_configuration_run(uri: str, experiment_id: str, *, config_hash: str, 
     """The newest active ``distfair run`` configuration run (not a sweep trial) of a
     configuration: same ``distfair.config_hash``, a ``distfair.config_file`` with the stem
     ``config_stem`` and the same ``distfair.configuration`` (None: a file without a
-    ``configurations:`` block). ``{"run_id", "run_name", "status", "seeds"}`` (``seeds``: its
-    ``seeds`` param as a list, None if unreadable), or None when there is none."""
+    ``configurations:`` block). ``{"run_id", "run_name", "status", "seeds", "seed_rule", "stop_reason"}``
+    (``seeds``: its ``seeds`` param as a list, None if unreadable or adaptive; ``seed_rule``: an
+    adaptive configuration's ``seeds.*`` params as logged, ``{"seeds.min": "3", ...}``, else
+    None; ``stop_reason``: its tag ``distfair.seeds.stop_reason`` or None), or None when there is none."""
     runs = _client(uri).search_runs(
         [experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'configuration' and "
                                        f"tags.`distfair.config_hash` = '{config_hash}'",
@@ -39,8 +41,10 @@ def latest_configuration_run(uri: str, experiment_id: str, *, config_hash: str, 
             seeds = [int(s) for s in json.loads(run.data.params.get("seeds", "null"))]
         except (TypeError, ValueError):
             seeds = None
+        rule = {k: v for k, v in run.data.params.items() if k.startswith("seeds.")} or None
         return {"run_id": run.info.run_id, "run_name": run.info.run_name or run.info.run_id,
-                "status": run.info.status, "seeds": seeds}
+                "status": run.info.status, "seeds": seeds, "seed_rule": rule,
+                "stop_reason": tags.get(TAG_STOP_REASON)}
     return None
 
 

@@ -9,9 +9,9 @@ from typing import Mapping
 from mlflow.tracking import MlflowClient
 
 from distfair.results import record as result_record
-from distfair.results.names import SEED_STATISTICS, stat_name
+from distfair.results.names import CI95_HALFWIDTH, SEED_STATISTICS, stat_name
 from distfair.tracking.client import _client
-from distfair.tracking.tags import TAG_DESCRIPTION, TAG_FAILURE_REASON
+from distfair.tracking.tags import TAG_DESCRIPTION, TAG_FAILURE_REASON, TAG_STOP_REASON
 from distfair.tracking.writes import MAX_TAG_LEN, _log, _metrics
 
 #: the parent's seed-stability figure (``distfair.plotting.seed_stability``), as an artifact path
@@ -21,7 +21,8 @@ SEED_STABILITY_FIGURE = "plots/seed_stability.png"
 def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *, n_seeds: int,
                        status: str = "FINISHED", configuration_record: dict | None = None,
                        seed_values: dict[str, dict[int, float]] | None = None, figure_title: str = "",
-                       description: str | None = None, failures: Mapping[int, str] | None = None) -> None:
+                       description: str | None = None, failures: Mapping[int, str] | None = None,
+                       stopping: Mapping | None = None) -> None:
     """``<name>_mean/_std/_min/_max/_ci95_low/_ci95_high`` for every child metric, ``n_seeds``,
     a ``seed_summary.json`` artifact (and ``configuration_result.json``, the configuration's
     result record, when given), then close the parent run with ``status``.
@@ -34,9 +35,16 @@ def log_parent_summary(uri: str, parent_run_id: str, summary: dict[str, dict], *
     earlier attempt, at the top or, written by older versions, at the end), up to its last
     line, is replaced. ``failures``
     (seed -> why it has no result): logged as metric ``n_failed`` and, when there are any, as
-    tag :data:`TAG_FAILURE_REASON` (``seed 2: loss is nan at epoch 1, batch 3; ...``)."""
+    tag :data:`TAG_FAILURE_REASON` (``seed 2: loss is nan at epoch 1, batch 3; ...``).
+    ``stopping`` (adaptive seeds: ``{"reason", "metric", "halfwidth", "waves"}``): tag
+    :data:`TAG_STOP_REASON`, metrics ``n_waves`` and ``<metric>_ci95_halfwidth`` (the half-width
+    the rule stopped on; absent with fewer than two values)."""
     client = _client(uri)
     values = {"n_seeds": n_seeds}
+    if stopping is not None:
+        client.set_tag(parent_run_id, TAG_STOP_REASON, str(stopping["reason"]))
+        values["n_waves"] = stopping["waves"]
+        values[stat_name(stopping["metric"], CI95_HALFWIDTH)] = stopping["halfwidth"]
     if failures is not None:
         values["n_failed"] = len(failures)
         if failures:

@@ -22,5 +22,9 @@ TAG_DESCRIPTION = "mlflow.note.content"
 #: why a seed or configuration run ended FAILED (a diverged seed's ``loss is nan at epoch e, batch b``)
 TAG_FAILURE_REASON = "distfair.failure_reason"
 
+#: why an adaptive configuration (``seeds: {min, max, until}``) stopped adding seeds:
+#: ``target reached`` or ``max seeds`` (``distfair.metrics.STOP_REASONS``)
+TAG_STOP_REASON = "distfair.seeds.stop_reason"
+
 #: the tags of a report run (``distfair report`` over an experiment or a list of runs)
 REPORT_TAGS = {"distfair.kind": "report", TAG_ROLE: "report"}
