@@ -110,6 +110,9 @@ def kuberay_rules(doc: dict, kind: str) -> list[Problem]:
             problems.append(("spec.rayClusterSpec", "one of rayClusterSpec or clusterSelector must be set"))
         if isinstance(spec.get("runtimeEnvYAML"), str):
             problems += _runtime_env_problems(spec["runtimeEnvYAML"])
+        if spec and not isinstance(spec.get("activeDeadlineSeconds"), int):
+            problems.append(("spec.activeDeadlineSeconds", "required: a deadline (e.g. 86400) so a hung job "
+                                                           "cannot hold the cluster forever"))
     prefix, cluster = _cluster_spec(doc, kind)
     if not cluster:
         return problems
@@ -171,7 +174,18 @@ def kuberay_rules(doc: dict, kind: str) -> list[Problem]:
         containers = _dig(group, "template", "spec", "containers")
         if isinstance(containers, list) and not containers:
             problems.append((key_path(path + ["template", "spec", "containers"]), "needs at least one container"))
+        pod_sc = _dig(group, "template", "spec", "securityContext")
+        pod_non_root = isinstance(pod_sc, dict) and pod_sc.get("runAsNonRoot") is True
         for cpath, container in _pod_containers(group.get("template")):
+            sc = container.get("securityContext") if isinstance(container.get("securityContext"), dict) else {}
+            sc_path = path + ["template", "spec"] + cpath + ["securityContext"]
+            if not (pod_non_root or sc.get("runAsNonRoot") is True):
+                problems.append((key_path(sc_path + ["runAsNonRoot"]), "must be true (here or in the pod's "
+                                                                       "securityContext): no root pods"))
+            if sc.get("privileged") is True:
+                problems.append((key_path(sc_path + ["privileged"]), "privileged containers are refused"))
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append((key_path(sc_path + ["allowPrivilegeEscalation"]), "must be false"))
             image = container.get("image")
             reason = _ray_version_problem(image, pinned) if isinstance(image, str) else None
             if reason:
